@@ -1,0 +1,283 @@
+"""The lakehouse's settings: one frozen dataclass, built from ``LAKEHOUSE_*`` variables.
+
+Sources, later ones winning: built-in defaults, an optional ``KEY=VALUE`` file named by
+``LAKEHOUSE_ENV_FILE``, then the process environment. Everything is validated when the
+settings are built, so a wrong value stops a job before Spark starts, with one line naming
+the variable and what would be valid. Secrets (the S3 keys) are only ever read from the
+environment or that file, and ``redacted()`` hides them for printing.
+
+Every table name, table path, checkpoint location and topic is derived here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from common.errors import SettingsError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ("bronze", "silver", "gold")
+_INTERVAL = re.compile(
+    r"^\s*(\d+(\.\d+)?)\s*(ms|millisecond|milliseconds|s|sec|second|seconds|min|minute|minutes|"
+    r"h|hour|hours)\s*$", re.I)
+VALID_TRIGGERS = "processingTime=<interval>, availableNow, once, continuous=<interval>"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A parsed trigger: kind is processingTime | availableNow | once | continuous."""
+
+    kind: str
+    interval: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, variable: str = "--trigger") -> "Trigger":
+        raw = (text or "").strip()
+        name, _, value = raw.partition("=")
+        key = name.strip().lower().replace("_", "").replace("-", "")
+        if key == "availablenow" and not value:
+            return cls("availableNow")
+        if key == "once" and not value:
+            return cls("once")
+        if key in ("processingtime", "continuous") and value:
+            if not _INTERVAL.match(value):
+                raise SettingsError(
+                    f"{variable}={raw!r}: interval {value.strip()!r} is not valid; "
+                    "use e.g. '10 seconds', '500 ms', '1 minute'")
+            return cls("processingTime" if key == "processingtime" else "continuous", value.strip())
+        raise SettingsError(f"{variable}={raw!r} is not a trigger; valid: {VALID_TRIGGERS}")
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.interval}" if self.interval else self.kind
+
+
+def interval_seconds(text: str) -> float:
+    m = _INTERVAL.match(text)
+    if not m:
+        raise SettingsError(f"{text!r} is not an interval (e.g. '5 minutes', '30 seconds')")
+    n, unit = float(m.group(1)), m.group(3).lower()
+    if unit.startswith("ms") or unit.startswith("milli"):
+        return n / 1000
+    if unit.startswith("h"):
+        return n * 3600
+    if unit.startswith("m"):
+        return n * 60
+    return n
+
+
+@dataclass(frozen=True)
+class Settings:
+    # storage
+    lake_root: str = "s3a://lakehouse"
+    checkpoint_root: str = ""  # default: <lake_root>/_checkpoints
+    s3_endpoint: str = "http://127.0.0.1:9000"
+    s3_access_key: str = field(default="", repr=False)
+    s3_secret_key: str = field(default="", repr=False)
+    s3_path_style: bool = True
+    s3_region: str = "us-east-1"
+    # kafka
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    topic_orders: str = "commandes-json"
+    topic_logs: str = "logs-application"
+    topic_metrics: str = "metrics"
+    topic_enriched: str = "commandes-enrichies"
+    topic_partitions: int = 3
+    starting_offsets: str = "earliest"
+    fail_on_data_loss: bool = True
+    max_offsets_per_trigger: int = 0  # 0 = unlimited
+    # streaming
+    trigger: str = "processingTime=5 seconds"
+    watermark_orders: str = "5 minutes"
+    watermark_logs: str = "2 minutes"
+    watermark_metrics: str = "1 minute"
+    # spark
+    spark_master: str = "local[*]"
+    shuffle_partitions: int = 2
+    spark_ui: bool = False
+    # local stack
+    stack_dir: str = str(PROJECT_ROOT / ".stack")
+    kafka_controller_port: int = 9093
+    minio_console_port: int = 9001
+
+    # ---- construction -------------------------------------------------------------------
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, str] = {}
+        env_file = env.get("LAKEHOUSE_ENV_FILE")
+        if env_file:
+            values.update(read_env_file(env_file))
+        values.update({k: v for k, v in env.items() if k.startswith("LAKEHOUSE_")})
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            var = env_var(f.name)
+            if var in values:
+                kwargs[f.name] = _convert(var, values[var], f.type)
+        unknown = sorted(set(values) - {env_var(f.name) for f in dataclasses.fields(cls)}
+                         - {"LAKEHOUSE_ENV_FILE", "LAKEHOUSE_CACHE_DIR", "LAKEHOUSE_MAVEN_REPO",
+                            "LAKEHOUSE_MAVEN_URL"})
+        if unknown:
+            raise SettingsError(f"unknown setting {unknown[0]}; known: "
+                                + ", ".join(env_var(f.name) for f in dataclasses.fields(cls)))
+        settings = cls(**kwargs)
+        settings.validate()
+        return settings
+
+    def with_overrides(self, **changes) -> "Settings":
+        new = dataclasses.replace(self, **changes)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        root = self.lake_root
+        if not root:
+            raise SettingsError("LAKEHOUSE_LAKE_ROOT is empty; use s3a://<bucket>[/prefix] or a local path")
+        if "://" in root:
+            if not re.match(r"^s3a://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$", root):
+                raise SettingsError(
+                    f"LAKEHOUSE_LAKE_ROOT={root!r} is not valid; use s3a://<bucket>[/prefix] "
+                    "(bucket: 3-63 lowercase letters, digits, dots, hyphens) or an absolute local path")
+            if not self.s3_access_key or not self.s3_secret_key:
+                raise SettingsError(
+                    "LAKEHOUSE_S3_ACCESS_KEY and LAKEHOUSE_S3_SECRET_KEY must be set for an s3a:// lake "
+                    "root (for the local stack: LAKEHOUSE_ENV_FILE=local.env)")
+            if not re.match(r"^https?://[^\s/]+(:\d+)?/?$", self.s3_endpoint):
+                raise SettingsError(
+                    f"LAKEHOUSE_S3_ENDPOINT={self.s3_endpoint!r} is not valid; use http(s)://host:port")
+        elif not os.path.isabs(root):
+            raise SettingsError(f"LAKEHOUSE_LAKE_ROOT={root!r} must be s3a://<bucket>[/prefix] or an absolute path")
+        for server in self.kafka_bootstrap_servers.split(","):
+            if not re.match(r"^[\w.-]+:\d{1,5}$", server.strip()):
+                raise SettingsError(
+                    f"LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS={self.kafka_bootstrap_servers!r} is not valid; "
+                    "use host:port[,host:port]")
+        Trigger.parse(self.trigger, variable="LAKEHOUSE_TRIGGER")
+        for name in ("watermark_orders", "watermark_logs", "watermark_metrics"):
+            try:
+                interval_seconds(getattr(self, name))
+            except SettingsError:
+                raise SettingsError(f"{env_var(name)}={getattr(self, name)!r} is not an interval; "
+                                    "use e.g. '5 minutes', '30 seconds'") from None
+        if self.starting_offsets not in ("earliest", "latest") and not self.starting_offsets.startswith("{"):
+            raise SettingsError(f"LAKEHOUSE_STARTING_OFFSETS={self.starting_offsets!r}; valid: earliest, "
+                                "latest, or a JSON offsets object")
+        for name in ("topic_partitions", "shuffle_partitions"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{env_var(name)} must be >= 1")
+        if self.max_offsets_per_trigger < 0:
+            raise SettingsError("LAKEHOUSE_MAX_OFFSETS_PER_TRIGGER must be >= 0 (0 = unlimited)")
+        topics = self.source_topics + (self.topic_enriched,)
+        for t in topics:
+            if not re.match(r"^[A-Za-z0-9._-]{1,249}$", t):
+                raise SettingsError(f"topic name {t!r} is not valid for Kafka")
+
+    # ---- derived names: the only place they are spelled -------------------------------
+    @property
+    def is_s3(self) -> bool:
+        return self.lake_root.startswith("s3a://")
+
+    @property
+    def bucket(self) -> str | None:
+        return self.lake_root[len("s3a://"):].split("/", 1)[0] if self.is_s3 else None
+
+    @property
+    def source_topics(self) -> tuple[str, ...]:
+        return (self.topic_orders, self.topic_logs, self.topic_metrics)
+
+    @property
+    def checkpoints(self) -> str:
+        return (self.checkpoint_root or f"{self.lake_root.rstrip('/')}/_checkpoints").rstrip("/")
+
+    @staticmethod
+    def bronze_table_for(topic: str) -> str:
+        return topic.replace("-", "_").replace(".", "_")
+
+    def table_path(self, layer: str, table: str) -> str:
+        if layer not in LAYERS and layer != "_system":
+            raise SettingsError(f"unknown layer {layer!r}; valid: {', '.join(LAYERS)}")
+        return f"{self.lake_root.rstrip('/')}/{layer}/{table}"
+
+    def checkpoint_path(self, layer: str, query: str) -> str:
+        return f"{self.checkpoints}/{layer}/{query}"
+
+    @property
+    def kafka_port(self) -> int:
+        return int(self.kafka_bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
+
+    @property
+    def s3_port(self) -> int:
+        tail = self.s3_endpoint.rstrip("/").rsplit(":", 1)
+        return int(tail[1]) if len(tail) == 2 and tail[1].isdigit() else (443 if self.s3_endpoint.startswith("https") else 80)
+
+    @property
+    def trigger_spec(self) -> Trigger:
+        return Trigger.parse(self.trigger, variable="LAKEHOUSE_TRIGGER")
+
+    def redacted(self) -> dict[str, object]:
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in SECRET_FIELDS:
+                value = "****" if value else "(unset)"
+            out[env_var(f.name)] = value
+        return out
+
+
+SECRET_FIELDS = frozenset({"s3_access_key", "s3_secret_key"})
+
+
+def env_var(field_name: str) -> str:
+    return "LAKEHOUSE_" + field_name.upper()
+
+
+def _convert(var: str, raw: str, typ) -> object:
+    typ = str(typ)
+    raw = raw.strip()
+    if typ == "bool":
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{var}={raw!r} is not a boolean; use true or false")
+    if typ == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise SettingsError(f"{var}={raw!r} is not an integer") from None
+    return raw
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """Read a ``KEY=VALUE`` file (comments with #, optional quotes, optional ``export``)."""
+    p = Path(path)
+    if not p.is_absolute() and not p.exists():
+        p = PROJECT_ROOT / p
+    if not p.exists():
+        raise SettingsError(f"LAKEHOUSE_ENV_FILE={path!r}: no such file")
+    values = {}
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise SettingsError(f"{p}:{n}: expected KEY=VALUE, got {line!r}")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+_cached: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, built (and validated) on first use."""
+    global _cached
+    if _cached is None:
+        _cached = Settings.from_env()
+    return _cached
