@@ -1,0 +1,228 @@
+"""``lakehouse`` - the project's one command-line entry point.
+
+    lakehouse setup [jars|minio|all]         fetch the pinned jars, build MinIO
+    lakehouse stack up|down|status           the local Kafka + MinIO stack
+    lakehouse config                         effective settings, secrets redacted
+    lakehouse produce [--topic T] ...        generate events into Kafka (+ ledger)
+    lakehouse run bronze|silver|gold|all     run stages (streaming)
+    lakehouse sql "SELECT ..."               Spark SQL over bronze.*, silver.*, gold.*
+    lakehouse peek <topic>                   batch read of a Kafka topic
+    lakehouse demo                           the README demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from common.errors import LakehouseError
+from common.settings import get_settings
+
+
+def _cmd_setup(args) -> int:
+    from common import jars
+    from common.spark import write_spark_defaults
+    from common.stack import Stack
+
+    if args.what in ("jars", "all"):
+        for name in jars.JAR_SETS:
+            print(f"{name} jars: {len(jars.fetch(name))} in {jars.jar_dir(name)}")
+        print(f"spark defaults: {write_spark_defaults()}")
+    if args.what in ("minio", "all"):
+        print(f"minio: {Stack(get_settings()).build_minio()}")
+    return 0
+
+
+def _cmd_stack(args) -> int:
+    from common.stack import Stack
+
+    stack = Stack(get_settings())
+    if args.action == "up":
+        statuses = stack.up()
+    elif args.action == "down":
+        stopped = stack.down()
+        print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+        statuses = stack.status()
+    else:
+        statuses = stack.status()
+    print(f"{'SERVICE':<7} {'ADDRESS':<22} {'PID':<12} {'STATE':<18} DETAIL")
+    for s in statuses:
+        print(s.line())
+    if args.action == "up":
+        return 0 if all(s.healthy for s in statuses) else 1
+    return 0
+
+
+def _cmd_config(args) -> int:
+    for k, v in get_settings().redacted().items():
+        print(f"{k}={v}")
+    return 0
+
+
+def _cmd_produce(args) -> int:
+    from common.generator import GenOptions, produce
+
+    settings = get_settings()
+    topics = settings.source_topics if args.topic in (None, "all") else (args.topic,)
+    start = None
+    if args.start_time:
+        start = datetime.fromisoformat(args.start_time)
+        start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
+    opts = GenOptions(
+        topics=tuple(topics), count=args.count if args.duration is None else args.count,
+        duration=args.duration, rate=args.rate, seed=args.seed, customers=args.customers,
+        duplicate_pct=args.duplicate_pct, late_pct=args.late_pct, late_by=args.late_by,
+        malformed_pct=args.malformed_pct, start_time=start,
+        ledger=Path(args.ledger) if args.ledger else Path(settings.stack_dir) / "ledger.jsonl",
+        progress=not args.quiet)
+    produce(settings, opts)
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from common.runner import resolve_stages, run
+
+    run(resolve_stages(args.stage), get_settings(), args.trigger, args.sink)
+    return 0
+
+
+def _print_rows(columns: list[str], rows: list[list], fmt: str) -> None:
+    if fmt == "json":
+        for r in rows:
+            print(json.dumps(dict(zip(columns, r)), default=str))
+    elif fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(columns)
+        w.writerows(rows)
+    else:
+        cells = [[("NULL" if v is None else str(v)) for v in r] for r in rows]
+        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+        line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+        print(line)
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
+        print(line)
+        for r in cells:
+            print("| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |")
+        print(line)
+        print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+
+
+def _cmd_sql(args) -> int:
+    from common.catalog import register_tables
+    from common.spark import get_spark
+
+    settings = get_settings()
+    spark = get_spark(settings, app_name="lakehouse-sql")
+    register_tables(spark, settings)
+    try:
+        df = spark.sql(args.query)
+        rows = df.collect()
+    except Exception as e:  # AnalysisException and friends: one line, no JVM trace
+        from common.streams import short_error
+
+        print(f"error: {short_error(e)}", file=sys.stderr)
+        return 1
+    _print_rows(df.columns, [list(r) for r in rows], args.format)
+    return 0
+
+
+def _cmd_peek(args) -> int:
+    from common.spark import get_spark
+    from common.streams import ensure_topics_exist
+
+    settings = get_settings()
+    ensure_topics_exist(settings, [args.topic])
+    spark = get_spark(settings, app_name="lakehouse-peek")
+    df = (spark.read.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
+          .option("subscribe", args.topic).option("startingOffsets", "earliest").load()
+          .selectExpr("CAST(key AS STRING) AS key", "CAST(value AS STRING) AS value", "topic", "partition",
+                      "offset", "timestamp")
+          .orderBy("timestamp", "partition", "offset").limit(args.limit))
+    rows = df.collect()
+    _print_rows(df.columns, [list(r) for r in rows], args.format)
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from common.demo import demo
+
+    return demo(get_settings(), count=args.count)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from common.runner import add_run_options
+
+    p = argparse.ArgumentParser(prog="lakehouse", description="Streaming medallion lakehouse on Spark + Delta")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("setup", help="fetch pinned jars from Maven Central, build MinIO")
+    s.add_argument("what", nargs="?", default="all", choices=("jars", "minio", "all"))
+    s.set_defaults(func=_cmd_setup)
+
+    s = sub.add_parser("stack", help="local Kafka + MinIO: up | down | status")
+    s.add_argument("action", choices=("up", "down", "status"))
+    s.set_defaults(func=_cmd_stack)
+
+    s = sub.add_parser("config", help="print the effective settings (secrets redacted)")
+    s.set_defaults(func=_cmd_config)
+
+    s = sub.add_parser("produce", help="generate events into Kafka and append them to the ledger")
+    s.add_argument("--topic", help="one source topic, or all (default)")
+    s.add_argument("--count", type=int, default=100, help="records per topic (default 100)")
+    s.add_argument("--duration", type=float, help="seconds to produce for (instead of --count)")
+    s.add_argument("--rate", type=float, default=0.0, help="records/s per topic (0 = as fast as possible)")
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--customers", type=int, default=20, help="customer ids CUST-001..CUST-N")
+    s.add_argument("--duplicate-pct", type=float, default=0.0, help="orders re-sent unchanged")
+    s.add_argument("--late-pct", type=float, default=0.0, help="records with an event time in the past")
+    s.add_argument("--late-by", type=float, default=600.0, help="how late, in seconds (default 600)")
+    s.add_argument("--malformed-pct", type=float, default=0.0,
+                   help="truncated JSON, non-JSON, wrong types, missing fields, negative quantity")
+    s.add_argument("--start-time", help="ISO time of the first event (default: wall clock)")
+    s.add_argument("--ledger", help="ledger file (default <stack_dir>/ledger.jsonl)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_produce)
+
+    s = sub.add_parser("run", help="run a stage (or all) as streaming queries")
+    s.add_argument("stage", help="bronze | silver | gold | all")
+    add_run_options(s)
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("sql", help="run Spark SQL over the lake's tables (bronze.*, silver.*, gold.*)")
+    s.add_argument("query")
+    s.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    s.set_defaults(func=_cmd_sql)
+
+    s = sub.add_parser("peek", help="batch read of a Kafka topic (debugging)")
+    s.add_argument("topic")
+    s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    s.set_defaults(func=_cmd_peek)
+
+    s = sub.add_parser("demo", help="stack up, produce a sample, run the pipeline, show the tables")
+    s.add_argument("--count", type=int, default=2000)
+    s.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from common.runner import setup_logging
+
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        return args.func(args)
+    except LakehouseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

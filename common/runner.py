@@ -1,0 +1,92 @@
+"""Starting stages: one stage, or several in one Spark application.
+
+With ``availableNow``/``once`` the stages run one after the other (bronze drains Kafka, then
+silver drains bronze, ...), so a single command takes everything to gold. With
+``processingTime`` they run side by side until stopped (SIGINT/SIGTERM) or until one fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from common import streams
+from common.errors import LakehouseError, SettingsError
+from common.settings import Settings, get_settings
+
+STAGES = ("bronze", "silver", "gold")
+log = logging.getLogger("lakehouse.runner")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+
+def _starter(stage: str):
+    return importlib.import_module(f"{stage}.job").start
+
+
+def resolve_stages(name: str) -> tuple[str, ...]:
+    if name == "all":
+        return STAGES
+    if name not in STAGES:
+        raise SettingsError(f"unknown stage {name!r}; valid: {', '.join(STAGES)}, all")
+    return (name,)
+
+
+def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None, sink: str | None = None,
+        spark=None) -> None:
+    options = streams.StreamOptions.from_args(settings, trigger, sink)
+    if spark is None:
+        from common.spark import get_spark
+
+        spark = get_spark(settings, app_name="lakehouse-" + "-".join(stages))
+    from common.catalog import register_tables
+
+    streams.install_progress_logger(spark)
+    one_shot = options.trigger.kind in ("availableNow", "once")
+    started: list = []
+    try:
+        for stage in stages:
+            queries = _starter(stage)(spark, settings, options)
+            started += queries
+            for q in queries:
+                print(f"  started {q.name:<34} id={q.id} runId={q.runId}", file=sys.stderr, flush=True)
+            if one_shot:
+                streams.await_all(spark, queries)
+                register_tables(spark, settings)
+        if not one_shot:
+            streams.await_all(spark, started)
+    finally:
+        for q in started:
+            if q.isActive:
+                q.stop()
+
+
+def stage_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog)
+    add_run_options(p)
+    return p
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trigger", help="processingTime=<interval> (default from LAKEHOUSE_TRIGGER), "
+                                     "availableNow, once (older form of availableNow), continuous=<interval>")
+    p.add_argument("--sink", choices=streams.SINKS, help="delta (default) or console for debugging")
+
+
+def main_for_stage(stage: str, argv: list[str] | None = None) -> int:
+    """Entry point of ``spark-submit <stage>/job.py``."""
+    args = stage_parser(f"{stage}/job.py").parse_args(argv)
+    setup_logging()
+    try:
+        run(resolve_stages(stage), get_settings(), args.trigger, args.sink)
+    except LakehouseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0

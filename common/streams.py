@@ -1,0 +1,209 @@
+"""Every readStream and writeStream of the lakehouse goes through this module.
+
+Trigger, checkpoint, sink and listener choices are made here once:
+
+* ``read_kafka`` / ``read_delta`` - the two streaming sources;
+* ``start`` - writes a streaming DataFrame to a Delta table (or the console, or a
+  ``foreachBatch`` function, or Kafka) with the query's own checkpoint and name;
+* ``ProgressLogger`` - a StreamingQueryListener that logs each micro-batch's progress;
+* ``await_all`` - waits for a set of queries, stopping them all on SIGINT/SIGTERM or when one fails.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from common.errors import SettingsError, StreamFailedError, TopicNotFoundError
+from common.settings import Settings, Trigger
+
+log = logging.getLogger("lakehouse.streams")
+SINKS = ("delta", "console")
+# Spark's continuous processing supports only these sinks (and map-like queries).
+CONTINUOUS_SINKS = ("kafka", "console", "memory")
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """Per-run choices for a stage, from the CLI (falling back to settings)."""
+
+    trigger: Trigger
+    sink: str = "delta"
+
+    @classmethod
+    def from_args(cls, settings: Settings, trigger: str | None = None, sink: str | None = None) -> "StreamOptions":
+        spec = Trigger.parse(trigger) if trigger else settings.trigger_spec
+        sink = sink or "delta"
+        if sink not in SINKS:
+            raise SettingsError(f"--sink {sink!r} is not valid; valid: {', '.join(SINKS)}")
+        return cls(spec, sink)
+
+
+def check_trigger(trigger: Trigger, sink: str, query: str, stateful: bool = False) -> None:
+    if trigger.kind == "continuous" and (sink not in CONTINUOUS_SINKS or stateful):
+        raise SettingsError(
+            f"trigger {trigger} is not supported for query {query} (sink {sink}"
+            f"{', stateful' if stateful else ''}): Spark's continuous mode supports only map-like queries "
+            f"to {', '.join(CONTINUOUS_SINKS)}; use processingTime=<interval> or availableNow")
+
+
+def _apply_trigger(writer, trigger: Trigger):
+    if trigger.kind == "availableNow":
+        return writer.trigger(availableNow=True)
+    if trigger.kind == "once":  # older form of availableNow: one batch with everything
+        return writer.trigger(once=True)
+    if trigger.kind == "continuous":
+        return writer.trigger(continuous=trigger.interval)
+    return writer.trigger(processingTime=trigger.interval)
+
+
+def read_kafka(spark, settings: Settings, topics: Iterable[str]):
+    """A streaming read of Kafka topics, with the source options from settings."""
+    topics = list(topics)
+    ensure_topics_exist(settings, topics)
+    reader = (spark.readStream.format("kafka")
+              .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
+              .option("subscribe", ",".join(topics))
+              .option("startingOffsets", settings.starting_offsets)
+              .option("failOnDataLoss", str(settings.fail_on_data_loss).lower())
+              .option("includeHeaders", "true"))
+    if settings.max_offsets_per_trigger:
+        reader = reader.option("maxOffsetsPerTrigger", str(settings.max_offsets_per_trigger))
+    return reader.load()
+
+
+def ensure_topics_exist(settings: Settings, topics: Iterable[str]) -> None:
+    from common.stack import kafka_admin
+
+    admin = kafka_admin(settings, timeout_ms=5000)
+    try:
+        existing = set(admin.list_topics())
+    finally:
+        admin.close()
+    missing = [t for t in topics if t not in existing]
+    if missing:
+        raise TopicNotFoundError(
+            f"Kafka topic {missing[0]!r} does not exist at {settings.kafka_bootstrap_servers}; create it "
+            "(`lakehouse stack up` creates the configured topics) or fix the LAKEHOUSE_TOPIC_* setting")
+
+
+def read_delta(spark, path: str, **options):
+    reader = spark.readStream.format("delta")
+    for k, v in options.items():
+        reader = reader.option(k, v)
+    return reader.load(path)
+
+
+def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str | None = None,
+          foreach_batch: Callable | None = None, output_mode: str = "append",
+          partition_by: Iterable[str] = (), stateful: bool = False, sink_format: str | None = None,
+          sink_options: dict[str, str] | None = None):
+    """Start one streaming query with its own name and checkpoint.
+
+    ``options.sink == "console"`` replaces any sink with the console (debugging).
+    """
+    sink = "console" if options.sink == "console" else (sink_format or ("foreachBatch" if foreach_batch else "delta"))
+    check_trigger(options.trigger, sink, name, stateful)
+    writer = df.writeStream.queryName(name).outputMode(output_mode)
+    if sink == "console":
+        writer = writer.format("console").option("truncate", "false").option("numRows", "20")
+    else:
+        writer = writer.option("checkpointLocation", checkpoint)
+        if foreach_batch is not None:
+            writer = writer.foreachBatch(foreach_batch)
+        else:
+            writer = writer.format(sink)
+            for k, v in (sink_options or {}).items():
+                writer = writer.option(k, v)
+            if partition_by:
+                writer = writer.partitionBy(*partition_by)
+    writer = _apply_trigger(writer, options.trigger)
+    query = writer.start(path) if (path and sink == "delta") else writer.start()
+    log.info("started query %s (id %s) -> %s", name, query.id, path or sink)
+    return query
+
+
+def install_progress_logger(spark, settings: Settings | None = None) -> None:
+    """Register the progress listener once per session."""
+    if getattr(spark, "_lakehouse_listener", None) is None:
+        listener = ProgressLogger()
+        spark.streams.addListener(listener)
+        spark._lakehouse_listener = listener
+
+
+def _make_listener_base():
+    from pyspark.sql.streaming import StreamingQueryListener
+
+    return StreamingQueryListener
+
+
+class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
+    """Logs one line per micro-batch: query, batch id, input rows, rows/s, duration."""
+
+    def __init__(self):
+        self.last: dict[str, dict] = {}
+
+    def onQueryStarted(self, event):
+        log.info("query %s started (id %s, run %s)", event.name, event.id, event.runId)
+
+    def onQueryProgress(self, event):
+        p = event.progress
+        self.last[p.name] = json.loads(p.json)
+        log.info("%s batch %d: %d rows in, %.0f rows/s, %d ms", p.name, p.batchId, p.numInputRows,
+                 p.processedRowsPerSecond or 0.0, (p.durationMs or {}).get("triggerExecution", 0))
+
+    def onQueryIdle(self, event):
+        pass
+
+    def onQueryTerminated(self, event):
+        if event.exception:
+            log.error("query %s failed: %s", event.id, event.exception.splitlines()[0])
+        else:
+            log.info("query %s terminated", event.id)
+
+
+def short_error(exc: BaseException) -> str:
+    """The first meaningful line of a (possibly Java) streaming exception."""
+    text = str(getattr(exc, "desc", None) or exc)
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("at ") and line != "=== Streaming Query ===":
+            return line[:400]
+    return text[:400]
+
+
+def await_all(spark, queries: list, poll_seconds: float = 0.5) -> None:
+    """Wait until every query ends; stop all on SIGINT/SIGTERM or as soon as one fails."""
+    stop = threading.Event()
+
+    def _handler(signum, _frame):
+        log.warning("signal %d received: stopping %d queries", signum, len(queries))
+        stop.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _handler)
+    try:
+        while not stop.is_set():
+            failed = [q for q in queries if not q.isActive and q.exception() is not None]
+            if failed:
+                q = failed[0]
+                err = short_error(q.exception())
+                for other in queries:
+                    if other.isActive:
+                        other.stop()
+                raise StreamFailedError(f"query {q.name} failed: {err}")
+            if all(not q.isActive for q in queries):
+                return
+            stop.wait(poll_seconds)
+        for q in queries:
+            if q.isActive:
+                q.stop()
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
