@@ -115,7 +115,10 @@ def _cmd_sql(args) -> int:
     from common.catalog import register_tables
     from common.spark import get_spark
 
+    from common.stack import check_reachable
+
     settings = get_settings()
+    check_reachable(settings, kafka=False)
     spark = get_spark(settings, app_name="lakehouse-sql")
     register_tables(spark, settings)
     try:

@@ -24,7 +24,7 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("py4j").setLevel(logging.WARNING)
-    logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its failures surface as our one-line errors
 
 
 def _starter(stage: str):
@@ -42,6 +42,9 @@ def resolve_stages(name: str) -> tuple[str, ...]:
 def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None, sink: str | None = None,
         spark=None) -> None:
     options = streams.StreamOptions.from_args(settings, trigger, sink)
+    from common.stack import check_reachable
+
+    check_reachable(settings)
     if spark is None:
         from common.spark import get_spark
 

@@ -333,3 +333,16 @@ def minio_client(settings: Settings):
     host = endpoint.split("://", 1)[1].rstrip("/")
     return Minio(host, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
                  secure=secure, region=settings.s3_region)
+
+
+def check_reachable(settings: Settings, kafka: bool = True) -> None:
+    """Fail in seconds, with one line, when the lake's S3 endpoint or Kafka does not answer."""
+    if settings.is_s3:
+        host_port = settings.s3_endpoint.split("://", 1)[1].rstrip("/")
+        host = host_port.rsplit(":", 1)[0] if ":" in host_port else host_port
+        if not port_open(host, settings.s3_port, timeout=3):
+            raise UnreachableError(f"the S3 endpoint {settings.s3_endpoint} does not answer; start MinIO "
+                                   "(`lakehouse stack up`) or fix LAKEHOUSE_S3_ENDPOINT")
+    if kafka:
+        admin = kafka_admin(settings, timeout_ms=5000)
+        admin.close()

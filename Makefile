@@ -1,0 +1,51 @@
+# The two commands of the README: `make demo` and `make test`. Each does all its own set-up.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+PYTHON ?= python3
+# The local stack's development settings; a real deployment sets LAKEHOUSE_* itself.
+export LAKEHOUSE_ENV_FILE ?= $(CURDIR)/local.env
+# spark-submit / spark-sql / the Thrift server read the generated jar list from here.
+export SPARK_CONF_DIR := $(CURDIR)/.cache/spark-conf
+export PYSPARK_PYTHON := $(BIN)/python
+export PYSPARK_DRIVER_PYTHON := $(BIN)/python
+export PATH := $(BIN):$(PATH)
+
+.PHONY: setup stack-up stack-down stack-status demo test test-unit test-reliability bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@echo "==> virtualenv + pinned Python packages"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[test]"
+	@touch $@
+
+setup: $(VENV)/.installed
+	@echo "==> jars from Maven Central (cached in .cache/), MinIO built from source (.stack/bin)"
+	lakehouse setup all
+
+stack-up: setup
+	lakehouse stack up
+
+stack-down:
+	-lakehouse stack down
+
+stack-status:
+	lakehouse stack status
+
+demo: stack-up
+	lakehouse demo
+
+test: stack-up
+	pytest -q
+
+test-unit: setup
+	pytest -q -m "not stack and not cluster"
+
+test-reliability: stack-up
+	pytest -q tests/reliability
+
+bench: stack-up
+	python -m bench.run
+
+clean: stack-down
+	rm -rf .stack .cache $(VENV)

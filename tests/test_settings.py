@@ -1,0 +1,84 @@
+"""Settings are validated at start: each wrong value gives one line naming the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from common.errors import SettingsError
+from common.settings import Settings, Trigger, interval_seconds
+
+CREDS = {"LAKEHOUSE_S3_ACCESS_KEY": "a", "LAKEHOUSE_S3_SECRET_KEY": "s3cr3t-value"}
+
+
+def test_defaults_and_derived_names():
+    s = Settings.from_env(CREDS)
+    assert s.bucket == "lakehouse"
+    assert s.table_path("bronze", s.bronze_table_for(s.topic_orders)) == "s3a://lakehouse/bronze/commandes_json"
+    assert s.checkpoint_path("silver", "orders") == "s3a://lakehouse/_checkpoints/silver/orders"
+    assert s.trigger_spec == Trigger("processingTime", "5 seconds")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("availableNow", Trigger("availableNow")),
+    ("once", Trigger("once")),
+    ("processingTime=10 seconds", Trigger("processingTime", "10 seconds")),
+    ("continuous=1 second", Trigger("continuous", "1 second")),
+])
+def test_trigger_parse(text, expected):
+    assert Trigger.parse(text) == expected
+
+
+@pytest.mark.parametrize("env,fragment", [
+    ({"LAKEHOUSE_TRIGGER": "sometimes"}, "LAKEHOUSE_TRIGGER='sometimes' is not a trigger; valid:"),
+    ({"LAKEHOUSE_TRIGGER": "processingTime=soon"}, "interval 'soon' is not valid"),
+    ({"LAKEHOUSE_LAKE_ROOT": "s3a://Bad_Bucket"}, "LAKEHOUSE_LAKE_ROOT='s3a://Bad_Bucket' is not valid"),
+    ({"LAKEHOUSE_LAKE_ROOT": "relative/path"}, "must be s3a://<bucket>[/prefix] or an absolute path"),
+    ({"LAKEHOUSE_S3_ENDPOINT": "minio:9000"}, "LAKEHOUSE_S3_ENDPOINT='minio:9000' is not valid"),
+    ({"LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS='localhost'"),
+    ({"LAKEHOUSE_TOPIC_PARTITIONS": "three"}, "LAKEHOUSE_TOPIC_PARTITIONS='three' is not an integer"),
+    ({"LAKEHOUSE_WATERMARK_ORDERS": "5 lightyears"}, "LAKEHOUSE_WATERMARK_ORDERS"),
+    ({"LAKEHOUSE_STARTING_OFFSETS": "beginning"}, "valid: earliest, latest"),
+    ({"LAKEHOUSE_TRIGGR": "once"}, "unknown setting LAKEHOUSE_TRIGGR"),
+])
+def test_bad_settings_name_the_variable(env, fragment):
+    with pytest.raises(SettingsError) as e:
+        Settings.from_env({**CREDS, **env})
+    assert fragment in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_s3_root_requires_credentials():
+    with pytest.raises(SettingsError, match="LAKEHOUSE_S3_ACCESS_KEY and LAKEHOUSE_S3_SECRET_KEY must be set"):
+        Settings.from_env({})
+    assert Settings.from_env({"LAKEHOUSE_LAKE_ROOT": "/data/lake"}).is_s3 is False
+
+
+def test_env_file_then_environment(tmp_path):
+    f = tmp_path / "x.env"
+    f.write_text("# comment\nexport LAKEHOUSE_TOPIC_PARTITIONS=5\nLAKEHOUSE_TRIGGER='availableNow'\n")
+    s = Settings.from_env({**CREDS, "LAKEHOUSE_ENV_FILE": str(f), "LAKEHOUSE_TRIGGER": "once"})
+    assert s.topic_partitions == 5 and s.trigger == "once"
+
+
+def test_redacted_hides_secrets():
+    s = Settings.from_env(CREDS)
+    text = repr(s) + str(s.redacted())
+    assert "s3cr3t-value" not in text
+    assert s.redacted()["LAKEHOUSE_S3_SECRET_KEY"] == "****"
+
+
+def test_interval_seconds():
+    assert interval_seconds("5 minutes") == 300
+    assert interval_seconds("500 ms") == 0.5
+    assert interval_seconds("1 hour") == 3600
+
+
+def test_cli_bad_setting_is_one_line_and_exit_2():
+    env = {"PATH": "/usr/bin:/bin", "LAKEHOUSE_TRIGGER": "whenever", **CREDS}
+    proc = subprocess.run([sys.executable, "-m", "common.cli", "config"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert proc.stderr.startswith("error: LAKEHOUSE_TRIGGER='whenever' is not a trigger")
