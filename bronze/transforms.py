@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import (ArrayType, BinaryType, IntegerType, LongType, StringType, StructField, StructType,
+                               TimestampType)
+
+# The schema of Spark's Kafka source with includeHeaders=true.
+KAFKA_SCHEMA = StructType([
+    StructField("key", BinaryType()), StructField("value", BinaryType()), StructField("topic", StringType()),
+    StructField("partition", IntegerType()), StructField("offset", LongType()),
+    StructField("timestamp", TimestampType()), StructField("timestampType", IntegerType()),
+    StructField("headers", ArrayType(StructType([StructField("key", StringType()),
+                                                  StructField("value", BinaryType())]))),
+])
 
 BRONZE_COLUMNS = ("key", "value", "topic", "partition", "offset", "timestamp", "timestampType",
                   "headers", "ingest_time", "ingest_date")

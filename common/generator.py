@@ -79,13 +79,16 @@ def _iso(ts: datetime) -> str:
 
 @dataclass
 class _Clock:
+    """Simulated event clock: record i happens at start + i / rate (1 ms apart when rate is 0),
+    so event times are distinct and a paced run follows the wall clock."""
+
     start: datetime | None
     rate: float
-    t0: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self):
+        self.start = self.start or datetime.now(timezone.utc)
 
     def at(self, i: int) -> datetime:
-        if self.start is None:
-            return datetime.now(timezone.utc)
         step = 1.0 / self.rate if self.rate else 0.001
         return self.start + timedelta(seconds=i * step)
 

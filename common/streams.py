@@ -40,6 +40,8 @@ class StreamOptions:
         sink = sink or "delta"
         if sink not in SINKS:
             raise SettingsError(f"--sink {sink!r} is not valid; valid: {', '.join(SINKS)}")
+        # Checked before anything starts: the stages write Delta, which continuous mode cannot.
+        check_trigger(spec, sink, "of this run")
         return cls(spec, sink)
 
 

@@ -1,0 +1,53 @@
+"""Delta table helpers shared by the stages: create-if-missing, constraints, idempotent writes."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from common.errors import SetupError
+
+
+def is_delta_table(spark, path: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
+                 not_null: Iterable[str] = (), checks: dict[str, str] | None = None) -> None:
+    """Create the Delta table at ``path`` with ``empty_df``'s schema (``not_null`` columns declared
+    NOT NULL) if it does not exist yet, then make sure its CHECK constraints are in place."""
+    from delta.tables import DeltaTable
+    from pyspark.sql.types import StructField, StructType
+
+    if not is_delta_table(spark, path):
+        required = set(not_null)
+        schema = StructType([StructField(f.name, f.dataType, f.nullable and f.name not in required)
+                             for f in empty_df.schema.fields])
+        try:
+            (DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
+             .partitionedBy(*partition_by).execute())
+        except Exception as e:  # another process may have created it first
+            if not is_delta_table(spark, path):
+                raise SetupError(f"cannot create Delta table {path}: {str(e).splitlines()[0]}") from None
+    existing = _constraints(spark, path)
+    for name, predicate in (checks or {}).items():
+        if name.lower() not in existing:
+            spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({predicate})")
+
+
+def _constraints(spark, path: str) -> set[str]:
+    props = spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()
+    return {r.key[len("delta.constraints."):].lower() for r in props if r.key.startswith("delta.constraints.")}
+
+
+def append_idempotent(df, path: str, app_id: str, batch_id: int) -> None:
+    """Append one micro-batch's rows; a replay of the same batch id writes nothing twice
+    (Delta's txnAppId/txnVersion)."""
+    (df.write.format("delta").mode("append")
+       .option("txnAppId", app_id).option("txnVersion", str(batch_id)).save(path))
+
+
+def require_table(spark, path: str, what: str, hint: str) -> None:
+    if not is_delta_table(spark, path):
+        raise SetupError(f"{what} at {path} does not exist yet; {hint}")

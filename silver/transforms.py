@@ -1,0 +1,223 @@
+"""Silver transforms: pure DataFrame -> DataFrame functions, shared by stream and batch.
+
+``classify(bronze_df, kind, delay)`` parses the Kafka value with an explicit schema and gives
+every record exactly one ``route``: ``valid``, ``quarantine`` (with a machine-readable
+``reason``), ``drop`` or ``late``. Parsing never turns a bad record into a row of nulls: the JSON
+is first read with every leaf as a string (so a missing field and a field of the wrong type
+can be told apart), then each field is converted with ``try_cast``; any failure is a reason.
+
+``dedupe`` drops duplicates under a watermark; ``to_orders``, ``to_order_items``, ``to_logs``,
+``to_metrics``, ``to_quarantine``, ``to_late`` shape the rows of each silver table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, StringType, StructField, StructType
+
+from silver.rules import record_predicate, record_rules
+
+CORRUPT = "_corrupt_record"
+COORDINATES = ("topic", "partition", "offset", "kafka_timestamp")
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str             # silver column
+    source: str           # expression over the all-string parse ``raw``
+    type: str             # Spark SQL type
+    required: bool = True
+
+
+def _strings(*names: str) -> list[StructField]:
+    return [StructField(n, StringType()) for n in names]
+
+
+ITEM_FIELDS = (Field("product_id", "product_id", "int"), Field("product_name", "product_name", "string"),
+               Field("quantity", "quantity", "int"), Field("unit_price", "unit_price", "double"),
+               Field("subtotal", "subtotal", "double"))
+
+KINDS = {
+    "orders": {
+        "raw": StructType(_strings("order_id", "customer_id", "timestamp")
+                          + [StructField("items", ArrayType(StructType(_strings(*(f.name for f in ITEM_FIELDS)))))]
+                          + _strings("total", "status", CORRUPT)),
+        "fields": (Field("order_id", "raw.order_id", "int"), Field("customer_id", "raw.customer_id", "string"),
+                   Field("event_time", "raw.timestamp", "timestamp"), Field("total", "raw.total", "double"),
+                   Field("status", "raw.status", "string")),
+        "key": ("order_id",),
+        "table": "orders",
+    },
+    "logs": {
+        "raw": StructType(_strings("timestamp", "level", "module", "service", "message", "request_id", "user_id",
+                                   "duration_ms", CORRUPT)),
+        "fields": (Field("event_time", "raw.timestamp", "timestamp"), Field("level", "raw.level", "string"),
+                   Field("module", "coalesce(raw.module, raw.service)", "string"),
+                   Field("message", "raw.message", "string"),
+                   Field("request_id", "raw.request_id", "string", required=False),
+                   Field("user_id", "raw.user_id", "string", required=False),
+                   Field("duration_ms", "raw.duration_ms", "int", required=False)),
+        "key": ("request_id", "event_time", "level", "module"),
+        "table": "logs",
+    },
+    "metrics": {
+        "raw": StructType(_strings("timestamp", "host")
+                          + [StructField("metrics", StructType(_strings(
+                              "cpu_percent", "memory_percent", "disk_percent", "response_time_ms")))]
+                          + _strings(CORRUPT)),
+        "fields": (Field("event_time", "raw.timestamp", "timestamp"), Field("host", "raw.host", "string"),
+                   Field("cpu_percent", "raw.metrics.cpu_percent", "double"),
+                   Field("memory_percent", "raw.metrics.memory_percent", "double"),
+                   Field("disk_percent", "raw.metrics.disk_percent", "double"),
+                   Field("response_time_ms", "raw.metrics.response_time_ms", "double")),
+        "key": ("host", "event_time"),
+        "table": "metrics",
+    },
+}
+
+
+def _convert(source: str, typ: str) -> Column:
+    if typ == "string":
+        return F.expr(source)
+    if typ == "timestamp":
+        return F.expr(f"try_to_timestamp({source})")
+    return F.expr(f"try_cast({source} AS {typ})")
+
+
+def _field_checks(fields, prefix: str = "") -> list[tuple[Column, str]]:
+    """(condition, reason) pairs for missing and wrongly typed fields, in a fixed order."""
+    checks = []
+    for f in fields:
+        if f.required:
+            checks.append((F.expr(f"{f.source} IS NULL"), f"missing_field:{prefix}{f.name}"))
+    for f in fields:
+        if f.type != "string":
+            reason = "bad_timestamp" if f.type == "timestamp" else f"wrong_type:{prefix}{f.name}"
+            checks.append((F.expr(f"{f.source} IS NOT NULL") & _convert(f.source, f.type).isNull(), reason))
+    return checks
+
+
+def _item_checks() -> list[tuple[Column, str]]:
+    checks = [(F.expr("raw.items IS NULL"), "missing_field:items")]
+    for f in ITEM_FIELDS:
+        checks.append((F.expr(f"exists(raw.items, x -> x.{f.name} IS NULL)"), f"missing_field:items.{f.name}"))
+    for f in ITEM_FIELDS:
+        if f.type != "string":
+            checks.append((F.expr(f"exists(raw.items, x -> x.{f.name} IS NOT NULL AND "
+                                  f"try_cast(x.{f.name} AS {f.type}) IS NULL)"), f"wrong_type:items.{f.name}"))
+    return checks
+
+
+def _typed_items() -> Column:
+    parts = ", ".join(f"'{f.name}', " + (f"x.{f.name}" if f.type == "string" else f"try_cast(x.{f.name} AS {f.type})")
+                      for f in ITEM_FIELDS)
+    return F.expr(f"transform(raw.items, x -> named_struct({parts}))")
+
+
+def _first_match(checks: list[tuple[Column, str]]) -> Column:
+    expr = None
+    for cond, reason in checks:
+        expr = (F.when(cond, F.lit(reason)) if expr is None else expr.when(cond, F.lit(reason)))
+    return expr.otherwise(F.lit(None).cast("string"))
+
+
+def classify(bronze: DataFrame, kind: str, delay_seconds: float) -> DataFrame:
+    """Bronze rows -> typed rows with ``route`` and ``reason`` (and one ``rule_<name>`` flag per rule)."""
+    spec = KINDS[kind]
+    rules = record_rules(kind)
+    df = bronze.select(
+        "key", "value", "topic", "partition", "offset", F.col("timestamp").alias("kafka_timestamp"),
+        F.from_json(F.col("value").cast("string"), spec["raw"], {"mode": "PERMISSIVE"}).alias("raw"))
+    checks = [(F.col("value").isNull(), "empty_value"),
+              (F.col("raw").isNull() | F.col(f"raw.{CORRUPT}").isNotNull(), "malformed_json")]
+    checks += _field_checks(spec["fields"])
+    typed = [_convert(f.source, f.type).alias(f.name) for f in spec["fields"]]
+    if kind == "orders":
+        checks += _item_checks()
+        typed += [_typed_items().alias("items")]
+    df = df.select("*", _first_match(checks).alias("parse_error"), *typed)
+    if kind == "orders":
+        df = (df.withColumn("item_count", F.size("items"))
+                .withColumn("items_total", F.expr("round(aggregate(items, 0D, (acc, x) -> acc + x.subtotal), 2)")))
+    # rule flags: true when the (parsed) row breaks the rule
+    for r in rules:
+        df = df.withColumn(f"rule_{r.name}",
+                           F.col("parse_error").isNull() & ~F.coalesce(F.expr(record_predicate(r)), F.lit(False)))
+    quarantine_rules = [(F.col(f"rule_{r.name}"), r.name) for r in rules if r.action in ("quarantine", "fail")]
+    drop_rules = [F.col(f"rule_{r.name}") for r in rules if r.action == "drop"]
+    reason = F.coalesce(F.col("parse_error"), _first_match(quarantine_rules)) if quarantine_rules else F.col("parse_error")
+    lateness = F.col("kafka_timestamp").cast("double") - F.col("event_time").cast("double")
+    dropped = F.lit(False)
+    for c in drop_rules:
+        dropped = dropped | c
+    route = (F.when(reason.isNotNull(), "quarantine").when(dropped, "drop")
+             .when(lateness > F.lit(delay_seconds), "late").otherwise("valid"))
+    return (df.withColumn("reason", reason).withColumn("route", route)
+              .withColumn("lateness_seconds", F.when(F.col("route") == "late", lateness))
+              .withColumn("target_table", F.lit(spec["table"])).drop("raw", "parse_error"))
+
+
+def dedupe(classified: DataFrame, kind: str, delay: str) -> DataFrame:
+    """Drop duplicate valid records (same natural key) under a watermark on event time.
+
+    Quarantined, dropped and late rows keep a unique key (their Kafka coordinates) and use their
+    arrival time for the watermark, so the dedup operator never discards them.
+    """
+    key = KINDS[kind]["key"]
+    valid = F.col("route") == "valid"
+    natural = F.concat_ws("\u0001", *[F.col(k).cast("string") for k in key])
+    coords = F.concat_ws(":", F.lit("coord"), "topic", "partition", "offset")
+    return (classified
+            .withColumn("wm_time", F.when(valid, F.col("event_time")).otherwise(F.col("kafka_timestamp")))
+            .withColumn("dedup_key", F.when(valid, natural).otherwise(coords))
+            .withWatermark("wm_time", delay)
+            .dropDuplicatesWithinWatermark(["dedup_key"]))
+
+
+def _coords() -> list[Column]:
+    return [F.col(c) for c in COORDINATES]
+
+
+def to_orders(valid: DataFrame) -> DataFrame:
+    return valid.select("order_id", "customer_id", "event_time", "total", "status",
+                        F.col("item_count").cast("int").alias("item_count"), *_coords())
+
+
+def to_order_items(valid: DataFrame) -> DataFrame:
+    return (valid.select("order_id", "customer_id", "event_time", *_coords(), F.posexplode("items").alias("pos", "item"))
+            .select("order_id", (F.col("pos") + 1).alias("line"), "customer_id", "event_time",
+                    *[F.col(f"item.{f.name}").alias(f.name) for f in ITEM_FIELDS], *_coords()))
+
+
+def to_table(valid: DataFrame, kind: str) -> DataFrame:
+    if kind == "orders":
+        return to_orders(valid)
+    return valid.select(*[f.name for f in KINDS[kind]["fields"]], *_coords())
+
+
+def to_quarantine(rows: DataFrame) -> DataFrame:
+    return rows.select("key", "value", *_coords(), "target_table", "reason",
+                       F.current_timestamp().alias("quarantined_at"))
+
+
+def to_late(rows: DataFrame, delay_seconds: float) -> DataFrame:
+    return rows.select("key", "value", *_coords(), "event_time", "target_table", "lateness_seconds",
+                       F.lit(float(delay_seconds)).alias("watermark_delay_seconds"),
+                       F.current_timestamp().alias("recorded_at"))
+
+
+def rule_outcomes(classified: DataFrame, kind: str) -> DataFrame:
+    """One row per rule (and per route) with the number of rows that broke it in this batch."""
+    rules = record_rules(kind)
+    aggs = [F.count(F.lit(1)).alias("checked")]
+    aggs += [F.sum(F.col(f"rule_{r.name}").cast("long")).alias(f"r{i}") for i, r in enumerate(rules)]
+    routes = ("valid", "quarantine", "drop", "late")
+    aggs += [F.sum((F.col("route") == x).cast("long")).alias(f"route_{x}") for x in routes]
+    row = classified.agg(*aggs).collect()[0]
+    out = [(r.table, r.name, r.action, int(row[f"r{i}"] or 0), int(row["checked"])) for i, r in enumerate(rules)]
+    out += [(KINDS[kind]["table"], f"route:{x}", "count", int(row[f"route_{x}"] or 0), int(row["checked"]))
+            for x in routes]
+    return out
