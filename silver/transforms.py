@@ -30,6 +30,11 @@ class Field:
     source: str           # expression over the all-string parse ``raw``
     type: str             # Spark SQL type
     required: bool = True
+    json: str = ""        # the payload's name for it, in reasons (default: ``name``)
+
+    @property
+    def label(self) -> str:
+        return self.json or self.name
 
 
 def _strings(*names: str) -> list[StructField]:
@@ -46,7 +51,7 @@ KINDS = {
                           + [StructField("items", ArrayType(StructType(_strings(*(f.name for f in ITEM_FIELDS)))))]
                           + _strings("total", "status", CORRUPT)),
         "fields": (Field("order_id", "raw.order_id", "int"), Field("customer_id", "raw.customer_id", "string"),
-                   Field("event_time", "raw.timestamp", "timestamp"), Field("total", "raw.total", "double"),
+                   Field("event_time", "raw.timestamp", "timestamp", json="timestamp"), Field("total", "raw.total", "double"),
                    Field("status", "raw.status", "string")),
         "key": ("order_id",),
         "table": "orders",
@@ -54,7 +59,7 @@ KINDS = {
     "logs": {
         "raw": StructType(_strings("timestamp", "level", "module", "service", "message", "request_id", "user_id",
                                    "duration_ms", CORRUPT)),
-        "fields": (Field("event_time", "raw.timestamp", "timestamp"), Field("level", "raw.level", "string"),
+        "fields": (Field("event_time", "raw.timestamp", "timestamp", json="timestamp"), Field("level", "raw.level", "string"),
                    Field("module", "coalesce(raw.module, raw.service)", "string"),
                    Field("message", "raw.message", "string"),
                    Field("request_id", "raw.request_id", "string", required=False),
@@ -68,7 +73,7 @@ KINDS = {
                           + [StructField("metrics", StructType(_strings(
                               "cpu_percent", "memory_percent", "disk_percent", "response_time_ms")))]
                           + _strings(CORRUPT)),
-        "fields": (Field("event_time", "raw.timestamp", "timestamp"), Field("host", "raw.host", "string"),
+        "fields": (Field("event_time", "raw.timestamp", "timestamp", json="timestamp"), Field("host", "raw.host", "string"),
                    Field("cpu_percent", "raw.metrics.cpu_percent", "double"),
                    Field("memory_percent", "raw.metrics.memory_percent", "double"),
                    Field("disk_percent", "raw.metrics.disk_percent", "double"),
@@ -92,10 +97,10 @@ def _field_checks(fields, prefix: str = "") -> list[tuple[Column, str]]:
     checks = []
     for f in fields:
         if f.required:
-            checks.append((F.expr(f"{f.source} IS NULL"), f"missing_field:{prefix}{f.name}"))
+            checks.append((F.expr(f"{f.source} IS NULL"), f"missing_field:{prefix}{f.label}"))
     for f in fields:
         if f.type != "string":
-            reason = "bad_timestamp" if f.type == "timestamp" else f"wrong_type:{prefix}{f.name}"
+            reason = "bad_timestamp" if f.type == "timestamp" else f"wrong_type:{prefix}{f.label}"
             checks.append((F.expr(f"{f.source} IS NOT NULL") & _convert(f.source, f.type).isNull(), reason))
     return checks
 
@@ -170,11 +175,12 @@ def dedupe(classified: DataFrame, kind: str, delay: str) -> DataFrame:
     valid = F.col("route") == "valid"
     natural = F.concat_ws("\u0001", *[F.col(k).cast("string") for k in key])
     coords = F.concat_ws(":", F.lit("coord"), "topic", "partition", "offset")
-    return (classified
-            .withColumn("wm_time", F.when(valid, F.col("event_time")).otherwise(F.col("kafka_timestamp")))
-            .withColumn("dedup_key", F.when(valid, natural).otherwise(coords))
-            .withWatermark("wm_time", delay)
-            .dropDuplicatesWithinWatermark(["dedup_key"]))
+    keyed = (classified
+             .withColumn("wm_time", F.when(valid, F.col("event_time")).otherwise(F.col("kafka_timestamp")))
+             .withColumn("dedup_key", F.when(valid, natural).otherwise(coords)))
+    if not keyed.isStreaming:  # batch backfill: the whole input is one "batch"
+        return keyed.dropDuplicates(["dedup_key"])
+    return keyed.withWatermark("wm_time", delay).dropDuplicatesWithinWatermark(["dedup_key"])
 
 
 def _coords() -> list[Column]:

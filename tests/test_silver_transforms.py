@@ -1,0 +1,156 @@
+"""Silver's pure transforms on tiny DataFrames (chispa), including every quarantine reason."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+import pytest
+from chispa import assert_df_equality
+
+from bronze.transforms import KAFKA_SCHEMA, to_bronze
+from silver import transforms as T
+from silver.rules import RULES
+
+ARRIVAL = datetime(2026, 1, 1, 12, 0, 0)
+TS = "2026-01-01T12:00:00.000"
+
+
+def order(**over):
+    o = {"order_id": 1, "customer_id": "CUST-001", "timestamp": TS,
+         "items": [{"product_id": 1, "product_name": "Laptop", "quantity": 2, "unit_price": 999.99, "subtotal": 1999.98},
+                   {"product_id": 2, "product_name": "Souris", "quantity": 1, "unit_price": 29.99, "subtotal": 29.99}],
+         "total": 2029.97, "status": "created"}
+    o.update(over)
+    return o
+
+
+def _bronze(spark, values, arrival=ARRIVAL):
+    rows = [(None, None if v is None else (v if isinstance(v, str) else json.dumps(v)).encode(), "t", 0, i,
+             arrival, 0, []) for i, v in enumerate(values)]
+    return to_bronze(spark.createDataFrame(rows, KAFKA_SCHEMA))
+
+
+def _classify(spark, kind, values, arrival=ARRIVAL):
+    return T.classify(_bronze(spark, values, arrival), kind, 300).orderBy("offset")
+
+
+def _item(**over):
+    it = {"product_id": 4, "product_name": "Ecran", "quantity": 2, "unit_price": 349.99, "subtotal": 699.98}
+    it.update(over)
+    return it
+
+
+ORDER_CASES = [
+    (order(), "valid", None),
+    (None, "quarantine", "empty_value"),
+    ("this is not json", "quarantine", "malformed_json"),
+    (json.dumps(order())[:40], "quarantine", "malformed_json"),
+    ({k: v for k, v in order().items() if k != "order_id"}, "quarantine", "missing_field:order_id"),
+    ({k: v for k, v in order().items() if k != "customer_id"}, "quarantine", "missing_field:customer_id"),
+    (order(total="beaucoup"), "quarantine", "wrong_type:total"),
+    (order(order_id="abc"), "quarantine", "wrong_type:order_id"),
+    (order(timestamp="yesterday"), "quarantine", "bad_timestamp"),
+    (order(items=[_item(quantity=-2, subtotal=-699.98)], total=-699.98), "quarantine", "quantity_not_positive"),
+    (order(items=[_item(quantity=0, subtotal=0.0)], total=0.0), "quarantine", "quantity_not_positive"),
+    (order(items=[_item(unit_price=0.0, subtotal=0.0)], total=0.0), "quarantine", "unit_price_not_positive"),
+    (order(items=[_item(subtotal=700.5)], total=700.5), "quarantine", "subtotal_mismatch"),
+    (order(total=5.0), "quarantine", "total_mismatch"),
+    (order(status="lost"), "quarantine", "unknown_status"),
+    (order(items=[], total=0.0), "quarantine", "no_items"),
+    ({k: v for k, v in order().items() if k != "items"}, "quarantine", "missing_field:items"),
+    (order(items=[{k: v for k, v in _item().items() if k != "quantity"}], total=699.98), "quarantine",
+     "missing_field:items.quantity"),
+    (order(items=[_item(quantity="two")], total=699.98), "quarantine", "wrong_type:items.quantity"),
+    (order(timestamp="2026-01-01T11:50:00.000"), "late", None),   # 600 s behind its arrival, delay 300 s
+    (order(timestamp="2026-01-01T11:57:00.000"), "valid", None),  # 180 s: within the delay
+]
+
+
+@pytest.mark.parametrize("value,route,reason", ORDER_CASES, ids=[c[2] or c[1] for c in ORDER_CASES])
+def test_order_routes_and_reasons(spark, value, route, reason):
+    row = _classify(spark, "orders", [value]).collect()[0]
+    assert (row.route, row.reason) == (route, reason)
+    if route == "valid":
+        assert row.order_id == 1 and row.item_count == 2 and row.event_time is not None
+
+
+def test_every_quarantine_rule_has_a_case():
+    covered = {c[2] for c in ORDER_CASES}
+    order_rules = {r.name for r in RULES if r.table in ("orders", "order_items")}
+    assert order_rules <= covered
+
+
+LOG = {"timestamp": TS, "level": "INFO", "module": "auth", "message": "ok", "request_id": "r1", "user_id": "u1",
+       "duration_ms": 12}
+METRIC = {"timestamp": TS, "host": "server-01",
+          "metrics": {"cpu_percent": 10.5, "memory_percent": 50.0, "disk_percent": 20.0, "response_time_ms": 100.0}}
+
+
+@pytest.mark.parametrize("value,route,reason", [
+    (LOG, "valid", None),
+    ({**{k: v for k, v in LOG.items() if k != "module"}, "service": "payment"}, "valid", None),
+    ({k: v for k, v in LOG.items() if k != "level"}, "quarantine", "missing_field:level"),
+    ({**LOG, "duration_ms": "slow"}, "quarantine", "wrong_type:duration_ms"),
+    ({**LOG, "level": "DEBUG"}, "quarantine", "unknown_level"),
+    ({**LOG, "duration_ms": -5}, "quarantine", "negative_duration"),
+    ({k: v for k, v in LOG.items() if k not in ("request_id", "user_id", "duration_ms")}, "valid", None),
+])
+def test_log_routes(spark, value, route, reason):
+    row = _classify(spark, "logs", [value]).collect()[0]
+    assert (row.route, row.reason) == (route, reason)
+
+
+def test_service_spelling_becomes_module(spark):
+    row = _classify(spark, "logs", [{**{k: v for k, v in LOG.items() if k != "module"}, "service": "payment"}]).collect()[0]
+    assert row.module == "payment"
+
+
+@pytest.mark.parametrize("value,route,reason", [
+    (METRIC, "valid", None),
+    ({k: v for k, v in METRIC.items() if k != "host"}, "quarantine", "missing_field:host"),
+    ({**METRIC, "metrics": {**METRIC["metrics"], "cpu_percent": "high"}}, "quarantine", "wrong_type:cpu_percent"),
+    ({**METRIC, "metrics": {**METRIC["metrics"], "cpu_percent": 150}}, "quarantine", "percent_out_of_range"),
+    ({**METRIC, "metrics": {**METRIC["metrics"], "response_time_ms": -1}}, "valid", None),  # warn only
+])
+def test_metric_routes(spark, value, route, reason):
+    row = _classify(spark, "metrics", [value]).collect()[0]
+    assert (row.route, row.reason) == (route, reason)
+
+
+def test_warn_rule_is_counted_not_enforced(spark):
+    df = _classify(spark, "metrics", [METRIC, {**METRIC, "metrics": {**METRIC["metrics"], "response_time_ms": -1}}])
+    outcomes = {rule: failed for _, rule, _, failed, _ in T.rule_outcomes(df, "metrics")}
+    assert outcomes["negative_response_time"] == 1
+    assert outcomes["route:valid"] == 2
+
+
+def test_order_items_explode(spark):
+    df = _classify(spark, "orders", [order(order_id=7)]).filter("route = 'valid'")
+    got = T.to_order_items(df).select("order_id", "line", "product_id", "quantity", "subtotal")
+    expected = spark.createDataFrame([(7, 1, 1, 2, 1999.98), (7, 2, 2, 1, 29.99)],
+                                     "order_id int, line int, product_id int, quantity int, subtotal double")
+    assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_dedupe_keeps_one_copy_and_all_quarantined(spark):
+    values = [order(order_id=1), order(order_id=1), order(order_id=2), "bad", "bad"]
+    df = T.dedupe(T.classify(_bronze(spark, values), "orders", 300), "orders", "5 minutes")
+    got = df.select("route", "order_id", "offset")
+    expected = spark.createDataFrame([("valid", 1), ("valid", 2), ("quarantine", None), ("quarantine", None)],
+                                     "route string, order_id int")
+    assert_df_equality(got.drop("offset"), expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_quarantine_keeps_raw_bytes_and_coordinates(spark):
+    df = _classify(spark, "orders", ["{\"order_id\": 1, \"trunc"])
+    q = T.to_quarantine(df.filter("route = 'quarantine'")).collect()[0]
+    assert bytes(q.value) == b"{\"order_id\": 1, \"trunc"
+    assert (q.topic, q.partition, q.offset, q.target_table, q.reason) == ("t", 0, 0, "orders", "malformed_json")
+
+
+def test_late_rows_record_how_late(spark):
+    df = _classify(spark, "orders", [order(timestamp="2026-01-01T11:50:00.000")], arrival=ARRIVAL)
+    late = T.to_late(df.filter("route = 'late'"), 300).collect()[0]
+    assert late.lateness_seconds == 600 and late.watermark_delay_seconds == 300
+    assert late.event_time == ARRIVAL - timedelta(minutes=10)
