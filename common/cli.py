@@ -7,6 +7,7 @@
     lakehouse run bronze|silver|gold|all     run stages (streaming)
     lakehouse sql "SELECT ..."               Spark SQL over bronze.*, silver.*, gold.*
     lakehouse peek <topic>                   batch read of a Kafka topic
+    lakehouse customers load [--file F]      load the customer dimension
     lakehouse demo                           the README demo
 """
 
@@ -150,6 +151,20 @@ def _cmd_peek(args) -> int:
     return 0
 
 
+def _cmd_customers(args) -> int:
+    from common import customers
+    from common.spark import get_spark
+    from common.stack import check_reachable
+
+    settings = get_settings()
+    check_reachable(settings, kafka=False)
+    spark = get_spark(settings, app_name="lakehouse-customers")
+    path = Path(args.file) if args.file else customers.DEFAULT_FILE
+    n = customers.load(spark, settings, path)
+    print(f"loaded {n} customers from {path} into {settings.table_path('silver', 'customers')}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from common.demo import demo
 
@@ -205,6 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=20)
     s.add_argument("--format", choices=("table", "csv", "json"), default="table")
     s.set_defaults(func=_cmd_peek)
+
+    s = sub.add_parser("customers", help="load the customer dimension (silver.customers) from a CSV file")
+    s.add_argument("action", choices=("load",))
+    s.add_argument("--file", help="CSV with customer_id,nom,ville,segment (default: the shipped file)")
+    s.set_defaults(func=_cmd_customers)
 
     s = sub.add_parser("demo", help="stack up, produce a sample, run the pipeline, show the tables")
     s.add_argument("--count", type=int, default=2000)

@@ -95,6 +95,11 @@ class Settings:
     watermark_orders: str = "5 minutes"
     watermark_logs: str = "2 minutes"
     watermark_metrics: str = "1 minute"
+    # gold windows
+    kpi_window: str = "2 minutes"         # customer_order_kpis: sliding window ...
+    kpi_slide: str = "1 minute"           # ... and its slide
+    minute_window: str = "1 minute"       # customer_minute_totals, product_sales, log_level_counts, module_stats
+    host_window: str = "30 seconds"       # host_metrics
     # spark
     spark_master: str = "local[*]"
     shuffle_partitions: int = 2
@@ -157,12 +162,16 @@ class Settings:
                     f"LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS={self.kafka_bootstrap_servers!r} is not valid; "
                     "use host:port[,host:port]")
         Trigger.parse(self.trigger, variable="LAKEHOUSE_TRIGGER")
-        for name in ("watermark_orders", "watermark_logs", "watermark_metrics"):
+        for name in ("watermark_orders", "watermark_logs", "watermark_metrics", "kpi_window", "kpi_slide",
+                     "minute_window", "host_window"):
             try:
                 interval_seconds(getattr(self, name))
             except SettingsError:
                 raise SettingsError(f"{env_var(name)}={getattr(self, name)!r} is not an interval; "
                                     "use e.g. '5 minutes', '30 seconds'") from None
+        if interval_seconds(self.kpi_slide) > interval_seconds(self.kpi_window):
+            raise SettingsError(f"LAKEHOUSE_KPI_SLIDE={self.kpi_slide!r} must not exceed "
+                                f"LAKEHOUSE_KPI_WINDOW={self.kpi_window!r}")
         if self.starting_offsets not in ("earliest", "latest") and not self.starting_offsets.startswith("{"):
             raise SettingsError(f"LAKEHOUSE_STARTING_OFFSETS={self.starting_offsets!r}; valid: earliest, "
                                 "latest, or a JSON offsets object")
