@@ -59,3 +59,82 @@ class SilverOracle:
         if kind == "orders":
             return len(self.valid_orders())
         return sum(1 for r in self.records(kind) if r["fault"] is None)
+
+
+def _floor(ts, seconds: int):
+    from datetime import datetime, timezone
+
+    epoch = int(ts.replace(tzinfo=timezone.utc).timestamp())
+    return datetime.fromtimestamp(epoch - epoch % seconds, tz=timezone.utc).replace(tzinfo=None)
+
+
+def windows(ts, size: int, slide: int | None = None):
+    """The [start, end) windows Spark's window() puts event time ``ts`` in."""
+    from datetime import timedelta
+
+    slide = slide or size
+    last = _floor(ts, slide)
+    out = []
+    start = last
+    while start + timedelta(seconds=size) > ts:
+        out.append((start, start + timedelta(seconds=size)))
+        start -= timedelta(seconds=slide)
+    return out
+
+
+def _fmt(ts) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M:%S")
+
+
+class GoldOracle:
+    """Every gold KPI recomputed in plain Python from the ledger's valid, on-time, deduplicated events."""
+
+    def __init__(self, silver: SilverOracle, settings):
+        from common.settings import interval_seconds
+
+        self.s = silver
+        self.kpi = int(interval_seconds(settings.kpi_window))
+        self.slide = int(interval_seconds(settings.kpi_slide))
+        self.minute = int(interval_seconds(settings.minute_window))
+        self.host = int(interval_seconds(settings.host_window))
+
+    @staticmethod
+    def _ts(payload):
+        from datetime import datetime
+
+        return datetime.fromisoformat(payload["timestamp"])
+
+    def _group(self, events, size, slide, key, measures):
+        acc: dict = {}
+        for e in events:
+            for w in windows(self._ts(e), size, slide):
+                acc.setdefault((_fmt(w[0]), _fmt(w[1])) + key(e), []).append(e)
+        return {k: measures(v) for k, v in acc.items()}
+
+    def customer_order_kpis(self):
+        return self._group(self.s.valid_orders().values(), self.kpi, self.slide, lambda o: (o["customer_id"],),
+                           lambda v: (len(v), round(sum(o["total"] for o in v), 2), max(o["total"] for o in v)))
+
+    def customer_minute_totals(self):
+        return self._group(self.s.valid_orders().values(), self.minute, None, lambda o: (o["customer_id"],),
+                           lambda v: (len(v), round(sum(o["total"] for o in v), 2)))
+
+    def product_sales(self):
+        lines = [{**it, "timestamp": o["timestamp"]} for o in self.s.valid_orders().values() for it in o["items"]]
+        return self._group(lines, self.minute, None, lambda i: (i["product_id"], i["product_name"]),
+                           lambda v: (len(v), sum(i["quantity"] for i in v), round(sum(i["subtotal"] for i in v), 2)))
+
+    def _valid(self, kind):
+        return [json.loads(r["value"]) for r in self.s.records(kind) if r["fault"] is None]
+
+    def log_level_counts(self):
+        return self._group(self._valid("logs"), self.minute, None, lambda e: (e["level"],), lambda v: (len(v),))
+
+    def module_stats(self):
+        return self._group(self._valid("logs"), self.minute, None, lambda e: (e["module"],),
+                           lambda v: (len(v), round(sum(e["duration_ms"] for e in v) / len(v), 2)))
+
+    def host_metrics(self):
+        return self._group(self._valid("metrics"), self.host, None, lambda e: (e["host"],),
+                           lambda v: (round(sum(e["metrics"]["cpu_percent"] for e in v) / len(v), 2),
+                                      max(e["metrics"]["memory_percent"] for e in v), len(v)))

@@ -1,0 +1,148 @@
+"""Gold end to end on the real stack, against a plain-Python recomputation from the ledger."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+from kafka import KafkaConsumer
+
+from common import customers
+from common.runner import run
+from gold.transforms import KPIS, TVA_RATE
+from tests.conftest import ROOT, settings_env
+from tests.helpers import delta_count, kill_hard, produce_to, run_stage_to_completion, start_stage_process, wait_until
+from tests.oracle import GoldOracle, SilverOracle
+
+pytestmark = pytest.mark.stack
+FAULTS = dict(duplicate_pct=10, late_pct=5, malformed_pct=5)
+
+
+def gold_rows(spark, settings, kpi):
+    df = spark.read.format("delta").load(settings.table_path("gold", kpi.name))
+    measures = [c for c in df.columns if c not in ("window_start", "window_end", *kpi.keys)]
+    rows = df.selectExpr("date_format(window_start, 'yyyy-MM-dd HH:mm:ss') ws",
+                         "date_format(window_end, 'yyyy-MM-dd HH:mm:ss') we", *kpi.keys, *measures).collect()
+    out = {}
+    for r in rows:
+        key = tuple(r)[: 2 + len(kpi.keys)]
+        assert key not in out, f"{kpi.name}: window/group {key} twice"
+        out[key] = tuple(r)[2 + len(kpi.keys):]
+    return out
+
+
+def check_gold(spark, settings, ledger):
+    oracle = GoldOracle(SilverOracle(ledger, settings), settings)
+    for kpi in KPIS:
+        got, want = gold_rows(spark, settings, kpi), getattr(oracle, kpi.name)()
+        assert set(got) == set(want), f"{kpi.name}: windows differ"
+        for k, expected in want.items():
+            assert got[k] == pytest.approx(expected, abs=0.005), f"{kpi.name} {k}"
+
+
+def test_gold_equals_recomputation_and_enrichment_follows_customer_updates(spark, lake, tmp_path):
+    first = tmp_path / "customers1.csv"
+    first.write_text("customer_id,nom,ville,segment\nCUST-001,Alice Martin,Paris,VIP\nCUST-002,Bob Dupont,Lyon,Standard\n")
+    customers.load(spark, lake, first)
+    ledger_path = tmp_path / "ledger.jsonl"
+    ledger1 = produce_to(lake, ledger_path, 300, seed=21, customers=4, **FAULTS)
+    run(("bronze", "silver", "gold"), lake, "availableNow", spark=spark)
+    check_gold(spark, lake, ledger1)
+
+    # a customer changes city and a new one appears: later batches see it, earlier rows stay
+    second = tmp_path / "customers2.csv"
+    second.write_text("customer_id,nom,ville,segment\nCUST-001,Alice Martin,Bordeaux,VIP\n"
+                      "CUST-003,Claire Leroy,Marseille,Premium\n")
+    customers.load(spark, lake, second)
+    ledger = produce_to(lake, ledger_path, 200, seed=22, customers=4, **FAULTS)
+    run(("bronze", "silver", "gold"), lake, "availableNow", spark=spark)
+    check_gold(spark, lake, ledger)
+
+    valid1 = set(SilverOracle(ledger1, lake).valid_orders())
+    valid = SilverOracle(ledger, lake).valid_orders()
+    enriched = {r.order_id: r for r in spark.read.format("delta").load(lake.table_path("gold", "orders_enriched")).collect()}
+    assert set(enriched) == set(valid)
+    for oid, r in enriched.items():
+        cust = valid[oid]["customer_id"]
+        assert r.total == valid[oid]["total"]
+        if cust == "CUST-001":
+            assert r.ville == ("Paris" if oid in valid1 else "Bordeaux")
+        elif cust == "CUST-002":
+            assert r.nom == "Bob Dupont" and r.customer_known
+        elif cust == "CUST-003":
+            assert r.customer_known == (oid not in valid1)
+        else:
+            assert not r.customer_known and r.nom is None
+
+    # publication: every valid order on commandes-enrichies with its TVA (at-least-once: dedupe by order_id)
+    consumer = KafkaConsumer(lake.topic_enriched, bootstrap_servers=lake.kafka_bootstrap_servers,
+                             auto_offset_reset="earliest", consumer_timeout_ms=10000)
+    published = {}
+    for m in consumer:
+        v = json.loads(m.value)
+        assert m.key.decode() == v["customer_id"]
+        published[v["order_id"]] = v
+    consumer.close()
+    assert set(published) == set(valid)
+    for oid, v in published.items():
+        assert v["tva"] == pytest.approx(round(valid[oid]["total"] * TVA_RATE, 2), abs=0.005)
+
+
+def test_gold_sigkill_replay_counts_nothing_twice(spark, lake, tmp_path):
+    customers.load(spark, lake)
+    ledger_path = tmp_path / "ledger.jsonl"
+    produce_to(lake, ledger_path, 300, seed=31, **FAULTS)
+    run(("bronze", "silver"), lake, "availableNow", spark=spark)
+    proc = start_stage_process(lake, "gold", "processingTime=1 second", tmp_path / "gold1.log")
+    try:
+        path = lake.table_path("gold", "customer_order_kpis")
+        wait_until(lambda: delta_count(spark, path) > 0 or proc.poll() is not None, 300, "gold to commit a batch")
+        assert proc.poll() is None, (tmp_path / "gold1.log").read_text()[-3000:]
+        produce_to(lake, ledger_path, 200, seed=32, **FAULTS)
+        run(("bronze", "silver"), lake, "availableNow", spark=spark)
+    finally:
+        kill_hard(proc)
+    ledger = produce_to(lake, ledger_path, 100, seed=33, **FAULTS)
+    run(("bronze", "silver"), lake, "availableNow", spark=spark)
+    run_stage_to_completion(lake, "gold", tmp_path / "gold2.log")
+    check_gold(spark, lake, ledger)
+
+
+def test_merge_replay_of_a_committed_batch_is_skipped(spark, lake):
+    """The idempotence gold relies on: the same (txnAppId, txnVersion) MERGE twice changes nothing."""
+    from gold.job import merge_batch
+
+    path = lake.table_path("gold", "replay_probe")
+    spark.createDataFrame([("w", "g", 1)], "window_start string, grp string, n int").write.format("delta").save(path)
+    batch = spark.createDataFrame([("w", "g", 5), ("w", "h", 1)], "window_start string, grp string, n int")
+    merge_batch(batch, path, ("window_start", "grp"), "probe", 7)
+    version = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").agg({"version": "max"}).collect()[0][0]
+    bigger = spark.createDataFrame([("w", "g", 99)], "window_start string, grp string, n int")
+    merge_batch(bigger, path, ("window_start", "grp"), "probe", 7)  # a replay of batch 7
+    assert spark.sql(f"DESCRIBE HISTORY delta.`{path}`").agg({"version": "max"}).collect()[0][0] == version
+    assert {(r.grp, r.n) for r in spark.read.format("delta").load(path).collect()} == {("g", 5), ("h", 1)}
+
+
+def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake, tmp_path):
+    customers.load(spark, lake)
+    produce_to(lake, tmp_path / "ledger.jsonl", 100, seed=41)
+    proc = start_stage_process(lake, "all", "processingTime=2 seconds", tmp_path / "all.log")
+    try:
+        path = lake.table_path("gold", "customer_order_kpis")
+        wait_until(lambda: delta_count(spark, path) > 0 or proc.poll() is not None, 400, "run all to reach gold")
+        assert proc.poll() is None, (tmp_path / "all.log").read_text()[-3000:]
+        sql = subprocess.run([sys.executable, "-m", "common.cli", "sql", "--format", "json",
+                              "SELECT count(*) AS n FROM gold.customer_order_kpis"],
+                             env=settings_env(lake), cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert sql.returncode == 0, sql.stderr[-2000:]
+        assert json.loads(sql.stdout.strip().splitlines()[-1])["n"] >= 1
+        log = (tmp_path / "all.log").read_text()
+        assert log.count("  started ") == 3 + 3 + len(KPIS) + 2  # every query listed
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, (tmp_path / "all.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            kill_hard(proc)

@@ -1,0 +1,99 @@
+"""Gold KPI transforms on tiny hand-computed DataFrames (chispa)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from chispa import assert_df_equality
+
+from gold import transforms as G
+
+
+def _ts(s):
+    return datetime.fromisoformat(f"2026-01-01T{s}")
+
+
+def _orders(spark, rows):
+    return spark.createDataFrame([(c, _ts(t), total) for c, t, total in rows],
+                                 "customer_id string, event_time timestamp, total double")
+
+
+def _out(df):
+    return df.selectExpr("date_format(window_start, 'HH:mm:ss') AS ws", "date_format(window_end, 'HH:mm:ss') AS we",
+                         *[c for c in df.columns if c not in ("window_start", "window_end")])
+
+
+def test_sliding_windows_overlap_an_order_counts_twice(spark):
+    orders = _orders(spark, [("C1", "10:00:30", 100.0), ("C1", "10:01:10", 50.0), ("C2", "10:01:59", 10.0)])
+    got = _out(G.customer_order_kpis(orders, "2 minutes", "1 minute"))
+    expected = spark.createDataFrame([
+        ("09:59:00", "10:01:00", "C1", 1, 100.0, 100.0),
+        ("10:00:00", "10:02:00", "C1", 2, 150.0, 100.0),
+        ("10:01:00", "10:03:00", "C1", 1, 50.0, 50.0),
+        ("10:00:00", "10:02:00", "C2", 1, 10.0, 10.0),
+        ("10:01:00", "10:03:00", "C2", 1, 10.0, 10.0),
+    ], "ws string, we string, customer_id string, nb_commandes long, total_ventes double, max_commande double")
+    assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_tumbling_minute_totals(spark):
+    orders = _orders(spark, [("C1", "10:00:30", 100.0), ("C1", "10:00:50", 0.1), ("C1", "10:01:10", 50.0)])
+    got = _out(G.customer_minute_totals(orders, "1 minute"))
+    expected = spark.createDataFrame([("10:00:00", "10:01:00", "C1", 2, 100.1), ("10:01:00", "10:02:00", "C1", 1, 50.0)],
+                                     "ws string, we string, customer_id string, nb_commandes long, total_commandes double")
+    assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_product_sales(spark):
+    items = spark.createDataFrame([(1, "Laptop", _ts("10:00:01"), 2, 1999.98), (1, "Laptop", _ts("10:00:40"), 1, 999.99),
+                                   (2, "Souris", _ts("10:00:59"), 3, 89.97)],
+                                  "product_id int, product_name string, event_time timestamp, quantity int, subtotal double")
+    got = _out(G.product_sales(items, "1 minute"))
+    expected = spark.createDataFrame([("10:00:00", "10:01:00", 1, "Laptop", 2, 3, 2999.97),
+                                      ("10:00:00", "10:01:00", 2, "Souris", 1, 3, 89.97)],
+                                     "ws string, we string, product_id int, product_name string, nb_ventes long, "
+                                     "quantite_totale long, ca_total double")
+    assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_logs_and_hosts(spark):
+    logs = spark.createDataFrame([(_ts("10:00:01"), "INFO", "auth", 10), (_ts("10:00:02"), "INFO", "auth", 20),
+                                  (_ts("10:00:03"), "ERROR", "cart", 5)],
+                                 "event_time timestamp, level string, module string, duration_ms int")
+    levels = _out(G.log_level_counts(logs, "1 minute"))
+    assert_df_equality(levels, spark.createDataFrame(
+        [("10:00:00", "10:01:00", "INFO", 2), ("10:00:00", "10:01:00", "ERROR", 1)],
+        "ws string, we string, level string, nb_logs long"), ignore_nullable=True, ignore_row_order=True)
+    modules = _out(G.module_stats(logs, "1 minute"))
+    assert_df_equality(modules, spark.createDataFrame(
+        [("10:00:00", "10:01:00", "auth", 2, 15.0), ("10:00:00", "10:01:00", "cart", 1, 5.0)],
+        "ws string, we string, module string, nb_logs long, duree_moyenne_ms double"),
+        ignore_nullable=True, ignore_row_order=True)
+    metrics = spark.createDataFrame([(_ts("10:00:01"), "h1", 10.0, 50.0), (_ts("10:00:29"), "h1", 20.0, 70.0),
+                                     (_ts("10:00:31"), "h1", 90.0, 10.0)],
+                                    "event_time timestamp, host string, cpu_percent double, memory_percent double")
+    hosts = _out(G.host_metrics(metrics, "30 seconds"))
+    assert_df_equality(hosts, spark.createDataFrame(
+        [("10:00:00", "10:00:30", "h1", 15.0, 70.0, 2), ("10:00:30", "10:01:00", "h1", 90.0, 10.0, 1)],
+        "ws string, we string, host string, avg_cpu double, max_mem double, nb_mesures long"),
+        ignore_nullable=True, ignore_row_order=True)
+
+
+def test_enrichment_keeps_unknown_customers(spark):
+    orders = spark.createDataFrame([(1, "CUST-001", 10.0, _ts("10:00:00")), (2, "CUST-099", 20.0, _ts("10:00:00"))],
+                                   "order_id int, customer_id string, total double, event_time timestamp")
+    customers = spark.createDataFrame([("CUST-001", "Alice Martin", "Paris", "VIP")],
+                                      "customer_id string, nom string, ville string, segment string")
+    got = G.enrich_orders(orders, customers).select("order_id", "nom", "ville", "segment", "customer_known")
+    expected = spark.createDataFrame([(1, "Alice Martin", "Paris", "VIP", True), (2, None, None, None, False)],
+                                     "order_id int, nom string, ville string, segment string, customer_known boolean")
+    assert_df_equality(got, expected, ignore_nullable=True, ignore_row_order=True)
+
+
+def test_enriched_payload_has_tva(spark):
+    orders = spark.createDataFrame([(1, "CUST-001", 100.0)], "order_id int, customer_id string, total double")
+    row = G.enriched_payload(orders).collect()[0]
+    import json
+
+    v = json.loads(row.value)
+    assert row.key == "CUST-001" and v["tva"] == 20.0 and v["order_id"] == 1 and v["processed_at"].endswith("Z")
