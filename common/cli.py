@@ -8,6 +8,8 @@
     lakehouse sql "SELECT ..."               Spark SQL over bronze.*, silver.*, gold.*
     lakehouse peek <topic>                   batch read of a Kafka topic
     lakehouse customers load [--file F]      load the customer dimension
+    lakehouse status                         streaming queries: last batch, rates, lag
+    lakehouse sql-server [--port 10000]      Thrift JDBC server (beeline, BI tools)
     lakehouse demo                           the README demo
 """
 
@@ -151,6 +153,26 @@ def _cmd_peek(args) -> int:
     return 0
 
 
+def _cmd_status(args) -> int:
+    from common.stack import check_reachable
+    from common.status import format_status, read_status
+
+    settings = get_settings()
+    check_reachable(settings, kafka=False)
+    rows = read_status(settings)
+    if not rows:
+        print("no streaming query has reported progress yet (start one with `lakehouse run ...`)")
+        return 0
+    print("\n".join(format_status(rows)))
+    return 0
+
+
+def _cmd_sql_server(args) -> int:
+    from common.sqlserver import serve
+
+    return serve(get_settings(), port=args.port, refresh=args.refresh)
+
+
 def _cmd_customers(args) -> int:
     from common import customers
     from common.spark import get_spark
@@ -220,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=20)
     s.add_argument("--format", choices=("table", "csv", "json"), default="table")
     s.set_defaults(func=_cmd_peek)
+
+    s = sub.add_parser("sql-server", help="Spark Thrift JDBC server over bronze.*, silver.*, gold.*")
+    s.add_argument("--port", type=int, default=10000)
+    s.add_argument("--refresh", type=float, default=30.0, help="seconds between table re-registrations")
+    s.set_defaults(func=_cmd_sql_server)
+
+    s = sub.add_parser("status", help="every streaming query's last progress and how far behind it is")
+    s.set_defaults(func=_cmd_status)
 
     s = sub.add_parser("customers", help="load the customer dimension (silver.customers) from a CSV file")
     s.add_argument("action", choices=("load",))

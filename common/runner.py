@@ -51,7 +51,7 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
         spark = get_spark(settings, app_name="lakehouse-" + "-".join(stages))
     from common.catalog import register_tables
 
-    streams.install_progress_logger(spark)
+    streams.install_progress_logger(spark, settings)
     one_shot = options.trigger.kind in ("availableNow", "once")
     started: list = []
     try:

@@ -15,6 +15,7 @@ import json
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -132,7 +133,7 @@ def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str |
 def install_progress_logger(spark, settings: Settings | None = None) -> None:
     """Register the progress listener once per session."""
     if getattr(spark, "_lakehouse_listener", None) is None:
-        listener = ProgressLogger()
+        listener = ProgressLogger(spark, settings)
         spark.streams.addListener(listener)
         spark._lakehouse_listener = listener
 
@@ -143,20 +144,67 @@ def _make_listener_base():
     return StreamingQueryListener
 
 
-class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
-    """Logs one line per micro-batch: query, batch id, input rows, rows/s, duration."""
+def _offsets_total(text) -> int | None:
+    try:
+        data = json.loads(text) if isinstance(text, str) else text
+        return sum(int(o) for parts in data.values() for o in parts.values())
+    except (TypeError, ValueError, AttributeError):
+        return None
 
-    def __init__(self):
+
+def source_lag(progress: dict) -> str:
+    """How far behind its source a query is: Kafka records, or Delta files, not yet processed."""
+    parts = []
+    for src in progress.get("sources", []):
+        latest, end = _offsets_total(src.get("latestOffset")), _offsets_total(src.get("endOffset"))
+        if latest is not None and end is not None:
+            parts.append(f"{latest - end} records")
+        elif "numFilesOutstanding" in (src.get("metrics") or {}):
+            parts.append(f"{src['metrics']['numFilesOutstanding']} files")
+    return ", ".join(parts) or "-"
+
+
+def status_dir(settings: Settings) -> str:
+    return f"{settings.checkpoints}/_status"
+
+
+class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
+    """Logs one line per micro-batch (query, batch id, input rows, rows/s, duration) and keeps
+    ``<checkpoints>/_status/<app>.json`` up to date for ``lakehouse status``."""
+
+    def __init__(self, spark=None, settings: Settings | None = None):
         self.last: dict[str, dict] = {}
+        self._spark, self._settings = spark, settings
+        self._lock = threading.Lock()
+
+    def _record(self, key: str, **fields) -> None:
+        with self._lock:
+            self.last.setdefault(key, {}).update(fields, updated_at=time.time())
+            if self._spark is None or self._settings is None:
+                return
+            try:
+                sc = self._spark.sparkContext
+                path = sc._jvm.org.apache.hadoop.fs.Path(
+                    f"{status_dir(self._settings)}/{sc.applicationId}.json")
+                out = path.getFileSystem(sc._jsc.hadoopConfiguration()).create(path, True)
+                out.write(json.dumps(self.last).encode())
+                out.close()
+            except Exception as e:  # status is best effort; never break a query over it
+                log.debug("could not write query status: %s", e)
 
     def onQueryStarted(self, event):
         log.info("query %s started (id %s, run %s)", event.name, event.id, event.runId)
+        self._record(str(event.id), name=event.name, id=str(event.id), runId=str(event.runId), active=True)
 
     def onQueryProgress(self, event):
         p = event.progress
-        self.last[p.name] = json.loads(p.json)
+        data = json.loads(p.json)
         log.info("%s batch %d: %d rows in, %.0f rows/s, %d ms", p.name, p.batchId, p.numInputRows,
                  p.processedRowsPerSecond or 0.0, (p.durationMs or {}).get("triggerExecution", 0))
+        self._record(str(p.id), name=p.name, id=str(p.id), runId=str(p.runId), active=True, batch=p.batchId,
+                     input_rows=p.numInputRows, input_rate=p.inputRowsPerSecond or 0.0,
+                     processed_rate=p.processedRowsPerSecond or 0.0, lag=source_lag(data),
+                     batch_ms=(p.durationMs or {}).get("triggerExecution", 0))
 
     def onQueryIdle(self, event):
         pass
@@ -166,6 +214,8 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
             log.error("query %s failed: %s", event.id, event.exception.splitlines()[0])
         else:
             log.info("query %s terminated", event.id)
+        self._record(str(event.id), active=False, error=(event.exception or "").splitlines()[0] if event.exception
+                     else None)
 
 
 def short_error(exc: BaseException) -> str:

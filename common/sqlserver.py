@@ -1,0 +1,49 @@
+"""``lakehouse sql-server``: Spark's Thrift JDBC/ODBC server over the lake's tables.
+
+The server's session registers every Delta table of the lake as ``<layer>.<table>`` (see
+common.catalog) at start and again every ``refresh`` seconds, so tables created later by the
+streams become visible too. Connect with any HiveServer2 client, for example the beeline that
+pyspark ships: ``beeline -u jdbc:hive2://127.0.0.1:10000 -e 'SELECT ...'``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from common.catalog import register_tables
+from common.settings import Settings
+
+
+def serve(settings: Settings, port: int = 10000, host: str = "127.0.0.1", refresh: float = 30.0) -> int:
+    from common.errors import StackError
+    from common.stack import check_reachable, port_open
+
+    check_reachable(settings, kafka=False)
+    if port_open(host, port):
+        raise StackError(f"port {port} is already in use; choose another with --port")
+    from pyspark.sql import SparkSession
+
+    from common.spark import configure
+
+    builder = (configure(SparkSession.builder, settings, app_name="lakehouse-sql-server")
+               .config("spark.hive.server2.thrift.port", str(port))
+               .config("spark.hive.server2.thrift.bind.host", host)
+               .config("spark.sql.hive.thriftServer.singleSession", "true"))
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    tables = register_tables(spark, settings)
+    jvm = spark.sparkContext._jvm
+    jvm.org.apache.spark.sql.hive.thriftserver.HiveThriftServer2.startWithContext(spark._jsparkSession.sqlContext())
+    n = sum(len(v) for v in tables.values())
+    print(f"Thrift JDBC server on jdbc:hive2://{host}:{port} serving {n} tables "
+          f"({', '.join(f'{k}: {len(v)}' for k, v in tables.items())}); Ctrl-C to stop", flush=True)
+    stop = threading.Event()
+    try:
+        while not stop.wait(refresh):
+            register_tables(spark, settings)
+    except KeyboardInterrupt:
+        pass
+    spark.stop()
+    return 0
+
+

@@ -1,0 +1,51 @@
+"""Gold by name from other processes: `lakehouse sql` and the Thrift JDBC server agree."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.stack import port_open, wait_until
+from tests.conftest import ROOT, settings_env
+from tests.helpers import kill_hard
+
+pytestmark = pytest.mark.stack
+QUERY = "SELECT customer_id, nb_commandes FROM gold.customer_order_kpis ORDER BY customer_id"
+
+
+def test_sql_cli_and_thrift_server_return_the_same_rows(spark, lake, tmp_path):
+    rows = [("CUST-001", 3), ("CUST-002", 1), ("CUST-007", 12)]
+    spark.createDataFrame(rows, "customer_id string, nb_commandes long").write.format("delta").save(
+        lake.table_path("gold", "customer_order_kpis"))
+    cli = subprocess.run([sys.executable, "-m", "common.cli", "sql", "--format", "csv", QUERY],
+                         env=settings_env(lake), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    via_cli = [(r[0], int(r[1])) for r in list(csv.reader(io.StringIO(cli.stdout)))[1:]]
+    assert via_cli == rows
+
+    port = 10123
+    server = subprocess.Popen([sys.executable, "-m", "common.cli", "sql-server", "--port", str(port)],
+                              env=settings_env(lake), cwd=ROOT, stdout=open(tmp_path / "thrift.log", "w"),
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: "Thrift JDBC server on" in (tmp_path / "thrift.log").read_text() or server.poll() is not None,
+                   180, "the Thrift server")
+        assert server.poll() is None, (tmp_path / "thrift.log").read_text()[-2000:]
+        assert port_open("127.0.0.1", port)
+        import pyspark
+
+        beeline = Path(pyspark.__file__).parent / "bin" / "beeline"
+        out = subprocess.run([str(beeline), "-u", f"jdbc:hive2://127.0.0.1:{port}", "--silent=true",
+                              "--outputformat=csv2", "-e", QUERY], capture_output=True, text=True, timeout=180)
+        lines = [re.sub(r"^\d+: jdbc:\S+> ", "", ln) for ln in out.stdout.splitlines()]
+        lines = [ln for ln in lines if ln and not ln.startswith("WARNING")]
+        got = [(r[0], int(r[1])) for r in list(csv.reader(lines))[1:]]
+        assert got == rows, out.stdout + out.stderr[-1000:]
+    finally:
+        kill_hard(server)
