@@ -5,19 +5,46 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from common import customers
 from common.catalog import register_tables
 from common.generator import GenOptions, produce
 from common.runner import STAGES, run
 from common.settings import Settings
+from common.status import format_status, read_status
+
+# (title, query) printed after the pipeline ran; also the examples of README's "Query gold".
+QUERIES: list[tuple[str, str]] = [
+    ("bronze: raw records per topic, as received",
+     "SELECT topic, count(*) AS records, count(DISTINCT partition) AS partitions FROM ("
+     "SELECT topic, partition FROM bronze.commandes_json UNION ALL SELECT topic, partition FROM bronze.logs_application "
+     "UNION ALL SELECT topic, partition FROM bronze.metrics) GROUP BY topic ORDER BY topic"),
+    ("silver: rows per table",
+     "SELECT 'orders' AS table_name, count(*) AS n FROM silver.orders UNION ALL "
+     "SELECT 'order_items', count(*) FROM silver.order_items UNION ALL SELECT 'logs', count(*) FROM silver.logs "
+     "UNION ALL SELECT 'metrics', count(*) FROM silver.metrics"),
+    ("silver: quarantine by reason",
+     "SELECT target_table, reason, count(*) AS records FROM silver.quarantine GROUP BY 1, 2 ORDER BY 1, 3 DESC"),
+    ("silver: late records",
+     "SELECT target_table, count(*) AS records, round(min(lateness_seconds)) AS min_late_s, "
+     "round(max(lateness_seconds)) AS max_late_s FROM silver.late_records GROUP BY 1 ORDER BY 1"),
+    ("gold: latest customer KPIs (sliding 2-minute windows)",
+     "SELECT * FROM gold.customer_order_kpis ORDER BY window_start DESC, total_ventes DESC LIMIT 10"),
+    ("gold: product sales",
+     "SELECT product_name, sum(nb_ventes) AS nb_ventes, sum(quantite_totale) AS quantite_totale, "
+     "round(sum(ca_total), 2) AS ca_total FROM gold.product_sales GROUP BY product_name ORDER BY ca_total DESC"),
+    ("gold: most loaded hosts",
+     "SELECT host, round(avg(avg_cpu), 2) AS avg_cpu, max(max_mem) AS max_mem, sum(nb_mesures) AS nb_mesures "
+     "FROM gold.host_metrics GROUP BY host ORDER BY avg_cpu DESC"),
+    ("gold: log levels",
+     "SELECT level, sum(nb_logs) AS nb_logs FROM gold.log_level_counts GROUP BY level ORDER BY nb_logs DESC"),
+    ("gold: orders enriched with customers (unknown customers keep nulls)",
+     "SELECT segment, count(*) AS orders, round(sum(total), 2) AS total FROM gold.orders_enriched "
+     "GROUP BY segment ORDER BY orders DESC"),
+]
 
 
 def _step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
-
-
-def _show(spark, query: str, limit: int = 20) -> None:
-    print(f"lakehouse sql \"{query}\"")
-    spark.sql(query).show(limit, truncate=False)
 
 
 def demo(settings: Settings, count: int = 2000) -> int:
@@ -28,25 +55,24 @@ def demo(settings: Settings, count: int = 2000) -> int:
     _step("local stack: real Kafka (KRaft) + real MinIO")
     for s in Stack(settings).up():
         print(s.line())
-    _step(f"produce {count} records per topic with duplicates, late and malformed records")
+    _step(f"produce {count} records per topic (5% duplicates, 3% late, 3% malformed)")
     produce(settings, GenOptions(topics=settings.source_topics, count=count, seed=int(time.time()),
                                  duplicate_pct=5, late_pct=3, malformed_pct=3,
                                  ledger=Path(settings.stack_dir) / "ledger.jsonl"))
     spark = get_spark(settings, app_name="lakehouse-demo")
-    stages = tuple(s for s in STAGES if Path(__file__).resolve().parent.parent.joinpath(s, "job.py").exists())
-    _step(f"run {', '.join(stages)} with trigger availableNow (one app, each query its own checkpoint)")
-    run(stages, settings, "availableNow", spark=spark)
+    _step("load the customer dimension (lakehouse customers load)")
+    print(f"{customers.load(spark, settings)} customers in silver.customers")
+    _step("run bronze -> silver -> gold with trigger availableNow (one app, each query its own checkpoint)")
+    t1 = time.monotonic()
+    run(STAGES, settings, "availableNow", spark=spark)
+    print(f"pipeline took {time.monotonic() - t1:.0f}s")
     register_tables(spark, settings)
-    _step("bronze tables on MinIO (Delta)")
-    _show(spark, "SELECT topic, count(*) AS records, min(offset) AS first_offset, max(offset) AS last_offset "
-                 "FROM (SELECT * FROM bronze.commandes_json UNION ALL SELECT * FROM bronze.logs_application "
-                 "UNION ALL SELECT * FROM bronze.metrics) GROUP BY topic ORDER BY topic")
-    from common import demo_views
-
-    for title, query in demo_views.QUERIES:
-        if demo_views.available(spark, query):
-            _step(title)
-            _show(spark, query)
-    print(f"\ndemo finished in {time.monotonic() - t0:.0f}s; query the tables yourself with "
-          "`lakehouse sql \"SELECT ...\"`", flush=True)
+    for title, query in QUERIES:
+        _step(title)
+        print(f'lakehouse sql "{query}"')
+        spark.sql(query).show(20, truncate=False)
+    _step("lakehouse status")
+    print("\n".join(format_status(read_status(settings))))
+    print(f"\ndemo finished in {time.monotonic() - t0:.0f}s. Next: `lakehouse sql \"SELECT ...\"`, "
+          "`lakehouse run all` to keep streaming, `lakehouse stack down` to stop the stack.", flush=True)
     return 0
