@@ -11,7 +11,7 @@ export PYSPARK_PYTHON := $(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup stack-up stack-down stack-status demo test test-unit test-reliability bench clean
+.PHONY: setup stack-up stack-down stack-status demo test test-unit bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@echo "==> virtualenv + pinned Python packages"
@@ -40,9 +40,6 @@ test: stack-up
 
 test-unit: setup
 	pytest -q -m "not stack and not cluster"
-
-test-reliability: stack-up
-	pytest -q tests/reliability
 
 bench: stack-up
 	python -m bench.run

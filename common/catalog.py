@@ -29,10 +29,16 @@ def list_tables(spark, settings: Settings) -> dict[str, list[str]]:
 
 
 def register_tables(spark, settings: Settings) -> dict[str, list[str]]:
+    """Register every Delta table of the lake; a name already pointing elsewhere (another lake
+    root used by the same session) is re-pointed. Only metadata changes: the tables are external."""
+    registered: dict[str, str] = spark.__dict__.setdefault("_lakehouse_tables", {})
     tables = list_tables(spark, settings)
     for layer, names in tables.items():
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {layer}")
         for name in names:
-            spark.sql(f"CREATE TABLE IF NOT EXISTS {layer}.{name} USING DELTA "
-                      f"LOCATION '{settings.table_path(layer, name)}'")
+            full, path = f"{layer}.{name}", settings.table_path(layer, name)
+            if registered.get(full) not in (None, path):
+                spark.sql(f"DROP TABLE IF EXISTS {full}")
+            spark.sql(f"CREATE TABLE IF NOT EXISTS {full} USING DELTA LOCATION '{path}'")
+            registered[full] = path
     return tables

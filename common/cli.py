@@ -9,6 +9,7 @@
     lakehouse peek <topic>                   batch read of a Kafka topic
     lakehouse customers load [--file F]      load the customer dimension
     lakehouse status                         streaming queries: last batch, rates, lag
+    lakehouse dq [--layer L]                 data-quality suites (Great Expectations)
     lakehouse sql-server [--port 10000]      Thrift JDBC server (beeline, BI tools)
     lakehouse demo                           the README demo
 """
@@ -173,6 +174,16 @@ def _cmd_sql_server(args) -> int:
     return serve(get_settings(), port=args.port, refresh=args.refresh)
 
 
+def _cmd_dq(args) -> int:
+    from common.spark import get_spark
+    from common.stack import check_reachable
+    from data_quality.runner import run_dq
+
+    settings = get_settings()
+    check_reachable(settings, kafka=False)
+    return run_dq(get_spark(settings, app_name="lakehouse-dq"), settings, args.layer)
+
+
 def _cmd_customers(args) -> int:
     from common import customers
     from common.spark import get_spark
@@ -247,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=10000)
     s.add_argument("--refresh", type=float, default=30.0, help="seconds between table re-registrations")
     s.set_defaults(func=_cmd_sql_server)
+
+    s = sub.add_parser("dq", help="Great Expectations suites over the current tables; non-zero exit on failure")
+    s.add_argument("--layer", choices=("bronze", "silver", "gold", "reconciliation", "all"), default="all")
+    s.set_defaults(func=_cmd_dq)
 
     s = sub.add_parser("status", help="every streaming query's last progress and how far behind it is")
     s.set_defaults(func=_cmd_status)

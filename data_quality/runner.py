@@ -1,0 +1,128 @@
+"""``lakehouse dq``: validate the lake's current tables with the suites of data_quality.suites.
+
+GE validates batch DataFrames (not streams): each table is read from Delta as it is now. A
+report line per expectation says pass/fail and the observed value; failures list a few of the
+offending rows. Data Docs (HTML) are written under ``.gx/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.catalog import register_tables
+from common.settings import Settings
+from common.tables import is_delta_table
+from data_quality.suites import LAYERS
+
+GX_ROOT = Path(__file__).resolve().parent.parent / ".gx"
+ORDER = ("bronze", "silver", "gold", "reconciliation")
+
+
+@dataclass
+class Check:
+    table: str
+    expectation: str
+    success: bool
+    observed: str
+    bad_rows: list = field(default_factory=list)
+
+
+def _describe(cfg) -> str:
+    kw = cfg.kwargs
+    name = cfg.type
+    if cfg.meta and cfg.meta.get("description"):
+        return f"{name}: {cfg.meta['description']}"
+    what = kw.get("column") or kw.get("column_list") or kw.get("description") or ""
+    extra = ""
+    if "value_set" in kw:
+        extra = f" in {kw['value_set']}"
+    elif "min_value" in kw or "max_value" in kw:
+        extra = f" between {kw.get('min_value')} and {kw.get('max_value')}"
+    return f"{name}({what}){extra}"
+
+
+def _observed(res) -> tuple[str, list]:
+    r = res.result or {}
+    if "observed_value" in r:
+        obs = r["observed_value"]
+        rows = r.get("details", {}).get("unexpected_rows") if isinstance(r.get("details"), dict) else None
+        return str(obs), list(rows or [])[:5]
+    if "unexpected_count" in r:
+        return (f"{r['unexpected_count']} unexpected of {r.get('element_count', '?')}",
+                list(r.get("partial_unexpected_list") or [])[:5])
+    return "-", []
+
+
+def validate(spark, settings: Settings, layers=ORDER, docs: bool = True) -> list[Check]:
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network calls from CI
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    register_tables(spark, settings)
+    context = gx.get_context(mode="file", project_root_dir=str(GX_ROOT))
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    source = context.data_sources.add_or_update_spark(name="lake")
+    checks: list[Check] = []
+    for layer in layers:
+        for ts in LAYERS[layer](settings):
+            label = f"{ts.layer}.{ts.table}" + (" (reconciliation)" if layer == "reconciliation" else "")
+            path = settings.table_path(ts.layer, ts.table)
+            if not is_delta_table(spark, path):
+                checks.append(Check(label, "table exists", False, f"no Delta table at {path}"))
+                continue
+            name = f"{layer}-{ts.layer}-{ts.table}"
+            try:
+                asset = source.get_asset(name)
+            except LookupError:
+                asset = source.add_dataframe_asset(name=name)
+            try:
+                batch_def = asset.get_batch_definition("whole")
+            except (KeyError, LookupError):
+                batch_def = asset.add_batch_definition_whole_dataframe("whole")
+            suite = context.suites.add_or_update(
+                gx.ExpectationSuite(name=name, expectations=[copy.copy(e) for e in ts.expectations]))
+            vd = context.validation_definitions.add_or_update(
+                gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
+            cp = context.checkpoints.add_or_update(gx.Checkpoint(
+                name=name, validation_definitions=[vd],
+                actions=[UpdateDataDocsAction(name="docs")] if docs else []))
+            result = cp.run(batch_parameters={"dataframe": spark.read.format("delta").load(path)})
+            for run_result in result.run_results.values():
+                for res in run_result.results:
+                    observed, bad = _observed(res)
+                    if res.exception_info and res.exception_info.get("raised_exception"):
+                        observed = f"error: {str(res.exception_info.get('exception_message'))[:200]}"
+                    checks.append(Check(label, _describe(res.expectation_config), bool(res.success), observed, bad))
+    return checks
+
+
+def docs_index() -> Path:
+    return GX_ROOT / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+
+
+def report(checks: list[Check], elapsed: float) -> list[str]:
+    width = max([len(c.table) for c in checks] + [5])
+    lines = [f"{'TABLE':<{width}}  RESULT  EXPECTATION  ->  OBSERVED"]
+    for c in checks:
+        lines.append(f"{c.table:<{width}}  {'pass' if c.success else 'FAIL':<6}  {c.expectation}  ->  {c.observed}")
+        for row in c.bad_rows if not c.success else []:
+            lines.append(f"{'':<{width}}          bad row: {row}")
+    failed = sum(1 for c in checks if not c.success)
+    lines.append(f"{len(checks) - failed} passed, {failed} failed expectations in {elapsed:.1f}s"
+                 + (f"; Data Docs: {docs_index()}" if docs_index().exists() else ""))
+    return lines
+
+
+def run_dq(spark, settings: Settings, layer: str = "all") -> int:
+    layers = ORDER if layer == "all" else (layer,)
+    t0 = time.monotonic()
+    checks = validate(spark, settings, layers)
+    print("\n".join(report(checks, time.monotonic() - t0)), flush=True)
+    return 0 if all(c.success for c in checks) else 1
