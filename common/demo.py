@@ -73,6 +73,10 @@ def demo(settings: Settings, count: int = 2000) -> int:
         spark.sql(query).show(20, truncate=False)
     _step("lakehouse status")
     print("\n".join(format_status(read_status(settings))))
+    _step("lakehouse dq: Great Expectations suites over every layer")
+    from data_quality.runner import run_dq
+
+    dq = run_dq(spark, settings)
     print(f"\ndemo finished in {time.monotonic() - t0:.0f}s. Next: `lakehouse sql \"SELECT ...\"`, "
           "`lakehouse run all` to keep streaming, `lakehouse stack down` to stop the stack.", flush=True)
-    return 0
+    return dq

@@ -35,8 +35,9 @@ class Check:
 def _describe(cfg) -> str:
     kw = cfg.kwargs
     name = cfg.type
-    if cfg.meta and cfg.meta.get("description"):
-        return f"{name}: {cfg.meta['description']}"
+    description = getattr(cfg, "description", None) or (cfg.meta or {}).get("description")
+    if description:
+        return f"{name}: {description}"
     what = kw.get("column") or kw.get("column_list") or kw.get("description") or ""
     extra = ""
     if "value_set" in kw:
@@ -51,11 +52,26 @@ def _observed(res) -> tuple[str, list]:
     if "observed_value" in r:
         obs = r["observed_value"]
         rows = r.get("details", {}).get("unexpected_rows") if isinstance(r.get("details"), dict) else None
+        # COMPLETE results carry every offending row; the report shows the first five
         return str(obs), list(rows or [])[:5]
     if "unexpected_count" in r:
         return (f"{r['unexpected_count']} unexpected of {r.get('element_count', '?')}",
                 list(r.get("partial_unexpected_list") or [])[:5])
     return "-", []
+
+
+def _exception(info) -> str:
+    """The first exception message GE recorded for a result (its layout varies by expectation)."""
+    stack = [info]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("exception_message"):
+                return str(item["exception_message"]).splitlines()[0][:200]
+            stack.extend(item.values())
+        elif hasattr(item, "exception_message") and item.exception_message:
+            return str(item.exception_message).splitlines()[0][:200]
+    return "no result"
 
 
 def validate(spark, settings: Settings, layers=ORDER, docs: bool = True) -> list[Check]:
@@ -91,14 +107,14 @@ def validate(spark, settings: Settings, layers=ORDER, docs: bool = True) -> list
             vd = context.validation_definitions.add_or_update(
                 gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
             cp = context.checkpoints.add_or_update(gx.Checkpoint(
-                name=name, validation_definitions=[vd],
+                name=name, validation_definitions=[vd], result_format={"result_format": "COMPLETE"},
                 actions=[UpdateDataDocsAction(name="docs")] if docs else []))
             result = cp.run(batch_parameters={"dataframe": spark.read.format("delta").load(path)})
             for run_result in result.run_results.values():
                 for res in run_result.results:
                     observed, bad = _observed(res)
-                    if res.exception_info and res.exception_info.get("raised_exception"):
-                        observed = f"error: {str(res.exception_info.get('exception_message'))[:200]}"
+                    if not res.success and observed == "-":
+                        observed = f"error: {_exception(res.exception_info)}"
                     checks.append(Check(label, _describe(res.expectation_config), bool(res.success), observed, bad))
     return checks
 

@@ -37,7 +37,7 @@ def _rows_where_not(predicate: str, description: str):
 def rule_expectations(table: str) -> list:
     """The GE form of every silver rule about ``table`` (the third enforcement of silver.rules)."""
     return [_rows_where_not(f"coalesce({r.sql('')}, false)", f"rule {r.name}: {r.description}")
-            for r in rules_for(table) if r.action != "warn"]
+            for r in rules_for(table) if r.action != "warn" and r.on_table]
 
 
 def _plausible_time(column: str = "event_time"):

@@ -64,7 +64,7 @@ def _outputs(settings: Settings, kind: str, classified, delay_s: float) -> dict:
 
 
 def _checks(table: str) -> dict[str, str]:
-    return {r.name: r.sql("") for r in rules_for(table) if r.constraint}
+    return {r.name: r.sql("") for r in rules_for(table) if r.constraint and r.on_table}
 
 
 def ensure_tables(spark, settings: Settings) -> None:

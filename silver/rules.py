@@ -8,7 +8,9 @@ enforced in three places:
    reason) or ``fail`` (stop the stream);
 2. as a Delta ``CHECK`` constraint on the silver table, when ``constraint`` is true (rows that
    break it can never be written, whatever writes the table);
-3. as a Great Expectations expectation over the silver table (``data_quality``).
+3. as a Great Expectations expectation over the silver table (``data_quality``), when its
+   predicate only uses columns the table keeps (``on_table``; ``total_mismatch`` needs the
+   order's items and is enforced in-stream, while GE checks the items' subtotals instead).
 
 Item-level predicates are written with ``{i}`` before each item field: silver's order-level
 check evaluates them for every item of an order (``forall(items, i -> ...)``), the
@@ -32,6 +34,7 @@ class Rule:
     action: str = "quarantine"
     constraint: bool = True  # also a Delta CHECK constraint on the table
     description: str = ""
+    on_table: bool = True    # the predicate only uses columns the silver table keeps (else: in-stream only)
 
     def __post_init__(self):
         if self.action not in ACTIONS:
@@ -55,7 +58,7 @@ RULES: tuple[Rule, ...] = (
     Rule("subtotal_mismatch", "order_items", "abs({i}subtotal - {i}quantity * {i}unit_price) <= 0.01",
          description="subtotal = quantity x unit_price within a cent"),
     Rule("no_items", "orders", "item_count > 0", description="an order has at least one item"),
-    Rule("total_mismatch", "orders", "abs(total - items_total) <= 0.01", constraint=False,
+    Rule("total_mismatch", "orders", "abs(total - items_total) <= 0.01", constraint=False, on_table=False,
          description="total = sum of subtotals within a cent"),
     Rule("unknown_status", "orders", f"status IN ({_in(ORDER_STATUSES)})", description="known status"),
     Rule("unknown_level", "logs", f"level IN ({_in(LOG_LEVELS)})", description="level in INFO/WARNING/ERROR"),

@@ -36,7 +36,8 @@ def test_all_suites_pass_on_pipeline_output(spark, pipeline_lake):
     failed = [c for c in checks if not c.success]
     assert not failed, "\n".join(report(failed, 0))
     tables = {c.table for c in checks}
-    assert {"bronze.commandes_json", "silver.orders", "silver.order_items", "gold.customer_order_kpis",
+    bronze_orders = f"bronze.{pipeline_lake.bronze_table_for(pipeline_lake.topic_orders)}"
+    assert {bronze_orders, "silver.orders", "silver.order_items", "gold.customer_order_kpis",
             "gold.product_sales", "silver.rule_outcomes (reconciliation)"} <= tables
     assert len(checks) > 60
 
@@ -57,7 +58,7 @@ def _corrupt_copy(spark, src, base_settings, name, layer, table, bad_rows_sql):
 
 @pytest.mark.parametrize("layer,table,bad_sql,expectation", [
     ("bronze", "commandes_json", "SELECT * FROM src LIMIT 1", "expect_compound_columns_to_be_unique"),
-    ("silver", "order_items", "SELECT order_id, line, customer_id, event_time, product_id, product_name, "
+    ("silver", "order_items", "SELECT order_id, line + 1000 AS line, customer_id, event_time, product_id, product_name, "
      "-quantity AS quantity, unit_price, -subtotal AS subtotal, topic, partition, offset + 100000 AS offset, "
      "kafka_timestamp FROM src LIMIT 1", "rule quantity_not_positive"),
     ("gold", "customer_order_kpis", "SELECT window_end AS window_start, window_start AS window_end, customer_id, "
