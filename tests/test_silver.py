@@ -6,7 +6,7 @@ import pytest
 
 from common.runner import run
 from tests.helpers import delta_count, kill_hard, produce_to, run_stage_to_completion, start_stage_process, wait_until
-from tests.oracle import SilverOracle, coords
+from tests.oracle import SilverOracle
 
 pytestmark = pytest.mark.stack
 FAULTS = dict(duplicate_pct=10, late_pct=5, malformed_pct=5)
