@@ -8,37 +8,51 @@ any number of sessions can do it at once without a shared metastore lock.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from common.settings import LAYERS, Settings
 
 
-def list_tables(spark, settings: Settings) -> dict[str, list[str]]:
-    """{layer: [table, ...]} of the Delta tables present under the lake root."""
-    jvm = spark.sparkContext._jvm
-    conf = spark.sparkContext._jsc.hadoopConfiguration()
+def list_tables(settings: Settings) -> dict[str, list[str]]:
+    """{layer: [table, ...]} of the Delta tables present under the lake root (no Spark needed)."""
     found: dict[str, list[str]] = {}
-    for layer in LAYERS:
-        root = jvm.org.apache.hadoop.fs.Path(f"{settings.lake_root.rstrip('/')}/{layer}")
-        fs = root.getFileSystem(conf)
-        names = []
-        if fs.exists(root):
-            for status in fs.listStatus(root):
-                if status.isDirectory() and fs.exists(jvm.org.apache.hadoop.fs.Path(status.getPath(), "_delta_log")):
-                    names.append(status.getPath().getName())
-        found[layer] = sorted(names)
+    if settings.is_s3:
+        from common.stack import minio_client
+
+        client = minio_client(settings)
+        root = settings.lake_root[len(f"s3a://{settings.bucket}"):].strip("/")
+        for layer in LAYERS:
+            prefix = f"{root}/{layer}/".lstrip("/")
+            dirs = [o.object_name for o in client.list_objects(settings.bucket, prefix=prefix) if o.is_dir]
+            found[layer] = sorted(d[len(prefix):].strip("/") for d in dirs
+                                  if any(True for _ in client.list_objects(settings.bucket, prefix=f"{d}_delta_log/")))
+    else:
+        for layer in LAYERS:
+            base = Path(settings.lake_root) / layer
+            found[layer] = sorted(p.name for p in base.iterdir() if (p / "_delta_log").is_dir()) if base.is_dir() else []
     return found
+
+
+def registration_sql(settings: Settings, tables: dict[str, list[str]]) -> list[str]:
+    out = []
+    for layer, names in tables.items():
+        out.append(f"CREATE DATABASE IF NOT EXISTS {layer}")
+        out += [f"CREATE TABLE IF NOT EXISTS {layer}.{name} USING DELTA LOCATION '{settings.table_path(layer, name)}'"
+                for name in names]
+    return out
 
 
 def register_tables(spark, settings: Settings) -> dict[str, list[str]]:
     """Register every Delta table of the lake; a name already pointing elsewhere (another lake
     root used by the same session) is re-pointed. Only metadata changes: the tables are external."""
     registered: dict[str, str] = spark.__dict__.setdefault("_lakehouse_tables", {})
-    tables = list_tables(spark, settings)
+    tables = list_tables(settings)
     for layer, names in tables.items():
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS {layer}")
         for name in names:
             full, path = f"{layer}.{name}", settings.table_path(layer, name)
             if registered.get(full) not in (None, path):
                 spark.sql(f"DROP TABLE IF EXISTS {full}")
-            spark.sql(f"CREATE TABLE IF NOT EXISTS {full} USING DELTA LOCATION '{path}'")
             registered[full] = path
+    for statement in registration_sql(settings, tables):
+        spark.sql(statement)
     return tables

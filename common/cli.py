@@ -11,6 +11,7 @@
     lakehouse status                         streaming queries: last batch, rates, lag
     lakehouse dq [--layer L]                 data-quality suites (Great Expectations)
     lakehouse sql-server [--port 10000]      Thrift JDBC server (beeline, BI tools)
+    lakehouse spark-sql [-e "SELECT ..."]    Spark's spark-sql shell over the same tables
     lakehouse demo                           the README demo
 """
 
@@ -174,6 +175,12 @@ def _cmd_sql_server(args) -> int:
     return serve(get_settings(), port=args.port, refresh=args.refresh)
 
 
+def _cmd_spark_sql(args) -> int:
+    from common.sqlserver import spark_sql_shell
+
+    return spark_sql_shell(get_settings(), args.args)
+
+
 def _cmd_dq(args) -> int:
     from common.spark import get_spark
     from common.stack import check_reachable
@@ -259,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--refresh", type=float, default=30.0, help="seconds between table re-registrations")
     s.set_defaults(func=_cmd_sql_server)
 
+    s = sub.add_parser("spark-sql", help="Spark's spark-sql shell with the lake's tables registered by name")
+    s.set_defaults(args=[])  # everything after `spark-sql` goes to spark-sql (see main)
+    s.set_defaults(func=_cmd_spark_sql)
+
     s = sub.add_parser("dq", help="Great Expectations suites over the current tables; non-zero exit on failure")
     s.add_argument("--layer", choices=("bronze", "silver", "gold", "reconciliation", "all"), default="all")
     s.set_defaults(func=_cmd_dq)
@@ -280,7 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from common.runner import setup_logging
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "spark-sql":
+        args.args = extra  # e.g. -e "SELECT ...": spark-sql's own options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     setup_logging()
     try:
         return args.func(args)

@@ -47,3 +47,27 @@ def serve(settings: Settings, port: int = 10000, host: str = "127.0.0.1", refres
     return 0
 
 
+
+
+def spark_sql_shell(settings: Settings, args: list[str]) -> int:
+    """Run pyspark's ``spark-sql`` with the project's jars and settings and every lake table
+    registered by name (an init file of CREATE TABLE ... LOCATION statements)."""
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    import pyspark
+
+    from common.catalog import list_tables, registration_sql
+    from common.spark import spark_properties, write_properties
+    from common.stack import check_reachable
+
+    check_reachable(settings, kafka=False)
+    with tempfile.TemporaryDirectory(prefix="lakehouse-spark-sql-") as tmp:
+        init = Path(tmp) / "init.sql"
+        init.write_text("".join(f"{s};\n" for s in registration_sql(settings, list_tables(settings))))
+        props = write_properties(Path(tmp) / "spark.conf", spark_properties(settings))
+        shell = Path(pyspark.__file__).parent / "bin" / "spark-sql"
+        cmd = [str(shell), "--properties-file", str(props), "--master", settings.spark_master, "-i", str(init), *args]
+        return subprocess.call(cmd, env={**os.environ, "SPARK_HOME": str(shell.parent.parent)})

@@ -1,4 +1,5 @@
-"""Gold by name from other processes: `lakehouse sql` and the Thrift JDBC server agree."""
+"""Gold by name from other processes: `lakehouse sql`, the spark-sql shell and the Thrift JDBC
+server return the same rows."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.stack
 QUERY = "SELECT customer_id, nb_commandes FROM gold.customer_order_kpis ORDER BY customer_id"
 
 
-def test_sql_cli_and_thrift_server_return_the_same_rows(spark, lake, tmp_path):
+def test_sql_cli_spark_sql_shell_and_thrift_server_return_the_same_rows(spark, lake, tmp_path):
     rows = [("CUST-001", 3), ("CUST-002", 1), ("CUST-007", 12)]
     spark.createDataFrame(rows, "customer_id string, nb_commandes long").write.format("delta").save(
         lake.table_path("gold", "customer_order_kpis"))
@@ -28,6 +29,12 @@ def test_sql_cli_and_thrift_server_return_the_same_rows(spark, lake, tmp_path):
     assert cli.returncode == 0, cli.stderr[-2000:]
     via_cli = [(r[0], int(r[1])) for r in list(csv.reader(io.StringIO(cli.stdout)))[1:]]
     assert via_cli == rows
+
+    shell = subprocess.run([sys.executable, "-m", "common.cli", "spark-sql", "-S", "-e", QUERY],
+                           env=settings_env(lake), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert shell.returncode == 0, shell.stderr[-2000:]
+    via_shell = [(a, int(b)) for a, b in (ln.split("\t") for ln in shell.stdout.splitlines() if "\t" in ln)]
+    assert via_shell == rows
 
     port = 10123
     server = subprocess.Popen([sys.executable, "-m", "common.cli", "sql-server", "--port", str(port)],
