@@ -50,6 +50,15 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, interva
         time.sleep(interval)
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64. Like Kafka's own Uuid, never one that
+    starts with '-', which the storage tool's argument parser would take for an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -221,7 +230,7 @@ class Stack:
                               "LAKEHOUSE_KAFKA_CONTROLLER_PORT")
         cfg = self._kafka_config()
         if not (self.root / "kafka" / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_id = new_cluster_id()
             proc = subprocess.run(self._kafka_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id,
                                                   "-c", str(cfg)), capture_output=True, text=True)
             if proc.returncode != 0:
