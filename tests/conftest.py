@@ -36,7 +36,8 @@ def stack(base_settings):
 
 
 @pytest.fixture(scope="session")
-def spark(base_settings, stack):
+def spark(base_settings):
+    """Needs no running stack: tests that touch Kafka or MinIO also ask for ``stack`` or ``lake``."""
     from common.spark import get_spark
 
     session = get_spark(base_settings, app_name="lakehouse-tests")
