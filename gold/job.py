@@ -53,6 +53,10 @@ def merge_batch(batch, path: str, keys: tuple[str, ...], app_id: str, batch_id: 
     from delta.tables import DeltaTable
 
     spark = batch.sparkSession  # the query's own session clone: these confs affect only this query
+    # Materialise the batch first, whatever happens to the MERGE: when Delta skips a replayed batch
+    # the upstream aggregation must still have run on every partition, or its state stores are
+    # never committed and Spark fails the query (STATE_STORE_COMMIT_VALIDATION_FAILED).
+    batch = batch.localCheckpoint(eager=True)
     spark.conf.set("spark.databricks.delta.write.txnAppId", app_id)
     spark.conf.set("spark.databricks.delta.write.txnVersion", str(batch_id))
     try:
