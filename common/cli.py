@@ -116,15 +116,20 @@ def _print_rows(columns: list[str], rows: list[list], fmt: str) -> None:
         print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
 
 
-def _cmd_sql(args) -> int:
-    from common.catalog import register_tables
+def _lake_session(app_name: str):
+    """(settings, spark) for a command that reads the lake: a down S3 endpoint is one line, fast."""
     from common.spark import get_spark
-
     from common.stack import check_reachable
 
     settings = get_settings()
     check_reachable(settings, kafka=False)
-    spark = get_spark(settings, app_name="lakehouse-sql")
+    return settings, get_spark(settings, app_name=app_name)
+
+
+def _cmd_sql(args) -> int:
+    from common.catalog import register_tables
+
+    settings, spark = _lake_session("lakehouse-sql")
     register_tables(spark, settings)
     try:
         df = spark.sql(args.query)
@@ -182,23 +187,16 @@ def _cmd_spark_sql(args) -> int:
 
 
 def _cmd_dq(args) -> int:
-    from common.spark import get_spark
-    from common.stack import check_reachable
     from data_quality.runner import run_dq
 
-    settings = get_settings()
-    check_reachable(settings, kafka=False)
-    return run_dq(get_spark(settings, app_name="lakehouse-dq"), settings, args.layer)
+    settings, spark = _lake_session("lakehouse-dq")
+    return run_dq(spark, settings, args.layer)
 
 
 def _cmd_customers(args) -> int:
     from common import customers
-    from common.spark import get_spark
-    from common.stack import check_reachable
 
-    settings = get_settings()
-    check_reachable(settings, kafka=False)
-    spark = get_spark(settings, app_name="lakehouse-customers")
+    settings, spark = _lake_session("lakehouse-customers")
     path = Path(args.file) if args.file else customers.DEFAULT_FILE
     n = customers.load(spark, settings, path)
     print(f"loaded {n} customers from {path} into {settings.table_path('silver', 'customers')}")
