@@ -37,7 +37,8 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
         table = settings.bronze_table_for(topic)
         queries.append(streams.start(
             to_bronze(source), name=f"bronze_{table}", checkpoint=settings.checkpoint_path("bronze", table),
-            path=settings.table_path("bronze", table), options=options, partition_by=PARTITION_COLUMNS))
+            path=settings.table_path("bronze", table), options=options, partition_by=PARTITION_COLUMNS,
+            signature={"topic": topic}))
     return queries
 
 

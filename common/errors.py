@@ -36,3 +36,9 @@ class StreamFailedError(LakehouseError):
     """A streaming query stopped with an error."""
 
     exit_code = 1
+
+
+class CheckpointError(LakehouseError):
+    """A checkpoint is in use by another copy of the query, or was built with other settings."""
+
+    exit_code = 3

@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from common import streams
+from common import checkpoints, streams
 from common.errors import LakehouseError, SettingsError
 from common.settings import Settings, get_settings
 
@@ -69,6 +69,7 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
         for q in started:
             if q.isActive:
                 q.stop()
+        checkpoints.leases(spark).release_all()
 
 
 def stage_parser(prog: str) -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import threading
 import time
@@ -104,9 +105,12 @@ def read_delta(spark, path: str, **options):
 def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str | None = None,
           foreach_batch: Callable | None = None, output_mode: str = "append",
           partition_by: Iterable[str] = (), stateful: bool = False, sink_format: str | None = None,
-          sink_options: dict[str, str] | None = None):
+          sink_options: dict[str, str] | None = None, signature: dict | None = None):
     """Start one streaming query with its own name and checkpoint.
 
+    ``signature`` names the settings the query's state depends on (window, watermark, dedup key):
+    a restart on the checkpoint with other values fails before it starts, as does a second copy
+    of the query on the same checkpoint (``common.checkpoints``).
     ``options.sink == "console"`` replaces any sink with the console (debugging).
     """
     sink = "console" if options.sink == "console" else (sink_format or ("foreachBatch" if foreach_batch else "delta"))
@@ -115,6 +119,9 @@ def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str |
     if sink == "console":
         writer = writer.format("console").option("truncate", "false").option("numRows", "20")
     else:
+        from common.checkpoints import claim
+
+        claim(df.sparkSession, checkpoint, name, {"query": name, **(signature or {})})
         writer = writer.option("checkpointLocation", checkpoint)
         if foreach_batch is not None:
             writer = writer.foreachBatch(foreach_batch)
@@ -218,14 +225,26 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
                      else None)
 
 
+_PY_ERROR = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b(?::.*)?$", re.M)
+
+
 def short_error(exc: BaseException) -> str:
     """The first meaningful line of a (possibly Java) streaming exception."""
     text = str(getattr(exc, "desc", None) or exc)
+    hint = ""
+    if "KAFKA_DATA_LOSS" in text or "failOnDataLoss" in text:
+        hint = (" - records were deleted from Kafka (retention) before they were read; set "
+                "LAKEHOUSE_FAIL_ON_DATA_LOSS=false to skip them and go on")
+    if "Traceback (most recent call last)" in text:  # a Python error raised in foreachBatch
+        trace = text[text.index("Traceback (most recent call last)"):].split("\n\tat ")[0]
+        raised = [m.group(0) for m in _PY_ERROR.finditer(trace)]
+        if raised:
+            return raised[-1][:400] + hint
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("at ") and line != "=== Streaming Query ===":
-            return line[:400]
-    return text[:400]
+            return line[:400] + hint
+    return text[:400] + hint
 
 
 def await_all(spark, queries: list, poll_seconds: float = 0.5) -> None:

@@ -104,7 +104,8 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
         name = f"gold_{kpi.name}"
         queries.append(streams.start(kpi.build(source, settings), name=name, output_mode="update", stateful=True,
                                      checkpoint=settings.checkpoint_path("gold", kpi.name), options=options,
-                                     foreach_batch=_kpi_writer(settings, kpi, name)))
+                                     foreach_batch=_kpi_writer(settings, kpi, name),
+                                     signature=kpi.signature(settings)))
     orders = _silver(spark, settings, "orders", stream=True)
     queries.append(streams.start(orders, name="gold_orders_enriched", options=options,
                                  checkpoint=settings.checkpoint_path("gold", "orders_enriched"),

@@ -63,20 +63,28 @@ class Kpi:
     source: str               # silver table
     watermark: str            # Settings attribute holding the watermark delay
     keys: tuple[str, ...]     # group columns (the MERGE key adds window_start/window_end)
+    windows: tuple[str, ...]  # Settings attributes holding its window size (and slide)
     build: Callable[[DataFrame, Settings], DataFrame]
+
+    def signature(self, settings: Settings) -> dict:
+        """What the query's state depends on: restarting its checkpoint with other values is refused."""
+        attrs = (*self.windows, self.watermark)
+        return {"source": self.source, "keys": list(self.keys), **{a: getattr(settings, a) for a in attrs}}
 
 
 KPIS: tuple[Kpi, ...] = (
-    Kpi("customer_order_kpis", "orders", "watermark_orders", ("customer_id",),
+    Kpi("customer_order_kpis", "orders", "watermark_orders", ("customer_id",), ("kpi_window", "kpi_slide"),
         lambda df, s: customer_order_kpis(df, s.kpi_window, s.kpi_slide)),
-    Kpi("customer_minute_totals", "orders", "watermark_orders", ("customer_id",),
+    Kpi("customer_minute_totals", "orders", "watermark_orders", ("customer_id",), ("minute_window",),
         lambda df, s: customer_minute_totals(df, s.minute_window)),
-    Kpi("product_sales", "order_items", "watermark_orders", ("product_id", "product_name"),
+    Kpi("product_sales", "order_items", "watermark_orders", ("product_id", "product_name"), ("minute_window",),
         lambda df, s: product_sales(df, s.minute_window)),
-    Kpi("log_level_counts", "logs", "watermark_logs", ("level",),
+    Kpi("log_level_counts", "logs", "watermark_logs", ("level",), ("minute_window",),
         lambda df, s: log_level_counts(df, s.minute_window)),
-    Kpi("module_stats", "logs", "watermark_logs", ("module",), lambda df, s: module_stats(df, s.minute_window)),
-    Kpi("host_metrics", "metrics", "watermark_metrics", ("host",), lambda df, s: host_metrics(df, s.host_window)),
+    Kpi("module_stats", "logs", "watermark_logs", ("module",), ("minute_window",),
+        lambda df, s: module_stats(df, s.minute_window)),
+    Kpi("host_metrics", "metrics", "watermark_metrics", ("host",), ("host_window",),
+        lambda df, s: host_metrics(df, s.host_window)),
 )
 
 

@@ -119,7 +119,8 @@ def start(spark, settings: Settings, options: streams.StreamOptions, kinds=tuple
             continue
         queries.append(streams.start(deduped, name=name, checkpoint=settings.checkpoint_path("silver", kind),
                                      options=options, foreach_batch=_batch_writer(settings, kind, name, delay_s),
-                                     stateful=True))
+                                     stateful=True, signature={"source": topic, "dedup_key": T.dedup_columns(kind),
+                                                               SOURCES[kind][1]: delay}))
     return queries
 
 

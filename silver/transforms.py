@@ -165,13 +165,18 @@ def classify(bronze: DataFrame, kind: str, delay_seconds: float) -> DataFrame:
               .withColumn("target_table", F.lit(spec["table"])).drop("raw", "parse_error"))
 
 
+def dedup_columns(kind: str) -> tuple[str, ...]:
+    """The natural key duplicates are recognised by (part of the query's checkpoint signature)."""
+    return tuple(KINDS[kind]["key"])
+
+
 def dedupe(classified: DataFrame, kind: str, delay: str) -> DataFrame:
     """Drop duplicate valid records (same natural key) under a watermark on event time.
 
     Quarantined, dropped and late rows keep a unique key (their Kafka coordinates) and use their
     arrival time for the watermark, so the dedup operator never discards them.
     """
-    key = KINDS[kind]["key"]
+    key = dedup_columns(kind)
     valid = F.col("route") == "valid"
     natural = F.concat_ws("\u0001", *[F.col(k).cast("string") for k in key])
     coords = F.concat_ws(":", F.lit("coord"), "topic", "partition", "offset")

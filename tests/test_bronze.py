@@ -7,28 +7,17 @@ from collections import Counter
 import pytest
 
 from common.runner import run
-from tests.helpers import delta_count, kill_hard, produce_to, run_stage_to_completion, start_stage_process, wait_until
+from tests.checks import _bronze, _coords, _ledger_coords
+from tests.helpers import (
+    delta_count,
+    kill_hard,
+    produce_to,
+    run_stage_to_completion,
+    start_stage_process,
+    wait_until,
+)
 
 pytestmark = pytest.mark.stack
-
-
-def _bronze(spark, settings, topic):
-    return spark.read.format("delta").load(settings.table_path("bronze", settings.bronze_table_for(topic)))
-
-
-def _coords(spark, settings):
-    out = {}
-    for topic in settings.source_topics:
-        for r in _bronze(spark, settings, topic).select("topic", "partition", "offset", "key", "value").collect():
-            k = (r.topic, r.partition, r.offset)
-            assert k not in out, f"duplicate coordinates {k}"
-            out[k] = (r.key, r.value)
-    return out
-
-
-def _ledger_coords(ledger):
-    return {(r["topic"], r["partition"], r["offset"]):
-            (r["key"].encode() if r["key"] is not None else None, r["value"].encode()) for r in ledger}
 
 
 def test_bronze_exactly_once_across_runs(spark, lake, tmp_path):

@@ -13,34 +13,20 @@ from kafka import KafkaConsumer
 from common import customers
 from common.runner import run
 from gold.transforms import KPIS, TVA_RATE
+from tests.checks import check_gold
 from tests.conftest import ROOT, settings_env
-from tests.helpers import delta_count, kill_hard, produce_to, run_stage_to_completion, start_stage_process, wait_until
-from tests.oracle import GoldOracle, SilverOracle
+from tests.helpers import (
+    delta_count,
+    kill_hard,
+    produce_to,
+    run_stage_to_completion,
+    start_stage_process,
+    wait_until,
+)
+from tests.oracle import SilverOracle
 
 pytestmark = pytest.mark.stack
 FAULTS = dict(duplicate_pct=10, late_pct=5, malformed_pct=5)
-
-
-def gold_rows(spark, settings, kpi):
-    df = spark.read.format("delta").load(settings.table_path("gold", kpi.name))
-    measures = [c for c in df.columns if c not in ("window_start", "window_end", *kpi.keys)]
-    rows = df.selectExpr("date_format(window_start, 'yyyy-MM-dd HH:mm:ss') ws",
-                         "date_format(window_end, 'yyyy-MM-dd HH:mm:ss') we", *kpi.keys, *measures).collect()
-    out = {}
-    for r in rows:
-        key = tuple(r)[: 2 + len(kpi.keys)]
-        assert key not in out, f"{kpi.name}: window/group {key} twice"
-        out[key] = tuple(r)[2 + len(kpi.keys):]
-    return out
-
-
-def check_gold(spark, settings, ledger):
-    oracle = GoldOracle(SilverOracle(ledger, settings), settings)
-    for kpi in KPIS:
-        got, want = gold_rows(spark, settings, kpi), getattr(oracle, kpi.name)()
-        assert set(got) == set(want), f"{kpi.name}: windows differ"
-        for k, expected in want.items():
-            assert got[k] == pytest.approx(expected, abs=0.005), f"{kpi.name} {k}"
 
 
 def test_gold_equals_recomputation_and_enrichment_follows_customer_updates(spark, lake, tmp_path):

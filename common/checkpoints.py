@@ -1,0 +1,186 @@
+"""Guards on a query's checkpoint, checked before the query starts.
+
+Spark refuses a second run of a checkpoint only inside one application; two applications (two
+``spark-submit``s, or ``run silver`` next to ``run all``) would both write its offset log. And a
+restart with a different window, slide, watermark or dedup key on an old checkpoint is not
+always detected by Spark (the state schema can stay the same), which yields silently wrong
+numbers. So every query's checkpoint folder holds two small files of ours:
+
+* ``_lakehouse_query.json`` - the *signature* of the query (the settings its state depends on),
+  written at first start. A restart with a different signature fails before anything runs,
+  naming the setting that changed.
+* ``_lakehouse_owner.json`` - a lease: application id, host, pid and a heartbeat refreshed every
+  ``HEARTBEAT_SECONDS``. A second copy finds a live lease and stops with a one-line error. A
+  lease is taken over when its owner is a dead process on this host (restart after SIGKILL:
+  immediate) or its heartbeat is older than ``STALE_SECONDS`` (owner on another host).
+
+The files are written through Hadoop's FileSystem API, so they work on s3a:// and file:// alike.
+The lease is advisory (S3 has no atomic create-if-absent through S3A): two copies started in the
+same second could both pass; each copy re-reads the lease after writing it to narrow that window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+
+from common.errors import CheckpointError
+
+log = logging.getLogger("lakehouse.checkpoints")
+SIGNATURE_FILE = "_lakehouse_query.json"
+OWNER_FILE = "_lakehouse_owner.json"
+HEARTBEAT_SECONDS = 10.0
+STALE_SECONDS = 45.0
+RESET_HINT = ("start it on a new checkpoint (a new LAKEHOUSE_CHECKPOINT_ROOT) and let it recompute, or put the "
+              "setting back")
+
+
+class _Fs:
+    """Tiny Hadoop FileSystem wrapper (read / write / delete one small file)."""
+
+    def __init__(self, spark):
+        self.sc = spark.sparkContext
+
+    def _path(self, path: str):
+        p = self.sc._jvm.org.apache.hadoop.fs.Path(path)
+        return p, p.getFileSystem(self.sc._jsc.hadoopConfiguration())
+
+    def read_json(self, path: str) -> dict | None:
+        p, fs = self._path(path)
+        if not fs.exists(p):
+            return None
+        stream = fs.open(p)
+        try:
+            data = self.sc._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+        finally:
+            stream.close()
+        try:
+            return json.loads(data)
+        except ValueError:
+            return None
+
+    def write_json(self, path: str, value: dict) -> None:
+        p, fs = self._path(path)
+        out = fs.create(p, True)
+        try:
+            out.write(json.dumps(value, sort_keys=True).encode())
+        finally:
+            out.close()
+
+    def delete(self, path: str) -> None:
+        p, fs = self._path(path)
+        fs.delete(p, False)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_signature(spark, checkpoint: str, query: str, signature: dict) -> None:
+    """Record ``signature`` at first start; afterwards refuse to start with a different one."""
+    fs = _Fs(spark)
+    path = f"{checkpoint}/{SIGNATURE_FILE}"
+    signature = {k: (list(v) if isinstance(v, tuple) else v) for k, v in signature.items()}
+    recorded = fs.read_json(path)
+    if recorded is None:
+        fs.write_json(path, signature)
+        return
+    changed = sorted(k for k in set(recorded) | set(signature) if recorded.get(k) != signature.get(k))
+    if changed:
+        what = "; ".join(f"{k} was {recorded.get(k)!r}, now {signature.get(k)!r}" for k in changed)
+        raise CheckpointError(f"query {query} cannot restart on checkpoint {checkpoint}: its state was built with "
+                              f"other settings ({what}); {RESET_HINT}")
+
+
+class Leases:
+    """The leases one application holds, with one heartbeat thread for all of them."""
+
+    def __init__(self, spark):
+        self._fs = _Fs(spark)
+        self._app = spark.sparkContext.applicationId
+        self._held: dict[str, str] = {}  # checkpoint -> query
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _record(self, query: str) -> dict:
+        return {"app_id": self._app, "host": socket.gethostname(), "pid": os.getpid(), "query": query,
+                "heartbeat": time.time()}
+
+    def _is_ours(self, owner: dict) -> bool:
+        return owner.get("app_id") == self._app and owner.get("pid") == os.getpid()
+
+    def _is_live(self, owner: dict) -> bool:
+        if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+            if not _pid_alive(owner["pid"]):
+                return False
+        return time.time() - float(owner.get("heartbeat", 0)) < STALE_SECONDS
+
+    def acquire(self, checkpoint: str, query: str) -> None:
+        path = f"{checkpoint}/{OWNER_FILE}"
+        owner = self._fs.read_json(path)
+        if owner and not self._is_ours(owner) and self._is_live(owner):
+            raise CheckpointError(
+                f"query {query}: checkpoint {checkpoint} is in use by application {owner.get('app_id')} "
+                f"(pid {owner.get('pid')} on {owner.get('host')}, heartbeat {time.time() - owner['heartbeat']:.0f} s "
+                f"ago); stop that copy first (its lease expires {STALE_SECONDS:.0f} s after it stops)")
+        if owner and not self._is_ours(owner):
+            log.warning("query %s: taking over the checkpoint lease of %s (pid %s on %s, no longer running)",
+                        query, owner.get("app_id"), owner.get("pid"), owner.get("host"))
+        self._fs.write_json(path, self._record(query))
+        again = self._fs.read_json(path)
+        if again and not self._is_ours(again):
+            raise CheckpointError(f"query {query}: checkpoint {checkpoint} was claimed at the same moment by "
+                                  f"application {again.get('app_id')} (pid {again.get('pid')} on {again.get('host')})")
+        with self._lock:
+            self._held[checkpoint] = query
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._beat, name="checkpoint-leases", daemon=True)
+                self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            with self._lock:
+                held = dict(self._held)
+            for checkpoint, query in held.items():
+                try:
+                    self._fs.write_json(f"{checkpoint}/{OWNER_FILE}", self._record(query))
+                except Exception as e:  # storage briefly down: the query itself will report it
+                    log.debug("lease heartbeat for %s failed: %s", query, e)
+
+    def release_all(self) -> None:
+        with self._lock:
+            held, self._held = dict(self._held), {}
+        for checkpoint in held:
+            try:
+                path = f"{checkpoint}/{OWNER_FILE}"
+                owner = self._fs.read_json(path)
+                if owner and self._is_ours(owner):
+                    self._fs.delete(path)
+            except Exception as e:
+                log.debug("could not release lease of %s: %s", checkpoint, e)
+
+
+def leases(spark) -> Leases:
+    """The application's lease holder (one per Spark session)."""
+    holder = getattr(spark, "_lakehouse_leases", None)
+    if holder is None or holder._app != spark.sparkContext.applicationId:
+        holder = Leases(spark)
+        spark._lakehouse_leases = holder
+    return holder
+
+
+def claim(spark, checkpoint: str, query: str, signature: dict) -> None:
+    """Before a query starts: its settings match the checkpoint, and no other copy runs on it."""
+    check_signature(spark, checkpoint, query, signature)
+    leases(spark).acquire(checkpoint, query)

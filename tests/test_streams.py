@@ -1,0 +1,52 @@
+"""Stream lifecycle without the stack: one failing query stops the others; checkpoint guards."""
+
+from __future__ import annotations
+
+import pytest
+
+from common import checkpoints, streams
+from common.errors import CheckpointError, StreamFailedError
+
+
+def test_one_failed_query_stops_every_other_and_raises_its_error(spark):
+    source = spark.readStream.format("rate").option("rowsPerSecond", "5").load()
+
+    def fail_on_second_batch(batch, batch_id):
+        if batch_id >= 1:
+            raise ValueError("boom in the second batch")
+
+    healthy = source.writeStream.queryName("healthy").format("noop").trigger(processingTime="200 milliseconds").start()
+    failing = (source.writeStream.queryName("failing").foreachBatch(fail_on_second_batch)
+               .trigger(processingTime="200 milliseconds").start())
+    with pytest.raises(StreamFailedError, match=r"query failing failed: .*boom in the second batch") as err:
+        streams.await_all(spark, [healthy, failing])
+    assert err.value.exit_code != 0
+    assert not healthy.isActive and not failing.isActive
+    assert healthy.exception() is None  # stopped by us, not failed
+
+
+def test_signature_is_recorded_then_enforced(spark, tmp_path):
+    cp = str(tmp_path / "cp")
+    checkpoints.check_signature(spark, f"file://{cp}", "q", {"window": "2 minutes", "keys": ("a",)})
+    checkpoints.check_signature(spark, f"file://{cp}", "q", {"window": "2 minutes", "keys": ("a",)})
+    with pytest.raises(CheckpointError, match=r"query q cannot restart .*window was '2 minutes', now '3 minutes'"):
+        checkpoints.check_signature(spark, f"file://{cp}", "q", {"window": "3 minutes", "keys": ("a",)})
+
+
+def test_lease_refuses_a_live_owner_and_takes_over_a_dead_one(spark, tmp_path):
+    import json
+    import socket
+    import time
+
+    cp = tmp_path / "cp"
+    cp.mkdir()
+    owner = cp / checkpoints.OWNER_FILE
+    live = {"app_id": "other-app", "host": socket.gethostname(), "pid": 1, "query": "q", "heartbeat": time.time()}
+    owner.write_text(json.dumps(live))  # pid 1 is alive: a live copy
+    with pytest.raises(CheckpointError, match=r"checkpoint .* is in use by application other-app"):
+        checkpoints.leases(spark).acquire(f"file://{cp}", "q")
+    owner.write_text(json.dumps({**live, "pid": 2 ** 22 + 12345}))  # no such process: taken over at once
+    checkpoints.leases(spark).acquire(f"file://{cp}", "q")
+    assert json.loads(owner.read_text())["app_id"] == spark.sparkContext.applicationId
+    checkpoints.leases(spark).release_all()
+    assert not owner.exists()
