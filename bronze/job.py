@@ -32,14 +32,13 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
     sources = {topic: streams.read_kafka(spark, settings, [topic]) for topic in settings.source_topics}
     if options.sink == "delta":
         ensure_tables(spark, settings)
-    queries = []
+    specs = []
     for topic, source in sources.items():
         table = settings.bronze_table_for(topic)
-        queries.append(streams.start(
-            to_bronze(source), name=f"bronze_{table}", checkpoint=settings.checkpoint_path("bronze", table),
-            path=settings.table_path("bronze", table), options=options, partition_by=PARTITION_COLUMNS,
-            signature={"topic": topic}))
-    return queries
+        specs.append(dict(df=to_bronze(source), name=f"bronze_{table}", options=options,
+                          checkpoint=settings.checkpoint_path("bronze", table), path=settings.table_path("bronze", table),
+                          partition_by=PARTITION_COLUMNS, signature={"topic": topic}))
+    return streams.start_all(specs)
 
 
 if __name__ == "__main__":

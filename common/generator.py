@@ -233,7 +233,7 @@ def produce(settings: Settings, opts: GenOptions, out=sys.stderr) -> dict[str, i
     try:
         producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
                                  acks="all", enable_idempotence=True, linger_ms=5,
-                                 max_block_ms=10000, bootstrap_timeout_ms=5000, compression_type=None)
+                                 max_block_ms=60000, bootstrap_timeout_ms=5000, compression_type=None)
     except KafkaError as e:
         raise UnreachableError(f"cannot connect a producer to {settings.kafka_bootstrap_servers}: {e}") from None
     ledger_f = None
@@ -247,7 +247,7 @@ def produce(settings: Settings, opts: GenOptions, out=sys.stderr) -> dict[str, i
 
     def drain():
         for topic, rec, fut in pending:
-            md = fut.get(timeout=30)
+            md = fut.get(timeout=180)  # retried by the client across a broker restart
             rec.update(topic=topic, partition=md.partition, offset=md.offset)
             if ledger_f:
                 ledger_f.write(json.dumps(rec, separators=(",", ":")) + "\n")

@@ -66,7 +66,8 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
         if not one_shot:
             streams.await_all(spark, started)
     finally:
-        for q in started:
+        # every query this run started, also those of a stage that failed half-way through starting
+        for q in started + list(spark.streams.active):
             if q.isActive:
                 q.stop()
         checkpoints.leases(spark).release_all()

@@ -104,6 +104,7 @@ class Settings:
     spark_master: str = "local[*]"
     shuffle_partitions: int = 2
     spark_ui: bool = False
+    spark_event_log_dir: str = ""  # e.g. s3a://lakehouse/_spark-events: event logs for the history server
     # local stack
     stack_dir: str = str(PROJECT_ROOT / ".stack")
     kafka_controller_port: int = 9093

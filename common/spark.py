@@ -50,6 +50,8 @@ def runtime_conf(settings: Settings) -> dict[str, str]:
         "spark.ui.enabled": str(settings.spark_ui).lower(),
         "spark.ui.showConsoleProgress": "false",
     }
+    if settings.spark_event_log_dir:  # Spark redacts *secret*/*password*/*token* values in event logs
+        conf.update({"spark.eventLog.enabled": "true", "spark.eventLog.dir": settings.spark_event_log_dir})
     if settings.is_s3:
         conf.update({
             "spark.hadoop.fs.s3a.endpoint": settings.s3_endpoint,

@@ -105,7 +105,7 @@ def read_delta(spark, path: str, **options):
 def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str | None = None,
           foreach_batch: Callable | None = None, output_mode: str = "append",
           partition_by: Iterable[str] = (), stateful: bool = False, sink_format: str | None = None,
-          sink_options: dict[str, str] | None = None, signature: dict | None = None):
+          sink_options: dict[str, str] | None = None, signature: dict | None = None, claimed: bool = False):
     """Start one streaming query with its own name and checkpoint.
 
     ``signature`` names the settings the query's state depends on (window, watermark, dedup key):
@@ -119,9 +119,8 @@ def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str |
     if sink == "console":
         writer = writer.format("console").option("truncate", "false").option("numRows", "20")
     else:
-        from common.checkpoints import claim
-
-        claim(df.sparkSession, checkpoint, name, {"query": name, **(signature or {})})
+        if not claimed:
+            _claim(df, name, checkpoint, signature)
         writer = writer.option("checkpointLocation", checkpoint)
         if foreach_batch is not None:
             writer = writer.foreachBatch(foreach_batch)
@@ -135,6 +134,21 @@ def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str |
     query = writer.start(path) if (path and sink == "delta") else writer.start()
     log.info("started query %s (id %s) -> %s", name, query.id, path or sink)
     return query
+
+
+def _claim(df, name: str, checkpoint: str, signature: dict | None) -> None:
+    from common.checkpoints import claim
+
+    claim(df.sparkSession, checkpoint, name, {"query": name, **(signature or {})})
+
+
+def start_all(specs: list[dict]) -> list:
+    """Start a stage's queries (``start`` keyword arguments each) after checking every checkpoint
+    first: a refused checkpoint stops the stage before any of its queries has run."""
+    for spec in specs:
+        if spec["options"].sink != "console":
+            _claim(spec["df"], spec["name"], spec["checkpoint"], spec.get("signature"))
+    return [start(claimed=True, **spec) for spec in specs]
 
 
 def install_progress_logger(spark, settings: Settings | None = None) -> None:
@@ -228,23 +242,36 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
 _PY_ERROR = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b(?::.*)?$", re.M)
 
 
+# First lines that only say "something below failed": the root cause says more.
+_GENERIC = ("Exception thrown in awaitResult", "Job aborted due to stage failure", "[STREAM_FAILED]")
+
+
 def short_error(exc: BaseException) -> str:
-    """The first meaningful line of a (possibly Java) streaming exception."""
-    text = str(getattr(exc, "desc", None) or exc)
+    """The one line that says what went wrong in a (possibly Java) streaming exception."""
+    text = str(getattr(exc, "_desc", None) or getattr(exc, "desc", None) or exc)
+    trace = str(getattr(exc, "_stackTrace", None) or "")
+    causes = re.findall(r"^Caused by: (.+)$", trace, re.M)
+    cause = getattr(exc, "_cause", None)
+    while cause is not None and len(causes) < 20:  # pyspark's converted cause chain
+        desc = str(getattr(cause, "_desc", "") or "").strip()
+        if desc:
+            causes.append(desc.splitlines()[0])
+        cause = getattr(cause, "_cause", None)
     hint = ""
-    if "KAFKA_DATA_LOSS" in text or "failOnDataLoss" in text:
+    if any(m in "\n".join([text, trace, *causes]) for m in ("KAFKA_DATA_LOSS", "OffsetOutOfRangeException")):
         hint = (" - records were deleted from Kafka (retention) before they were read; set "
                 "LAKEHOUSE_FAIL_ON_DATA_LOSS=false to skip them and go on")
     if "Traceback (most recent call last)" in text:  # a Python error raised in foreachBatch
-        trace = text[text.index("Traceback (most recent call last)"):].split("\n\tat ")[0]
-        raised = [m.group(0) for m in _PY_ERROR.finditer(trace)]
+        py = text[text.index("Traceback (most recent call last)"):].split("\n\tat ")[0]
+        raised = [m.group(0) for m in _PY_ERROR.finditer(py)]
         if raised:
             return raised[-1][:400] + hint
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("at ") and line != "=== Streaming Query ===":
-            return line[:400] + hint
-    return text[:400] + hint
+    first = next((line.strip() for line in text.splitlines()
+                  if line.strip() and not line.strip().startswith("at ") and line.strip() != "=== Streaming Query ==="),
+                 text.strip())
+    if causes and (not first or any(first.startswith(g) for g in _GENERIC)):
+        first = causes[-1].strip()
+    return first[:400] + hint
 
 
 def await_all(spark, queries: list, poll_seconds: float = 0.5) -> None:

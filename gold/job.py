@@ -97,24 +97,24 @@ def _enrichment_writer(settings: Settings, query: str):
 def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
     if options.sink == "delta":
         ensure_tables(spark, settings)
-    queries = []
+    specs = []
     for kpi in KPIS:
         source = _silver(spark, settings, kpi.source, stream=True).withWatermark(
             "event_time", getattr(settings, kpi.watermark))
         name = f"gold_{kpi.name}"
-        queries.append(streams.start(kpi.build(source, settings), name=name, output_mode="update", stateful=True,
-                                     checkpoint=settings.checkpoint_path("gold", kpi.name), options=options,
-                                     foreach_batch=_kpi_writer(settings, kpi, name),
-                                     signature=kpi.signature(settings)))
+        specs.append(dict(df=kpi.build(source, settings), name=name, output_mode="update", stateful=True,
+                          checkpoint=settings.checkpoint_path("gold", kpi.name), options=options,
+                          foreach_batch=_kpi_writer(settings, kpi, name), signature=kpi.signature(settings)))
     orders = _silver(spark, settings, "orders", stream=True)
-    queries.append(streams.start(orders, name="gold_orders_enriched", options=options,
-                                 checkpoint=settings.checkpoint_path("gold", "orders_enriched"),
-                                 foreach_batch=_enrichment_writer(settings, "gold_orders_enriched")))
-    queries.append(streams.start(
-        enriched_payload(_silver(spark, settings, "orders", stream=True)), name="gold_publish_enriched",
+    specs.append(dict(df=orders, name="gold_orders_enriched", options=options,
+                      checkpoint=settings.checkpoint_path("gold", "orders_enriched"),
+                      foreach_batch=_enrichment_writer(settings, "gold_orders_enriched")))
+    specs.append(dict(
+        df=enriched_payload(_silver(spark, settings, "orders", stream=True)), name="gold_publish_enriched",
         checkpoint=settings.checkpoint_path("gold", "publish_enriched"), options=options, sink_format="kafka",
-        sink_options={"kafka.bootstrap.servers": settings.kafka_bootstrap_servers, "topic": settings.topic_enriched}))
-    return queries
+        sink_options={"kafka.bootstrap.servers": settings.kafka_bootstrap_servers, "topic": settings.topic_enriched},
+        signature={"topic": settings.topic_enriched}))
+    return streams.start_all(specs)
 
 
 if __name__ == "__main__":

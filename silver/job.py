@@ -104,7 +104,7 @@ def _batch_writer(settings: Settings, kind: str, query: str, delay_s: float):
 def start(spark, settings: Settings, options: streams.StreamOptions, kinds=tuple(SOURCES)) -> list:
     if options.sink == "delta":
         ensure_tables(spark, settings)
-    queries = []
+    specs = []
     for kind in kinds:
         topic = getattr(settings, SOURCES[kind][0])
         bronze_path = settings.table_path("bronze", settings.bronze_table_for(topic))
@@ -115,13 +115,12 @@ def start(spark, settings: Settings, options: streams.StreamOptions, kinds=tuple
         deduped = T.dedupe(classified, kind, delay)
         name = f"silver_{kind}"
         if options.sink == "console":
-            queries.append(streams.start(deduped.drop("value", "key"), name=name, checkpoint="", options=options))
+            specs.append(dict(df=deduped.drop("value", "key"), name=name, checkpoint="", options=options))
             continue
-        queries.append(streams.start(deduped, name=name, checkpoint=settings.checkpoint_path("silver", kind),
-                                     options=options, foreach_batch=_batch_writer(settings, kind, name, delay_s),
-                                     stateful=True, signature={"source": topic, "dedup_key": T.dedup_columns(kind),
-                                                               SOURCES[kind][1]: delay}))
-    return queries
+        specs.append(dict(df=deduped, name=name, checkpoint=settings.checkpoint_path("silver", kind), options=options,
+                          foreach_batch=_batch_writer(settings, kind, name, delay_s), stateful=True,
+                          signature={"source": topic, "dedup_key": T.dedup_columns(kind), SOURCES[kind][1]: delay}))
+    return streams.start_all(specs)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -134,24 +135,27 @@ def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake
             kill_hard(proc)
 
 
-def test_kpi_batch_replayed_after_its_merge_committed_survives_and_counts_once(spark, lake, tmp_path):
-    """The crash window of foreachBatch: the MERGE committed to Delta, the checkpoint did not.
-    Removing the last commit marker makes Spark replay that batch; Delta skips the MERGE and the
-    stateful aggregation upstream must still commit its state."""
+def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark, lake, tmp_path):
+    """A broken checkpoint makes one of gold's eight queries fail: the app reports it and stops all."""
     from common.stack import minio_client
 
-    ledger = produce_to(lake, tmp_path / "ledger.jsonl", 200, seed=61, **FAULTS)
+    produce_to(lake, tmp_path / "ledger.jsonl", 100, seed=51)
     run(("bronze", "silver", "gold"), lake, "availableNow", spark=spark)
     client = minio_client(lake)
-    removed = []
-    for kpi in KPIS:
-        prefix = lake.checkpoint_path("gold", kpi.name).removeprefix(f"s3a://{lake.bucket}/") + "/commits/"
-        commits = sorted((o.object_name for o in client.list_objects(lake.bucket, prefix=prefix)
-                          if o.object_name.rsplit("/", 1)[-1].isdigit()), key=lambda n: int(n.rsplit("/", 1)[-1]))
-        assert commits, prefix
-        client.remove_object(lake.bucket, commits[-1])
-        removed.append(commits[-1])
-    run(("gold",), lake, "availableNow", spark=spark)
-    check_gold(spark, lake, ledger)
-    for name in removed:  # the replayed batches committed again
-        assert client.stat_object(lake.bucket, name)
+    prefix = lake.checkpoint_path("gold", "host_metrics").removeprefix(f"s3a://{lake.bucket}/") + "/offsets/"
+    offsets = [o.object_name for o in client.list_objects(lake.bucket, prefix=prefix)
+               if o.object_name.rsplit("/", 1)[-1].isdigit()]
+    assert offsets
+    last = max(offsets, key=lambda n: int(n.rsplit("/", 1)[-1]))
+    client.put_object(lake.bucket, last, io.BytesIO(b"not an offset log"), 17)
+    log = tmp_path / "gold.log"
+    proc = start_stage_process(lake, "gold", "processingTime=1 second", log)
+    try:
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            kill_hard(proc)
+    text = log.read_text()
+    assert rc == 1, text[-3000:]
+    assert "error: query gold_host_metrics failed: " in text, text[-3000:]
+    assert text.count("  started ") == len(KPIS) + 2  # the others had started, and were stopped
