@@ -11,7 +11,7 @@ export PYSPARK_PYTHON := $(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup stack-up stack-down stack-status demo test test-unit bench clean
+.PHONY: setup stack-up stack-down stack-status demo test test-unit test-reliability bench clean
 
 $(VENV)/.installed: pyproject.toml
 	@echo "==> virtualenv + pinned Python packages"
@@ -35,8 +35,13 @@ stack-status:
 demo: stack-up
 	lakehouse demo
 
+# CI runs this: everything but the three long fault scenarios (see README, "Tests").
 test: stack-up
-	pytest -q
+	pytest -q -m "not slow"
+
+# The whole fault-injection suite (tests/reliability), the long scenarios included.
+test-reliability: stack-up
+	pytest -q tests/reliability
 
 test-unit: setup
 	pytest -q -m "not stack and not cluster"

@@ -29,6 +29,7 @@ import threading
 import time
 
 from common.errors import CheckpointError
+from common.stack import pid_alive
 
 log = logging.getLogger("lakehouse.checkpoints")
 SIGNATURE_FILE = "_lakehouse_query.json"
@@ -76,16 +77,6 @@ class _Fs:
         fs.delete(p, False)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def check_signature(spark, checkpoint: str, query: str, signature: dict) -> None:
     """Record ``signature`` at first start; afterwards refuse to start with a different one."""
     fs = _Fs(spark)
@@ -122,7 +113,7 @@ class Leases:
 
     def _is_live(self, owner: dict) -> bool:
         if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-            if not _pid_alive(owner["pid"]):
+            if not pid_alive(owner["pid"]):
                 return False
         return time.time() - float(owner.get("heartbeat", 0)) < STALE_SECONDS
 

@@ -24,8 +24,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common.errors import LakehouseError
-from common.settings import get_settings
+from common.errors import LakehouseError, SettingsError
+from common.settings import LAYERS, get_settings
 
 
 def _cmd_setup(args) -> int:
@@ -203,6 +203,22 @@ def _cmd_customers(args) -> int:
     return 0
 
 
+def _cmd_maintain(args) -> int:
+    from common.catalog import list_tables
+    from common.tables import maintain
+
+    if args.vacuum_hours is not None and args.vacuum_hours < 168:
+        raise SettingsError(f"--vacuum-hours {args.vacuum_hours:g} is below Delta's 168-hour safety margin "
+                            "(a running stream or a time-travel reader may still need those files); use >= 168")
+    settings, spark = _lake_session("lakehouse-maintain")
+    layers = LAYERS if args.layer == "all" else (args.layer,)
+    for layer, names in list_tables(settings).items():
+        for name in names if layer in layers else ():
+            r = maintain(spark, settings.table_path(layer, name), args.vacuum_hours)
+            print(f"{layer}.{name}: {r['files_before']} -> {r['files_after']} files", flush=True)
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from common.demo import demo
 
@@ -279,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("action", choices=("load",))
     s.add_argument("--file", help="CSV with customer_id,nom,ville,segment (default: the shipped file)")
     s.set_defaults(func=_cmd_customers)
+
+    s = sub.add_parser("maintain", help="OPTIMIZE (compact small files) and optionally VACUUM the lake's tables")
+    s.add_argument("--layer", choices=("bronze", "silver", "gold", "all"), default="gold")
+    s.add_argument("--vacuum-hours", type=float, help="also VACUUM, keeping files younger than this (>= 168)")
+    s.set_defaults(func=_cmd_maintain)
 
     s = sub.add_parser("demo", help="stack up, produce a sample, run the pipeline, show the tables")
     s.add_argument("--count", type=int, default=2000)

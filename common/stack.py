@@ -67,7 +67,7 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -101,7 +101,7 @@ class Stack:
             pid = int(f.read_text().strip())
         except ValueError:
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> int:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -294,10 +294,10 @@ class Stack:
             if pid:
                 os.killpg(pid, signal.SIGTERM)
                 try:
-                    wait_until(lambda: not _pid_alive(pid), timeout, f"{name} to stop")
+                    wait_until(lambda: not pid_alive(pid), timeout, f"{name} to stop")
                 except StackError:
                     os.killpg(pid, signal.SIGKILL)
-                    wait_until(lambda: not _pid_alive(pid), 10, f"{name} to die")
+                    wait_until(lambda: not pid_alive(pid), 10, f"{name} to die")
                 stopped.append(name)
             self._pidfile(name).unlink(missing_ok=True)
         return stopped
@@ -307,7 +307,7 @@ class Stack:
         pid = self.pid(name)
         if pid:
             os.killpg(pid, sig)
-            wait_until(lambda: not _pid_alive(pid), 30, f"{name} to stop")
+            wait_until(lambda: not pid_alive(pid), 30, f"{name} to stop")
 
     def status(self) -> list[ServiceStatus]:
         kpid, mpid = self.pid("kafka"), self.pid("minio")

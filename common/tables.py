@@ -51,3 +51,19 @@ def append_idempotent(df, path: str, app_id: str, batch_id: int) -> None:
 def require_table(spark, path: str, what: str, hint: str) -> None:
     if not is_delta_table(spark, path):
         raise SetupError(f"{what} at {path} does not exist yet; {hint}")
+
+
+def maintain(spark, path: str, vacuum_hours: float | None = None) -> dict[str, int]:
+    """Compact a table's small files (OPTIMIZE) and, when ``vacuum_hours`` is given, delete files
+    no version younger than that still needs (VACUUM). Returns files before/after.
+
+    Streaming writes already use optimizeWrite and autoCompact (``common.spark.STATIC_CONF``);
+    this is the scheduled pass on top (e.g. hourly OPTIMIZE, daily VACUUM)."""
+    def files() -> int:
+        return int(spark.sql(f"DESCRIBE DETAIL delta.`{path}`").collect()[0].numFiles)
+
+    before = files()
+    spark.sql(f"OPTIMIZE delta.`{path}`")
+    if vacuum_hours is not None:
+        spark.sql(f"VACUUM delta.`{path}` RETAIN {vacuum_hours:g} HOURS")
+    return {"files_before": before, "files_after": files()}

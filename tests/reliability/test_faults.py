@@ -82,6 +82,7 @@ def _drain(settings, tmp_path, name="final") -> None:
 
 
 # 1 -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigkill_of_each_stage_at_random_moments(spark, lake, tmp_path):
     rng = random.Random(20261122)
     customers.load(spark, lake)
@@ -117,6 +118,7 @@ def test_sigkill_of_each_stage_at_random_moments(spark, lake, tmp_path):
 
 
 # 2 -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_kafka_broker_hard_restart_while_producing_and_consuming(spark, lake, stack, tmp_path):
     customers.load(spark, lake)
     ledger = tmp_path / "ledger.jsonl"
@@ -139,6 +141,7 @@ def test_kafka_broker_hard_restart_while_producing_and_consuming(spark, lake, st
 
 
 # 3 -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_minio_down_for_30_seconds_then_a_plain_restart_recovers(spark, lake, stack, tmp_path):
     customers.load(spark, lake)
     ledger = tmp_path / "ledger.jsonl"

@@ -1,0 +1,86 @@
+"""Measurements the benchmark takes from what the pipeline wrote (no instrumentation in the jobs).
+
+* ``first_visible`` - for every row of an append-only Delta table, the commit that made it
+  visible: the Delta log's ``add`` actions with ``dataChange=true`` name the files a commit
+  added, and ``commitInfo.timestamp`` is when it committed. The files are read directly, so
+  rows later moved by auto-compaction or OPTIMIZE (``dataChange=false``) keep their first commit.
+* ``percentiles`` - p50/p99 of a list.
+* ``table_files`` - data files in the current snapshot, and files the stream ever added.
+* ``peak_rss_mib`` - the kernel's high-water mark of resident memory (VmHWM) of a process tree.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _log(spark, path: str):
+    from pyspark.sql import functions as F
+
+    return (spark.read.json(f"{path}/_delta_log/*.json")
+            .withColumn("version", F.regexp_extract(F.input_file_name(), r"(\d+)\.json$", 1).cast("long")))
+
+
+def first_visible(spark, path: str, columns: list[str]):
+    """``columns`` of every row ever appended to the Delta table at ``path``, with ``commit_ms``."""
+    from pyspark.sql import functions as F
+
+    log = _log(spark, path)
+    commits = log.where("commitInfo IS NOT NULL").select("version", F.col("commitInfo.timestamp").alias("commit_ms"))
+    adds = (log.where("add IS NOT NULL AND add.dataChange").select("version", F.col("add.path").alias("file"))
+            .join(commits, "version"))
+    files = {r.file: r.commit_ms for r in adds.collect()}
+    if not files:
+        return spark.createDataFrame([], "commit_ms long")
+    from urllib.parse import unquote
+
+    full = [f"{path}/{unquote(f)}" for f in files]
+    by_name = spark.createDataFrame([(unquote(f).rsplit("/", 1)[-1], ms) for f, ms in files.items()],
+                                    "file_name string, commit_ms long")
+    rows = (spark.read.parquet(*full)
+            .select(*columns, F.regexp_extract(F.col("_metadata.file_path"), r"([^/]+)$", 1).alias("file_name")))
+    return rows.join(F.broadcast(by_name), "file_name").drop("file_name")
+
+
+def percentiles(values: list[float], ps=(50, 99)) -> dict[str, float | None]:
+    if not values:
+        return {f"p{p}": None for p in ps}
+    s = sorted(values)
+    return {f"p{p}": round(s[min(len(s) - 1, max(0, int(round(p / 100 * len(s) + 0.5)) - 1))], 3) for p in ps}
+
+
+def table_files(spark, path: str) -> dict[str, int]:
+    """Files in the current snapshot, and data files the writers added in total."""
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").collect()[0]
+    log = _log(spark, path)
+    added = log.where("add IS NOT NULL AND add.dataChange").count() if "add" in log.columns else 0
+    return {"files_now": int(detail.numFiles), "files_written": int(added)}
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return out
+
+
+def peak_rss_mib(pid: int | None) -> float | None:
+    """Sum of VmHWM over the process and its descendants (a JVM under a Python driver, ...)."""
+    if not pid or not os.path.exists(f"/proc/{pid}"):
+        return None
+    total = 0
+    for p in _descendants(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return round(total / 1024, 1)
