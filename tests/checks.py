@@ -9,6 +9,8 @@ import pytest
 from gold.transforms import KPIS
 from tests.oracle import GoldOracle, SilverOracle
 
+HALF_CENT = 0.005 + 1e-9  # gold rounds to the cent; the oracle is exact
+
 
 def _bronze(spark, settings, topic):
     return spark.read.format("delta").load(settings.table_path("bronze", settings.bronze_table_for(topic)))
@@ -89,7 +91,7 @@ def check_gold(spark, settings, ledger):
         got, want = gold_rows(spark, settings, kpi), getattr(oracle, kpi.name)()
         assert set(got) == set(want), f"{kpi.name}: windows differ"
         for k, expected in want.items():
-            assert got[k] == pytest.approx(expected, abs=0.005), f"{kpi.name} {k}"
+            assert got[k] == pytest.approx(expected, abs=HALF_CENT), f"{kpi.name} {k}: {got[k]} != {expected}"
 
 
 def check_bronze(spark, settings, ledger):

@@ -87,7 +87,11 @@ def _fmt(ts) -> str:
 
 
 class GoldOracle:
-    """Every gold KPI recomputed in plain Python from the ledger's valid, on-time, deduplicated events."""
+    """Every gold KPI recomputed in plain Python from the ledger's valid, on-time, deduplicated events.
+
+    Sums and averages are left unrounded: gold rounds them to the cent, so a gold value is right
+    when it is within half a cent of the exact one (at an exact half cent, float summation order
+    decides which way it rounds)."""
 
     def __init__(self, silver: SilverOracle, settings):
         from common.settings import interval_seconds
@@ -113,16 +117,16 @@ class GoldOracle:
 
     def customer_order_kpis(self):
         return self._group(self.s.valid_orders().values(), self.kpi, self.slide, lambda o: (o["customer_id"],),
-                           lambda v: (len(v), round(sum(o["total"] for o in v), 2), max(o["total"] for o in v)))
+                           lambda v: (len(v), sum(o["total"] for o in v), max(o["total"] for o in v)))
 
     def customer_minute_totals(self):
         return self._group(self.s.valid_orders().values(), self.minute, None, lambda o: (o["customer_id"],),
-                           lambda v: (len(v), round(sum(o["total"] for o in v), 2)))
+                           lambda v: (len(v), sum(o["total"] for o in v)))
 
     def product_sales(self):
         lines = [{**it, "timestamp": o["timestamp"]} for o in self.s.valid_orders().values() for it in o["items"]]
         return self._group(lines, self.minute, None, lambda i: (i["product_id"], i["product_name"]),
-                           lambda v: (len(v), sum(i["quantity"] for i in v), round(sum(i["subtotal"] for i in v), 2)))
+                           lambda v: (len(v), sum(i["quantity"] for i in v), sum(i["subtotal"] for i in v)))
 
     def _valid(self, kind):
         return [json.loads(r["value"]) for r in self.s.records(kind) if r["fault"] is None]
@@ -132,9 +136,9 @@ class GoldOracle:
 
     def module_stats(self):
         return self._group(self._valid("logs"), self.minute, None, lambda e: (e["module"],),
-                           lambda v: (len(v), round(sum(e["duration_ms"] for e in v) / len(v), 2)))
+                           lambda v: (len(v), sum(e["duration_ms"] for e in v) / len(v)))
 
     def host_metrics(self):
         return self._group(self._valid("metrics"), self.host, None, lambda e: (e["host"],),
-                           lambda v: (round(sum(e["metrics"]["cpu_percent"] for e in v) / len(v), 2),
+                           lambda v: (sum(e["metrics"]["cpu_percent"] for e in v) / len(v),
                                       max(e["metrics"]["memory_percent"] for e in v), len(v)))

@@ -14,7 +14,7 @@ from kafka import KafkaConsumer
 from common import customers
 from common.runner import run
 from gold.transforms import KPIS, TVA_RATE
-from tests.checks import check_gold
+from tests.checks import HALF_CENT, check_gold
 from tests.conftest import ROOT, settings_env
 from tests.helpers import (
     delta_count,
@@ -75,7 +75,7 @@ def test_gold_equals_recomputation_and_enrichment_follows_customer_updates(spark
     consumer.close()
     assert set(published) == set(valid)
     for oid, v in published.items():
-        assert v["tva"] == pytest.approx(round(valid[oid]["total"] * TVA_RATE, 2), abs=0.005)
+        assert v["tva"] == pytest.approx(valid[oid]["total"] * TVA_RATE, abs=HALF_CENT)
 
 
 def test_gold_sigkill_replay_counts_nothing_twice(spark, lake, tmp_path):
