@@ -33,6 +33,13 @@ STATIC_CONF: dict[str, str] = {
     # A stage started twice on one checkpoint: the second copy fails fast.
     "spark.sql.streaming.stopActiveRunOnRestart": "false",
     "spark.sql.adaptive.enabled": "true",
+    # A stage runs several queries in one app: share the cores fairly between them (each query
+    # gets its own scheduler pool, common.streams.start) instead of first come, first served.
+    "spark.scheduler.mode": "FAIR",
+    # No extra micro-batch only to advance the watermark: KPIs are MERGEd in update mode, so
+    # such a batch would only evict state (done by the next data batch anyway) at the cost of a
+    # full batch per stateful query.
+    "spark.sql.streaming.noDataMicroBatches.enabled": "false",
     "spark.databricks.delta.schema.autoMerge.enabled": "false",
     # Small local files: keep Delta's per-commit overhead low.
     "spark.databricks.delta.properties.defaults.autoOptimize.optimizeWrite": "true",

@@ -131,7 +131,12 @@ def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str |
             if partition_by:
                 writer = writer.partitionBy(*partition_by)
     writer = _apply_trigger(writer, options.trigger)
-    query = writer.start(path) if (path and sink == "delta") else writer.start()
+    sc = df.sparkSession.sparkContext
+    sc.setLocalProperty("spark.scheduler.pool", name)  # the query's own pool: FAIR between queries
+    try:
+        query = writer.start(path) if (path and sink == "delta") else writer.start()
+    finally:
+        sc.setLocalProperty("spark.scheduler.pool", None)
     log.info("started query %s (id %s) -> %s", name, query.id, path or sink)
     return query
 
