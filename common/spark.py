@@ -110,7 +110,9 @@ def write_spark_defaults() -> Path:
         "appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n\n"
         "logger.kafka.name = org.apache.kafka\nlogger.kafka.level = error\n"
         "logger.s3a.name = org.apache.hadoop.fs.s3a\nlogger.s3a.level = error\n"
-        "logger.metrics.name = org.apache.hadoop.metrics2\nlogger.metrics.level = error\n")
+        "logger.metrics.name = org.apache.hadoop.metrics2\nlogger.metrics.level = error\n"
+        # one pool per query is on purpose (common.streams.start); no warning per pool
+        "logger.fair.name = org.apache.spark.scheduler.FairSchedulableBuilder\nlogger.fair.level = error\n")
     return target
 
 
