@@ -1,4 +1,10 @@
-"""Bronze job: one streaming query per topic, Kafka -> Delta ``bronze.<topic>``.
+"""Bronze job: one streaming query over every source topic, Kafka -> Delta ``bronze.<topic>``.
+
+Each micro-batch is split by topic and appended to that topic's table (the writes run side by
+side, empty ones are skipped), each idempotent with txnAppId = the checkpoint's query id + table.
+On a new checkpoint over a lake whose bronze tables already hold records (a moved or lost
+checkpoint, or the upgrade from the one-query-per-topic layout), bronze resumes each Kafka
+partition after the last offset its table holds instead of reading the topic again.
 
     spark-submit bronze/job.py [--trigger availableNow] [--sink console]
     lakehouse run bronze [--trigger ...]
@@ -6,6 +12,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 from pathlib import Path
 
@@ -13,32 +21,85 @@ if __package__ in (None, ""):  # run as a file by spark-submit
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bronze.transforms import KAFKA_SCHEMA, PARTITION_COLUMNS, to_bronze  # noqa: E402
-from common import streams  # noqa: E402
+from common import pipeline, streams  # noqa: E402
 from common.settings import Settings  # noqa: E402
-from common.tables import ensure_table  # noqa: E402
+from common.tables import append_idempotent, ensure_table, has_data  # noqa: E402
 
 NOT_NULL = ("topic", "partition", "offset")
+log = logging.getLogger("lakehouse.bronze")
+
+
+def table_paths(settings: Settings) -> dict[str, str]:
+    """Source topic -> its bronze table's path."""
+    return {t: settings.table_path("bronze", settings.bronze_table_for(t)) for t in settings.source_topics}
 
 
 def ensure_tables(spark, settings: Settings) -> None:
     """Create the bronze tables up front, so silver can start streaming from them at once."""
     empty = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
+    for path in table_paths(settings).values():
+        ensure_table(spark, path, empty, partition_by=PARTITION_COLUMNS, not_null=NOT_NULL)
+
+
+def resume_offsets(spark, settings: Settings) -> str | None:
+    """Kafka ``startingOffsets`` JSON that continues after what the bronze tables already hold, or
+    None when they hold nothing. Partitions bronze has never seen start at the configured
+    ``LAKEHOUSE_STARTING_OFFSETS`` (earliest: -2, latest: -1)."""
+    from pyspark.sql import functions as F
+
+    default = -1 if settings.starting_offsets == "latest" else -2
+    offsets: dict[str, dict[str, int]] = {}
+    for topic, path in table_paths(settings).items():
+        if not has_data(spark, path):
+            continue
+        rows = (spark.read.format("delta").load(path).groupBy("partition")
+                .agg(F.max("offset").alias("last")).collect())
+        offsets[topic] = {str(r.partition): int(r.last) + 1 for r in rows}
+    if not offsets:
+        return None
+    from common.stack import kafka_partitions
+
     for topic in settings.source_topics:
-        ensure_table(spark, settings.table_path("bronze", settings.bronze_table_for(topic)), empty,
-                     partition_by=PARTITION_COLUMNS, not_null=NOT_NULL)
+        parts = offsets.setdefault(topic, {})
+        for p in kafka_partitions(settings, topic):
+            parts.setdefault(str(p), default)
+    return json.dumps(offsets, sort_keys=True)
+
+
+def _writer(settings: Settings, ctx: streams.BatchContext):
+    paths = table_paths(settings)
+
+    def write(batch, batch_id: int) -> None:
+        batch.persist()
+        try:
+            present = {r.topic for r in batch.select("topic").distinct().collect()}
+            streams.run_parallel([
+                (lambda t=t, p=p: append_idempotent(batch.filter(batch.topic == t), p,
+                                                    ctx.app_id(batch.sparkSession, settings.bronze_table_for(t)),
+                                                    batch_id))
+                for t, p in paths.items() if t in present])
+        finally:
+            batch.unpersist()
+    return write
 
 
 def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
-    sources = {topic: streams.read_kafka(spark, settings, [topic]) for topic in settings.source_topics}
+    (flow,) = pipeline.flows(settings, "bronze")
+    starting = None
     if options.sink == "delta":
         ensure_tables(spark, settings)
-    specs = []
-    for topic, source in sources.items():
-        table = settings.bronze_table_for(topic)
-        specs.append(dict(df=to_bronze(source), name=f"bronze_{table}", options=options,
-                          checkpoint=settings.checkpoint_path("bronze", table), path=settings.table_path("bronze", table),
-                          partition_by=PARTITION_COLUMNS, signature={"topic": topic}))
-    return streams.start_all(specs)
+        from common.checkpoints import is_new
+
+        if is_new(spark, flow.checkpoint):
+            starting = resume_offsets(spark, settings)
+            if starting:
+                log.warning("bronze: new checkpoint %s over existing bronze tables; resuming Kafka after the offsets "
+                            "they hold: %s", flow.checkpoint, starting)
+    source = streams.read_kafka(spark, settings, settings.source_topics, starting_offsets=starting)
+    if options.sink == "console":
+        return streams.start_all([streams.flow_spec(flow, to_bronze(source), options)])
+    ctx = streams.BatchContext(flow)
+    return streams.start_all([streams.flow_spec(flow, to_bronze(source), options, foreach_batch=_writer(settings, ctx))])
 
 
 if __name__ == "__main__":

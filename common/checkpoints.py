@@ -36,8 +36,8 @@ SIGNATURE_FILE = "_lakehouse_query.json"
 OWNER_FILE = "_lakehouse_owner.json"
 HEARTBEAT_SECONDS = 10.0
 STALE_SECONDS = 45.0
-RESET_HINT = ("start it on a new checkpoint (a new LAKEHOUSE_CHECKPOINT_ROOT) and let it recompute, or put the "
-              "setting back")
+RESET_HINT = ("rebuild the stage from the layer below with `lakehouse reset <stage>` (it deletes the stage's and "
+              "the later stages' tables and checkpoints), or put the setting back")
 
 
 class _Fs:
@@ -72,9 +72,47 @@ class _Fs:
         finally:
             out.close()
 
-    def delete(self, path: str) -> None:
+    def delete(self, path: str, recursive: bool = False) -> bool:
         p, fs = self._path(path)
-        fs.delete(p, False)
+        return bool(fs.delete(p, recursive))
+
+    def exists(self, path: str) -> bool:
+        p, fs = self._path(path)
+        return bool(fs.exists(p))
+
+    def has_children(self, path: str) -> bool:
+        p, fs = self._path(path)
+        return bool(fs.exists(p)) and len(fs.listStatus(p)) > 0
+
+
+def is_new(spark, checkpoint: str) -> bool:
+    """No micro-batch was ever planned on this checkpoint (Spark writes ``offsets/<n>`` first)."""
+    return not _Fs(spark).has_children(f"{checkpoint}/offsets")
+
+
+def query_id(spark, checkpoint: str) -> str:
+    """The checkpoint's own query id (Spark's ``metadata`` file): stable across restarts of the
+    checkpoint, new with a new checkpoint. Idempotent writes key their txnAppId to it."""
+    meta = _Fs(spark).read_json(f"{checkpoint}/metadata")
+    if not meta or "id" not in meta:
+        raise CheckpointError(f"checkpoint {checkpoint} has no readable metadata file (Spark writes it when the "
+                              "query starts); was the folder changed by hand?")
+    return meta["id"]
+
+
+def check_not_orphaned(spark, checkpoint: str, query: str, tables: dict[str, str], stage: str) -> None:
+    """A query on a new checkpoint must not write tables that already hold another checkpoint's
+    results: its batch ids would restart at 0 and its rows would be written a second time."""
+    from common.tables import has_data
+
+    if not is_new(spark, checkpoint):
+        return
+    filled = [name for name, path in tables.items() if has_data(spark, path)]
+    if filled:
+        raise CheckpointError(
+            f"query {query} has a new checkpoint ({checkpoint}) but {filled[0]} already holds rows written under "
+            f"another one; rebuild with `lakehouse reset {stage}` (deletes {stage} and what follows it, then "
+            f"recomputes from the layer below) or point LAKEHOUSE_CHECKPOINT_ROOT back at the old checkpoints")
 
 
 def check_signature(spark, checkpoint: str, query: str, signature: dict) -> None:
@@ -175,3 +213,15 @@ def claim(spark, checkpoint: str, query: str, signature: dict) -> None:
     """Before a query starts: its settings match the checkpoint, and no other copy runs on it."""
     check_signature(spark, checkpoint, query, signature)
     leases(spark).acquire(checkpoint, query)
+
+
+def live_owner(spark, checkpoint: str) -> dict | None:
+    """The lease of a live application on ``checkpoint``, if any (for commands that must not run
+    beside the query, such as ``lakehouse reset``)."""
+    holder = leases(spark)
+    owner = holder._fs.read_json(f"{checkpoint}/{OWNER_FILE}")
+    return owner if owner and holder._is_live(owner) else None
+
+
+def delete_tree(spark, path: str) -> bool:
+    return _Fs(spark).delete(path, recursive=True)

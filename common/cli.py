@@ -95,6 +95,31 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_plan(args) -> int:
+    from common.pipeline import describe
+
+    print("\n".join(describe(get_settings())))
+    return 0
+
+
+def _cmd_reset(args) -> int:
+    from common.runner import reset
+
+    settings, spark = _lake_session("lakehouse-reset")
+    paths = reset(spark, settings, args.stage, dry_run=True)
+    print(f"reset {args.stage}: deletes these tables and checkpoints (bronze is never touched unless named):")
+    print("\n".join(f"  {p}" for p in paths))
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise SettingsError("reset needs confirmation: run it in a terminal or add --yes")
+        if input("delete them? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    reset(spark, settings, args.stage)
+    print(f"deleted; the next `lakehouse run {args.stage}` (and later stages) rebuilds them from the layer below")
+    return 0
+
+
 def _print_rows(columns: list[str], rows: list[list], fmt: str) -> None:
     if fmt == "json":
         for r in rows:
@@ -263,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("stage", help="bronze | silver | gold | all")
     add_run_options(s)
     s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("plan", help="print the pipeline's graph: queries, sources, sinks, checkpoints")
+    s.set_defaults(func=_cmd_plan)
+
+    s = sub.add_parser("reset", help="delete a stage's (and later stages') tables and checkpoints to rebuild them")
+    s.add_argument("stage", choices=("bronze", "silver", "gold"))
+    s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    s.set_defaults(func=_cmd_reset)
 
     s = sub.add_parser("sql", help="run Spark SQL over the lake's tables (bronze.*, silver.*, gold.*)")
     s.add_argument("query")

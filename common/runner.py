@@ -13,10 +13,11 @@ import logging
 import sys
 
 from common import checkpoints, streams
-from common.errors import LakehouseError, SettingsError
+from common.errors import LakehouseError
+from common.pipeline import STAGES, resolve_stages
 from common.settings import Settings, get_settings
 
-STAGES = ("bronze", "silver", "gold")
+__all__ = ["STAGES", "resolve_stages", "run", "main_for_stage", "reset"]
 log = logging.getLogger("lakehouse.runner")
 
 
@@ -29,14 +30,6 @@ def setup_logging(verbose: bool = False) -> None:
 
 def _starter(stage: str):
     return importlib.import_module(f"{stage}.job").start
-
-
-def resolve_stages(name: str) -> tuple[str, ...]:
-    if name == "all":
-        return STAGES
-    if name not in STAGES:
-        raise SettingsError(f"unknown stage {name!r}; valid: {', '.join(STAGES)}, all")
-    return (name,)
 
 
 def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None, sink: str | None = None,
@@ -71,6 +64,33 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
             if q.isActive:
                 q.stop()
         checkpoints.leases(spark).release_all()
+
+
+def reset(spark, settings: Settings, stage: str, dry_run: bool = False) -> list[str]:
+    """Delete the tables and checkpoints of ``stage`` and of every later stage, so the next run
+    rebuilds them from the layer below. Refuses while any affected query runs (checkpoint leases).
+    Bronze (the only copy of what Kafka may no longer hold) is reset only when asked by name.
+    Returns the paths deleted (or that would be, with ``dry_run``)."""
+    from common import pipeline
+    from common.errors import CheckpointError
+
+    flows = pipeline.downstream(settings, stage)
+    for f in flows:
+        owner = checkpoints.live_owner(spark, f.checkpoint)
+        if owner:
+            raise CheckpointError(f"query {f.name} is running (application {owner.get('app_id')}, pid "
+                                  f"{owner.get('pid')} on {owner.get('host')}); stop it before `lakehouse reset`")
+    paths: list[str] = []
+    for f in flows:
+        for t in f.tables:
+            p = pipeline.table_path(settings, t)
+            if p not in paths:
+                paths.append(p)
+        paths.append(f.checkpoint)
+    if not dry_run:
+        for p in paths:
+            checkpoints.delete_tree(spark, p)
+    return paths
 
 
 def stage_parser(prog: str) -> argparse.ArgumentParser:

@@ -334,6 +334,16 @@ def kafka_admin(settings: Settings, timeout_ms: int = 10000):
                                "(`lakehouse stack up`) or fix LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS") from None
 
 
+def kafka_partitions(settings: Settings, topic: str) -> list[int]:
+    """The partition numbers of ``topic``."""
+    admin = kafka_admin(settings, timeout_ms=5000)
+    try:
+        described = admin.describe_topics([topic])
+    finally:
+        admin.close()
+    return sorted(p["partition"] for d in described for p in d.get("partitions", []))
+
+
 def minio_client(settings: Settings):
     from minio import Minio
 

@@ -65,14 +65,15 @@ def _apply_trigger(writer, trigger: Trigger):
     return writer.trigger(processingTime=trigger.interval)
 
 
-def read_kafka(spark, settings: Settings, topics: Iterable[str]):
-    """A streaming read of Kafka topics, with the source options from settings."""
+def read_kafka(spark, settings: Settings, topics: Iterable[str], starting_offsets: str | None = None):
+    """A streaming read of Kafka topics, with the source options from settings (``starting_offsets``
+    overrides LAKEHOUSE_STARTING_OFFSETS; either only counts on a new checkpoint)."""
     topics = list(topics)
     ensure_topics_exist(settings, topics)
     reader = (spark.readStream.format("kafka")
               .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
               .option("subscribe", ",".join(topics))
-              .option("startingOffsets", settings.starting_offsets)
+              .option("startingOffsets", starting_offsets or settings.starting_offsets)
               .option("failOnDataLoss", str(settings.fail_on_data_loss).lower())
               .option("includeHeaders", "true"))
     if settings.max_offsets_per_trigger:
@@ -147,6 +148,12 @@ def _claim(df, name: str, checkpoint: str, signature: dict | None) -> None:
     claim(df.sparkSession, checkpoint, name, {"query": name, **(signature or {})})
 
 
+def flow_spec(flow, df, options: StreamOptions, **kwargs) -> dict:
+    """``start`` keyword arguments for a query of the declared graph (``common.pipeline.Flow``)."""
+    return dict(df=df, name=flow.name, checkpoint=flow.checkpoint, options=options,
+                signature=flow.signature_dict(), stateful=flow.stateful, **kwargs)
+
+
 def start_all(specs: list[dict]) -> list:
     """Start a stage's queries (``start`` keyword arguments each) after checking every checkpoint
     first: a refused checkpoint stops the stage before any of its queries has run."""
@@ -154,6 +161,54 @@ def start_all(specs: list[dict]) -> list:
         if spec["options"].sink != "console":
             _claim(spec["df"], spec["name"], spec["checkpoint"], spec.get("signature"))
     return [start(claimed=True, **spec) for spec in specs]
+
+
+class BatchContext:
+    """What a ``foreachBatch`` function of a declared query needs to write its tables exactly once.
+
+    ``app_id(table)`` is Delta's txnAppId for the query's writes to ``table``: the checkpoint's own
+    query id (read once from the checkpoint) and the table. A restart on the same checkpoint
+    replays batch ids Delta already knows and skips them; a new checkpoint gets a new id, so its
+    batch 0 is never mistaken for a replay of the old checkpoint's batch 0.
+    """
+
+    def __init__(self, flow):
+        self.flow = flow
+        self._query_id: str | None = None
+
+    def app_id(self, spark, table: str) -> str:
+        if self._query_id is None:
+            from common.checkpoints import query_id
+
+            self._query_id = query_id(spark, self.flow.checkpoint)
+        return f"{self.flow.name}:{self._query_id}:{table}"
+
+
+def run_parallel(tasks: list[Callable[[], None]]) -> None:
+    """Run independent writes of one micro-batch side by side (each its own Spark job; the MinIO
+    round trips of one Delta commit overlap another's work). Re-raises the first failure."""
+    if len(tasks) <= 1:
+        for t in tasks:
+            t()
+        return
+    from pyspark import InheritableThread  # keeps the query's scheduler pool and job properties
+
+    errors: list[BaseException] = []
+
+    def guarded(task):
+        try:
+            task()
+        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread below
+            errors.append(e)
+
+    threads = [InheritableThread(target=guarded, args=(t,)) for t in tasks[1:]]
+    for th in threads:
+        th.start()
+    guarded(tasks[0])
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
 
 
 def install_progress_logger(spark, settings: Settings | None = None) -> None:

@@ -48,6 +48,33 @@ def append_idempotent(df, path: str, app_id: str, batch_id: int) -> None:
        .option("txnAppId", app_id).option("txnVersion", str(batch_id)).save(path))
 
 
+def merge_idempotent(batch, path: str, keys: tuple[str, ...], updates: dict[str, str], app_id: str,
+                     batch_id: int) -> None:
+    """MERGE one micro-batch into ``path`` on ``keys``: matched rows get ``updates`` (SQL over ``t``,
+    the table, and ``s``, the batch), others are inserted. A replay of ``batch_id`` is skipped by
+    Delta. The txn ids of a MERGE are session settings: call it from one thread per session."""
+    from delta.tables import DeltaTable
+
+    spark = batch.sparkSession  # the query's own session clone: these confs affect only this query
+    spark.conf.set("spark.databricks.delta.write.txnAppId", app_id)
+    spark.conf.set("spark.databricks.delta.write.txnVersion", str(batch_id))
+    try:
+        cond = " AND ".join(f"t.{k} <=> s.{k}" for k in keys)
+        merge = DeltaTable.forPath(spark, path).alias("t").merge(batch.alias("s"), cond)
+        merge = merge.whenMatchedUpdate(set=updates) if updates else merge.whenMatchedUpdateAll()
+        merge.whenNotMatchedInsertAll().execute()
+    finally:
+        spark.conf.unset("spark.databricks.delta.write.txnAppId")
+        spark.conf.unset("spark.databricks.delta.write.txnVersion")
+
+
+def has_data(spark, path: str) -> bool:
+    """The Delta table at ``path`` exists and holds at least one data file."""
+    if not is_delta_table(spark, path):
+        return False
+    return int(spark.sql(f"DESCRIBE DETAIL delta.`{path}`").collect()[0].numFiles) > 0
+
+
 def require_table(spark, path: str, what: str, hint: str) -> None:
     if not is_delta_table(spark, path):
         raise SetupError(f"{what} at {path} does not exist yet; {hint}")
@@ -57,8 +84,9 @@ def maintain(spark, path: str, vacuum_hours: float | None = None) -> dict[str, i
     """Compact a table's small files (OPTIMIZE) and, when ``vacuum_hours`` is given, delete files
     no version younger than that still needs (VACUUM). Returns files before/after.
 
-    Streaming writes already use optimizeWrite and autoCompact (``common.spark.STATIC_CONF``);
-    this is the scheduled pass on top (e.g. hourly OPTIMIZE, daily VACUUM)."""
+    Hot streaming writes do not compact (no optimizeWrite/autoCompact: a shuffle and an OPTIMIZE
+    check per commit cost more latency than they save); this is the scheduled pass (e.g. hourly
+    OPTIMIZE, daily VACUUM), run by the table's writing application or while it is stopped."""
     def files() -> int:
         return int(spark.sql(f"DESCRIBE DETAIL delta.`{path}`").collect()[0].numFiles)
 

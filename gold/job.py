@@ -1,10 +1,19 @@
-"""Gold job: windowed KPIs (one query each), orders enrichment, publication to Kafka.
+"""Gold job: one streaming query per silver table (``common.pipeline``), each feeding all of its
+gold tables from one micro-batch.
 
-KPI semantics: each KPI query aggregates with a watermark in ``update`` output mode; every
-micro-batch MERGEs the windows it changed into ``gold.<kpi>`` keyed by (window, group). A row
-shows the running value while its window is open and keeps its final value once the watermark
-has passed the window's end (then nothing updates it any more). A MERGE writes absolute values,
-and carries Delta's txnAppId/txnVersion, so a replayed batch changes nothing twice.
+KPIs are incremental: every micro-batch computes its partial aggregates per (window, group) and
+MERGEs them additively into ``gold.<kpi>`` (counts and sums add, max takes the greater, averages
+are recomputed from an exact sum and count kept beside them). Silver holds each valid record
+exactly once and has already routed records behind its event-time watermark to the late ledger,
+so a KPI row counts every silver record of its window exactly once, with no state in gold: a
+window stops changing once silver's watermark has passed it. Each MERGE carries Delta's
+txnAppId (the checkpoint's query id + table) and txnVersion (the batch id), so a replayed batch
+changes nothing twice.
+
+The orders query also appends ``gold.orders_enriched`` (stream-static join with
+``silver.customers``, read at every batch: a customer loaded with ``lakehouse customers load`` is
+used from the next batch on) and publishes the enriched orders to ``commandes-enrichies``
+(at least once: a batch replayed after a crash may publish its records again).
 
     spark-submit gold/job.py [--trigger availableNow] [--sink console]
     lakehouse run gold [--trigger ...]
@@ -19,14 +28,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file by spark-submit
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import streams  # noqa: E402
+from common import pipeline, streams  # noqa: E402
 from common.customers import CUSTOMERS_SCHEMA  # noqa: E402
 from common.settings import Settings  # noqa: E402
-from common.tables import append_idempotent, ensure_table, is_delta_table, require_table  # noqa: E402
-from gold.transforms import KPIS, Kpi, enrich_orders, enriched_payload  # noqa: E402
+from common.tables import append_idempotent, ensure_table, is_delta_table, merge_idempotent, require_table  # noqa: E402
+from gold.transforms import KPIS, enrich_orders, enriched_payload, kpis_of  # noqa: E402
 
 log = logging.getLogger("lakehouse.gold")
-WINDOW_KEYS = ("window_start", "window_end")
+SOURCES = ("orders", "order_items", "logs", "metrics")
 
 
 def _silver(spark, settings: Settings, table: str, stream: bool = False):
@@ -37,8 +46,8 @@ def _silver(spark, settings: Settings, table: str, stream: bool = False):
 
 def ensure_tables(spark, settings: Settings) -> None:
     for kpi in KPIS:
-        empty = kpi.build(_silver(spark, settings, kpi.source).limit(0), settings)
-        ensure_table(spark, settings.table_path("gold", kpi.name), empty, not_null=WINDOW_KEYS + kpi.keys)
+        empty = kpi.aggregate(_silver(spark, settings, kpi.source).limit(0), settings)
+        ensure_table(spark, settings.table_path("gold", kpi.name), empty, not_null=kpi.merge_keys)
     customers = settings.table_path("silver", "customers")
     if not is_delta_table(spark, customers):
         log.warning("silver.customers is empty: every order will be enriched as unknown until "
@@ -48,72 +57,60 @@ def ensure_tables(spark, settings: Settings) -> None:
     ensure_table(spark, settings.table_path("gold", "orders_enriched"), empty, not_null=("order_id", "customer_id"))
 
 
-def merge_batch(batch, path: str, keys: tuple[str, ...], app_id: str, batch_id: int) -> None:
-    """Upsert one micro-batch of window aggregates; a replay of ``batch_id`` is skipped by Delta."""
-    from delta.tables import DeltaTable
-
-    spark = batch.sparkSession  # the query's own session clone: these confs affect only this query
-    # Materialise the batch first, whatever happens to the MERGE: when Delta skips a replayed batch
-    # the upstream aggregation must still have run on every partition, or its state stores are
-    # never committed and Spark fails the query (STATE_STORE_COMMIT_VALIDATION_FAILED).
-    batch = batch.localCheckpoint(eager=True)
-    spark.conf.set("spark.databricks.delta.write.txnAppId", app_id)
-    spark.conf.set("spark.databricks.delta.write.txnVersion", str(batch_id))
-    try:
-        cond = " AND ".join(f"t.{k} <=> s.{k}" for k in keys)
-        (DeltaTable.forPath(spark, path).alias("t").merge(batch.alias("s"), cond)
-         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
-    finally:
-        spark.conf.unset("spark.databricks.delta.write.txnAppId")
-        spark.conf.unset("spark.databricks.delta.write.txnVersion")
+def merge_batch(batch, path: str, keys: tuple[str, ...], app_id: str, batch_id: int,
+                updates: dict[str, str] | None = None) -> None:
+    """Upsert one micro-batch; a replay of ``batch_id`` is skipped by Delta."""
+    merge_idempotent(batch, path, keys, updates or {}, app_id, batch_id)
 
 
-def _kpi_writer(settings: Settings, kpi: Kpi, query: str):
-    path = settings.table_path("gold", kpi.name)
-
-    def write(batch, batch_id: int) -> None:
-        merge_batch(batch, path, WINDOW_KEYS + kpi.keys, query, batch_id)
-    return write
-
-
-def _enrichment_writer(settings: Settings, query: str):
-    path = settings.table_path("gold", "orders_enriched")
+def _writer(settings: Settings, source: str, ctx: streams.BatchContext):
+    kpis = kpis_of(source)
     customers = settings.table_path("silver", "customers")
 
     def write(batch, batch_id: int) -> None:
-        # Read the dimension at every micro-batch: a customer loaded or changed since the last
-        # batch is used from the next batch on.
-        enriched = enrich_orders(batch, batch.sparkSession.read.format("delta").load(customers)).persist()
+        spark = batch.sparkSession
+        batch = batch.persist()
         try:
-            append_idempotent(enriched, path, query, batch_id)
-            unknown = enriched.filter("NOT customer_known").count()
-            if unknown:
-                log.info("%s batch %d: %d orders from unknown customers", query, batch_id, unknown)
+            if source == "orders":
+                # Read the dimension at every micro-batch: a customer loaded or changed since the
+                # last batch is used from this batch on.
+                enriched = enrich_orders(batch, spark.read.format("delta").load(customers)).persist()
+                streams.run_parallel([
+                    lambda: append_idempotent(enriched, settings.table_path("gold", "orders_enriched"),
+                                              ctx.app_id(spark, "orders_enriched"), batch_id),
+                    lambda: (enriched_payload(batch).write.format("kafka")
+                             .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
+                             .option("topic", settings.topic_enriched).save()),
+                ])
+                enriched.unpersist()
+            for kpi in kpis:  # MERGEs one after the other: their txn ids are session settings
+                partial = kpi.aggregate(batch, settings)
+                merge_idempotent(partial, settings.table_path("gold", kpi.name), kpi.merge_keys, kpi.merge_set(),
+                                 ctx.app_id(spark, kpi.name), batch_id)
         finally:
-            enriched.unpersist()
+            batch.unpersist()
     return write
 
 
 def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
+    from common.checkpoints import check_not_orphaned
+
     if options.sink == "delta":
         ensure_tables(spark, settings)
     specs = []
-    for kpi in KPIS:
-        source = _silver(spark, settings, kpi.source, stream=True).withWatermark(
-            "event_time", getattr(settings, kpi.watermark))
-        name = f"gold_{kpi.name}"
-        specs.append(dict(df=kpi.build(source, settings), name=name, output_mode="update", stateful=True,
-                          checkpoint=settings.checkpoint_path("gold", kpi.name), options=options,
-                          foreach_batch=_kpi_writer(settings, kpi, name), signature=kpi.signature(settings)))
-    orders = _silver(spark, settings, "orders", stream=True)
-    specs.append(dict(df=orders, name="gold_orders_enriched", options=options,
-                      checkpoint=settings.checkpoint_path("gold", "orders_enriched"),
-                      foreach_batch=_enrichment_writer(settings, "gold_orders_enriched")))
-    specs.append(dict(
-        df=enriched_payload(_silver(spark, settings, "orders", stream=True)), name="gold_publish_enriched",
-        checkpoint=settings.checkpoint_path("gold", "publish_enriched"), options=options, sink_format="kafka",
-        sink_options={"kafka.bootstrap.servers": settings.kafka_bootstrap_servers, "topic": settings.topic_enriched},
-        signature={"topic": settings.topic_enriched}))
+    for source in SOURCES:
+        flow = pipeline.flow(settings, f"gold_{source}")
+        stream = _silver(spark, settings, source, stream=True)
+        if options.sink == "console":
+            for kpi in kpis_of(source):
+                specs.append(dict(df=kpi.aggregate(stream.withWatermark("event_time", "0 seconds"), settings),
+                                  name=f"{flow.name}_{kpi.name}", checkpoint="", options=options,
+                                  output_mode="update"))
+            continue
+        check_not_orphaned(spark, flow.checkpoint, flow.name,
+                           {t: pipeline.table_path(settings, t) for t in flow.tables}, "gold")
+        specs.append(streams.flow_spec(flow, stream, options,
+                                       foreach_batch=_writer(settings, source, streams.BatchContext(flow))))
     return streams.start_all(specs)
 
 

@@ -1,5 +1,11 @@
 """Gold transforms: windowed KPIs, enrichment and the Kafka payload. Pure DataFrame functions,
-the same for a batch recomputation and for the streaming job (which adds the watermark).
+the same for a batch recomputation and for each micro-batch of the streaming job.
+
+A KPI is declared once as measures (``Measure``): the aggregate a batch computes, and how a
+batch's partial value is merged into the table's (count and sums add, max takes the greater,
+an average is recomputed from an exact sum and count kept beside it). The streaming job MERGEs
+each micro-batch's partial aggregates into the table, so a KPI row counts every silver row of
+its window and group exactly once, whatever the micro-batch boundaries.
 
 Column names keep the seed notebooks' (nb_commandes, total_ventes, max_commande, ...).
 """
@@ -25,67 +31,122 @@ def _windowed(df: DataFrame, duration: str, slide: str | None, keys: tuple[str, 
                           *keys, *measures)
 
 
-def customer_order_kpis(orders: DataFrame, window: str, slide: str) -> DataFrame:
-    """Per customer, sliding windows: nb_commandes, total_ventes, max_commande."""
-    return _windowed(orders, window, slide, ("customer_id",),
-                     F.count(F.lit(1)).alias("nb_commandes"), F.round(F.sum("total"), 2).alias("total_ventes"),
-                     F.max("total").alias("max_commande"))
+@dataclass(frozen=True)
+class Measure:
+    """One column of a KPI table: how a batch computes it, and how a batch's value is merged into
+    the table's (``t.<col>``: the table, ``s.<col>``: the batch). ``state`` columns are kept only so
+    that another measure (an average) stays exact across batches."""
+
+    name: str
+    agg: str
+    merge: str
+    state: bool = False
 
 
-def customer_minute_totals(orders: DataFrame, window: str) -> DataFrame:
-    return _windowed(orders, window, None, ("customer_id",),
-                     F.count(F.lit(1)).alias("nb_commandes"), F.round(F.sum("total"), 2).alias("total_commandes"))
+def _count(name: str) -> Measure:
+    return Measure(name, "count(1)", f"t.{name} + s.{name}")
 
 
-def product_sales(items: DataFrame, window: str) -> DataFrame:
-    return _windowed(items, window, None, ("product_id", "product_name"),
-                     F.count(F.lit(1)).alias("nb_ventes"), F.sum("quantity").alias("quantite_totale"),
-                     F.round(F.sum("subtotal"), 2).alias("ca_total"))
+def _cents(name: str, column: str) -> Measure:
+    # each batch's sum of cent amounts is rounded back to cents, so the running sum stays exact
+    return Measure(name, f"round(sum({column}), 2)", f"round(t.{name} + s.{name}, 2)")
 
 
-def log_level_counts(logs: DataFrame, window: str) -> DataFrame:
-    return _windowed(logs, window, None, ("level",), F.count(F.lit(1)).alias("nb_logs"))
+def _max(name: str, column: str) -> Measure:
+    return Measure(name, f"max({column})", f"greatest(t.{name}, s.{name})")
 
 
-def module_stats(logs: DataFrame, window: str) -> DataFrame:
-    return _windowed(logs, window, None, ("module",), F.count(F.lit(1)).alias("nb_logs"),
-                     F.round(F.avg("duration_ms"), 2).alias("duree_moyenne_ms"))
-
-
-def host_metrics(metrics: DataFrame, window: str) -> DataFrame:
-    return _windowed(metrics, window, None, ("host",), F.round(F.avg("cpu_percent"), 2).alias("avg_cpu"),
-                     F.max("memory_percent").alias("max_mem"), F.count(F.lit(1)).alias("nb_mesures"))
+def _average(name: str, total: str, count: str, column: str) -> Measure:
+    return Measure(name, f"round(avg({column}), 2)",
+                   f"CASE WHEN t.{count} + s.{count} > 0 THEN round((t.{total} + s.{total}) / (t.{count} + s.{count}), 2) END")
 
 
 @dataclass(frozen=True)
 class Kpi:
-    name: str                 # gold table
-    source: str               # silver table
-    watermark: str            # Settings attribute holding the watermark delay
-    keys: tuple[str, ...]     # group columns (the MERGE key adds window_start/window_end)
-    windows: tuple[str, ...]  # Settings attributes holding its window size (and slide)
-    build: Callable[[DataFrame, Settings], DataFrame]
+    name: str                      # gold table
+    source: str                    # silver table
+    keys: tuple[str, ...]          # group columns (the MERGE key adds window_start/window_end)
+    window: Callable[[Settings], tuple[str, str | None]]  # its window size and slide, from settings
+    measures: tuple[Measure, ...]
+
+    def window_spec(self, settings: Settings) -> tuple[str, str | None]:
+        return self.window(settings)
+
+    @property
+    def merge_keys(self) -> tuple[str, ...]:
+        return ("window_start", "window_end") + self.keys
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The notebook's KPI columns (state columns left out)."""
+        return tuple(m.name for m in self.measures if not m.state)
+
+    def aggregate(self, df: DataFrame, settings: Settings, state: bool = True) -> DataFrame:
+        """Rows -> one row per window and group (with the state columns unless ``state`` is false)."""
+        size, slide = self.window_spec(settings)
+        return self.aggregate_with(df, size, slide, state)
+
+    def aggregate_with(self, df: DataFrame, size: str, slide: str | None = None, state: bool = False) -> DataFrame:
+        measures = [m for m in self.measures if state or not m.state]
+        return _windowed(df, size, slide, self.keys, *[F.expr(m.agg).alias(m.name) for m in measures])
+
+    def merge_set(self) -> dict[str, str]:
+        return {m.name: m.merge for m in self.measures}
 
     def signature(self, settings: Settings) -> dict:
-        """What the query's state depends on: restarting its checkpoint with other values is refused."""
-        attrs = (*self.windows, self.watermark)
-        return {"source": self.source, "keys": list(self.keys), **{a: getattr(settings, a) for a in attrs}}
+        return {"source": self.source, "keys": list(self.keys), "window": list(self.window_spec(settings))}
 
 
 KPIS: tuple[Kpi, ...] = (
-    Kpi("customer_order_kpis", "orders", "watermark_orders", ("customer_id",), ("kpi_window", "kpi_slide"),
-        lambda df, s: customer_order_kpis(df, s.kpi_window, s.kpi_slide)),
-    Kpi("customer_minute_totals", "orders", "watermark_orders", ("customer_id",), ("minute_window",),
-        lambda df, s: customer_minute_totals(df, s.minute_window)),
-    Kpi("product_sales", "order_items", "watermark_orders", ("product_id", "product_name"), ("minute_window",),
-        lambda df, s: product_sales(df, s.minute_window)),
-    Kpi("log_level_counts", "logs", "watermark_logs", ("level",), ("minute_window",),
-        lambda df, s: log_level_counts(df, s.minute_window)),
-    Kpi("module_stats", "logs", "watermark_logs", ("module",), ("minute_window",),
-        lambda df, s: module_stats(df, s.minute_window)),
-    Kpi("host_metrics", "metrics", "watermark_metrics", ("host",), ("host_window",),
-        lambda df, s: host_metrics(df, s.host_window)),
+    Kpi("customer_order_kpis", "orders", ("customer_id",), lambda s: (s.kpi_window, s.kpi_slide),
+        (_count("nb_commandes"), _cents("total_ventes", "total"), _max("max_commande", "total"))),
+    Kpi("customer_minute_totals", "orders", ("customer_id",), lambda s: (s.minute_window, None),
+        (_count("nb_commandes"), _cents("total_commandes", "total"))),
+    Kpi("product_sales", "order_items", ("product_id", "product_name"), lambda s: (s.minute_window, None),
+        (_count("nb_ventes"), Measure("quantite_totale", "sum(quantity)", "t.quantite_totale + s.quantite_totale"),
+         _cents("ca_total", "subtotal"))),
+    Kpi("log_level_counts", "logs", ("level",), lambda s: (s.minute_window, None), (_count("nb_logs"),)),
+    Kpi("module_stats", "logs", ("module",), lambda s: (s.minute_window, None),
+        (_count("nb_logs"), _average("duree_moyenne_ms", "somme_duree_ms", "nb_durees", "duration_ms"),
+         Measure("somme_duree_ms", "coalesce(sum(CAST(duration_ms AS BIGINT)), 0L)",
+                 "t.somme_duree_ms + s.somme_duree_ms", state=True),
+         Measure("nb_durees", "count(duration_ms)", "t.nb_durees + s.nb_durees", state=True))),
+    Kpi("host_metrics", "metrics", ("host",), lambda s: (s.host_window, None),
+        (_average("avg_cpu", "somme_cpu", "nb_mesures", "cpu_percent"), _max("max_mem", "memory_percent"),
+         _count("nb_mesures"), Measure("somme_cpu", "sum(cpu_percent)", "t.somme_cpu + s.somme_cpu", state=True))),
 )
+_BY_NAME = {k.name: k for k in KPIS}
+
+
+def kpis_of(source: str) -> tuple[Kpi, ...]:
+    """The KPIs computed from silver table ``source``."""
+    return tuple(k for k in KPIS if k.source == source)
+
+
+# The notebooks' computations, by name (batch or per-batch; the columns the notebooks show).
+def customer_order_kpis(orders: DataFrame, window: str, slide: str) -> DataFrame:
+    """Per customer, sliding windows: nb_commandes, total_ventes, max_commande."""
+    return _BY_NAME["customer_order_kpis"].aggregate_with(orders, window, slide)
+
+
+def customer_minute_totals(orders: DataFrame, window: str) -> DataFrame:
+    return _BY_NAME["customer_minute_totals"].aggregate_with(orders, window)
+
+
+def product_sales(items: DataFrame, window: str) -> DataFrame:
+    return _BY_NAME["product_sales"].aggregate_with(items, window)
+
+
+def log_level_counts(logs: DataFrame, window: str) -> DataFrame:
+    return _BY_NAME["log_level_counts"].aggregate_with(logs, window)
+
+
+def module_stats(logs: DataFrame, window: str) -> DataFrame:
+    return _BY_NAME["module_stats"].aggregate_with(logs, window)
+
+
+def host_metrics(metrics: DataFrame, window: str) -> DataFrame:
+    return _BY_NAME["host_metrics"].aggregate_with(metrics, window)
 
 
 def enrich_orders(orders: DataFrame, customers: DataFrame) -> DataFrame:

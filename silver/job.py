@@ -1,8 +1,10 @@
 """Silver job: one streaming query per source (orders, logs, metrics), bronze Delta -> silver Delta.
 
 Each query classifies bronze records (valid / quarantine / drop / late), drops duplicates under
-a watermark, and writes, per micro-batch and idempotently (txnAppId/txnVersion), its silver
-table(s), ``silver.quarantine``, ``silver.late_records`` and ``silver.rule_outcomes``.
+a watermark, and writes, per micro-batch and idempotently (txnAppId = the checkpoint's query id
++ table, txnVersion = batch id), its silver table(s), ``silver.quarantine``,
+``silver.late_records`` and ``silver.rule_outcomes``: side by side, and only the non-empty ones
+(rule outcomes, which also count each route, are written every batch).
 
     spark-submit silver/job.py [--trigger availableNow] [--sink console]
     lakehouse run silver [--trigger ...]
@@ -20,17 +22,13 @@ from pyspark.sql import functions as F  # noqa: E402
 from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType  # noqa: E402
 
 from bronze.transforms import KAFKA_SCHEMA, to_bronze  # noqa: E402
-from common import streams  # noqa: E402
+from common import pipeline, streams  # noqa: E402
 from common.errors import StreamFailedError  # noqa: E402
 from common.settings import Settings, interval_seconds  # noqa: E402
 from common.tables import append_idempotent, ensure_table, require_table  # noqa: E402
 from silver import transforms as T  # noqa: E402
 from silver.rules import rules_for  # noqa: E402
 
-# source kind -> (bronze topic attribute, watermark attribute)
-SOURCES = {"orders": ("topic_orders", "watermark_orders"),
-           "logs": ("topic_logs", "watermark_logs"),
-           "metrics": ("topic_metrics", "watermark_metrics")}
 COORD_NOT_NULL = ("topic", "partition", "offset")
 NOT_NULL = {
     "orders": ("order_id", "customer_id", "event_time", "total", "status") + COORD_NOT_NULL,
@@ -46,10 +44,6 @@ RULE_OUTCOMES_SCHEMA = StructType([
     StructField("action", StringType(), False), StructField("failed", LongType(), False),
     StructField("checked", LongType(), False), StructField("recorded_at", TimestampType(), False),
 ])
-
-
-def _delay(settings: Settings, kind: str) -> str:
-    return getattr(settings, SOURCES[kind][1])
 
 
 def _outputs(settings: Settings, kind: str, classified, delay_s: float) -> dict:
@@ -70,7 +64,7 @@ def _checks(table: str) -> dict[str, str]:
 def ensure_tables(spark, settings: Settings) -> None:
     """Create every silver table with its NOT NULL keys and CHECK constraints (from silver.rules)."""
     empty_bronze = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
-    for kind in SOURCES:
+    for kind in pipeline.SILVER_KINDS:
         classified = T.classify(empty_bronze, kind, 0)
         for table, df in _outputs(settings, kind, classified, 0).items():
             ensure_table(spark, settings.table_path("silver", table), df,
@@ -79,47 +73,59 @@ def ensure_tables(spark, settings: Settings) -> None:
                  spark.createDataFrame([], RULE_OUTCOMES_SCHEMA))
 
 
-def _batch_writer(settings: Settings, kind: str, query: str, delay_s: float):
+def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext, kind: str, delay_s: float):
     def write(batch, batch_id: int) -> None:
         batch.persist()
         try:
-            outcomes = T.rule_outcomes(batch, kind)
-            for table, df in _outputs(settings, kind, batch, delay_s).items():
-                append_idempotent(df, settings.table_path("silver", table), f"{query}:{table}", batch_id)
-            rows = [(query, batch_id, t, rule, action, failed, checked) for t, rule, action, failed, checked in outcomes]
-            recorded = (batch.sparkSession.createDataFrame(rows, "query string, batch_id long, table string, "
-                                                                 "rule string, action string, failed long, checked long")
+            spark = batch.sparkSession
+            outcomes = T.rule_outcomes(batch, kind)  # one pass over the batch; also counts each route
+            routed = {rule.split(":", 1)[1]: failed for _, rule, action, failed, _ in outcomes if action == "count"}
+            needed = {"valid": routed.get("valid", 0), "quarantine": routed.get("quarantine", 0),
+                      "late_records": routed.get("late", 0)}
+            rows = [(flow.name, batch_id, t, rule, action, failed, checked)
+                    for t, rule, action, failed, checked in outcomes]
+            recorded = (spark.createDataFrame(rows, "query string, batch_id long, table string, rule string, "
+                                                    "action string, failed long, checked long")
                         .withColumn("recorded_at", F.current_timestamp()))
-            append_idempotent(recorded, settings.table_path("silver", "rule_outcomes"), f"{query}:rule_outcomes",
-                              batch_id)
+            tasks = [lambda: append_idempotent(recorded, settings.table_path("silver", "rule_outcomes"),
+                                               ctx.app_id(spark, "rule_outcomes"), batch_id)]
+            for table, df in _outputs(settings, kind, batch, delay_s).items():
+                if needed.get(table, needed["valid"]):  # empty writes would still be commits
+                    tasks.append(lambda df=df, table=table: append_idempotent(
+                        df, settings.table_path("silver", table), ctx.app_id(spark, table), batch_id))
+            streams.run_parallel(tasks)
             failing = [(rule, failed) for _, rule, action, failed, _ in outcomes if action == "fail" and failed]
             if failing:
                 raise StreamFailedError(f"rule {failing[0][0]} (action fail) broken by {failing[0][1]} rows in "
-                                        f"batch {batch_id} of {query}")
+                                        f"batch {batch_id} of {flow.name}")
         finally:
             batch.unpersist()
     return write
 
 
-def start(spark, settings: Settings, options: streams.StreamOptions, kinds=tuple(SOURCES)) -> list:
+def start(spark, settings: Settings, options: streams.StreamOptions, kinds=pipeline.SILVER_KINDS) -> list:
+    from common.checkpoints import check_not_orphaned
+
     if options.sink == "delta":
         ensure_tables(spark, settings)
     specs = []
     for kind in kinds:
-        topic = getattr(settings, SOURCES[kind][0])
+        flow = pipeline.flow(settings, f"silver_{kind}")
+        topic = pipeline.silver_topic(settings, kind)
         bronze_path = settings.table_path("bronze", settings.bronze_table_for(topic))
         require_table(spark, bronze_path, f"bronze table for {topic}", "run bronze first (`lakehouse run bronze`)")
-        delay = _delay(settings, kind)
+        delay = pipeline.watermark(settings, kind)
         delay_s = interval_seconds(delay)
         classified = T.classify(streams.read_delta(spark, bronze_path), kind, delay_s)
         deduped = T.dedupe(classified, kind, delay)
-        name = f"silver_{kind}"
         if options.sink == "console":
-            specs.append(dict(df=deduped.drop("value", "key"), name=name, checkpoint="", options=options))
+            specs.append(dict(df=deduped.drop("value", "key"), name=flow.name, checkpoint="", options=options))
             continue
-        specs.append(dict(df=deduped, name=name, checkpoint=settings.checkpoint_path("silver", kind), options=options,
-                          foreach_batch=_batch_writer(settings, kind, name, delay_s), stateful=True,
-                          signature={"source": topic, "dedup_key": T.dedup_columns(kind), SOURCES[kind][1]: delay}))
+        own = {t: pipeline.table_path(settings, t) for t in flow.tables if t.split(".", 1)[1] in (kind, "order_items")}
+        check_not_orphaned(spark, flow.checkpoint, flow.name, own, "silver")
+        specs.append(streams.flow_spec(flow, deduped, options,
+                                       foreach_batch=_batch_writer(settings, flow, streams.BatchContext(flow), kind,
+                                                                   delay_s)))
     return streams.start_all(specs)
 
 

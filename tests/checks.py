@@ -74,7 +74,7 @@ def check_silver_against_ledger(spark, settings, ledger):
 
 def gold_rows(spark, settings, kpi):
     df = spark.read.format("delta").load(settings.table_path("gold", kpi.name))
-    measures = [c for c in df.columns if c not in ("window_start", "window_end", *kpi.keys)]
+    measures = list(kpi.columns)  # the notebook's columns (state columns such as sums left out)
     rows = df.selectExpr("date_format(window_start, 'yyyy-MM-dd HH:mm:ss') ws",
                          "date_format(window_end, 'yyyy-MM-dd HH:mm:ss') we", *kpi.keys, *measures).collect()
     out = {}

@@ -11,9 +11,9 @@ import sys
 import pytest
 from kafka import KafkaConsumer
 
-from common import customers
+from common import customers, pipeline
 from common.runner import run
-from gold.transforms import KPIS, TVA_RATE
+from gold.transforms import TVA_RATE
 from tests.checks import HALF_CENT, check_gold
 from tests.conftest import ROOT, settings_env
 from tests.helpers import (
@@ -127,7 +127,7 @@ def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake
         assert sql.returncode == 0, sql.stderr[-2000:]
         assert json.loads(sql.stdout.strip().splitlines()[-1])["n"] >= 1
         log = (tmp_path / "all.log").read_text()
-        assert log.count("  started ") == 3 + 3 + len(KPIS) + 2  # every query listed
+        assert log.count("  started ") == len(pipeline.graph(lake))  # every query of the graph listed
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, (tmp_path / "all.log").read_text()[-3000:]
     finally:
@@ -136,13 +136,13 @@ def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake
 
 
 def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark, lake, tmp_path):
-    """A broken checkpoint makes one of gold's eight queries fail: the app reports it and stops all."""
+    """A broken checkpoint makes one of gold's queries fail: the app reports it and stops all."""
     from common.stack import minio_client
 
     produce_to(lake, tmp_path / "ledger.jsonl", 100, seed=51)
     run(("bronze", "silver", "gold"), lake, "availableNow", spark=spark)
     client = minio_client(lake)
-    prefix = lake.checkpoint_path("gold", "host_metrics").removeprefix(f"s3a://{lake.bucket}/") + "/offsets/"
+    prefix = pipeline.flow(lake, "gold_metrics").checkpoint.removeprefix(f"s3a://{lake.bucket}/") + "/offsets/"
     offsets = [o.object_name for o in client.list_objects(lake.bucket, prefix=prefix)
                if o.object_name.rsplit("/", 1)[-1].isdigit()]
     assert offsets
@@ -157,5 +157,5 @@ def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark
             kill_hard(proc)
     text = log.read_text()
     assert rc == 1, text[-3000:]
-    assert "error: query gold_host_metrics failed: " in text, text[-3000:]
-    assert text.count("  started ") == len(KPIS) + 2  # the others had started, and were stopped
+    assert "error: query gold_metrics failed: " in text, text[-3000:]
+    assert text.count("  started ") == len(pipeline.flows(lake, "gold"))  # the others had started, and were stopped

@@ -23,6 +23,7 @@ import pytest
 from common import customers
 from common.errors import CheckpointError, StreamFailedError
 from common.generator import read_ledger
+from common import pipeline
 from common.runner import run
 from common.stack import kafka_admin, minio_client
 from gold.transforms import KPIS
@@ -235,7 +236,7 @@ def test_incompatible_change_on_an_old_checkpoint_fails_at_start(spark, lake, tm
     before = versions()
     produce_to(lake, tmp_path / "ledger.jsonl", 50, seed=602, **FAULTS)  # new input the refused runs must not touch
     run(("bronze",), lake, "availableNow", spark=spark)
-    with pytest.raises(CheckpointError, match=r"gold_host_metrics cannot restart .*host_window was '30 seconds', "
+    with pytest.raises(CheckpointError, match=r"gold_metrics cannot restart .*host_metrics_window was '30 seconds', "
                                               r"now '1 minute'"):
         run(("gold",), lake.with_overrides(host_window="1 minute"), "availableNow", spark=spark)
     original = silver.transforms.dedup_columns
@@ -260,8 +261,8 @@ def test_batch_replayed_after_its_merge_committed_counts_once(spark, lake, tmp_p
     run(STAGES, lake, "availableNow", spark=spark)
     client = minio_client(lake)
     removed = []
-    for kpi in KPIS:
-        prefix = lake.checkpoint_path("gold", kpi.name).removeprefix(f"s3a://{lake.bucket}/") + "/commits/"
+    for flow in pipeline.flows(lake, "gold"):
+        prefix = flow.checkpoint.removeprefix(f"s3a://{lake.bucket}/") + "/commits/"
         commits = sorted((o.object_name for o in client.list_objects(lake.bucket, prefix=prefix)
                           if o.object_name.rsplit("/", 1)[-1].isdigit()), key=lambda n: int(n.rsplit("/", 1)[-1]))
         assert commits, prefix
