@@ -341,7 +341,7 @@ def kafka_partitions(settings: Settings, topic: str) -> list[int]:
         described = admin.describe_topics([topic])
     finally:
         admin.close()
-    return sorted(p["partition"] for d in described for p in d.get("partitions", []))
+    return sorted(p["partition_index"] for d in described for p in d.get("partitions", []))
 
 
 def minio_client(settings: Settings):
