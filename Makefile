@@ -11,7 +11,7 @@ export PYSPARK_PYTHON := $(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup stack-up stack-down stack-status demo test test-unit test-reliability bench clean
+.PHONY: setup stack-up stack-down stack-status demo test test-unit test-reliability bench bench-p2 clean
 
 $(VENV)/.installed: pyproject.toml
 	@echo "==> virtualenv + pinned Python packages"
@@ -46,8 +46,13 @@ test-reliability: stack-up
 test-unit: setup
 	pytest -q -m "not stack and not cluster"
 
+# P2 beside its peer (bench/peer.py) first, then the live ladder, recovery and backfill.
 bench: stack-up
+	python -m bench.p2
 	python -m bench.run
+
+bench-p2: stack-up
+	python -m bench.p2
 
 clean: stack-down
 	rm -rf .stack .cache $(VENV)

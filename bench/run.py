@@ -83,7 +83,8 @@ class App:
     def start(self) -> None:
         self.n += 1
         out = open(self.logdir / f"app-{self.n}.log", "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "common.cli", "run", "all", "--trigger", self.trigger],
+        trigger = ["--trigger", self.trigger] if self.trigger else []  # none: the project's default
+        self.proc = subprocess.Popen([sys.executable, "-m", "common.cli", "run", "all", *trigger],
                                      env=app_env(self.s), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
@@ -262,8 +263,8 @@ def live_phase(base: Settings, args, logdir: Path) -> dict:
         app.kill(signal.SIGTERM)
         latencies(spark, s, steps + [rec], args.warmup)
         files = {}
-        from gold.transforms import KPIS
         from common.tables import maintain
+        from gold.transforms import KPIS
 
         for name in [k.name for k in KPIS] + ["orders_enriched"]:
             path = s.table_path("gold", name)
@@ -365,7 +366,8 @@ def main(argv=None) -> int:
     p.add_argument("--step-seconds", type=float, default=120.0)
     p.add_argument("--warmup", type=float, default=20.0, help="seconds of each step left out of the latencies")
     p.add_argument("--kill-after", type=float, default=30.0, help="P4: seconds into the recovery step")
-    p.add_argument("--trigger", default="processingTime=1 second", help="trigger of the live app")
+    p.add_argument("--trigger", default=None, help="trigger of the live app (default: the project's default, "
+                                                   "LAKEHOUSE_TRIGGER)")
     p.add_argument("--skip-live", action="store_true")
     p.add_argument("--skip-backfill", action="store_true")
     args = p.parse_args(argv)

@@ -324,8 +324,12 @@ def short_error(exc: BaseException) -> str:
     if "Traceback (most recent call last)" in text:  # a Python error raised in foreachBatch
         py = text[text.index("Traceback (most recent call last)"):].split("\n\tat ")[0]
         raised = [m.group(0) for m in _PY_ERROR.finditer(py)]
-        if raised:
+        if raised and not raised[-1].startswith("py4j.protocol.Py4JJavaError"):
             return raised[-1][:400] + hint
+        # a Spark job started in foreachBatch failed: its Java root cause says what happened
+        java = re.findall(r"^(?:Caused by: )?((?:[a-z_][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error)\b.*)$", text, re.M)
+        if java:
+            return java[-1].strip()[:400] + hint
     first = next((line.strip() for line in text.splitlines()
                   if line.strip() and not line.strip().startswith("at ") and line.strip() != "=== Streaming Query ==="),
                  text.strip())
