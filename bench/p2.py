@@ -4,11 +4,12 @@ minimal chain (``bench.peer``), one after the other, at the same producer rate.
     python -m bench.p2 [--rates 100,1000] [--seconds 90] [--warmup 20]
 
 For each rate, first the peer then the project run as their own process on fresh topics and a
-fresh lake prefix, while a producer sends orders (and as many logs and metrics records) at that
-rate for ``--seconds``; this process only produces and, afterwards, reads. Latency per order:
-its Kafka record timestamp -> the commit that made it visible in gold (``gold.orders_enriched``
-for the project, the peer's gold table), orders of the first ``--warmup`` seconds left out. The
-project runs with its defaults (what ``lakehouse run all`` does), the peer with its own tuning.
+fresh lake prefix. A warm-up phase (``--warmup`` seconds of load at that rate, until gold has it)
+covers start-up; then a producer sends orders (and as many logs and metrics records) at that
+rate for ``--seconds``, and this process waits until gold has them all, reading nothing else
+meanwhile. Latency per measured order: its Kafka record timestamp -> the commit that made it
+visible in gold (``gold.orders_enriched`` for the project, the peer's gold table). The project
+runs with its defaults (what ``lakehouse run all`` does), the peer with its own tuning.
 Writes ``bench/results/<date>-p2.json`` and prints a table.
 """
 
@@ -21,13 +22,12 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from datetime import datetime, timezone
 
 from bench.measure import first_visible, peak_rss_mib, percentiles
-from bench.run import HERE, ROOT, app_env, fresh, gold_latency_rows, log
+from bench.run import HERE, ROOT, app_env, fresh, log
 from common.generator import GenOptions, produce
 from common.settings import Settings
 from common.stack import Stack, wait_until
@@ -65,63 +65,73 @@ def batch_profile(log_text: str) -> dict[str, dict]:
     return out
 
 
+MEASURED = 10_000_000  # order ids of the measured phase start here; the warm-up's below
+
+
+def _gold_pairs(spark, s: Settings, system: str) -> list[tuple[float, float]]:
+    """(Kafka timestamp ms, gold commit ms) of every measured order that reached gold."""
+    from pyspark.sql import functions as F
+
+    from bench.run import _order_commits
+
+    if system == "peer":
+        df = first_visible(spark, f"{s.lake_root.rstrip('/')}/_peer/gold", ["order_id", "kafka_timestamp"]).select(
+            "order_id", (F.col("kafka_timestamp").cast("double") * 1000).alias("kafka_ms"), "commit_ms")
+    else:
+        df = _order_commits(spark, s)[1]
+    return [(r.kafka_ms, r.commit_ms) for r in df.where(f"order_id >= {MEASURED}").collect()]
+
+
+def _gold_count(spark, s: Settings, system: str, first: int, last: int) -> int:
+    path = f"{s.lake_root.rstrip('/')}/_peer/gold" if system == "peer" else s.table_path("gold", "orders_enriched")
+    try:
+        return spark.read.format("delta").load(path).where(f"order_id BETWEEN {first} AND {last}").count()
+    except Exception:  # not created yet
+        return 0
+
+
 def run_one(spark, base: Settings, system: str, rate: float, seconds: float, warmup: float, logdir) -> dict:
+    """Start the system, warm it up (``warmup`` seconds at ``rate``, until gold has those orders),
+    then measure ``seconds`` at ``rate``: latency of the measured orders, drain time, CPU, memory."""
     from common import customers
 
     s = fresh(base, f"p2-{system}-{uuid.uuid4().hex[:6]}")
     customers.load(spark, s)
     cmd = [sys.executable, "-m", "bench.peer"] if system == "peer" else [sys.executable, "-m", "common.cli", "run", "all"]
     out = open(logdir / f"p2-{system}-{rate:g}.log", "w")
-    count = int(rate * seconds)
-    opts = GenOptions(topics=s.source_topics, count=count, rate=rate, seed=7, first_order_id=1, progress=False)
-    proc = None
-    try:
-        # the project creates its tables before streaming; the peer's tables appear with its first
-        # commits, so both are started with the producer already running
-        t0 = time.time()
-        producer = threading.Thread(target=produce, args=(s, opts), daemon=True)
-        producer.start()
-        proc = subprocess.Popen(cmd, env=app_env(s), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        cpu_start = time.time()
-        peak = 0.0
-        while producer.is_alive():
-            producer.join(2)
-            peak = max(peak, peak_rss_mib(proc.pid) or 0.0)
-            if proc.poll() is not None:
-                raise RuntimeError(f"{system} exited early; see {out.name}")
-        t_end = time.time()
-        gold_path = (f"{s.lake_root.rstrip('/')}/_peer/gold" if system == "peer"
-                     else s.table_path("gold", "orders_enriched"))
+    proc = subprocess.Popen(cmd, env=app_env(s), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
-        def gold_rows() -> int:
-            try:
-                return spark.read.format("delta").load(gold_path).count()
-            except Exception:
-                return 0
-        wait_until(lambda: gold_rows() >= count or proc.poll() is not None, 600, f"{system} gold to catch up", 1.0)
-        drain = time.time() - t_end
-        cpu = _cpu_seconds(proc.pid)
-        cpu_wall = time.time() - cpu_start
+    def phase(first_id: int, count: int, seed: int) -> tuple[float, float, float]:
+        opts = GenOptions(topics=s.source_topics, count=count, rate=rate, seed=seed, first_order_id=first_id,
+                          progress=False)
+        t0 = time.time()
+        produce(s, opts)
+        t_end = time.time()
+        wait_until(lambda: _gold_count(spark, s, system, first_id, first_id + count) >= count
+                   or proc.poll() is not None, 900, f"{system} gold to catch up", 3.0)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{system} exited; see {out.name}")
+        return t0, t_end, time.time() - t_end
+
+    try:
+        phase(1, int(rate * warmup), 1)  # start-up, first batches, JIT: not measured
+        cpu0, wall0 = _cpu_seconds(proc.pid), time.time()
+        t0, t_end, drain = phase(MEASURED, int(rate * seconds), 7)
+        cpu = (_cpu_seconds(proc.pid) - cpu0) / (time.time() - wall0)
+        peak = peak_rss_mib(proc.pid) or 0.0
     finally:
-        if proc is not None and proc.poll() is None:
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-    if system == "peer":
-        from pyspark.sql import functions as F
-
-        rows = (first_visible(spark, gold_path, ["kafka_timestamp"])
-                .select((F.col("kafka_timestamp").cast("double") * 1000).alias("k"), "commit_ms").collect())
-        pairs = [(r.k, r.commit_ms) for r in rows]
-    else:
-        pairs = gold_latency_rows(spark, s)
-    lat = [(c - k) / 1000 for k, c in pairs if k >= (t0 + warmup) * 1000]
+    lat = [(c - k) / 1000 for k, c in _gold_pairs(spark, s, system)]
+    count = int(rate * seconds)
     res = {"system": system, "rate": rate, "seconds": seconds, "orders": count,
            "producer_orders_per_s": round(count / (t_end - t0), 1), "drain_s": round(drain, 1),
-           "gold": percentiles(lat), "measured_orders": len(lat), "cpu_s_per_wall_s": round(cpu / cpu_wall, 2),
+           "gold": percentiles(lat), "measured_orders": len(lat), "cpu_s_per_wall_s": round(cpu, 2),
            "peak_rss_mib": round(peak)}
     if system == "project":
         res["queries"] = batch_profile(open(out.name).read())
@@ -136,8 +146,11 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="bench.p2", description=__doc__.split("\n\n")[0])
     p.add_argument("--rates", type=lambda v: [float(x) for x in v.split(",")], default=[100.0, 1000.0])
-    p.add_argument("--seconds", type=float, default=120.0)
-    p.add_argument("--warmup", type=float, default=45.0, help="seconds left out at the start (app start-up)")
+    p.add_argument("--seconds", type=float, default=90.0, help="seconds of measured load per rate")
+    p.add_argument("--systems", type=lambda v: v.split(","), default=["peer", "project"],
+                   help="which to run (default peer,project; the ratio needs both)")
+    p.add_argument("--warmup", type=float, default=30.0,
+                   help="seconds of load before the measured phase (start-up, first batches), not measured")
     args = p.parse_args(argv)
     setup_logging()
     base = Settings.from_env()
@@ -148,7 +161,7 @@ def main(argv=None) -> int:
     spark = get_spark(base, app_name="bench-p2")  # idle while the systems run
     results = []
     for rate in args.rates:
-        for system in ("peer", "project"):
+        for system in args.systems:
             results.append(run_one(spark, base, system, rate, args.seconds, args.warmup, logdir))
     out = HERE / "results" / f"{date.strftime('%Y-%m-%d')}-p2.json"
     out.write_text(json.dumps({"date": date.isoformat(timespec="seconds"), "command": "python -m bench.p2 "
@@ -158,7 +171,7 @@ def main(argv=None) -> int:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     peers = {r["rate"]: r for r in results if r["system"] == "peer"}
     for r in results:
-        peer = peers[r["rate"]]["gold"]["p99"]
+        peer = peers.get(r["rate"], {}).get("gold", {}).get("p99")
         ratio = round(r["gold"]["p99"] / peer, 2) if peer and r["gold"]["p99"] else None
         print(f"| {r['rate']:g} | {r['system']} | {r['gold']['p50']} | {r['gold']['p99']} | {ratio} | "
               f"{r['drain_s']} | {r['cpu_s_per_wall_s']} |")

@@ -280,8 +280,10 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
     def onQueryProgress(self, event):
         p = event.progress
         data = json.loads(p.json)
-        log.info("%s batch %d: %d rows in, %.0f rows/s, %d ms", p.name, p.batchId, p.numInputRows,
-                 p.processedRowsPerSecond or 0.0, (p.durationMs or {}).get("triggerExecution", 0))
+        d = p.durationMs or {}
+        log.info("%s batch %d: %d rows in, %.0f rows/s, %d ms (addBatch %d ms)", p.name, p.batchId, p.numInputRows,
+                 p.processedRowsPerSecond or 0.0, d.get("triggerExecution", 0), d.get("addBatch", 0))
+        log.debug("%s batch %d durations: %s", p.name, p.batchId, d)
         self._record(str(p.id), name=p.name, id=str(p.id), runId=str(p.runId), active=True, batch=p.batchId,
                      input_rows=p.numInputRows, input_rate=p.inputRowsPerSecond or 0.0,
                      processed_rate=p.processedRowsPerSecond or 0.0, lag=source_lag(data),

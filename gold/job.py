@@ -1,5 +1,6 @@
-"""Gold job: one streaming query per silver table (``common.pipeline``), each feeding all of its
-gold tables from one micro-batch.
+"""Gold job: two streaming queries (``common.pipeline``): ``gold_orders`` enriches silver orders
+into ``gold.orders_enriched`` and ``commandes-enrichies``; ``gold_kpis`` reads the four silver
+tables and feeds the six KPI tables from one micro-batch.
 
 KPIs are incremental: every micro-batch computes its partial aggregates per (window, group) and
 MERGEs them additively into ``gold.<kpi>`` (counts and sums add, max takes the greater, averages
@@ -10,7 +11,7 @@ window stops changing once silver's watermark has passed it. Each MERGE carries 
 txnAppId (the checkpoint's query id + table) and txnVersion (the batch id), so a replayed batch
 changes nothing twice.
 
-The orders query also appends ``gold.orders_enriched`` (stream-static join with
+The orders query appends ``gold.orders_enriched`` (stream-static join with
 ``silver.customers``, read at every batch: a customer loaded with ``lakehouse customers load`` is
 used from the next batch on) and publishes the enriched orders to ``commandes-enrichies``
 (at least once: a batch replayed after a crash may publish its records again).
@@ -32,10 +33,9 @@ from common import pipeline, streams  # noqa: E402
 from common.customers import CUSTOMERS_SCHEMA  # noqa: E402
 from common.settings import Settings  # noqa: E402
 from common.tables import append_idempotent, ensure_table, is_delta_table, merge_idempotent, require_table  # noqa: E402
-from gold.transforms import KPIS, enrich_orders, enriched_payload, kpis_of  # noqa: E402
+from gold.transforms import KPIS, enrich_orders, enriched_payload  # noqa: E402
 
 log = logging.getLogger("lakehouse.gold")
-SOURCES = ("orders", "order_items", "logs", "metrics")
 
 
 def _silver(spark, settings: Settings, table: str, stream: bool = False):
@@ -63,55 +63,68 @@ def merge_batch(batch, path: str, keys: tuple[str, ...], app_id: str, batch_id: 
     merge_idempotent(batch, path, keys, updates or {}, app_id, batch_id)
 
 
-def _writer(settings: Settings, source: str, ctx: streams.BatchContext):
-    kpis = kpis_of(source)
+def _orders_writer(settings: Settings, ctx: streams.BatchContext):
     customers = settings.table_path("silver", "customers")
 
     def write(batch, batch_id: int) -> None:
         spark = batch.sparkSession
+        # Read the dimension at every micro-batch: a customer loaded or changed since the last
+        # batch is used from this batch on.
+        enriched = enrich_orders(batch, spark.read.format("delta").load(customers)).persist()
+        try:
+            streams.run_parallel([
+                lambda: append_idempotent(enriched, settings.table_path("gold", "orders_enriched"),
+                                          ctx.app_id(spark, "orders_enriched"), batch_id),
+                lambda: (enriched_payload(batch).write.format("kafka")
+                         .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
+                         .option("topic", settings.topic_enriched).save()),
+            ])
+        finally:
+            enriched.unpersist()
+    return write
+
+
+def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[str, list[str]]):
+    def write(batch, batch_id: int) -> None:
+        spark = batch.sparkSession
         batch = batch.persist()
         try:
-            if source == "orders":
-                # Read the dimension at every micro-batch: a customer loaded or changed since the
-                # last batch is used from this batch on.
-                enriched = enrich_orders(batch, spark.read.format("delta").load(customers)).persist()
-                streams.run_parallel([
-                    lambda: append_idempotent(enriched, settings.table_path("gold", "orders_enriched"),
-                                              ctx.app_id(spark, "orders_enriched"), batch_id),
-                    lambda: (enriched_payload(batch).write.format("kafka")
-                             .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
-                             .option("topic", settings.topic_enriched).save()),
-                ])
-                enriched.unpersist()
-            for kpi in kpis:  # MERGEs one after the other: their txn ids are session settings
-                partial = kpi.aggregate(batch, settings)
-                merge_idempotent(partial, settings.table_path("gold", kpi.name), kpi.merge_keys, kpi.merge_set(),
-                                 ctx.app_id(spark, kpi.name), batch_id)
+            present = {r.source for r in batch.select("source").distinct().collect()}
+            for kpi in KPIS:  # MERGEs one after the other: their txn ids are session settings
+                if kpi.source in present:
+                    rows = batch.filter(batch.source == kpi.source).select(*columns[kpi.source])
+                    merge_idempotent(kpi.aggregate(rows, settings), settings.table_path("gold", kpi.name),
+                                     kpi.merge_keys, kpi.merge_set(), ctx.app_id(spark, kpi.name), batch_id)
         finally:
             batch.unpersist()
     return write
 
 
 def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
+    from functools import reduce
+
     from common.checkpoints import check_not_orphaned
+    from pyspark.sql import functions as F
 
     if options.sink == "delta":
         ensure_tables(spark, settings)
-    specs = []
-    for source in SOURCES:
-        flow = pipeline.flow(settings, f"gold_{source}")
-        stream = _silver(spark, settings, source, stream=True)
-        if options.sink == "console":
-            for kpi in kpis_of(source):
-                specs.append(dict(df=kpi.aggregate(stream.withWatermark("event_time", "0 seconds"), settings),
-                                  name=f"{flow.name}_{kpi.name}", checkpoint="", options=options,
-                                  output_mode="update"))
-            continue
+    sources = {t: _silver(spark, settings, t, stream=True) for t in pipeline.GOLD_SOURCES}
+    if options.sink == "console":
+        specs = [dict(df=kpi.aggregate(sources[kpi.source].withWatermark("event_time", "0 seconds"), settings),
+                      name=f"gold_{kpi.name}", checkpoint="", options=options, output_mode="update") for kpi in KPIS]
+        return streams.start_all(specs)
+    orders, kpis = pipeline.flow(settings, "gold_orders"), pipeline.flow(settings, "gold_kpis")
+    for flow in (orders, kpis):
         check_not_orphaned(spark, flow.checkpoint, flow.name,
                            {t: pipeline.table_path(settings, t) for t in flow.tables}, "gold")
-        specs.append(streams.flow_spec(flow, stream, options,
-                                       foreach_batch=_writer(settings, source, streams.BatchContext(flow))))
-    return streams.start_all(specs)
+    columns = {t: df.columns for t, df in sources.items()}  # each source's own columns, out of the union
+    union = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True),
+                   [df.withColumn("source", F.lit(t)) for t, df in sources.items()])
+    return streams.start_all([
+        streams.flow_spec(orders, sources["orders"], options,
+                          foreach_batch=_orders_writer(settings, streams.BatchContext(orders))),
+        streams.flow_spec(kpis, union, options,
+                          foreach_batch=_kpis_writer(settings, streams.BatchContext(kpis), columns))])
 
 
 if __name__ == "__main__":

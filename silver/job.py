@@ -1,10 +1,10 @@
-"""Silver job: one streaming query per source (orders, logs, metrics), bronze Delta -> silver Delta.
+"""Silver job: one streaming query over the three bronze tables, bronze Delta -> silver Delta.
 
-Each query classifies bronze records (valid / quarantine / drop / late), drops duplicates under
-a watermark, and writes, per micro-batch and idempotently (txnAppId = the checkpoint's query id
-+ table, txnVersion = batch id), its silver table(s), ``silver.quarantine``,
-``silver.late_records`` and ``silver.rule_outcomes``: side by side, and only the non-empty ones
-(rule outcomes, which also count each route, are written every batch).
+Each source's records are classified (valid / quarantine / drop / late) and deduplicated under
+that source's own watermark; the three streams are unioned into one query, whose micro-batch
+writes, idempotently (txnAppId = the checkpoint's query id + table, txnVersion = batch id), the
+silver tables, ``silver.quarantine``, ``silver.late_records`` and ``silver.rule_outcomes``: side
+by side, one commit per table, and only the non-empty ones.
 
     spark-submit silver/job.py [--trigger availableNow] [--sink console]
     lakehouse run silver [--trigger ...]
@@ -13,6 +13,7 @@ a watermark, and writes, per micro-batch and idempotently (txnAppId = the checkp
 from __future__ import annotations
 
 import sys
+from functools import reduce
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file by spark-submit
@@ -73,27 +74,36 @@ def ensure_tables(spark, settings: Settings) -> None:
                  spark.createDataFrame([], RULE_OUTCOMES_SCHEMA))
 
 
-def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext, kind: str, delay_s: float):
+def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
+    delays = {k: interval_seconds(pipeline.watermark(settings, k)) for k in pipeline.SILVER_KINDS}
+
     def write(batch, batch_id: int) -> None:
         batch.persist()
         try:
             spark = batch.sparkSession
-            outcomes = T.rule_outcomes(batch, kind)  # one pass over the batch; also counts each route
-            routed = {rule.split(":", 1)[1]: failed for _, rule, action, failed, _ in outcomes if action == "count"}
-            needed = {"valid": routed.get("valid", 0), "quarantine": routed.get("quarantine", 0),
-                      "late_records": routed.get("late", 0)}
-            rows = [(flow.name, batch_id, t, rule, action, failed, checked)
-                    for t, rule, action, failed, checked in outcomes]
-            recorded = (spark.createDataFrame(rows, "query string, batch_id long, table string, rule string, "
-                                                    "action string, failed long, checked long")
+            outcomes, parts = [], {}
+            for kind in pipeline.SILVER_KINDS:
+                rows = batch.filter(F.col("kind") == kind)
+                found = T.rule_outcomes(rows, kind)  # one pass over the cached batch; counts each route too
+                routed = {rule.split(":", 1)[1]: n for _, rule, action, n, _ in found if action == "count"}
+                if not any(routed.values()):
+                    continue
+                outcomes += found
+                for table, df in _outputs(settings, kind, rows, delays[kind]).items():
+                    n = routed.get({"quarantine": "quarantine", "late_records": "late"}.get(table, "valid"), 0)
+                    if n:  # an empty write would still be a commit
+                        parts.setdefault(table, []).append(df)
+            recorded = (spark.createDataFrame([(flow.name, batch_id, *o) for o in outcomes],
+                                              "query string, batch_id long, table string, rule string, "
+                                              "action string, failed long, checked long")
                         .withColumn("recorded_at", F.current_timestamp()))
-            tasks = [lambda: append_idempotent(recorded, settings.table_path("silver", "rule_outcomes"),
-                                               ctx.app_id(spark, "rule_outcomes"), batch_id)]
-            for table, df in _outputs(settings, kind, batch, delay_s).items():
-                if needed.get(table, needed["valid"]):  # empty writes would still be commits
-                    tasks.append(lambda df=df, table=table: append_idempotent(
-                        df, settings.table_path("silver", table), ctx.app_id(spark, table), batch_id))
-            streams.run_parallel(tasks)
+            tables = {"rule_outcomes": [recorded]} if outcomes else {}
+            tables.update(parts)
+            streams.run_parallel([
+                (lambda table=table, dfs=dfs: append_idempotent(
+                    reduce(lambda a, b: a.unionByName(b), dfs), settings.table_path("silver", table),
+                    ctx.app_id(spark, table), batch_id))
+                for table, dfs in tables.items()])
             failing = [(rule, failed) for _, rule, action, failed, _ in outcomes if action == "fail" and failed]
             if failing:
                 raise StreamFailedError(f"rule {failing[0][0]} (action fail) broken by {failing[0][1]} rows in "
@@ -103,30 +113,31 @@ def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext, kind: str
     return write
 
 
-def start(spark, settings: Settings, options: streams.StreamOptions, kinds=pipeline.SILVER_KINDS) -> list:
+def classified_stream(spark, settings: Settings, kind: str):
+    """One source's bronze stream, classified and deduplicated under its own watermark."""
+    topic = pipeline.silver_topic(settings, kind)
+    bronze_path = settings.table_path("bronze", settings.bronze_table_for(topic))
+    require_table(spark, bronze_path, f"bronze table for {topic}", "run bronze first (`lakehouse run bronze`)")
+    delay = pipeline.watermark(settings, kind)
+    classified = T.classify(streams.read_delta(spark, bronze_path), kind, interval_seconds(delay))
+    return T.dedupe(classified, kind, delay).withColumn("kind", F.lit(kind))
+
+
+def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
     from common.checkpoints import check_not_orphaned
 
+    (flow,) = pipeline.flows(settings, "silver")
     if options.sink == "delta":
         ensure_tables(spark, settings)
-    specs = []
-    for kind in kinds:
-        flow = pipeline.flow(settings, f"silver_{kind}")
-        topic = pipeline.silver_topic(settings, kind)
-        bronze_path = settings.table_path("bronze", settings.bronze_table_for(topic))
-        require_table(spark, bronze_path, f"bronze table for {topic}", "run bronze first (`lakehouse run bronze`)")
-        delay = pipeline.watermark(settings, kind)
-        delay_s = interval_seconds(delay)
-        classified = T.classify(streams.read_delta(spark, bronze_path), kind, delay_s)
-        deduped = T.dedupe(classified, kind, delay)
-        if options.sink == "console":
-            specs.append(dict(df=deduped.drop("value", "key"), name=flow.name, checkpoint="", options=options))
-            continue
-        own = {t: pipeline.table_path(settings, t) for t in flow.tables if t.split(".", 1)[1] in (kind, "order_items")}
-        check_not_orphaned(spark, flow.checkpoint, flow.name, own, "silver")
-        specs.append(streams.flow_spec(flow, deduped, options,
-                                       foreach_batch=_batch_writer(settings, flow, streams.BatchContext(flow), kind,
-                                                                   delay_s)))
-    return streams.start_all(specs)
+    stream = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True),
+                    [classified_stream(spark, settings, kind) for kind in pipeline.SILVER_KINDS])
+    if options.sink == "console":
+        return streams.start_all([dict(df=stream.drop("value", "key"), name=flow.name, checkpoint="",
+                                       options=options)])
+    check_not_orphaned(spark, flow.checkpoint, flow.name,
+                       {t: pipeline.table_path(settings, t) for t in flow.tables}, "silver")
+    return streams.start_all([streams.flow_spec(flow, stream, options,
+                                                foreach_batch=_batch_writer(settings, flow, streams.BatchContext(flow)))])
 
 
 if __name__ == "__main__":

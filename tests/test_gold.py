@@ -142,7 +142,7 @@ def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark
     produce_to(lake, tmp_path / "ledger.jsonl", 100, seed=51)
     run(("bronze", "silver", "gold"), lake, "availableNow", spark=spark)
     client = minio_client(lake)
-    prefix = pipeline.flow(lake, "gold_metrics").checkpoint.removeprefix(f"s3a://{lake.bucket}/") + "/offsets/"
+    prefix = pipeline.flow(lake, "gold_kpis").checkpoint.removeprefix(f"s3a://{lake.bucket}/") + "/offsets/"
     offsets = [o.object_name for o in client.list_objects(lake.bucket, prefix=prefix)
                if o.object_name.rsplit("/", 1)[-1].isdigit()]
     assert offsets
@@ -157,5 +157,5 @@ def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark
             kill_hard(proc)
     text = log.read_text()
     assert rc == 1, text[-3000:]
-    assert "error: query gold_metrics failed: " in text, text[-3000:]
+    assert "error: query gold_kpis failed: " in text, text[-3000:]
     assert text.count("  started ") == len(pipeline.flows(lake, "gold"))  # the others had started, and were stopped

@@ -236,13 +236,13 @@ def test_incompatible_change_on_an_old_checkpoint_fails_at_start(spark, lake, tm
     before = versions()
     produce_to(lake, tmp_path / "ledger.jsonl", 50, seed=602, **FAULTS)  # new input the refused runs must not touch
     run(("bronze",), lake, "availableNow", spark=spark)
-    with pytest.raises(CheckpointError, match=r"gold_metrics cannot restart .*host_metrics_window was '30 seconds', "
+    with pytest.raises(CheckpointError, match=r"gold_kpis cannot restart .*host_metrics_window was '30 seconds', "
                                               r"now '1 minute'"):
         run(("gold",), lake.with_overrides(host_window="1 minute"), "availableNow", spark=spark)
     original = silver.transforms.dedup_columns
     monkeypatch.setattr(silver.transforms, "dedup_columns",
                         lambda kind: ("order_id", "customer_id") if kind == "orders" else original(kind))
-    with pytest.raises(CheckpointError, match=r"silver_orders cannot restart .*dedup_key"):
+    with pytest.raises(CheckpointError, match=r"silver cannot restart .*dedup_key_orders"):
         run(("silver",), lake, "availableNow", spark=spark)
     assert not spark.streams.active
     assert versions() == before  # no query of the refused stages ran a batch
