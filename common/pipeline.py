@@ -50,6 +50,7 @@ class Flow:
     checkpoint: str              # its own checkpoint folder
     signature: tuple[tuple[str, object], ...] = field(default=())  # settings its state/results depend on
     stateful: bool = False
+    trigger: str | None = None   # its own live trigger; None: the run's (a one-shot run drains every query)
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -94,7 +95,7 @@ def _gold(s: Settings) -> tuple[Flow, ...]:
     return (Flow("gold_orders", "gold", ("silver.orders",), ("gold.orders_enriched", f"kafka:{s.topic_enriched}"),
                  s.checkpoint_path("gold", "orders")),
             Flow("gold_kpis", "gold", tuple(f"silver.{t}" for t in GOLD_SOURCES), tuple(f"gold.{k.name}" for k in KPIS),
-                 s.checkpoint_path("gold", "kpis"), signature))
+                 s.checkpoint_path("gold", "kpis"), signature, trigger=s.kpi_trigger))
 
 
 def graph(settings: Settings) -> tuple[Flow, ...]:
@@ -140,6 +141,8 @@ def describe(settings: Settings) -> list[str]:
         lines.append(f"    reads       {', '.join(f.sources)}")
         lines.append(f"    writes      {', '.join(f.sinks)}")
         lines.append(f"    checkpoint  {f.checkpoint}")
+        if f.trigger:
+            lines.append(f"    trigger     {f.trigger} (live runs)")
         if f.signature:
             lines.append("    depends on  " + "; ".join(f"{k}={v if not isinstance(v, tuple) else ','.join(map(str, v))}"
                                                         for k, v in f.signature))

@@ -91,7 +91,8 @@ class Settings:
     fail_on_data_loss: bool = True
     max_offsets_per_trigger: int = 0  # 0 = unlimited
     # streaming
-    trigger: str = "processingTime=5 seconds"
+    trigger: str = "processingTime=1 second"
+    kpi_trigger: str = "processingTime=30 seconds"  # gold_kpis when the run is live (its MERGEs are the costly part)
     watermark_orders: str = "5 minutes"
     watermark_logs: str = "2 minutes"
     watermark_metrics: str = "1 minute"
@@ -163,6 +164,9 @@ class Settings:
                     f"LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS={self.kafka_bootstrap_servers!r} is not valid; "
                     "use host:port[,host:port]")
         Trigger.parse(self.trigger, variable="LAKEHOUSE_TRIGGER")
+        if Trigger.parse(self.kpi_trigger, variable="LAKEHOUSE_KPI_TRIGGER").kind != "processingTime":
+            raise SettingsError(f"LAKEHOUSE_KPI_TRIGGER={self.kpi_trigger!r}: use processingTime=<interval> (a run "
+                                "with --trigger availableNow drains the KPIs too)")
         for name in ("watermark_orders", "watermark_logs", "watermark_metrics", "kpi_window", "kpi_slide",
                      "minute_window", "host_window"):
             try:

@@ -47,6 +47,9 @@ STATIC_CONF: dict[str, str] = {
     # A log checkpoint every 100 commits rather than 10: a streaming table commits every few
     # seconds, and writing a checkpoint (a Parquet file of the whole state) stalls that commit.
     "spark.databricks.delta.properties.defaults.checkpointInterval": "100",
+    # Every micro-batch re-plans its queries; keep all their generated classes compiled (default
+    # 100 entries, fewer than the pipeline's distinct plans: Janino recompiled them per batch).
+    "spark.sql.codegen.cache.maxEntries": "2000",
     # No optimizeWrite/autoCompact on hot streaming writes (a shuffle and an OPTIMIZE check per
     # commit); `lakehouse maintain` compacts on a schedule instead.
     "spark.driver.extraJavaOptions": "-Dlog4j2.level=WARN",

@@ -149,7 +149,10 @@ def _claim(df, name: str, checkpoint: str, signature: dict | None) -> None:
 
 
 def flow_spec(flow, df, options: StreamOptions, **kwargs) -> dict:
-    """``start`` keyword arguments for a query of the declared graph (``common.pipeline.Flow``)."""
+    """``start`` keyword arguments for a query of the declared graph (``common.pipeline.Flow``).
+    A flow's own trigger replaces a live run's (``processingTime``); one-shot runs keep theirs."""
+    if flow.trigger and options.trigger.kind == "processingTime":
+        options = StreamOptions(Trigger.parse(flow.trigger), options.sink)
     return dict(df=df, name=flow.name, checkpoint=flow.checkpoint, options=options,
                 signature=flow.signature_dict(), stateful=flow.stateful, **kwargs)
 

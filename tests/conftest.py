@@ -23,7 +23,9 @@ RUN_ID = uuid.uuid4().hex[:8]
 
 @pytest.fixture(scope="session")
 def base_settings() -> Settings:
-    return Settings.from_env().with_overrides(shuffle_partitions=2, spark_master="local[2]")
+    # KPIs every 5 s rather than the default 30 s: live tests wait for them
+    return Settings.from_env().with_overrides(shuffle_partitions=2, spark_master="local[2]",
+                                              kpi_trigger="processingTime=5 seconds")
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ def test_defaults_and_derived_names():
     assert s.bucket == "lakehouse"
     assert s.table_path("bronze", s.bronze_table_for(s.topic_orders)) == "s3a://lakehouse/bronze/commandes_json"
     assert s.checkpoint_path("silver", "orders") == "s3a://lakehouse/_checkpoints/silver/orders"
-    assert s.trigger_spec == Trigger("processingTime", "5 seconds")
+    assert s.trigger_spec == Trigger("processingTime", "1 second")
 
 
 @pytest.mark.parametrize("text,expected", [
