@@ -24,13 +24,12 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
 
 from bench.measure import first_visible, peak_rss_mib, percentiles
-from bench.run import HERE, ROOT, app_env, fresh, log
+from bench.run import HERE, ROOT, app_env, bench_start, fresh, log
 from common.generator import GenOptions, produce
 from common.settings import Settings
-from common.stack import Stack, wait_until
+from common.stack import wait_until
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -141,7 +140,6 @@ def run_one(spark, base: Settings, system: str, rate: float, seconds: float, war
 
 
 def main(argv=None) -> int:
-    from common.runner import setup_logging
     from common.spark import get_spark
 
     p = argparse.ArgumentParser(prog="bench.p2", description=__doc__.split("\n\n")[0])
@@ -152,12 +150,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=float, default=30.0,
                    help="seconds of load before the measured phase (start-up, first batches), not measured")
     args = p.parse_args(argv)
-    setup_logging()
-    base = Settings.from_env()
-    Stack(base).up()
-    date = datetime.now(timezone.utc)
-    logdir = ROOT / ".cache" / "bench" / date.strftime("%Y%m%dT%H%M%S")
-    logdir.mkdir(parents=True, exist_ok=True)
+    base, date, logdir = bench_start()
     spark = get_spark(base, app_name="bench-p2")  # idle while the systems run
     results = []
     for rate in args.rates:
