@@ -5,6 +5,9 @@ Trigger, checkpoint, sink and listener choices are made here once:
 * ``read_kafka`` / ``read_delta`` - the two streaming sources;
 * ``start`` - writes a streaming DataFrame to a Delta table (or the console, or a
   ``foreachBatch`` function, or Kafka) with the query's own checkpoint and name;
+* ``flow_spec`` - the ``start`` arguments of a query declared in ``common.pipeline``;
+* ``BatchContext`` / ``run_parallel`` - a ``foreachBatch``'s idempotent txn ids (keyed to the
+  checkpoint's query id) and its side-by-side writes;
 * ``ProgressLogger`` - a StreamingQueryListener that logs each micro-batch's progress;
 * ``await_all`` - waits for a set of queries, stopping them all on SIGINT/SIGTERM or when one fails.
 """
