@@ -76,10 +76,6 @@ class _Fs:
         p, fs = self._path(path)
         return bool(fs.delete(p, recursive))
 
-    def exists(self, path: str) -> bool:
-        p, fs = self._path(path)
-        return bool(fs.exists(p))
-
     def has_children(self, path: str) -> bool:
         p, fs = self._path(path)
         return bool(fs.exists(p)) and len(fs.listStatus(p)) > 0

@@ -133,6 +133,11 @@ def table_path(settings: Settings, sink: str) -> str:
     return settings.table_path(layer, table)
 
 
+def sink_paths(settings: Settings, flow: Flow) -> dict[str, str]:
+    """``layer.table`` -> path, for every Delta table ``flow`` writes."""
+    return {t: table_path(settings, t) for t in flow.tables}
+
+
 def describe(settings: Settings) -> list[str]:
     """The graph as text: one block per query (``lakehouse plan``)."""
     lines = []

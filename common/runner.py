@@ -82,8 +82,7 @@ def reset(spark, settings: Settings, stage: str, dry_run: bool = False) -> list[
                                   f"{owner.get('pid')} on {owner.get('host')}); stop it before `lakehouse reset`")
     paths: list[str] = []
     for f in flows:
-        for t in f.tables:
-            p = pipeline.table_path(settings, t)
+        for p in pipeline.sink_paths(settings, f).values():
             if p not in paths:
                 paths.append(p)
         paths.append(f.checkpoint)

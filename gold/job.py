@@ -57,12 +57,6 @@ def ensure_tables(spark, settings: Settings) -> None:
     ensure_table(spark, settings.table_path("gold", "orders_enriched"), empty, not_null=("order_id", "customer_id"))
 
 
-def merge_batch(batch, path: str, keys: tuple[str, ...], app_id: str, batch_id: int,
-                updates: dict[str, str] | None = None) -> None:
-    """Upsert one micro-batch; a replay of ``batch_id`` is skipped by Delta."""
-    merge_idempotent(batch, path, keys, updates or {}, app_id, batch_id)
-
-
 def _orders_writer(settings: Settings, ctx: streams.BatchContext):
     customers = settings.table_path("silver", "customers")
 
@@ -115,8 +109,7 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
         return streams.start_all(specs)
     orders, kpis = pipeline.flow(settings, "gold_orders"), pipeline.flow(settings, "gold_kpis")
     for flow in (orders, kpis):
-        check_not_orphaned(spark, flow.checkpoint, flow.name,
-                           {t: pipeline.table_path(settings, t) for t in flow.tables}, "gold")
+        check_not_orphaned(spark, flow.checkpoint, flow.name, pipeline.sink_paths(settings, flow), "gold")
     columns = {t: df.columns for t, df in sources.items()}  # each source's own columns, out of the union
     union = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True),
                    [df.withColumn("source", F.lit(t)) for t, df in sources.items()])

@@ -134,8 +134,7 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
     if options.sink == "console":
         return streams.start_all([dict(df=stream.drop("value", "key"), name=flow.name, checkpoint="",
                                        options=options)])
-    check_not_orphaned(spark, flow.checkpoint, flow.name,
-                       {t: pipeline.table_path(settings, t) for t in flow.tables}, "silver")
+    check_not_orphaned(spark, flow.checkpoint, flow.name, pipeline.sink_paths(settings, flow), "silver")
     return streams.start_all([streams.flow_spec(flow, stream, options,
                                                 foreach_batch=_batch_writer(settings, flow, streams.BatchContext(flow)))])
 

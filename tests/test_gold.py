@@ -100,15 +100,15 @@ def test_gold_sigkill_replay_counts_nothing_twice(spark, lake, tmp_path):
 
 def test_merge_replay_of_a_committed_batch_is_skipped(spark, lake):
     """The idempotence gold relies on: the same (txnAppId, txnVersion) MERGE twice changes nothing."""
-    from gold.job import merge_batch
+    from common.tables import merge_idempotent
 
     path = lake.table_path("gold", "replay_probe")
     spark.createDataFrame([("w", "g", 1)], "window_start string, grp string, n int").write.format("delta").save(path)
     batch = spark.createDataFrame([("w", "g", 5), ("w", "h", 1)], "window_start string, grp string, n int")
-    merge_batch(batch, path, ("window_start", "grp"), "probe", 7)
+    merge_idempotent(batch, path, ("window_start", "grp"), {}, "probe", 7)
     version = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").agg({"version": "max"}).collect()[0][0]
     bigger = spark.createDataFrame([("w", "g", 99)], "window_start string, grp string, n int")
-    merge_batch(bigger, path, ("window_start", "grp"), "probe", 7)  # a replay of batch 7
+    merge_idempotent(bigger, path, ("window_start", "grp"), {}, "probe", 7)  # a replay of batch 7
     assert spark.sql(f"DESCRIBE HISTORY delta.`{path}`").agg({"version": "max"}).collect()[0][0] == version
     assert {(r.grp, r.n) for r in spark.read.format("delta").load(path).collect()} == {("g", 5), ("h", 1)}
 
