@@ -78,7 +78,7 @@ def _cmd_produce(args) -> int:
         start = datetime.fromisoformat(args.start_time)
         start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
     opts = GenOptions(
-        topics=tuple(topics), count=args.count if args.duration is None else args.count,
+        topics=tuple(topics), count=args.count if args.count is not None else (100 if args.duration is None else None),
         duration=args.duration, rate=args.rate, seed=args.seed, customers=args.customers,
         duplicate_pct=args.duplicate_pct, late_pct=args.late_pct, late_by=args.late_by,
         malformed_pct=args.malformed_pct, start_time=start,
@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("produce", help="generate events into Kafka and append them to the ledger")
     s.add_argument("--topic", help="one source topic, or all (default)")
-    s.add_argument("--count", type=int, default=100, help="records per topic (default 100)")
+    s.add_argument("--count", type=int, help="records per topic (default 100, or no limit with --duration; "
+                   "with both, whichever ends first)")
     s.add_argument("--duration", type=float, help="seconds to produce for (instead of --count)")
     s.add_argument("--rate", type=float, default=0.0, help="records/s per topic (0 = as fast as possible)")
     s.add_argument("--seed", type=int, default=42)

@@ -84,3 +84,19 @@ def test_duplicates_repeat_an_earlier_valid_order():
 def test_bad_options(kw, msg):
     with pytest.raises(SettingsError, match=msg):
         _records(1, **kw)
+
+
+@pytest.mark.parametrize("argv, count, duration", [
+    ([], 100, None),
+    (["--duration", "30"], None, 30.0),            # --duration alone: no record limit
+    (["--count", "5", "--duration", "30"], 5, 30.0),  # both: whichever ends first
+])
+def test_produce_count_and_duration(monkeypatch, argv, count, duration):
+    import common.cli as cli
+    import common.generator as gen
+
+    seen = {}
+    monkeypatch.setattr(cli, "get_settings", lambda: SETTINGS)
+    monkeypatch.setattr(gen, "produce", lambda settings, opts: seen.setdefault("opts", opts))
+    assert cli.main(["produce", "--quiet", *argv]) == 0
+    assert (seen["opts"].count, seen["opts"].duration) == (count, duration)
