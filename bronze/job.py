@@ -1,7 +1,8 @@
 """Bronze job: one streaming query over every source topic, Kafka -> Delta ``bronze.<topic>``.
 
 Each micro-batch is split by topic and appended to that topic's table (the writes run side by
-side, empty ones are skipped), each idempotent with txnAppId = the checkpoint's query id + table.
+side, empty ones are skipped), each tagged with the checkpoint's query id + table and the batch id
+(``streams.BatchContext``: a replayed batch is skipped).
 On a new checkpoint over a lake whose bronze tables already hold records (a moved or lost
 checkpoint, or the upgrade from the one-query-per-topic layout), bronze resumes each Kafka
 partition after the last offset its table holds instead of reading the topic again.
@@ -23,7 +24,7 @@ if __package__ in (None, ""):  # run as a file by spark-submit
 from bronze.transforms import KAFKA_SCHEMA, PARTITION_COLUMNS, to_bronze  # noqa: E402
 from common import pipeline, streams  # noqa: E402
 from common.settings import Settings  # noqa: E402
-from common.tables import append_idempotent, ensure_table, has_data  # noqa: E402
+from common.tables import ensure_table, has_data  # noqa: E402
 
 NOT_NULL = ("topic", "partition", "offset")
 log = logging.getLogger("lakehouse.bronze")
@@ -74,9 +75,8 @@ def _writer(settings: Settings, ctx: streams.BatchContext):
         try:
             present = {r.topic for r in batch.select("topic").distinct().collect()}
             streams.run_parallel([
-                (lambda t=t, p=p: append_idempotent(batch.filter(batch.topic == t), p,
-                                                    ctx.app_id(batch.sparkSession, settings.bronze_table_for(t)),
-                                                    batch_id))
+                (lambda t=t, p=p: ctx.append(batch.filter(batch.topic == t), settings.bronze_table_for(t), p,
+                                             batch_id))
                 for t, p in paths.items() if t in present])
         finally:
             batch.unpersist()

@@ -88,7 +88,7 @@ def is_new(spark, checkpoint: str) -> bool:
 
 def query_id(spark, checkpoint: str) -> str:
     """The checkpoint's own query id (Spark's ``metadata`` file): stable across restarts of the
-    checkpoint, new with a new checkpoint. Idempotent writes key their txnAppId to it."""
+    checkpoint, new with a new checkpoint. Exactly-once writes key their commit tags to it."""
     meta = _Fs(spark).read_json(f"{checkpoint}/metadata")
     if not meta or "id" not in meta:
         raise CheckpointError(f"checkpoint {checkpoint} has no readable metadata file (Spark writes it when the "

@@ -6,8 +6,8 @@ them from here. A stage's job (``bronze/job.py`` ...) only supplies, per query, 
 the ``foreachBatch`` function; it never invents a query name or a checkpoint path.
 
 The topology: one query per stage (gold: two), each reading all of its sources (a union) and writing all of
-its tables from one ``foreachBatch``, each write idempotent with Delta's ``txnAppId`` = the
-checkpoint's own query id + table and ``txnVersion`` = the batch id:
+its tables from one ``foreachBatch``, each commit tagged with the checkpoint's own query id + table
+and the batch id, so a replayed batch is skipped (``streams.BatchContext``):
 
 * ``bronze``  Kafka (every source topic)  -> one bronze table per topic;
 * ``silver``  the three bronze tables     -> silver.orders, order_items, logs, metrics,
@@ -43,7 +43,7 @@ GOLD_SOURCES = ("orders", "order_items", "logs", "metrics")  # the silver tables
 class Flow:
     """One streaming query of the pipeline."""
 
-    name: str                    # query name (Spark UI, logs, txnAppId prefix)
+    name: str                    # query name (Spark UI, logs, commit tag prefix)
     stage: str                   # bronze | silver | gold
     sources: tuple[str, ...]     # "kafka:<topic>" or "<layer>.<table>"
     sinks: tuple[str, ...]       # "<layer>.<table>" or "kafka:<topic>"

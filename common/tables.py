@@ -1,7 +1,8 @@
-"""Delta table helpers shared by the stages: create-if-missing, constraints, idempotent writes."""
+"""Delta table helpers shared by the stages: create-if-missing, constraints, tagged micro-batch writes."""
 
 from __future__ import annotations
 
+import json
 from typing import Iterable
 
 from common.errors import SetupError
@@ -41,31 +42,65 @@ def _constraints(spark, path: str) -> set[str]:
     return {r.key[len("delta.constraints."):].lower() for r in props if r.key.startswith("delta.constraints.")}
 
 
-def append_idempotent(df, path: str, app_id: str, batch_id: int) -> None:
-    """Append one micro-batch's rows; a replay of the same batch id writes nothing twice
-    (Delta's txnAppId/txnVersion)."""
-    (df.write.format("delta").mode("append")
-       .option("txnAppId", app_id).option("txnVersion", str(batch_id)).save(path))
+# How far back a restart looks for the batch its previous run was writing: that writer's last
+# commit, possibly followed by a few maintenance commits (OPTIMIZE, VACUUM) - never 200 of them.
+HISTORY_DEPTH = 200
 
 
-def merge_idempotent(batch, path: str, keys: tuple[str, ...], updates: dict[str, str], app_id: str,
-                     batch_id: int) -> None:
+def commit_tag(app_id: str, batch_id: int) -> str:
+    """The ``userMetadata`` of a micro-batch's commit: which writer, which batch (shown by DESCRIBE HISTORY)."""
+    return json.dumps({"writer": app_id, "batch": batch_id}, sort_keys=True)
+
+
+def last_committed_batch(spark, path: str, app_id: str, depth: int = HISTORY_DEPTH) -> int:
+    """The highest batch id ``app_id`` committed to the table, from the tags of its last ``depth``
+    commits (-1 when none): the commit files only, no state reconstruction."""
+    from delta.tables import DeltaTable
+
+    last = -1
+    for row in DeltaTable.forPath(spark, path).history(depth).select("userMetadata").collect():
+        try:
+            tag = json.loads(row.userMetadata or "")
+        except ValueError:
+            continue
+        if isinstance(tag, dict) and tag.get("writer") == app_id and isinstance(tag.get("batch"), int):
+            last = max(last, tag["batch"])
+    return last
+
+
+def append_batch(df, path: str, app_id: str, batch_id: int, txn: bool = False) -> None:
+    """Append one micro-batch's rows in a commit tagged with (``app_id``, ``batch_id``). With ``txn``
+    also Delta's txnAppId/txnVersion, which skips a batch that an earlier, txn-only version of the
+    project committed; it costs a state reconstruction of the table (~0.7 s here), so only the
+    first write of a run asks for it (see ``streams.BatchContext``)."""
+    w = df.write.format("delta").mode("append").option("userMetadata", commit_tag(app_id, batch_id))
+    if txn:
+        w = w.option("txnAppId", app_id).option("txnVersion", str(batch_id))
+    w.save(path)
+
+
+def merge_batch(batch, path: str, keys: tuple[str, ...], updates: dict[str, str], app_id: str, batch_id: int,
+                txn: bool = False) -> None:
     """MERGE one micro-batch into ``path`` on ``keys``: matched rows get ``updates`` (SQL over ``t``,
-    the table, and ``s``, the batch), others are inserted. A replay of ``batch_id`` is skipped by
-    Delta. The txn ids of a MERGE are session settings: call it from one thread per session."""
+    the table, and ``s``, the batch), others are inserted; tagged and ``txn`` as ``append_batch``.
+    The tag and txn ids of a MERGE are session settings: call it from one thread per session."""
     from delta.tables import DeltaTable
 
     spark = batch.sparkSession  # the query's own session clone: these confs affect only this query
-    spark.conf.set("spark.databricks.delta.write.txnAppId", app_id)
-    spark.conf.set("spark.databricks.delta.write.txnVersion", str(batch_id))
+    confs = {"spark.databricks.delta.commitInfo.userMetadata": commit_tag(app_id, batch_id)}
+    if txn:
+        confs.update({"spark.databricks.delta.write.txnAppId": app_id,
+                      "spark.databricks.delta.write.txnVersion": str(batch_id)})
+    for k, v in confs.items():
+        spark.conf.set(k, v)
     try:
         cond = " AND ".join(f"t.{k} <=> s.{k}" for k in keys)
         merge = DeltaTable.forPath(spark, path).alias("t").merge(batch.alias("s"), cond)
         merge = merge.whenMatchedUpdate(set=updates) if updates else merge.whenMatchedUpdateAll()
         merge.whenNotMatchedInsertAll().execute()
     finally:
-        spark.conf.unset("spark.databricks.delta.write.txnAppId")
-        spark.conf.unset("spark.databricks.delta.write.txnVersion")
+        for k in confs:
+            spark.conf.unset(k)
 
 
 def has_data(spark, path: str) -> bool:

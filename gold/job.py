@@ -7,8 +7,8 @@ MERGEs them additively into ``gold.<kpi>`` (counts and sums add, max takes the g
 are recomputed from an exact sum and count kept beside them). Silver holds each valid record
 exactly once and has already routed records behind its event-time watermark to the late ledger,
 so a KPI row counts every silver record of its window exactly once, with no state in gold: a
-window stops changing once silver's watermark has passed it. Each MERGE carries Delta's
-txnAppId (the checkpoint's query id + table) and txnVersion (the batch id), so a replayed batch
+window stops changing once silver's watermark has passed it. Each MERGE is tagged with its writer
+(the checkpoint's query id + table) and batch id (``streams.BatchContext``), so a replayed batch
 changes nothing twice.
 
 The orders query appends ``gold.orders_enriched`` (stream-static join with
@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a file by spark-submit
 from common import pipeline, streams  # noqa: E402
 from common.customers import CUSTOMERS_SCHEMA  # noqa: E402
 from common.settings import Settings  # noqa: E402
-from common.tables import append_idempotent, ensure_table, is_delta_table, merge_idempotent, require_table  # noqa: E402
+from common.tables import ensure_table, is_delta_table, require_table  # noqa: E402
 from gold.transforms import KPIS, enrich_orders, enriched_payload  # noqa: E402
 
 log = logging.getLogger("lakehouse.gold")
@@ -67,8 +67,8 @@ def _orders_writer(settings: Settings, ctx: streams.BatchContext):
         enriched = enrich_orders(batch, spark.read.format("delta").load(customers)).persist()
         try:
             streams.run_parallel([
-                lambda: append_idempotent(enriched, settings.table_path("gold", "orders_enriched"),
-                                          ctx.app_id(spark, "orders_enriched"), batch_id),
+                lambda: ctx.append(enriched, "orders_enriched", settings.table_path("gold", "orders_enriched"),
+                                   batch_id),
                 lambda: (enriched_payload(batch).write.format("kafka")
                          .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
                          .option("topic", settings.topic_enriched).save()),
@@ -84,11 +84,11 @@ def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[st
         batch = batch.persist()
         try:
             present = {r.source for r in batch.select("source").distinct().collect()}
-            for kpi in KPIS:  # MERGEs one after the other: their txn ids are session settings
+            for kpi in KPIS:  # MERGEs one after the other: their commit tags are session settings
                 if kpi.source in present:
                     rows = batch.filter(batch.source == kpi.source).select(*columns[kpi.source])
-                    merge_idempotent(kpi.aggregate(rows, settings), settings.table_path("gold", kpi.name),
-                                     kpi.merge_keys, kpi.merge_set(), ctx.app_id(spark, kpi.name), batch_id)
+                    ctx.merge(kpi.aggregate(rows, settings), kpi.name, settings.table_path("gold", kpi.name), batch_id,
+                              kpi.merge_keys, kpi.merge_set())
         finally:
             batch.unpersist()
     return write

@@ -2,7 +2,7 @@
 
 Each source's records are classified (valid / quarantine / drop / late) and deduplicated under
 that source's own watermark; the three streams are unioned into one query, whose micro-batch
-writes, idempotently (txnAppId = the checkpoint's query id + table, txnVersion = batch id), the
+writes, exactly once (commits tagged with the checkpoint's query id + table and the batch id), the
 silver tables, ``silver.quarantine``, ``silver.late_records`` and ``silver.rule_outcomes``: side
 by side, one commit per table, and only the non-empty ones.
 
@@ -26,7 +26,7 @@ from bronze.transforms import KAFKA_SCHEMA, to_bronze  # noqa: E402
 from common import pipeline, streams  # noqa: E402
 from common.errors import StreamFailedError  # noqa: E402
 from common.settings import Settings, interval_seconds  # noqa: E402
-from common.tables import append_idempotent, ensure_table, require_table  # noqa: E402
+from common.tables import ensure_table, require_table  # noqa: E402
 from silver import transforms as T  # noqa: E402
 from silver.rules import rules_for  # noqa: E402
 
@@ -100,9 +100,8 @@ def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
             tables = {"rule_outcomes": [recorded]} if outcomes else {}
             tables.update(parts)
             streams.run_parallel([
-                (lambda table=table, dfs=dfs: append_idempotent(
-                    reduce(lambda a, b: a.unionByName(b), dfs), settings.table_path("silver", table),
-                    ctx.app_id(spark, table), batch_id))
+                (lambda table=table, dfs=dfs: ctx.append(
+                    reduce(lambda a, b: a.unionByName(b), dfs), table, settings.table_path("silver", table), batch_id))
                 for table, dfs in tables.items()])
             failing = [(rule, failed) for _, rule, action, failed, _ in outcomes if action == "fail" and failed]
             if failing:

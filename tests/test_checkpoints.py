@@ -42,3 +42,68 @@ def test_new_checkpoint_resumes_bronze_and_refuses_then_rebuilds_silver(spark, l
     run(("silver", "gold"), moved, "availableNow", spark=spark)
     check_silver_against_ledger(spark, moved, ledger)
     check_gold(spark, moved, ledger)
+
+
+class _Flow:
+    name = "probe"
+
+
+def _history(spark, path):
+    return spark.sql(f"DESCRIBE HISTORY delta.`{path}`").orderBy("version").collect()
+
+
+def test_a_restart_skips_the_batch_its_table_already_holds(spark, lake):
+    """The exactly-once rule of every foreachBatch write (streams.BatchContext): a new run of the
+    same checkpoint (same query id) skips a batch the table already holds, writes the next one; a
+    new checkpoint (new query id) is never taken for a replay; only a run's first write looks up."""
+    from common.streams import BatchContext
+
+    path = lake.table_path("gold", "replay_probe")
+    schema = "window_start string, grp string, n int"
+    spark.createDataFrame([("w", "g", 1)], schema).write.format("delta").save(path)
+    keys = ("window_start", "grp")
+
+    def merge(ctx, rows, batch_id):
+        ctx.merge(spark.createDataFrame(rows, schema), "replay_probe", path, batch_id, keys, {})
+
+    def table():
+        return {(r.grp, r.n) for r in spark.read.format("delta").load(path).collect()}
+
+    run1 = BatchContext(_Flow, query_id="q1")
+    merge(run1, [("w", "g", 5), ("w", "h", 1)], 7)
+    merge(run1, [("w", "i", 2)], 8)
+    assert table() == {("g", 5), ("h", 1), ("i", 2)}
+    versions = len(_history(spark, path))
+
+    run2 = BatchContext(_Flow, query_id="q1")  # a restart replays batch 8, then goes on with 9
+    merge(run2, [("w", "g", 99)], 8)
+    assert len(_history(spark, path)) == versions and table() == {("g", 5), ("h", 1), ("i", 2)}
+    merge(run2, [("w", "j", 3)], 9)
+    assert table() == {("g", 5), ("h", 1), ("i", 2), ("j", 3)}
+
+    merge(BatchContext(_Flow, query_id="q2"), [("w", "k", 4)], 0)  # a new checkpoint's batch 0
+    assert ("k", 4) in table()
+
+    tags = [r.userMetadata for r in _history(spark, path)][1:]
+    assert tags == ['{"batch": 7, "writer": "probe:q1:replay_probe"}', '{"batch": 8, "writer": "probe:q1:replay_probe"}',
+                    '{"batch": 9, "writer": "probe:q1:replay_probe"}', '{"batch": 0, "writer": "probe:q2:replay_probe"}']
+    # Delta's txn ids only on a run's first write (their lookup costs a state reconstruction): run 2's
+    # first write was the skipped replay of 8, so its batch 9 carries none
+    txn = (spark.read.option("pathGlobFilter", "*.json").json(f"{path}/_delta_log").where("txn IS NOT NULL")
+           .select("txn.version").collect())
+    assert sorted(r.version for r in txn) == [0, 7]
+
+
+def test_a_batch_committed_by_an_earlier_txn_only_version_is_skipped(spark, lake):
+    """Upgrade: a table whose last batch was committed with Delta's txnAppId alone (no tag)."""
+    from common.streams import BatchContext
+
+    path = lake.table_path("silver", "upgrade_probe")
+    rows = spark.createDataFrame([(1,)], "x int")
+    (rows.write.format("delta").mode("append").option("txnAppId", "probe:q1:upgrade_probe")
+     .option("txnVersion", "4").save(path))
+    ctx = BatchContext(_Flow, query_id="q1")
+    ctx.append(rows, "upgrade_probe", path, 4)  # the replay of batch 4
+    assert spark.read.format("delta").load(path).count() == 1
+    ctx.append(rows, "upgrade_probe", path, 5)
+    assert spark.read.format("delta").load(path).count() == 2

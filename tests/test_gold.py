@@ -98,21 +98,6 @@ def test_gold_sigkill_replay_counts_nothing_twice(spark, lake, tmp_path):
     check_gold(spark, lake, ledger)
 
 
-def test_merge_replay_of_a_committed_batch_is_skipped(spark, lake):
-    """The idempotence gold relies on: the same (txnAppId, txnVersion) MERGE twice changes nothing."""
-    from common.tables import merge_idempotent
-
-    path = lake.table_path("gold", "replay_probe")
-    spark.createDataFrame([("w", "g", 1)], "window_start string, grp string, n int").write.format("delta").save(path)
-    batch = spark.createDataFrame([("w", "g", 5), ("w", "h", 1)], "window_start string, grp string, n int")
-    merge_idempotent(batch, path, ("window_start", "grp"), {}, "probe", 7)
-    version = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").agg({"version": "max"}).collect()[0][0]
-    bigger = spark.createDataFrame([("w", "g", 99)], "window_start string, grp string, n int")
-    merge_idempotent(bigger, path, ("window_start", "grp"), {}, "probe", 7)  # a replay of batch 7
-    assert spark.sql(f"DESCRIBE HISTORY delta.`{path}`").agg({"version": "max"}).collect()[0][0] == version
-    assert {(r.grp, r.n) for r in spark.read.format("delta").load(path).collect()} == {("g", 5), ("h", 1)}
-
-
 def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake, tmp_path):
     customers.load(spark, lake)
     produce_to(lake, tmp_path / "ledger.jsonl", 100, seed=41)
