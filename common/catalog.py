@@ -2,8 +2,10 @@
 
 The lake itself is the source of truth: at session start every Delta table found under
 ``<lake_root>/<layer>/`` is registered (``CREATE TABLE IF NOT EXISTS ... USING DELTA
-LOCATION``) in database ``<layer>``. Registration only records a path, so it is cheap and
-any number of sessions can do it at once without a shared metastore lock.
+LOCATION``) in database ``<layer>``; a gold KPI's table of partial rows is
+``gold.<kpi>_partials`` and the KPI itself the view ``gold.<kpi>`` over it. Registration only
+records a path, so it is cheap and any number of sessions can do it at once without a shared
+metastore lock.
 """
 
 from __future__ import annotations
@@ -33,12 +35,26 @@ def list_tables(settings: Settings) -> dict[str, list[str]]:
     return found
 
 
+def catalog_name(layer: str, name: str) -> str:
+    """The catalog name of the Delta table in folder ``<layer>/<name>``: ``<layer>.<name>``, except
+    a gold KPI's table of partial rows, ``gold.<kpi>_partials`` (``gold.<kpi>`` is its view)."""
+    from gold.transforms import PARTIALS_SUFFIX, kpi_named
+
+    return f"{layer}.{name}{PARTIALS_SUFFIX}" if layer == "gold" and kpi_named(name) else f"{layer}.{name}"
+
+
 def registration_sql(settings: Settings, tables: dict[str, list[str]]) -> list[str]:
+    from gold.transforms import kpi_named
+
     out = []
     for layer, names in tables.items():
         out.append(f"CREATE DATABASE IF NOT EXISTS {layer}")
-        out += [f"CREATE TABLE IF NOT EXISTS {layer}.{name} USING DELTA LOCATION '{settings.table_path(layer, name)}'"
-                for name in names]
+        for name in names:
+            full = catalog_name(layer, name)
+            out.append(f"CREATE TABLE IF NOT EXISTS {full} USING DELTA LOCATION '{settings.table_path(layer, name)}'")
+            kpi = kpi_named(name) if layer == "gold" else None
+            if kpi:
+                out.append(f"CREATE OR REPLACE VIEW {layer}.{name} AS {kpi.view_sql(full)}")
     return out
 
 
@@ -49,7 +65,7 @@ def register_tables(spark, settings: Settings) -> dict[str, list[str]]:
     tables = list_tables(settings)
     for layer, names in tables.items():
         for name in names:
-            full, path = f"{layer}.{name}", settings.table_path(layer, name)
+            full, path = catalog_name(layer, name), settings.table_path(layer, name)
             if registered.get(full) not in (None, path):
                 spark.sql(f"DROP TABLE IF EXISTS {full}")
             registered[full] = path

@@ -15,10 +15,10 @@ and the batch id, so a replayed batch is skipped (``streams.BatchContext``):
                                              keeps its own watermark and dedup state);
 * ``gold_orders``  silver.orders         -> orders_enriched and ``commandes-enrichies`` (the
                                              latency path: a plain append and a Kafka write);
-* ``gold_kpis``    the four silver tables -> the six KPI tables (an additive MERGE of each
-                                             batch's partial aggregates per KPI; MERGEs cost more
-                                             than appends, so they run in their own query and do
-                                             not hold the enriched orders back).
+* ``gold_kpis``    the four silver tables -> the six KPI tables (each batch's partial aggregates
+                                             appended; the ``gold.<kpi>`` views combine them), on
+                                             their own trigger, so they do not hold the enriched
+                                             orders back.
 
 Fixed cost per micro-batch (trigger, planning, commits) is what limits a streaming pipeline on a
 small machine, so fewer queries and fewer commits per batch buy more than faster code.

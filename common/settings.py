@@ -92,7 +92,7 @@ class Settings:
     max_offsets_per_trigger: int = 0  # 0 = unlimited
     # streaming
     trigger: str = "processingTime=1 second"
-    kpi_trigger: str = "processingTime=30 seconds"  # gold_kpis when the run is live (its MERGEs are the costly part)
+    kpi_trigger: str = "processingTime=30 seconds"  # gold_kpis when the run is live (KPIs need not follow every batch)
     watermark_orders: str = "5 minutes"
     watermark_logs: str = "2 minutes"
     watermark_metrics: str = "1 minute"

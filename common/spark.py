@@ -36,9 +36,8 @@ STATIC_CONF: dict[str, str] = {
     # A stage runs several queries in one app: share the cores fairly between them (each query
     # gets its own scheduler pool, common.streams.start) instead of first come, first served.
     "spark.scheduler.mode": "FAIR",
-    # No extra micro-batch only to advance the watermark: KPIs are MERGEd in update mode, so
-    # such a batch would only evict state (done by the next data batch anyway) at the cost of a
-    # full batch per stateful query.
+    # No extra micro-batch only to advance the watermark: such a batch would only evict silver's
+    # dedup state (done by the next data batch anyway) at the cost of a full batch per query.
     "spark.sql.streaming.noDataMicroBatches.enabled": "false",
     "spark.databricks.delta.schema.autoMerge.enabled": "false",
     # Delta's defaults are sized for big clusters; on a streaming hot path every commit pays them.

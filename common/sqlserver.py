@@ -67,7 +67,11 @@ def spark_sql_shell(settings: Settings, args: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="lakehouse-spark-sql-") as tmp:
         init = Path(tmp) / "init.sql"
         init.write_text("".join(f"{s};\n" for s in registration_sql(settings, list_tables(settings))))
-        props = write_properties(Path(tmp) / "spark.conf", spark_properties(settings))
+        # The shell's Hive metastore lives and dies with this run: the lake is the catalog's source of
+        # truth (a metastore kept in the working directory kept old names and locations across lakes).
+        props = write_properties(Path(tmp) / "spark.conf", {
+            **spark_properties(settings), "spark.sql.warehouse.dir": str(Path(tmp) / "warehouse"),
+            "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={tmp}/metastore_db;create=true"})
         shell = Path(pyspark.__file__).parent / "bin" / "spark-sql"
         cmd = [str(shell), "--properties-file", str(props), "--master", settings.spark_master, "-i", str(init), *args]
         return subprocess.call(cmd, env={**os.environ, "SPARK_HOME": str(shell.parent.parent)})

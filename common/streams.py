@@ -127,7 +127,7 @@ def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str |
             _claim(df, name, checkpoint, signature)
         writer = writer.option("checkpointLocation", checkpoint)
         if foreach_batch is not None:
-            writer = writer.foreachBatch(foreach_batch)
+            writer = writer.foreachBatch(_in_batch_session(foreach_batch))
         else:
             writer = writer.format(sink)
             for k, v in (sink_options or {}).items():
@@ -143,6 +143,20 @@ def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str |
         sc.setLocalProperty("spark.scheduler.pool", None)
     log.info("started query %s (id %s) -> %s", name, query.id, path or sink)
     return query
+
+
+# Settings of a streaming query's own session (its clone of the app's) for the Spark jobs of its
+# foreachBatch: micro-batches are small, and adaptive execution only adds a job per shuffle stage
+# (a MERGE ran 12 jobs with it, 6 without: ~1.8 -> 1.1 s here). Batch SQL keeps it.
+BATCH_SESSION_CONF = {"spark.sql.adaptive.enabled": "false"}
+
+
+def _in_batch_session(fn: Callable) -> Callable:
+    def run(batch, batch_id: int):
+        for k, v in BATCH_SESSION_CONF.items():
+            batch.sparkSession.conf.set(k, v)
+        return fn(batch, batch_id)
+    return run
 
 
 def _claim(df, name: str, checkpoint: str, signature: dict | None) -> None:
@@ -217,15 +231,6 @@ class BatchContext:
         todo = self._should_write(df.sparkSession, table, path, batch_id)
         if todo:
             append_batch(df, path, todo[0], batch_id, txn=todo[1])
-            self._last[table] = batch_id
-
-    def merge(self, df, table: str, path: str, batch_id: int, keys: tuple[str, ...], updates: dict[str, str]) -> None:
-        """MERGE the batch into ``table`` (``tables.merge_batch``) unless the table already holds it."""
-        from common.tables import merge_batch
-
-        todo = self._should_write(df.sparkSession, table, path, batch_id)
-        if todo:
-            merge_batch(df, path, keys, updates, todo[0], batch_id, txn=todo[1])
             self._last[table] = batch_id
 
 

@@ -79,30 +79,6 @@ def append_batch(df, path: str, app_id: str, batch_id: int, txn: bool = False) -
     w.save(path)
 
 
-def merge_batch(batch, path: str, keys: tuple[str, ...], updates: dict[str, str], app_id: str, batch_id: int,
-                txn: bool = False) -> None:
-    """MERGE one micro-batch into ``path`` on ``keys``: matched rows get ``updates`` (SQL over ``t``,
-    the table, and ``s``, the batch), others are inserted; tagged and ``txn`` as ``append_batch``.
-    The tag and txn ids of a MERGE are session settings: call it from one thread per session."""
-    from delta.tables import DeltaTable
-
-    spark = batch.sparkSession  # the query's own session clone: these confs affect only this query
-    confs = {"spark.databricks.delta.commitInfo.userMetadata": commit_tag(app_id, batch_id)}
-    if txn:
-        confs.update({"spark.databricks.delta.write.txnAppId": app_id,
-                      "spark.databricks.delta.write.txnVersion": str(batch_id)})
-    for k, v in confs.items():
-        spark.conf.set(k, v)
-    try:
-        cond = " AND ".join(f"t.{k} <=> s.{k}" for k in keys)
-        merge = DeltaTable.forPath(spark, path).alias("t").merge(batch.alias("s"), cond)
-        merge = merge.whenMatchedUpdate(set=updates) if updates else merge.whenMatchedUpdateAll()
-        merge.whenNotMatchedInsertAll().execute()
-    finally:
-        for k in confs:
-            spark.conf.unset(k)
-
-
 def has_data(spark, path: str) -> bool:
     """The Delta table at ``path`` exists and holds at least one data file."""
     if not is_delta_table(spark, path):

@@ -1,11 +1,12 @@
 """Gold transforms: windowed KPIs, enrichment and the Kafka payload. Pure DataFrame functions,
 the same for a batch recomputation and for each micro-batch of the streaming job.
 
-A KPI is declared once as measures (``Measure``): the aggregate a batch computes, and how a
-batch's partial value is merged into the table's (count and sums add, max takes the greater,
-an average is recomputed from an exact sum and count kept beside it). The streaming job MERGEs
-each micro-batch's partial aggregates into the table, so a KPI row counts every silver row of
-its window and group exactly once, whatever the micro-batch boundaries.
+A KPI is declared once as measures (``Measure``): the aggregate a micro-batch computes over its
+rows (a partial value per window and group), and how partial values combine into the KPI
+(counts and sums add, max takes the greatest, an average is recomputed from an exact sum and
+count kept beside it). The streaming job appends each micro-batch's partial rows to the KPI's
+Delta table; the KPI itself (``Kpi.combine``, the ``gold.<kpi>`` view) groups them, so a KPI row
+counts every silver row of its window and group exactly once, whatever the micro-batch boundaries.
 
 Column names keep the seed notebooks' (nb_commandes, total_ventes, max_commande, ...).
 """
@@ -33,32 +34,32 @@ def _windowed(df: DataFrame, duration: str, slide: str | None, keys: tuple[str, 
 
 @dataclass(frozen=True)
 class Measure:
-    """One column of a KPI table: how a batch computes it, and how a batch's value is merged into
-    the table's (``t.<col>``: the table, ``s.<col>``: the batch). ``state`` columns are kept only so
-    that another measure (an average) stays exact across batches."""
+    """One column of a KPI: ``agg``, its partial value over a micro-batch's rows, and ``combine``,
+    the aggregate over partial rows that gives the KPI's value. ``state`` columns are kept only so
+    that another measure (an average) stays exact."""
 
     name: str
     agg: str
-    merge: str
+    combine: str
     state: bool = False
 
 
 def _count(name: str) -> Measure:
-    return Measure(name, "count(1)", f"t.{name} + s.{name}")
+    return Measure(name, "count(1)", f"sum({name})")
 
 
 def _cents(name: str, column: str) -> Measure:
-    # each batch's sum of cent amounts is rounded back to cents, so the running sum stays exact
-    return Measure(name, f"round(sum({column}), 2)", f"round(t.{name} + s.{name}, 2)")
+    # each batch's sum of cent amounts is rounded back to cents, so the sum of partials stays exact
+    return Measure(name, f"round(sum({column}), 2)", f"round(sum({name}), 2)")
 
 
 def _max(name: str, column: str) -> Measure:
-    return Measure(name, f"max({column})", f"greatest(t.{name}, s.{name})")
+    return Measure(name, f"max({column})", f"max({name})")
 
 
 def _average(name: str, total: str, count: str, column: str) -> Measure:
     return Measure(name, f"round(avg({column}), 2)",
-                   f"CASE WHEN t.{count} + s.{count} > 0 THEN round((t.{total} + s.{total}) / (t.{count} + s.{count}), 2) END")
+                   f"CASE WHEN sum({count}) > 0 THEN round(sum({total}) / sum({count}), 2) END")
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ class Kpi:
         return self.window(settings)
 
     @property
-    def merge_keys(self) -> tuple[str, ...]:
+    def row_keys(self) -> tuple[str, ...]:
+        """What identifies a KPI row: its window and group."""
         return ("window_start", "window_end") + self.keys
 
     @property
@@ -90,8 +92,15 @@ class Kpi:
         measures = [m for m in self.measures if state or not m.state]
         return _windowed(df, size, slide, self.keys, *[F.expr(m.agg).alias(m.name) for m in measures])
 
-    def merge_set(self) -> dict[str, str]:
-        return {m.name: m.merge for m in self.measures}
+    def combine(self, partials: DataFrame) -> DataFrame:
+        """Partial rows (one per micro-batch that touched a window and group) -> the KPI's rows."""
+        return partials.groupBy(*self.row_keys).agg(*[F.expr(m.combine).alias(m.name) for m in self.measures])
+
+    def view_sql(self, partials: str) -> str:
+        """``combine`` in SQL, over the table ``partials`` (the body of the ``gold.<kpi>`` view)."""
+        keys = ", ".join(self.row_keys)
+        measures = ", ".join(f"{m.combine} AS {m.name}" for m in self.measures)
+        return f"SELECT {keys}, {measures} FROM {partials} GROUP BY {keys}"
 
     def signature(self, settings: Settings) -> dict:
         return {"source": self.source, "keys": list(self.keys), "window": list(self.window_spec(settings))}
@@ -103,19 +112,31 @@ KPIS: tuple[Kpi, ...] = (
     Kpi("customer_minute_totals", "orders", ("customer_id",), lambda s: (s.minute_window, None),
         (_count("nb_commandes"), _cents("total_commandes", "total"))),
     Kpi("product_sales", "order_items", ("product_id", "product_name"), lambda s: (s.minute_window, None),
-        (_count("nb_ventes"), Measure("quantite_totale", "sum(quantity)", "t.quantite_totale + s.quantite_totale"),
+        (_count("nb_ventes"), Measure("quantite_totale", "sum(quantity)", "sum(quantite_totale)"),
          _cents("ca_total", "subtotal"))),
     Kpi("log_level_counts", "logs", ("level",), lambda s: (s.minute_window, None), (_count("nb_logs"),)),
     Kpi("module_stats", "logs", ("module",), lambda s: (s.minute_window, None),
         (_count("nb_logs"), _average("duree_moyenne_ms", "somme_duree_ms", "nb_durees", "duration_ms"),
          Measure("somme_duree_ms", "coalesce(sum(CAST(duration_ms AS BIGINT)), 0L)",
-                 "t.somme_duree_ms + s.somme_duree_ms", state=True),
-         Measure("nb_durees", "count(duration_ms)", "t.nb_durees + s.nb_durees", state=True))),
+                 "sum(somme_duree_ms)", state=True),
+         Measure("nb_durees", "count(duration_ms)", "sum(nb_durees)", state=True))),
     Kpi("host_metrics", "metrics", ("host",), lambda s: (s.host_window, None),
         (_average("avg_cpu", "somme_cpu", "nb_mesures", "cpu_percent"), _max("max_mem", "memory_percent"),
-         _count("nb_mesures"), Measure("somme_cpu", "sum(cpu_percent)", "t.somme_cpu + s.somme_cpu", state=True))),
+         _count("nb_mesures"), Measure("somme_cpu", "sum(cpu_percent)", "sum(somme_cpu)", state=True))),
 )
 _BY_NAME = {k.name: k for k in KPIS}
+
+
+PARTIALS_SUFFIX = "_partials"  # the catalog name of a KPI's Delta table: gold.<kpi>_partials
+
+
+def kpi_named(name: str) -> Kpi | None:
+    return _BY_NAME.get(name)
+
+
+def read_kpi(spark, path: str, kpi: Kpi) -> DataFrame:
+    """The KPI's rows, from its Delta table of partial rows at ``path``."""
+    return kpi.combine(spark.read.format("delta").load(path))
 
 
 def kpis_of(source: str) -> tuple[Kpi, ...]:

@@ -97,3 +97,35 @@ def test_enriched_payload_has_tva(spark):
 
     v = json.loads(row.value)
     assert row.key == "CUST-001" and v["tva"] == 20.0 and v["order_id"] == 1 and v["processed_at"].endswith("Z")
+
+
+def test_partials_of_any_batches_combine_into_the_kpi(spark):
+    """Each micro-batch appends its partial rows; ``Kpi.combine`` (the gold.<kpi> view) of the
+    partials of any split of the rows into batches equals the KPI computed over all rows at once."""
+    from pyspark.sql import functions as F
+
+    from common.settings import Settings
+
+    settings = Settings.from_env({"LAKEHOUSE_LAKE_ROOT": "/tmp/lake"})
+    orders = _orders(spark, [("C1", "10:00:30", 100.05), ("C1", "10:00:50", 0.1), ("C1", "10:01:10", 50.0),
+                             ("C2", "10:01:59", 10.0), ("C2", "10:02:01", 19.99)])
+    items = spark.createDataFrame([(1, "Laptop", _ts("10:00:01"), 2, 1999.98), (1, "Laptop", _ts("10:00:40"), 1, 999.99),
+                                   (2, "Souris", _ts("10:00:59"), 3, 89.97)],
+                                  "product_id int, product_name string, event_time timestamp, quantity int, subtotal double")
+    logs = spark.createDataFrame([(_ts("10:00:01"), "INFO", "auth", 10), (_ts("10:00:02"), "INFO", "auth", 21),
+                                  (_ts("10:00:03"), "ERROR", "auth", None), (_ts("10:00:04"), "INFO", "cart", 5)],
+                                 "event_time timestamp, level string, module string, duration_ms int")
+    metrics = spark.createDataFrame([(_ts("10:00:01"), "h1", 10.0, 50.0), (_ts("10:00:29"), "h1", 20.5, 70.0),
+                                     (_ts("10:00:02"), "h1", 33.3, 10.0)],
+                                    "event_time timestamp, host string, cpu_percent double, memory_percent double")
+    sources = {"orders": orders, "order_items": items, "logs": logs, "metrics": metrics}
+    for kpi in G.KPIS:
+        rows = sources[kpi.source].withColumn("batch", F.monotonically_increasing_id() % 3)
+        partials = [kpi.aggregate(rows.filter(F.col("batch") == b).drop("batch"), settings) for b in range(3)]
+        union = partials[0].unionByName(partials[1]).unionByName(partials[2])
+        assert union.count() > kpi.aggregate(rows, settings).count() or kpi.name == "host_metrics", kpi.name
+        assert_df_equality(kpi.combine(union), kpi.aggregate(rows.drop("batch"), settings), ignore_nullable=True,
+                           ignore_row_order=True, ignore_column_order=False)
+        union.createOrReplaceTempView("partials")
+        assert_df_equality(spark.sql(kpi.view_sql("partials")), kpi.combine(union), ignore_nullable=True,
+                           ignore_row_order=True)

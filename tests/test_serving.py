@@ -22,8 +22,12 @@ QUERY = "SELECT customer_id, nb_commandes FROM gold.customer_order_kpis ORDER BY
 
 def test_sql_cli_spark_sql_shell_and_thrift_server_return_the_same_rows(spark, lake, tmp_path):
     rows = [("CUST-001", 3), ("CUST-002", 1), ("CUST-007", 12)]
-    spark.createDataFrame(rows, "customer_id string, nb_commandes long").write.format("delta").save(
-        lake.table_path("gold", "customer_order_kpis"))
+    # the KPI's table holds partial rows (CUST-001's window in two micro-batches); gold.<kpi> combines them
+    partials = [("CUST-001", 2, 10.0), ("CUST-001", 1, 5.5), ("CUST-002", 1, 1.0), ("CUST-007", 12, 99.0)]
+    (spark.createDataFrame(partials, "customer_id string, nb_commandes long, total double")
+     .selectExpr("TIMESTAMP '2026-01-18 10:00:00' AS window_start", "TIMESTAMP '2026-01-18 10:02:00' AS window_end",
+                 "customer_id", "nb_commandes", "total AS total_ventes", "total AS max_commande")
+     .write.format("delta").save(lake.table_path("gold", "customer_order_kpis")))
     cli = subprocess.run([sys.executable, "-m", "common.cli", "sql", "--format", "csv", QUERY],
                          env=settings_env(lake), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert cli.returncode == 0, cli.stderr[-2000:]

@@ -253,10 +253,10 @@ def test_incompatible_change_on_an_old_checkpoint_fails_at_start(spark, lake, tm
 
 
 # 7 -------------------------------------------------------------------------------------------
-def test_batch_replayed_after_its_merge_committed_counts_once(spark, lake, tmp_path):
-    """The crash window of foreachBatch: the MERGE committed to Delta, the checkpoint did not.
-    Removing the last commit marker makes Spark replay that batch; Delta skips the MERGE and the
-    stateful aggregation upstream must still commit its state."""
+def test_batch_replayed_after_its_writes_committed_counts_once(spark, lake, tmp_path):
+    """The crash window of foreachBatch: the batch's appends committed to Delta, the checkpoint did
+    not. Removing the last commit marker makes Spark replay that batch; the run's first write finds
+    the batch's tag in each table and skips it (``streams.BatchContext``)."""
     ledger = produce_to(lake, tmp_path / "ledger.jsonl", 200, seed=61, **FAULTS)
     run(STAGES, lake, "availableNow", spark=spark)
     client = minio_client(lake)
