@@ -67,14 +67,15 @@ def resume_offsets(spark, settings: Settings) -> str | None:
     return json.dumps(offsets, sort_keys=True)
 
 
-def _writer(settings: Settings, ctx: streams.BatchContext):
+def _writer(settings: Settings, ctx: streams.BatchContext, one_task: bool):
     paths = table_paths(settings)
 
     def write(batch, batch_id: int) -> None:
-        # One task per micro-batch, not one per Kafka partition: every write job then runs one task
-        # and writes one file per table (a task costs ~50 ms of scheduling and (de)serialisation
-        # here; bronze holds a few seconds of records per batch).
-        batch = batch.coalesce(1).persist()
+        # Live, one task per micro-batch rather than one per Kafka partition: every write job then
+        # runs one task and writes one file per table (a task costs ~50 ms of scheduling and
+        # (de)serialisation here, and a live batch holds a few seconds of records). A one-shot
+        # run (availableNow: a backfill) keeps one task per partition.
+        batch = (batch.coalesce(1) if one_task else batch).persist()
         try:
             present = {r.topic for r in batch.select("topic").distinct().collect()}
             streams.run_parallel([
@@ -102,7 +103,9 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
     if options.sink == "console":
         return streams.start_all([streams.flow_spec(flow, to_bronze(source), options)])
     ctx = streams.BatchContext(flow)
-    return streams.start_all([streams.flow_spec(flow, to_bronze(source), options, foreach_batch=_writer(settings, ctx))])
+    live = options.trigger.kind == "processingTime"
+    return streams.start_all([streams.flow_spec(flow, to_bronze(source), options,
+                                                foreach_batch=_writer(settings, ctx, one_task=live))])
 
 
 if __name__ == "__main__":

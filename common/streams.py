@@ -127,7 +127,7 @@ def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str |
             _claim(df, name, checkpoint, signature)
         writer = writer.option("checkpointLocation", checkpoint)
         if foreach_batch is not None:
-            writer = writer.foreachBatch(_in_batch_session(foreach_batch))
+            writer = writer.foreachBatch(foreach_batch)
         else:
             writer = writer.format(sink)
             for k, v in (sink_options or {}).items():
@@ -143,20 +143,6 @@ def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str |
         sc.setLocalProperty("spark.scheduler.pool", None)
     log.info("started query %s (id %s) -> %s", name, query.id, path or sink)
     return query
-
-
-# Settings of a streaming query's own session (its clone of the app's) for the Spark jobs of its
-# foreachBatch: micro-batches are small, and adaptive execution only adds a job per shuffle stage
-# (a MERGE ran 12 jobs with it, 6 without: ~1.8 -> 1.1 s here). Batch SQL keeps it.
-BATCH_SESSION_CONF = {"spark.sql.adaptive.enabled": "false"}
-
-
-def _in_batch_session(fn: Callable) -> Callable:
-    def run(batch, batch_id: int):
-        for k, v in BATCH_SESSION_CONF.items():
-            batch.sparkSession.conf.set(k, v)
-        return fn(batch, batch_id)
-    return run
 
 
 def _claim(df, name: str, checkpoint: str, signature: dict | None) -> None:
@@ -195,7 +181,8 @@ class BatchContext:
     and skips a batch already there; later writes need no lookup (a txnAppId lookup on every commit
     reconstructed the table's state: ~0.7 s per table per batch). A new checkpoint gets a new query
     id, so its batch 0 is never mistaken for a replay of the old checkpoint's batch 0.
-    Make one per query run (the stage's ``start``).
+    Make one per query run (the stage's ``start``). This relies on one running copy per checkpoint
+    (the checkpoint lease, ``common.checkpoints``): two live copies would each append every batch.
     """
 
     def __init__(self, flow, query_id: str | None = None):
@@ -230,7 +217,11 @@ class BatchContext:
 
         todo = self._should_write(df.sparkSession, table, path, batch_id)
         if todo:
-            append_batch(df, path, todo[0], batch_id, txn=todo[1])
+            try:
+                append_batch(df, path, todo[0], batch_id, txn=todo[1])
+            except BaseException:
+                self._last.pop(table, None)  # the commit may have landed: look it up again next time
+                raise
             self._last[table] = batch_id
 
 

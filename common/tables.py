@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Iterable
 
 from common.errors import SetupError
+
+log = logging.getLogger("lakehouse.tables")
 
 
 def is_delta_table(spark, path: str) -> bool:
@@ -58,13 +61,18 @@ def last_committed_batch(spark, path: str, app_id: str, depth: int = HISTORY_DEP
     from delta.tables import DeltaTable
 
     last = -1
-    for row in DeltaTable.forPath(spark, path).history(depth).select("userMetadata").collect():
+    rows = DeltaTable.forPath(spark, path).history(depth).select("userMetadata").collect()
+    for row in rows:
         try:
             tag = json.loads(row.userMetadata or "")
         except ValueError:
             continue
-        if isinstance(tag, dict) and tag.get("writer") == app_id and isinstance(tag.get("batch"), int):
-            last = max(last, tag["batch"])
+        batch = tag.get("batch") if isinstance(tag, dict) and tag.get("writer") == app_id else None
+        if isinstance(batch, int) and not isinstance(batch, bool):
+            last = max(last, batch)
+    if last < 0 and len(rows) >= depth:
+        log.warning("%s: none of its last %d commits is from writer %s; if that writer committed before them, "
+                    "a batch it replays now is written again", path, depth, app_id)
     return last
 
 

@@ -123,6 +123,15 @@ def reconciliation_suites(settings: Settings) -> list[TableSuite]:
             "SELECT * FROM (SELECT (SELECT coalesce(sum(total_commandes), 0) FROM gold.customer_minute_totals) AS g, "
             "(SELECT coalesce(sum(total), 0) FROM silver.orders) AS s, (SELECT count(*) FROM silver.orders) AS n) "
             "WHERE abs(g - s) > 0.01 * greatest(n, 1)")))
+    # every silver row counted once by each tumbling-window KPI (a batch appended twice would show here:
+    # the KPI views group partial rows, so their (window, group) keys are unique whatever happened)
+    for kpi, count, table in (("customer_minute_totals", "nb_commandes", "orders"),
+                              ("product_sales", "nb_ventes", "order_items"), ("log_level_counts", "nb_logs", "logs"),
+                              ("module_stats", "nb_logs", "logs"), ("host_metrics", "nb_mesures", "metrics")):
+        exps.append(gxe.UnexpectedRowsExpectation(
+            description=f"gold.{kpi} counts each silver.{table} row once",
+            unexpected_rows_query=f"SELECT * FROM (SELECT (SELECT coalesce(sum({count}), 0) FROM gold.{kpi}) AS g, "
+                                  f"(SELECT count(*) FROM silver.{table}) AS s) WHERE g <> s"))
     # the batch of this suite is silver.rule_outcomes itself
     return [TableSuite("silver", "rule_outcomes", tuple(exps))]
 

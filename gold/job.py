@@ -6,8 +6,8 @@ KPIs are incremental: every micro-batch computes its partial aggregates per (win
 appends them to the KPI's Delta table (``gold.<kpi>_partials`` in the catalog); the KPI is the
 view ``gold.<kpi>`` that combines them (``gold.transforms.Kpi.combine``: counts and sums add, max
 takes the greatest, averages are recomputed from an exact sum and count kept beside them). A
-window has at most a few partial rows per group (one per micro-batch that saw it, within its
-watermark). Silver holds each valid record exactly once and has already routed records behind
+window and group gets one partial row per micro-batch that saw it, until silver's watermark
+passes it (about (window + watermark) / KPI trigger rows at most). Silver holds each valid record exactly once and has already routed records behind
 its event-time watermark to the late ledger, so a KPI row counts every silver record of its
 window exactly once, with no state in gold: a window stops changing once silver's watermark has
 passed it. Each append is tagged with its writer (the checkpoint's query id + table) and batch id

@@ -66,7 +66,7 @@ def _average(name: str, total: str, count: str, column: str) -> Measure:
 class Kpi:
     name: str                      # gold table
     source: str                    # silver table
-    keys: tuple[str, ...]          # group columns (the MERGE key adds window_start/window_end)
+    keys: tuple[str, ...]          # group columns (``row_keys`` adds window_start/window_end)
     window: Callable[[Settings], tuple[str, str | None]]  # its window size and slide, from settings
     measures: tuple[Measure, ...]
 
