@@ -25,26 +25,11 @@ import sys
 import time
 import uuid
 
-from bench.measure import first_visible, peak_rss_mib, percentiles
-from bench.run import HERE, ROOT, app_env, bench_start, fresh, log
+from bench.measure import peak_rss_mib, percentiles
+from bench.run import HERE, ROOT, SYSTEMS, app_env, bench_start, cpu_seconds, fresh, gold_count, gold_pairs, kpi_pairs, log
 from common.generator import GenOptions, produce
 from common.settings import Settings
 from common.stack import wait_until
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process tree (from /proc), for the per-process CPU figure."""
-    from bench.measure import _descendants
-
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for p in [pid, *_descendants(pid)]:
-        try:
-            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
 
 
 _BATCH = re.compile(r" (\S+) batch (\d+): (\d+) rows in, \d+ rows/s, (\d+) ms(?: \(addBatch (\d+) ms\))?")
@@ -67,28 +52,6 @@ def batch_profile(log_text: str) -> dict[str, dict]:
 MEASURED = 10_000_000  # order ids of the measured phase start here; the warm-up's below
 
 
-def _gold_pairs(spark, s: Settings, system: str) -> list[tuple[float, float]]:
-    """(Kafka timestamp ms, gold commit ms) of every measured order that reached gold."""
-    from pyspark.sql import functions as F
-
-    from bench.run import _order_commits
-
-    if system == "peer":
-        df = first_visible(spark, f"{s.lake_root.rstrip('/')}/_peer/gold", ["order_id", "kafka_timestamp"]).select(
-            "order_id", (F.col("kafka_timestamp").cast("double") * 1000).alias("kafka_ms"), "commit_ms")
-    else:
-        df = _order_commits(spark, s)[1]
-    return [(r.kafka_ms, r.commit_ms) for r in df.where(f"order_id >= {MEASURED}").collect()]
-
-
-def _gold_count(spark, s: Settings, system: str, first: int, last: int) -> int:
-    path = f"{s.lake_root.rstrip('/')}/_peer/gold" if system == "peer" else s.table_path("gold", "orders_enriched")
-    try:
-        return spark.read.format("delta").load(path).where(f"order_id BETWEEN {first} AND {last}").count()
-    except Exception:  # not created yet
-        return 0
-
-
 def run_one(spark, base: Settings, system: str, rate: float, seconds: float, warmup: float, logdir) -> dict:
     """Start the system, warm it up (``warmup`` seconds at ``rate``, until gold has those orders),
     then measure ``seconds`` at ``rate``: latency of the measured orders, drain time, CPU, memory."""
@@ -96,7 +59,7 @@ def run_one(spark, base: Settings, system: str, rate: float, seconds: float, war
 
     s = fresh(base, f"p2-{system}-{uuid.uuid4().hex[:6]}")
     customers.load(spark, s)
-    cmd = [sys.executable, "-m", "bench.peer"] if system == "peer" else [sys.executable, "-m", "common.cli", "run", "all"]
+    cmd = [sys.executable, *SYSTEMS[system]]
     out = open(logdir / f"p2-{system}-{rate:g}.log", "w")
     proc = subprocess.Popen(cmd, env=app_env(s), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -108,7 +71,7 @@ def run_one(spark, base: Settings, system: str, rate: float, seconds: float, war
         produce(s, opts)
         t_end = time.time()
         try:
-            wait_until(lambda: _gold_count(spark, s, system, first_id, first_id + count) >= count
+            wait_until(lambda: gold_count(spark, s, system, first_id, first_id + count - 1) >= count
                        or proc.poll() is not None, 900, f"{system} gold to catch up", 3.0)
         except Exception as e:  # not caught up: reported, with the latencies of what did arrive
             log(f"  {system}: {e}")
@@ -118,9 +81,9 @@ def run_one(spark, base: Settings, system: str, rate: float, seconds: float, war
 
     try:
         phase(1, int(rate * warmup), 1)  # start-up, first batches, JIT: not measured
-        cpu0, wall0 = _cpu_seconds(proc.pid), time.time()
+        cpu0, wall0 = cpu_seconds(proc.pid), time.time()
         t0, t_end, drain = phase(MEASURED, int(rate * seconds), 7)
-        cpu = (_cpu_seconds(proc.pid) - cpu0) / (time.time() - wall0)
+        cpu = (cpu_seconds(proc.pid) - cpu0) / (time.time() - wall0)
         peak = peak_rss_mib(proc.pid) or 0.0
     finally:
         if proc.poll() is None:
@@ -129,7 +92,7 @@ def run_one(spark, base: Settings, system: str, rate: float, seconds: float, war
                 proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-    lat = [(c - k) / 1000 for k, c in _gold_pairs(spark, s, system)]
+    lat = [(c - k) / 1000 for k, c in gold_pairs(spark, s, system, MEASURED)]
     count = int(rate * seconds)
     res = {"system": system, "rate": rate, "seconds": seconds, "orders": count,
            "producer_orders_per_s": round(count / (t_end - t0), 1), "drain_s": round(drain, 1),
@@ -137,9 +100,33 @@ def run_one(spark, base: Settings, system: str, rate: float, seconds: float, war
            "peak_rss_mib": round(peak)}
     if system == "project":
         res["queries"] = batch_profile(open(out.name).read())
+        res["kpi_customer_minute_totals"] = percentiles([(c - k) / 1000 for k, c in kpi_pairs(spark, s, MEASURED)])
     log(f"  {system} at {rate:g} orders/s: gold p50 {res['gold']['p50']} s / p99 {res['gold']['p99']} s "
         f"({len(lat)} orders), drained {res['drain_s']} s after the producer, {res['cpu_s_per_wall_s']} cores busy")
     return res
+
+
+def spread(results: list[dict]) -> list[dict]:
+    """Per (rate, system): medians over the repetitions, the p99's min and max, and the ratio of the
+    median p99 to the peer's."""
+    import statistics
+
+    def med(values):
+        values = [v for v in values if v is not None]
+        return round(statistics.median(values), 2) if values else None
+
+    rows = []
+    for key in dict.fromkeys((r["rate"], r["system"]) for r in results):
+        runs = [r for r in results if (r["rate"], r["system"]) == key]
+        p99 = [r["gold"]["p99"] for r in runs if r["gold"]["p99"] is not None]
+        rows.append({"rate": key[0], "system": key[1], "runs": len(runs), "p50": med(r["gold"]["p50"] for r in runs),
+                     "p99": med(p99), "p99_min": min(p99, default=None), "p99_max": max(p99, default=None),
+                     "kpi_p99": med(r.get("kpi_customer_minute_totals", {}).get("p99") for r in runs),
+                     "drain_s": med(r["drain_s"] for r in runs), "cores": med(r["cpu_s_per_wall_s"] for r in runs)})
+    peers = {r["rate"]: r["p99"] for r in rows if r["system"] == "peer"}
+    for r in rows:
+        r["ratio_to_peer"] = round(r["p99"] / peers[r["rate"]], 2) if peers.get(r["rate"]) and r["p99"] else None
+    return rows
 
 
 def main(argv=None) -> int:
@@ -152,25 +139,25 @@ def main(argv=None) -> int:
                    help="which to run (default peer,project; the ratio needs both)")
     p.add_argument("--warmup", type=float, default=30.0,
                    help="seconds of load before the measured phase (start-up, first batches), not measured")
+    p.add_argument("--repeat", type=int, default=3, help="repetitions of every (rate, system); spread reported")
     args = p.parse_args(argv)
     base, date, logdir = bench_start()
     spark = get_spark(base, app_name="bench-p2")  # idle while the systems run
     results = []
-    for rate in args.rates:
-        for system in args.systems:
-            results.append(run_one(spark, base, system, rate, args.seconds, args.warmup, logdir))
     out = HERE / "results" / f"{date.strftime('%Y-%m-%d')}-p2.json"
-    out.write_text(json.dumps({"date": date.isoformat(timespec="seconds"), "command": "python -m bench.p2 "
-                               + " ".join(argv if argv is not None else sys.argv[1:]), "results": results},
-                              indent=1) + "\n")
-    print("| rate (orders/s) | system | gold p50 s | gold p99 s | ratio p99 to peer | drain s | cores busy |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    peers = {r["rate"]: r for r in results if r["system"] == "peer"}
-    for r in results:
-        peer = peers.get(r["rate"], {}).get("gold", {}).get("p99")
-        ratio = round(r["gold"]["p99"] / peer, 2) if peer and r["gold"]["p99"] else None
-        print(f"| {r['rate']:g} | {r['system']} | {r['gold']['p50']} | {r['gold']['p99']} | {ratio} | "
-              f"{r['drain_s']} | {r['cpu_s_per_wall_s']} |")
+    for rep in range(1, args.repeat + 1):
+        for rate in args.rates:
+            for system in args.systems:
+                results.append(dict(run_one(spark, base, system, rate, args.seconds, args.warmup, logdir), rep=rep))
+                out.write_text(json.dumps({"date": date.isoformat(timespec="seconds"), "command": "python -m bench.p2 "
+                                           + " ".join(argv if argv is not None else sys.argv[1:]),
+                                           "results": results, "summary": spread(results)}, indent=1) + "\n")
+    print("| rate (orders/s) | system | gold p50 s | gold p99 s (median; min-max of runs) | p99 vs peer | "
+          "KPI p99 s | drain s | cores busy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in spread(results):
+        print(f"| {r['rate']:g} | {r['system']} | {r['p50']} | {r['p99']} ({r['p99_min']}-{r['p99_max']}) | "
+              f"{r['ratio_to_peer']} | {r['kpi_p99']} | {r['drain_s']} | {r['cores']} |")
     log(f"wrote {out.relative_to(ROOT)}")
     return 0
 

@@ -1,24 +1,29 @@
-"""The benchmark: one command, one run, every measurement side by side.
+"""The benchmark: throughput, recovery, backfill, files and memory, the project beside its peer.
 
-    make bench          # = python -m bench.run (the stack is started if it is not running)
+    make bench          # = python -m bench.p2 (latency beside the peer), then python -m bench.run
 
-Live phase (``run all`` as its own process, the way it runs in production, one Spark app):
-  P1 throughput - a ladder of producer rates (orders/s, and as many logs and metrics), each held
-     for ``--step-seconds``; a rate is *sustained* when the producer kept pace, gold got every valid
-     order of the step, and the lag stayed bounded: orders of the step's last third waited (Kafka
-     -> gold) at most 1.5x + 2 s as long as those of its first third. The ladder stops at the first
-     rate that is not. Ceiling: Spark's batch rate for from_json +
-     explode on the same orders, in the same run.
-  P2 latency - per order, Kafka record timestamp -> the Delta commit that made it visible in
-     bronze, silver and gold (``bench.measure.first_visible``); p50/p99 per rate.
-  P4 recovery - during a further step at half the highest sustained rate, SIGKILL of the app and
-     an immediate restart: seconds until every order produced before the kill is in gold.
-  P5 small files - files per gold table after the live run (streaming writes do not compact),
-     files the writers added in total, and after ``lakehouse maintain`` (OPTIMIZE).
+Live phase (each system as its own process, the way it runs in production, one Spark app):
+  P1 throughput - the project (``lakehouse run all``, its defaults) and then the peer
+     (``bench.peer``), each on fresh topics and a fresh lake prefix, fed at a ladder of rates
+     (``--ladder``, default 100 orders/s and steps x1.5, plus as many logs and metrics records/s),
+     each held ``--step-seconds`` (180). A rate is *sustained* when the producer kept pace (several
+     producer processes above what one sends), gold got every order of the step, and the lag did
+     not grow: the p99 Kafka -> gold of the orders sent in the step's last minute is at most 1.5x
+     that of its first minute. The ladder stops at the first rate that is not.
+     Beside them: the generator's own maximum (one process, and ``--producers`` processes), and
+     Spark's batch rate for from_json + explode of the same orders (a ceiling).
+  P2 latency - per order and step, Kafka record timestamp -> the Delta commit that made it visible
+     in bronze, silver and gold (``bench.measure.first_visible``); event -> gold beside the peer at
+     fixed rates is ``bench.p2``.
+  P4 recovery - the project at ``--recovery-rate`` (100 orders/s): SIGKILL of ``run all`` 30 s into
+     a step and an immediate restart; seconds until every order sent before the kill is in gold,
+     ``--kills`` times (3), median reported.
+  P5 small files - files per gold table after the live run, files the writers added in total, and
+     after ``lakehouse maintain`` (OPTIMIZE).
   P6 memory - peak RSS (VmHWM) of Kafka, MinIO and the Spark app (Python driver + JVM).
 Backfill phase:
-  P3 - ``--orders`` orders (+ logs + metrics) from Kafka to gold with availableNow, against a raw
-     Spark Kafka -> noop read of the same topics.
+  P3 - ``--orders`` (300,000) orders (+ as many logs and metrics) from Kafka to gold with
+     availableNow, against a raw Spark Kafka -> noop read of the same topics.
 
 Writes ``bench/results/<date>.json`` and appends a Markdown table to ``bench/README.md``.
 """
@@ -28,9 +33,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -40,17 +47,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.measure import first_visible, peak_rss_mib, percentiles, table_files
-from common.generator import GenOptions, generate, produce
+from common.generator import GenOptions, produce
 from common.runner import run, setup_logging
 from common.settings import Settings, env_var
 from common.stack import Stack, wait_until
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-FAULTS = {"duplicate_pct": 5, "late_pct": 2, "malformed_pct": 2}
 ID_BLOCK = 10_000_000  # order ids of step i start at (i + 1) * ID_BLOCK
+WORKER_BLOCK = 1_000_000  # order ids of producer process j of a step start at step start + j * WORKER_BLOCK
+ONE_PRODUCER = 4000.0  # records/s one producer process is given at most (it sends ~5,500/s flat out)
 # Issue 11's targets (2 cores); P2 beside the peer is measured by bench.p2.
 TARGETS = {"P1_orders_per_s": 3000, "P2_e2e_p99_s": 10, "P3_ratio": 6.0, "P4_s": 20, "P5_files": 64, "P6_gib": 6}
+SYSTEMS = {"project": ["-m", "common.cli", "run", "all"], "peer": ["-m", "bench.peer"]}
 
 
 def log(msg: str) -> None:
@@ -84,21 +93,100 @@ def app_env(s: Settings) -> dict[str, str]:
     return env
 
 
-class App:
-    """``lakehouse run all`` in its own process group."""
+def gold_path(s: Settings, system: str) -> str:
+    return f"{s.lake_root.rstrip('/')}/_peer/gold" if system == "peer" else s.table_path("gold", "orders_enriched")
 
-    def __init__(self, s: Settings, trigger: str, logdir: Path):
-        self.s, self.trigger, self.logdir, self.n = s, trigger, logdir, 0
+
+def gold_count(spark, s: Settings, system: str, first: int, last: int) -> int:
+    """Distinct orders with ids in [first, last] in the system's gold table."""
+    try:
+        return (spark.read.format("delta").load(gold_path(s, system)).where(f"order_id BETWEEN {first} AND {last}")
+                .select("order_id").distinct().count())
+    except Exception:  # not created yet
+        return 0
+
+
+def _order_commits(spark, s: Settings):
+    """(silver orders with Kafka time in ms and commit time, gold orders_enriched commit times)."""
+    from pyspark.sql import functions as F
+
+    silver = first_visible(spark, s.table_path("silver", "orders"), ["order_id", "kafka_timestamp"]).select(
+        "order_id", (F.col("kafka_timestamp").cast("double") * 1000).alias("kafka_ms"), "commit_ms")
+    gold = first_visible(spark, s.table_path("gold", "orders_enriched"), ["order_id"]).join(
+        silver.select("order_id", "kafka_ms"), "order_id")
+    return silver, gold
+
+
+def gold_pairs(spark, s: Settings, system: str, first: int = 0) -> list[tuple[float, float]]:
+    """(Kafka timestamp ms, gold commit ms) of every order with id >= ``first`` that reached gold."""
+    from pyspark.sql import functions as F
+
+    if system == "peer":
+        df = first_visible(spark, gold_path(s, system), ["order_id", "kafka_timestamp"]).select(
+            "order_id", (F.col("kafka_timestamp").cast("double") * 1000).alias("kafka_ms"), "commit_ms")
+    else:
+        df = _order_commits(spark, s)[1]
+    return [(r.kafka_ms, r.commit_ms) for r in df.where(f"order_id >= {first}").collect()]
+
+
+def kpi_pairs(spark, s: Settings, first: int = 0) -> list[tuple[float, float]]:
+    """(Kafka timestamp ms, commit ms) per order with id >= ``first``, for the KPI
+    ``customer_minute_totals``: the commit of partial rows in which the order's window and customer
+    first count it. gold_kpis reads silver's commits in order, so the k-th order of a window and
+    customer (by silver commit) is counted by the first partials commit whose running
+    ``nb_commandes`` reaches k."""
+    from pyspark.sql import functions as F
+
+    window = F.window("event_time", s.minute_window).start.cast("string").alias("w")
+    silver = first_visible(spark, s.table_path("silver", "orders"), ["order_id", "customer_id", "event_time",
+                                                                      "kafka_timestamp"])
+    orders = silver.select("order_id", "customer_id", window, (F.col("kafka_timestamp").cast("double") * 1000)
+                           .alias("kafka_ms"), "commit_ms").collect()
+    partials = first_visible(spark, s.table_path("gold", "customer_minute_totals"),
+                             ["window_start", "customer_id", "nb_commandes"])
+    counted: dict[tuple, list[tuple[float, int]]] = {}
+    for r in partials.select(F.col("window_start").cast("string").alias("w"), "customer_id", "nb_commandes",
+                             "commit_ms").orderBy("commit_ms").collect():
+        runs = counted.setdefault((r.w, r.customer_id), [])
+        runs.append((r.commit_ms, (runs[-1][1] if runs else 0) + r.nb_commandes))
+    out, rank = [], {}
+    for r in sorted(orders, key=lambda r: (r.commit_ms, r.order_id)):
+        key = (r.w, r.customer_id)
+        rank[key] = rank.get(key, 0) + 1
+        commit = next((c for c, total in counted.get(key, []) if total >= rank[key]), None)
+        if commit is not None and r.order_id >= first:
+            out.append((r.kafka_ms, commit))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process tree (from /proc)."""
+    from bench.measure import _descendants
+
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in [pid, *_descendants(pid)]:
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+class App:
+    """A system (``run all`` or the peer) in its own process group."""
+
+    def __init__(self, s: Settings, system: str, logdir: Path):
+        self.s, self.system, self.logdir, self.n = s, system, logdir, 0
         self.proc: subprocess.Popen | None = None
         self.peak_mib = 0.0
 
     def start(self) -> None:
         self.n += 1
-        out = open(self.logdir / f"app-{self.n}.log", "w")
-        trigger = ["--trigger", self.trigger] if self.trigger else []  # none: the project's default
-        self.proc = subprocess.Popen([sys.executable, "-m", "common.cli", "run", "all", *trigger],
-                                     env=app_env(self.s), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        out = open(self.logdir / f"{self.system}-{self.n}.log", "w")
+        self.proc = subprocess.Popen([sys.executable, *SYSTEMS[self.system]], env=app_env(self.s), cwd=ROOT,
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def sample_memory(self) -> None:
         rss = peak_rss_mib(self.proc.pid if self.proc else None)
@@ -107,44 +195,74 @@ class App:
     def kill(self, sig=signal.SIGKILL) -> None:
         self.sample_memory()
         os.killpg(self.proc.pid, sig)
-        self.proc.wait(timeout=120)
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=60)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
 
-def valid_order_ids(s: Settings, opts: GenOptions) -> set[int]:
-    """The orders of a step that must reach gold (computed offline from the same seed)."""
-    ids = set()
-    for topic, rec in generate(s, dataclasses.replace(opts, rate=0.0)):
-        if topic == s.topic_orders and rec["fault"] in (None, "duplicate") and rec["order_id"] is not None:
-            ids.add(rec["order_id"])
-    return ids
+def producer_options(s: Settings, opts: GenOptions) -> list[GenOptions]:
+    """``opts`` split over as many producer processes as its rate needs (each sends at most
+    ``ONE_PRODUCER`` records/s), each with its own seed and block of order ids."""
+    n = max(1, -(-int(opts.rate * len(opts.topics)) // int(ONE_PRODUCER))) if opts.rate else 1
+    return [dataclasses.replace(opts, count=opts.count // n + (1 if j < opts.count % n else 0), rate=opts.rate / n,
+                                seed=opts.seed * 100 + j, first_order_id=opts.first_order_id + j * WORKER_BLOCK,
+                                progress=False)
+            for j in range(n)]
 
 
-def gold_count(spark, s: Settings, first_id: int) -> int:
-    try:
-        return (spark.read.format("delta").load(s.table_path("gold", "orders_enriched"))
-                .where(f"order_id >= {first_id} AND order_id < {first_id + ID_BLOCK}").count())
-    except Exception:
-        return 0
+def produce_parallel(s: Settings, parts: list[GenOptions]) -> None:
+    """Send ``parts`` at once, one process each (spawned: a forked child would share this process's
+    connection to its Spark JVM)."""
+    if len(parts) == 1:
+        produce(s, parts[0])
+        return
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=produce, args=(s, o), daemon=True) for o in parts]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        raise RuntimeError(f"{len(failed)} producer process(es) failed (exit codes {failed})")
 
 
-def step_options(s: Settings, i: int, rate: float, seconds: float) -> GenOptions:
-    return GenOptions(topics=s.source_topics, count=int(rate * seconds), rate=rate, seed=1000 + i,
-                      first_order_id=(i + 1) * ID_BLOCK, progress=False, **FAULTS)
+def generator_max(base: Settings, producers: int) -> dict:
+    """Records/s the generator sends flat out (no pacing) in one process and in ``producers``."""
+    out = {}
+    for n in sorted({1, producers}):
+        s = fresh(base, f"gen-{uuid.uuid4().hex[:6]}")
+        per = 20_000
+        parts = [GenOptions(topics=s.source_topics, count=per, seed=j, first_order_id=1 + j * WORKER_BLOCK,
+                            progress=False) for j in range(n)]
+        t = time.monotonic()
+        produce_parallel(s, parts)
+        out[f"{n}_process"] = round(3 * per * n / (time.monotonic() - t))
+        log(f"generator flat out, {n} process(es): {out[f'{n}_process']} records/s")
+    return out
 
 
-def run_step(spark, s: Settings, app: App, i: int, rate: float, seconds: float, warmup: float,
-             kill_at: float | None = None) -> dict:
-    opts = step_options(s, i, rate, seconds)
-    expected = valid_order_ids(s, opts)
-    step = {"rate": rate, "seconds": seconds, "first_id": opts.first_order_id, "valid_orders": len(expected)}
+def run_step(spark, app: App, i: int, rate: float, seconds: float, kill_at: float | None = None,
+             max_drain: float = 300.0) -> dict:
+    """``seconds`` of load at ``rate`` orders/s (+ as many logs and metrics), then wait until gold has
+    every order of the step (at most ``max_drain`` s). With ``kill_at``: SIGKILL and restart of the
+    app that many seconds into the step."""
+    s = app.s
+    opts = GenOptions(topics=s.source_topics, count=int(rate * seconds), rate=rate, seed=1000 + i,
+                      first_order_id=(i + 1) * ID_BLOCK, progress=False)
+    parts = producer_options(s, opts)
+    first, last = opts.first_order_id, (i + 2) * ID_BLOCK - 1
+    step = {"rate": rate, "seconds": seconds, "first_id": first, "orders": opts.count, "producers": len(parts)}
     err: list[BaseException] = []
 
     def producer():
         try:
-            produce(s, opts)
+            produce_parallel(s, parts)
         except BaseException as e:  # noqa: BLE001
             err.append(e)
 
@@ -165,61 +283,40 @@ def run_step(spark, s: Settings, app: App, i: int, rate: float, seconds: float, 
     t_end = time.time()
     step.update(t0=t0, t_end=t_end, producer_orders_per_s=round(opts.count / (t_end - t0), 1))
     try:
-        wait_until(lambda: gold_count(spark, s, opts.first_order_id) >= len(expected) or not app.alive(),
-                   900, "gold to catch up", interval=1.0)
+        wait_until(lambda: gold_count(spark, s, app.system, first, last) >= opts.count or not app.alive(),
+                   max_drain, "gold to catch up", interval=2.0)
     except Exception:  # reported as caught_up = False
         pass
     step["drain_s"] = round(time.time() - t_end, 1)
-    step["caught_up"] = app.alive() and gold_count(spark, s, opts.first_order_id) >= len(expected)
-    # Lag bounded: orders at the end of the step waited no longer than those at its start.
-    lat = [(k, (c - k) / 1000) for k, c in gold_latency_rows(spark, s) if (t0 + warmup) * 1000 <= k <= t_end * 1000]
-    lat.sort()
-    third = len(lat) // 3
-    first, last = ([x for _, x in lat[:third]], [x for _, x in lat[-third:]]) if third else ([], [])
-    step["gold_p50_first_third_s"] = percentiles(first)["p50"]
-    step["gold_p50_last_third_s"] = percentiles(last)["p50"]
-    step["sustained"] = bool(step["caught_up"] and third and step["producer_orders_per_s"] >= 0.95 * rate
-                             and percentiles(last)["p50"] <= 1.5 * percentiles(first)["p50"] + 2)
+    step["caught_up"] = app.alive() and gold_count(spark, s, app.system, first, last) >= opts.count
     return step
 
 
-def _order_commits(spark, s: Settings):
-    """(silver orders with Kafka time in ms and commit time, gold orders_enriched commit times)."""
-    from pyspark.sql import functions as F
-
-    silver = first_visible(spark, s.table_path("silver", "orders"), ["order_id", "kafka_timestamp"]).select(
-        "order_id", (F.col("kafka_timestamp").cast("double") * 1000).alias("kafka_ms"), "commit_ms")
-    gold = first_visible(spark, s.table_path("gold", "orders_enriched"), ["order_id"]).join(
-        silver.select("order_id", "kafka_ms"), "order_id")
-    return silver, gold
-
-
-def gold_latency_rows(spark, s: Settings) -> list[tuple[float, float]]:
-    return [(r.kafka_ms, r.commit_ms) for r in _order_commits(spark, s)[1].collect()]
+def judge(step: dict, pairs: list[tuple[float, float]]) -> None:
+    """Latency of the step's orders, its first and last minute, and whether the rate was sustained."""
+    t0, t_end = step["t0"] * 1000, step["t_end"] * 1000
+    lat = [(k, (c - k) / 1000) for k, c in pairs if t0 <= k <= t_end]
+    step["gold"] = percentiles([x for _, x in lat])
+    first = percentiles([x for k, x in lat if k < t0 + 60_000])
+    last = percentiles([x for k, x in lat if k >= t_end - 60_000])
+    step["gold_p99_first_minute_s"], step["gold_p99_last_minute_s"] = first["p99"], last["p99"]
+    step["sustained"] = bool(step["caught_up"] and step["producer_orders_per_s"] >= 0.95 * step["rate"]
+                             and first["p99"] and last["p99"] and last["p99"] <= 1.5 * first["p99"])
 
 
-def latencies(spark, s: Settings, steps: list[dict], warmup: float) -> None:
-    """Add per-hop and event-to-gold p50/p99 (seconds) to every step."""
+def hop_latencies(spark, s: Settings, steps: list[dict]) -> None:
+    """The project's per-hop p50/p99 (event -> bronze, silver, gold) per step."""
     from pyspark.sql import functions as F
 
     bronze = first_visible(spark, s.table_path("bronze", s.bronze_table_for(s.topic_orders)), ["timestamp"])
-    bronze = bronze.select((F.col("timestamp").cast("double") * 1000).alias("kafka_ms"), "commit_ms")
-    silver, gold = _order_commits(spark, s)
-    b_rows = bronze.collect()
+    b_rows = bronze.select((F.col("timestamp").cast("double") * 1000).alias("kafka_ms"), "commit_ms").collect()
+    silver, _ = _order_commits(spark, s)
     s_rows = silver.collect()
-    g_rows = gold.collect()
     for st in steps:
-        lo_ms, hi_ms = (st["t0"] + warmup) * 1000, st["t_end"] * 1000
-        in_step = lambda r: lo_ms <= r.kafka_ms <= hi_ms  # noqa: E731
-        st["latency_s"] = {
-            "bronze": percentiles([(r.commit_ms - r.kafka_ms) / 1000 for r in b_rows if in_step(r)]),
-            "silver": percentiles([(r.commit_ms - r.kafka_ms) / 1000 for r in s_rows if in_step(r)]),
-            "gold": percentiles([(r.commit_ms - r.kafka_ms) / 1000 for r in g_rows if in_step(r)]),
-        }
-        if "killed_at" in st:
-            k_ms = st["killed_at"] * 1000
-            before = [r.commit_ms for r in g_rows if st["t0"] * 1000 <= r.kafka_ms <= k_ms]
-            st["recovery_s"] = round((max(before) - k_ms) / 1000, 1) if before else None
+        lo_ms, hi_ms = st["t0"] * 1000, st["t_end"] * 1000
+        st["hops_s"] = {name: percentiles([(r.commit_ms - r.kafka_ms) / 1000 for r in rows
+                                           if lo_ms <= r.kafka_ms <= hi_ms])
+                        for name, rows in (("bronze", b_rows), ("silver", s_rows))}
 
 
 def ceiling_from_json_explode(spark, s: Settings) -> dict:
@@ -239,68 +336,90 @@ def ceiling_from_json_explode(spark, s: Settings) -> dict:
     return {"orders": n, "seconds": round(seconds, 1), "orders_per_s": round(n / seconds)}
 
 
-def live_phase(base: Settings, args, logdir: Path) -> dict:
+def ladder(spark, base: Settings, system: str, args, logdir: Path) -> dict:
+    """P1 for one system: warm-up, then the ladder until a rate is not sustained."""
     from common import customers
-    from common.spark import get_spark
 
-    s = fresh(base, f"live-{uuid.uuid4().hex[:6]}")
-    spark = get_spark(s, app_name="lakehouse-bench")
+    s = fresh(base, f"p1-{system}-{uuid.uuid4().hex[:6]}")
     customers.load(spark, s)
-    app = App(s, args.trigger, logdir)
+    app = App(s, system, logdir)
     app.start()
-    stack = Stack(s)
-    out: dict = {"trigger": args.trigger, "lake_root": s.lake_root}
+    out: dict = {"system": system, "lake_root": s.lake_root, "topic_orders": s.topic_orders}
+    steps: list[dict] = []
     try:
-        log(f"live phase: run all --trigger {args.trigger!r}; warm-up")
-        warm = run_step(spark, s, app, 0, 10, 30, args.warmup)
-        log(f"  warm-up drained in {warm['drain_s']} s")
-        steps = []
+        warm = run_step(spark, app, 0, args.ladder[0], 30)
+        log(f"P1 {system}: warm-up drained in {warm['drain_s']} s")
+        cpu0, wall0 = cpu_seconds(app.proc.pid), time.time()
         for i, rate in enumerate(args.ladder, start=1):
-            st = run_step(spark, s, app, i, rate, args.step_seconds, args.warmup)
+            st = run_step(spark, app, i, rate, args.step_seconds)
+            judge(st, gold_pairs(spark, s, system, st["first_id"]))
             steps.append(st)
-            log(f"  {rate:g} orders/s for {args.step_seconds:g} s: producer {st['producer_orders_per_s']}/s, "
-                f"gold p50 {st['gold_p50_first_third_s']} s (first third) -> {st['gold_p50_last_third_s']} s (last "
-                f"third), drained {st['drain_s']} s after: {'sustained' if st['sustained'] else 'NOT sustained'}")
+            log(f"  {system} {rate:g} orders/s for {args.step_seconds:g} s ({st['producers']} producer(s) at "
+                f"{st['producer_orders_per_s']}/s): gold p99 first minute {st['gold_p99_first_minute_s']} s, last "
+                f"minute {st['gold_p99_last_minute_s']} s, drained {st['drain_s']} s after: "
+                f"{'sustained' if st['sustained'] else 'NOT sustained'}")
             if not st["sustained"]:
                 break
-        sustained = [st["rate"] for st in steps if st["sustained"]]
-        best = max(sustained) if sustained else 0.0
-        rec_rate = max(best / 2, args.ladder[0] / 2)
-        log(f"recovery: {rec_rate:g} orders/s, SIGKILL after {args.kill_after:g} s")
-        rec = run_step(spark, s, app, len(args.ladder) + 1, rec_rate, args.kill_after + 60, args.warmup,
-                       kill_at=args.kill_after)
-        memory = {"kafka": peak_rss_mib(stack.pid("kafka")), "minio": peak_rss_mib(stack.pid("minio"))}
+        out["cpu_s_per_wall_s"] = round((cpu_seconds(app.proc.pid) - cpu0) / (time.time() - wall0), 2)
         app.sample_memory()
-        memory["spark_app"] = app.peak_mib
-        app.kill(signal.SIGTERM)
-        latencies(spark, s, steps + [rec], args.warmup)
-        files = {}
-        from common.tables import maintain
-        from gold.transforms import KPIS
-
-        for name in [k.name for k in KPIS] + ["orders_enriched"]:
-            path = s.table_path("gold", name)
-            files[name] = table_files(spark, path)
-            files[name]["files_after_optimize"] = maintain(spark, path)["files_after"]
-        ceiling = ceiling_from_json_explode(spark, s)
-        out.update(steps=steps, recovery=rec, memory_peak_mib=memory, gold_files=files, ceiling=ceiling,
-                   sustained_orders_per_s=best)
+        out["peak_rss_mib"] = app.peak_mib
     finally:
         if app.alive():
-            app.kill()
+            app.kill(signal.SIGTERM)
+    if system == "project":
+        hop_latencies(spark, s, steps)
+    sustained = [st["rate"] for st in steps if st["sustained"]]
+    out.update(steps=steps, sustained_orders_per_s=max(sustained) if sustained else 0.0)
     return out
 
 
-def backfill_phase(base: Settings, orders: int) -> dict:
+def recovery(spark, base: Settings, args, logdir: Path) -> dict:
+    """P4: SIGKILL of ``run all`` under load, ``args.kills`` times; files (P5) and memory (P6) after."""
     from common import customers
-    from common.spark import get_spark
+    from common.tables import maintain
+    from gold.transforms import KPIS
+
+    s = fresh(base, f"p4-{uuid.uuid4().hex[:6]}")
+    customers.load(spark, s)
+    app = App(s, "project", logdir)
+    app.start()
+    stack = Stack(s)
+    kills = []
+    try:
+        warm = run_step(spark, app, 0, args.recovery_rate, 30)
+        log(f"P4: warm-up drained in {warm['drain_s']} s; {args.kills} kills at {args.recovery_rate:g} orders/s")
+        for k in range(args.kills):
+            st = run_step(spark, app, k + 1, args.recovery_rate, args.kill_after + 60, kill_at=args.kill_after)
+            before = [c for kms, c in gold_pairs(spark, s, "project", st["first_id"]) if kms <= st["killed_at"] * 1000]
+            st["recovery_s"] = round(max(before) / 1000 - st["killed_at"], 1) if before and st["caught_up"] else None
+            kills.append(st)
+            log(f"  kill {k + 1}: every order sent before it in gold {st['recovery_s']} s after the SIGKILL")
+        memory = {"kafka": peak_rss_mib(stack.pid("kafka")), "minio": peak_rss_mib(stack.pid("minio"))}
+        app.sample_memory()
+        memory["spark_app"] = app.peak_mib
+    finally:
+        if app.alive():
+            app.kill(signal.SIGTERM)
+    files = {}
+    for name in [k.name for k in KPIS] + ["orders_enriched"]:
+        path = s.table_path("gold", name)
+        files[name] = table_files(spark, path)
+        files[name]["files_after_optimize"] = maintain(spark, path)["files_after"]
+    done = [k["recovery_s"] for k in kills if k["recovery_s"] is not None]
+    return {"rate": args.recovery_rate, "kills": kills, "recovery_s": done,
+            "median_s": statistics.median(done) if len(done) == len(kills) else None,
+            "memory_peak_mib": memory, "gold_files": files}
+
+
+def backfill_phase(spark, base: Settings, orders: int, producers: int) -> dict:
+    from common import customers
 
     s = fresh(base, f"backfill-{uuid.uuid4().hex[:6]}")
-    log(f"backfill phase: producing {orders} orders + logs + metrics")
+    log(f"backfill phase: producing {orders} orders + logs + metrics ({producers} processes)")
     t = time.monotonic()
-    produce(s, GenOptions(topics=s.source_topics, count=orders, seed=1, progress=False, **FAULTS))
+    produce_parallel(s, producer_options(s, GenOptions(topics=s.source_topics, count=orders, seed=1,
+                                                      rate=producers * ONE_PRODUCER / 3, first_order_id=1)))
     produce_s = time.monotonic() - t
-    spark = get_spark(s, app_name="lakehouse-bench")
     customers.load(spark, s)
     raw = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", s.kafka_bootstrap_servers)
            .option("subscribe", ",".join(s.source_topics)).option("startingOffsets", "earliest").load())
@@ -309,6 +428,7 @@ def backfill_phase(base: Settings, orders: int) -> dict:
          .option("checkpointLocation", f"{s.checkpoints}/_bench_noop").start())
     q.awaitTermination()
     raw_s = time.monotonic() - t
+    log(f"  raw Kafka -> noop: {raw_s:.1f} s")
     stages = {}
     for stage in ("bronze", "silver", "gold"):
         t = time.monotonic()
@@ -323,66 +443,75 @@ def backfill_phase(base: Settings, orders: int) -> dict:
 
 
 def summary(result: dict) -> dict:
-    live, back = result.get("live", {}), result.get("backfill", {})
     out = {}
-    if live:
-        best = live["sustained_orders_per_s"]
-        out["P1_sustained_orders_per_s"] = best
-        out["P1_ceiling_orders_per_s"] = live["ceiling"]["orders_per_s"]
-        out["P1_ratio"] = round(best / live["ceiling"]["orders_per_s"], 3)
-        at = [st for st in live["steps"] if st["sustained"]]
+    for system, p1 in result.get("p1", {}).items():
+        out[f"P1_{system}_orders_per_s"] = p1["sustained_orders_per_s"]
+        at = [st for st in p1["steps"] if st["sustained"]]
         if at:
-            st = max(at, key=lambda x: x["rate"])
-            out["P2_at_orders_per_s"] = st["rate"]
-            out["P2_latency_s"] = st["latency_s"]
-        out["P4_recovery_s"] = live["recovery"].get("recovery_s")
-        out["P5_max_files_per_gold_table"] = max(f["files_now"] for f in live["gold_files"].values())
-        out["P5_after_optimize"] = max(f["files_after_optimize"] for f in live["gold_files"].values())
-        out["P6_peak_rss_mib"] = live["memory_peak_mib"]
-    if back:
-        out["P3_kafka_to_gold_s"] = back["kafka_to_gold_s"]
-        out["P3_ratio_to_raw_read"] = back["ratio_to_raw"]
+            out[f"P2_{system}_gold_at_P1_rate_s"] = max(at, key=lambda x: x["rate"])["gold"]
+    if "ceiling" in result:
+        out["P1_ceiling_orders_per_s"] = result["ceiling"]["orders_per_s"]
+    if "generator" in result:
+        out["generator_records_per_s"] = result["generator"]
+    if "recovery" in result:
+        rec = result["recovery"]
+        out["P4_recovery_s"] = rec["recovery_s"]
+        out["P4_median_s"] = rec["median_s"]
+        out["P5_max_files_per_gold_table"] = max(f["files_now"] for f in rec["gold_files"].values())
+        out["P5_after_optimize"] = max(f["files_after_optimize"] for f in rec["gold_files"].values())
+        out["P6_peak_rss_mib"] = rec["memory_peak_mib"]
+    if "backfill" in result:
+        out["P3_orders"] = result["backfill"]["orders"]
+        out["P3_kafka_to_gold_s"] = result["backfill"]["kafka_to_gold_s"]
+        out["P3_ratio_to_raw_read"] = result["backfill"]["ratio_to_raw"]
     return out
 
 
 def markdown(result: dict) -> str:
     sm, t = result["summary"], TARGETS
-    lat = sm.get("P2_latency_s", {})
-    e2e = lat.get("gold", {})
     mem = sm.get("P6_peak_rss_mib", {})
+    gen = sm.get("generator_records_per_s", {})
+    p2 = {k: sm.get(f"P2_{k}_gold_at_P1_rate_s", {}) for k in SYSTEMS}
     rows = [
-        ("P1 sustained throughput", f"{sm.get('P1_sustained_orders_per_s')} orders/s (+ as many logs and metrics); "
-         f"ceiling {sm.get('P1_ceiling_orders_per_s')} orders/s; ratio {sm.get('P1_ratio')}",
+        ("P1 sustained throughput", f"project {sm.get('P1_project_orders_per_s')} orders/s, peer "
+         f"{sm.get('P1_peer_orders_per_s')} orders/s (+ as many logs and metrics for the project); generator "
+         f"flat out {gen}; from_json+explode ceiling {sm.get('P1_ceiling_orders_per_s')} orders/s",
          f">= {t['P1_orders_per_s']} orders/s"),
-        ("P2 latency (at P1 rate)", f"event->bronze p50/p99 {lat.get('bronze', {}).get('p50')}/"
-         f"{lat.get('bronze', {}).get('p99')} s; ->silver {lat.get('silver', {}).get('p50')}/"
-         f"{lat.get('silver', {}).get('p99')} s; ->gold {e2e.get('p50')}/{e2e.get('p99')} s",
-         f"gold p99 <= {t['P2_e2e_p99_s']} s at 100 orders/s (and <= 1.5x the peer: bench.p2)"),
-        ("P3 backfill", f"{result.get('backfill', {}).get('orders')} orders in {sm.get('P3_kafka_to_gold_s')} s; "
+        ("P2 gold latency at that rate", f"project p50/p99 {p2['project'].get('p50')}/{p2['project'].get('p99')} s; "
+         f"peer {p2['peer'].get('p50')}/{p2['peer'].get('p99')} s", f"p99 <= {t['P2_e2e_p99_s']} s at 100 orders/s "
+         "(bench.p2)"),
+        ("P3 backfill", f"{sm.get('P3_orders')} orders in {sm.get('P3_kafka_to_gold_s')} s; "
          f"{sm.get('P3_ratio_to_raw_read')}x the raw Kafka->noop read", f"<= {t['P3_ratio']}x"),
-        ("P4 recovery", f"{sm.get('P4_recovery_s')} s from SIGKILL to every pre-kill order in gold", f"<= {t['P4_s']} s"),
+        ("P4 recovery", f"median {sm.get('P4_median_s')} s ({sm.get('P4_recovery_s')}) from SIGKILL to every "
+         "pre-kill order in gold", f"<= {t['P4_s']} s"),
         ("P5 small files", f"max {sm.get('P5_max_files_per_gold_table')} files per gold table "
          f"(no in-stream compaction); {sm.get('P5_after_optimize')} after OPTIMIZE", f"<= {t['P5_files']}"),
         ("P6 memory", f"Kafka {mem.get('kafka')} MiB, MinIO {mem.get('minio')} MiB, Spark app {mem.get('spark_app')} MiB",
          f"<= {t['P6_gib']} GiB"),
     ]
-    head = (f"\n### {result['date']} - `{result['command']}`\n\n{result['machine']}; trigger "
-            f"`{result.get('live', {}).get('trigger')}`\n\n| measure | result | target |\n| --- | --- | --- |\n")
+    head = (f"\n### {result['date']} - `{result['command']}`\n\n{result['machine']}\n\n"
+            "| measure | result | target |\n| --- | --- | --- |\n")
     return head + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
 
 
 def main(argv=None) -> int:
+    from common.spark import get_spark
+
+    def rates(v: str) -> list[float]:
+        return [float(x) for x in v.split(",")]
+
     p = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--orders", type=int, default=30000, help="P3 backfill size (orders; as many logs and metrics)")
-    p.add_argument("--ladder", type=lambda v: [float(x) for x in v.split(",")], default=[10.0, 20.0, 40.0, 80.0],
-                   help="producer rates to try, orders/s, ascending (default 10,20,40,80)")
-    p.add_argument("--step-seconds", type=float, default=120.0)
-    p.add_argument("--warmup", type=float, default=20.0, help="seconds of each step left out of the latencies")
-    p.add_argument("--kill-after", type=float, default=30.0, help="P4: seconds into the recovery step")
-    p.add_argument("--trigger", default=None, help="trigger of the live app (default: the project's default, "
-                                                   "LAKEHOUSE_TRIGGER)")
-    p.add_argument("--skip-live", action="store_true")
-    p.add_argument("--skip-backfill", action="store_true")
+    p.add_argument("--orders", type=int, default=300_000, help="P3 backfill size (orders; as many logs and metrics)")
+    p.add_argument("--ladder", type=rates, default=[round(100 * 1.5 ** k) for k in range(10)],
+                   help="producer rates to try, orders/s, ascending (default 100 and steps x1.5 up to 3,844)")
+    p.add_argument("--step-seconds", type=float, default=180.0)
+    p.add_argument("--systems", type=lambda v: v.split(","), default=list(SYSTEMS), help="P1: project,peer")
+    p.add_argument("--producers", type=int, default=2, help="producer processes for the generator's maximum and P3")
+    p.add_argument("--recovery-rate", type=float, default=100.0, help="P4: orders/s")
+    p.add_argument("--kills", type=int, default=3, help="P4: SIGKILLs (median reported)")
+    p.add_argument("--kill-after", type=float, default=30.0, help="P4: seconds into each recovery step")
+    p.add_argument("--skip", type=lambda v: set(v.split(",")), default=set(),
+                   help="phases to leave out: p1,p4,p3")
     args = p.parse_args(argv)
     base, date, logdir = bench_start()
     result = {"date": date.isoformat(timespec="seconds"),
@@ -390,14 +519,29 @@ def main(argv=None) -> int:
                          f" GiB, {platform.machine()}, Python {platform.python_version()}",
               "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
               "targets": TARGETS}
-    if not args.skip_live:
-        result["live"] = live_phase(base, args, logdir)
-    if not args.skip_backfill:
-        result["backfill"] = backfill_phase(base, args.orders)
-    result["summary"] = summary(result)
     out = HERE / "results" / f"{result['date'][:10]}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+
+    def save() -> None:  # after every phase: a long run cut short keeps what it measured
+        result["summary"] = summary(result)
+        out.write_text(json.dumps(result, indent=1, default=str) + "\n")
+
+    spark = get_spark(base, app_name="lakehouse-bench")  # idle while a system runs
+    if "p1" not in args.skip:
+        result["generator"] = generator_max(base, args.producers)
+        result["p1"] = {}
+        for system in args.systems:
+            result["p1"][system] = ladder(spark, base, system, args, logdir)
+            save()
+        last = result["p1"][args.systems[-1]]  # its orders topic holds every order of its ladder
+        result["ceiling"] = ceiling_from_json_explode(spark, base.with_overrides(topic_orders=last["topic_orders"]))
+        save()
+    if "p4" not in args.skip:
+        result["recovery"] = recovery(spark, base, args, logdir)
+        save()
+    if "p3" not in args.skip:
+        result["backfill"] = backfill_phase(spark, base, args.orders, args.producers)
+        save()
     with open(HERE / "README.md", "a") as f:
         f.write(markdown(result))
     print(json.dumps(result["summary"], indent=1))
