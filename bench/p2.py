@@ -1,15 +1,17 @@
 """P2 with its peer in the same run: event -> gold latency of the project and of a hand-written
 minimal chain (``bench.peer``), one after the other, at the same producer rate.
 
-    python -m bench.p2 [--rates 100,1000] [--seconds 90] [--warmup 20]
+    python -m bench.p2 [--rates 100,1000] [--seconds 90] [--warmup 30] [--repeat 3]
 
 For each rate, first the peer then the project run as their own process on fresh topics and a
 fresh lake prefix. A warm-up phase (``--warmup`` seconds of load at that rate, until gold has it)
 covers start-up; then a producer sends orders (and as many logs and metrics records) at that
 rate for ``--seconds``, and this process waits until gold has them all, reading nothing else
 meanwhile. Latency per measured order: its Kafka record timestamp -> the commit that made it
-visible in gold (``gold.orders_enriched`` for the project, the peer's gold table). The project
-runs with its defaults (what ``lakehouse run all`` does), the peer with its own tuning.
+visible in gold (``gold.orders_enriched`` for the project, the peer's gold table), and for the
+project the event -> KPI latency (``bench.run.kpi_pairs``). The project runs with its defaults
+(what ``lakehouse run all`` does), the peer with its own tuning. Every (rate, system) runs
+``--repeat`` times; the table reports medians and the p99's spread.
 Writes ``bench/results/<date>-p2.json`` and prints a table.
 """
 
