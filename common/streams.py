@@ -190,16 +190,12 @@ class BatchContext:
         self._query_id = query_id
         self._last: dict[str, int] = {}  # table -> highest batch id known committed (after the first write)
 
-    def query_id(self, spark) -> str:
-        """The checkpoint's own query id (Spark's query id)."""
+    def app_id(self, spark, table: str) -> str:
         if self._query_id is None:
             from common.checkpoints import query_id
 
             self._query_id = query_id(spark, self.flow.checkpoint)
-        return self._query_id
-
-    def app_id(self, spark, table: str) -> str:
-        return f"{self.flow.name}:{self.query_id(spark)}:{table}"
+        return f"{self.flow.name}:{self._query_id}:{table}"
 
     def _should_write(self, spark, table: str, path: str, batch_id: int) -> tuple[str, bool] | None:
         """(app id, first write of the run) for a batch the table does not hold yet, else None."""
@@ -258,21 +254,10 @@ def run_parallel(tasks: list[Callable[[], None]]) -> None:
 
 def install_progress_logger(spark, settings: Settings | None = None) -> None:
     """Register the progress listener once per session."""
-    global _listener
     if getattr(spark, "_lakehouse_listener", None) is None:
         listener = ProgressLogger(spark, settings)
         spark.streams.addListener(listener)
-        spark._lakehouse_listener = _listener = listener
-
-
-_listener = None  # this process's ProgressLogger (foreachBatch functions see a cloned session)
-
-
-def count_batch(query_id: str, **counts: int) -> None:
-    """Add a micro-batch's counts (late records, duplicates ...) to its query's entry in
-    ``lakehouse status`` (totals since the query started)."""
-    if _listener is not None and any(counts.values()):
-        _listener.add_counts(query_id, counts)
+        spark._lakehouse_listener = listener
 
 
 def _make_listener_base():
@@ -329,12 +314,6 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
             except Exception as e:  # status is best effort; never break a query over it
                 log.debug("could not write query status: %s", e)
 
-    def add_counts(self, key: str, counts: dict[str, int]) -> None:
-        with self._lock:
-            entry = self.last.get(key, {})
-            totals = {k: entry.get(k, 0) + v for k, v in counts.items()}
-        self._record(key, **totals)
-
     def onQueryStarted(self, event):
         log.info("query %s started (id %s, run %s)", event.name, event.id, event.runId)
         self._record(str(event.id), name=event.name, id=str(event.id), runId=str(event.runId), active=True)
@@ -349,8 +328,7 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
         self._record(str(p.id), name=p.name, id=str(p.id), runId=str(p.runId), active=True, batch=p.batchId,
                      input_rows=p.numInputRows, input_rate=p.inputRowsPerSecond or 0.0,
                      processed_rate=p.processedRowsPerSecond or 0.0, lag=source_lag(data),
-                     batch_ms=(p.durationMs or {}).get("triggerExecution", 0),
-                     watermark=(data.get("eventTime") or {}).get("watermark"))
+                     batch_ms=(p.durationMs or {}).get("triggerExecution", 0))
 
     def onQueryIdle(self, event):
         pass

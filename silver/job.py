@@ -1,21 +1,10 @@
 """Silver job: one streaming query over the three bronze tables, bronze Delta -> silver Delta.
 
-Each source's records are classified (valid / quarantine / drop) and its valid records
-deduplicated under the event-time watermark (``silver.transforms.dedupe``); the three streams are
-unioned into one query, whose micro-batch writes, exactly once (commits tagged with the
-checkpoint's query id + table and the batch id), the silver tables, ``silver.quarantine``,
-``silver.late_records`` and ``silver.rule_outcomes``: side by side, one commit per table, and
-only the non-empty ones.
-
-Late means behind the watermark, with Spark's semantics per source (``silver.watermarks``): a
-valid record whose event time is at or behind the greatest valid event time of its source in the
-earlier micro-batches, minus the source's delay, goes to ``silver.late_records`` with that
-watermark. Spark's dedup operator also discards records behind Spark's own (query-wide, never
-later) watermark, silently; so each source's bronze rows also reach the batch unparsed (``seen``,
-the same source read once), and a seen record the operator did not let through is late if it is
-behind the watermark, else a duplicate. Both counts go to ``silver.rule_outcomes``
-(``route:late``, ``route:duplicate``), so that per source
-bronze = silver + quarantine + dropped + duplicates + late, batch by batch.
+Each source's records are classified (valid / quarantine / drop / late) and deduplicated under
+that source's own watermark; the three streams are unioned into one query, whose micro-batch
+writes, exactly once (commits tagged with the checkpoint's query id + table and the batch id), the
+silver tables, ``silver.quarantine``, ``silver.late_records`` and ``silver.rule_outcomes``: side
+by side, one commit per table, and only the non-empty ones.
 
     spark-submit silver/job.py [--trigger availableNow] [--sink console]
     lakehouse run silver [--trigger ...]
@@ -35,16 +24,12 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType, Tim
 
 from bronze.transforms import KAFKA_SCHEMA, to_bronze  # noqa: E402
 from common import pipeline, streams  # noqa: E402
-import logging  # noqa: E402
-
 from common.errors import StreamFailedError  # noqa: E402
 from common.settings import Settings, interval_seconds  # noqa: E402
 from common.tables import ensure_table, require_table  # noqa: E402
 from silver import transforms as T  # noqa: E402
 from silver.rules import rules_for  # noqa: E402
-from silver.watermarks import EventClock  # noqa: E402
 
-log = logging.getLogger("lakehouse.silver")
 COORD_NOT_NULL = ("topic", "partition", "offset")
 NOT_NULL = {
     "orders": ("order_id", "customer_id", "event_time", "total", "status") + COORD_NOT_NULL,
@@ -62,13 +47,14 @@ RULE_OUTCOMES_SCHEMA = StructType([
 ])
 
 
-def _outputs(kind: str, kept) -> dict:
-    """silver table name -> rows, for one batch of one source's classified, deduplicated rows."""
-    valid = kept.filter(F.col("route") == "valid")
+def _outputs(settings: Settings, kind: str, classified, delay_s: float) -> dict:
+    """silver table name -> rows, for one batch of classified rows."""
+    valid = classified.filter(F.col("route") == "valid")
     out = {kind: T.to_table(valid, kind)}
     if kind == "orders":
         out["order_items"] = T.to_order_items(valid)
-    out["quarantine"] = T.to_quarantine(kept.filter(F.col("route") == "quarantine"))
+    out["quarantine"] = T.to_quarantine(classified.filter(F.col("route") == "quarantine"))
+    out["late_records"] = T.to_late(classified.filter(F.col("route") == "late"), delay_s)
     return out
 
 
@@ -81,85 +67,31 @@ def ensure_tables(spark, settings: Settings) -> None:
     empty_bronze = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
     for kind in pipeline.SILVER_KINDS:
         classified = T.classify(empty_bronze, kind, 0)
-        tables = dict(_outputs(kind, classified), late_records=T.to_late(classified, 0, 0, ""))
-        for table, df in tables.items():
+        for table, df in _outputs(settings, kind, classified, 0).items():
             ensure_table(spark, settings.table_path("silver", table), df,
                          not_null=NOT_NULL.get(table, ()), checks=_checks(table))
     ensure_table(spark, settings.table_path("silver", "rule_outcomes"),
                  spark.createDataFrame([], RULE_OUTCOMES_SCHEMA))
 
 
-BRONZE_SEEN = ("key", "value", "topic", "partition", "offset", "timestamp")  # what classify reads of a bronze row
-COORDS = ["topic", "partition", "offset"]
-DROPPED_BY = "silver (event-time watermark of its source)"
-
-
-def _late_expr(watermarks: dict[str, int | None]):
-    """True for a valid row at or behind its source's watermark."""
-    cond = F.lit(False)
-    for kind, wm in watermarks.items():
-        if wm is not None:
-            cond = cond | ((F.col("kind") == kind) & (F.unix_micros("event_time") <= F.lit(wm * 1000)))
-    return (F.col("route") == "valid") & cond
-
-
-def _dropped(settings: Settings, kind: str, batch, wm: int | None):
-    """The source's valid records the dedup operator did not let through (seen, not kept): those
-    at or behind the watermark are late (the operator dropped them by Spark's watermark, never
-    ahead of this one), the rest were duplicates of a record it kept."""
-    of_kind = batch.filter(F.col("kind") == kind)
-    missing = (of_kind.filter("seen").select(*BRONZE_SEEN)
-               .join(of_kind.filter("NOT seen").select(*COORDS), COORDS, "left_anti"))
-    late = T.classify(missing, kind, interval_seconds(settings.max_event_time_ahead)).filter("route = 'valid'")
-    if wm is None:
-        return late.limit(0)
-    return late.filter(F.unix_micros("event_time") <= F.lit(wm * 1000))
-
-
 def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
     delays = {k: interval_seconds(pipeline.watermark(settings, k)) for k in pipeline.SILVER_KINDS}
-    clock = EventClock(flow.checkpoint, delays)
 
     def write(batch, batch_id: int) -> None:
         batch.persist()
-        late_parts = []
         try:
             spark = batch.sparkSession
-            watermarks = clock.watermarks(spark, batch_id)
-            routed = batch.withColumn("route", F.when(_late_expr(watermarks), "late").otherwise(F.col("route")))
-            # one pass over the cached batch: every rule and route per source, the records seen, the
-            # greatest valid event time
-            counts = {r["kind"]: r for r in routed.groupBy("kind").agg(
-                *T.outcome_columns(pipeline.SILVER_KINDS), F.sum(F.col("seen").cast("long")).alias("seen"),
-                F.sum((F.col("route") == "late").cast("long")).alias("late_kept"),
-                F.max(F.when(F.col("route").isin("valid", "late"), F.unix_millis("event_time"))).alias("max_ms"),
-            ).collect()}
-            clock.record(spark, batch_id, {k: r["max_ms"] for k, r in counts.items()})
             outcomes, parts = [], {}
             for kind in pipeline.SILVER_KINDS:
-                row = counts.get(kind)
-                if row is None:
+                rows = batch.filter(F.col("kind") == kind)
+                found = T.rule_outcomes(rows, kind)  # one pass over the cached batch; counts each route too
+                routed = {rule.split(":", 1)[1]: n for _, rule, action, n, _ in found if action == "count"}
+                if not any(routed.values()):
                     continue
-                seen, kept = int(row["seen"] or 0), int(row["checked"] or 0)
-                late_kept, late_dropped = int(row["late_kept"] or 0), 0
-                late = [routed.filter((F.col("kind") == kind) & (F.col("route") == "late"))] if late_kept else []
-                if seen > kept:
-                    dropped = _dropped(settings, kind, batch, watermarks[kind]).persist()
-                    late_parts.append(dropped)
-                    late_dropped = dropped.count()
-                    late += [dropped] if late_dropped else []
-                late_n, duplicates = late_kept + late_dropped, seen - kept - late_dropped
-                if late_n:
-                    parts.setdefault("late_records", []).extend(
-                        T.to_late(df, watermarks[kind], delays[kind], DROPPED_BY) for df in late)
-                    _warn_if_many_late(settings, flow, kind, batch_id, late_n, seen, watermarks[kind])
-                found = T.outcomes(row, kind, {"late": late_n, "duplicate": duplicates})
-                streams.count_batch(ctx.query_id(spark), late=late_n, duplicates=duplicates)
                 outcomes += found
-                routed_n = {rule.split(":", 1)[1]: n for _, rule, action, n, _ in found if action == "count"}
-                rows = routed.filter((F.col("kind") == kind) & ~F.col("seen"))
-                for table, df in _outputs(kind, rows).items():
-                    if routed_n.get("quarantine" if table == "quarantine" else "valid", 0):  # an empty write is a commit
+                for table, df in _outputs(settings, kind, rows, delays[kind]).items():
+                    n = routed.get({"quarantine": "quarantine", "late_records": "late"}.get(table, "valid"), 0)
+                    if n:  # an empty write would still be a commit
                         parts.setdefault(table, []).append(df)
             recorded = (spark.createDataFrame([(flow.name, batch_id, *o) for o in outcomes],
                                               "query string, batch_id long, table string, rule string, "
@@ -176,34 +108,18 @@ def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
                 raise StreamFailedError(f"rule {failing[0][0]} (action fail) broken by {failing[0][1]} rows in "
                                         f"batch {batch_id} of {flow.name}")
         finally:
-            for df in late_parts:
-                df.unpersist()
             batch.unpersist()
     return write
 
 
-def _warn_if_many_late(settings: Settings, flow, kind: str, batch_id: int, late: int, seen: int, wm_ms: int) -> None:
-    if late * 100 > settings.late_warn_pct * seen:
-        from datetime import datetime, timezone
-
-        wm = datetime.fromtimestamp(wm_ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
-        log.warning("%s batch %d: %d of %d %s records (%.0f%%) were at or behind the watermark %s and went to "
-                    "silver.late_records (more than LAKEHOUSE_LATE_WARN_PCT=%d%%)", flow.name, batch_id, late, seen,
-                    kind, 100 * late / seen, wm, settings.late_warn_pct)
-
-
 def classified_stream(spark, settings: Settings, kind: str):
-    """One source's bronze stream, classified and deduplicated under the watermark, beside the same
-    records unparsed (``seen``: the source is read once; what the dedup operator discards is
-    found by comparing the two)."""
+    """One source's bronze stream, classified and deduplicated under its own watermark."""
     topic = pipeline.silver_topic(settings, kind)
     bronze_path = settings.table_path("bronze", settings.bronze_table_for(topic))
     require_table(spark, bronze_path, f"bronze table for {topic}", "run bronze first (`lakehouse run bronze`)")
-    bronze = streams.read_delta(spark, bronze_path)
-    classified = T.classify(bronze, kind, interval_seconds(settings.max_event_time_ahead))
-    kept = T.dedupe(classified, kind, pipeline.watermark(settings, kind)).withColumn("seen", F.lit(False))
-    seen = bronze.select(*BRONZE_SEEN).withColumn("seen", F.lit(True))
-    return kept.unionByName(seen, allowMissingColumns=True).withColumn("kind", F.lit(kind))
+    delay = pipeline.watermark(settings, kind)
+    classified = T.classify(streams.read_delta(spark, bronze_path), kind, interval_seconds(delay))
+    return T.dedupe(classified, kind, delay).withColumn("kind", F.lit(kind))
 
 
 def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
@@ -215,8 +131,8 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
     stream = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True),
                     [classified_stream(spark, settings, kind) for kind in pipeline.SILVER_KINDS])
     if options.sink == "console":
-        return streams.start_all([dict(df=stream.filter("NOT seen").drop("value", "key", "timestamp", "seen"),
-                                       name=flow.name, checkpoint="", options=options)])
+        return streams.start_all([dict(df=stream.drop("value", "key"), name=flow.name, checkpoint="",
+                                       options=options)])
     check_not_orphaned(spark, flow.checkpoint, flow.name, pipeline.sink_paths(settings, flow), "silver")
     return streams.start_all([streams.flow_spec(flow, stream, options,
                                                 foreach_batch=_batch_writer(settings, flow, streams.BatchContext(flow)))])
