@@ -177,14 +177,14 @@ def cpu_seconds(pid: int) -> float:
 class App:
     """A system (``run all`` or the peer) in its own process group."""
 
-    def __init__(self, s: Settings, system: str, logdir: Path):
-        self.s, self.system, self.logdir, self.n = s, system, logdir, 0
+    def __init__(self, s: Settings, system: str, logdir: Path, phase: str):
+        self.s, self.system, self.logdir, self.phase, self.n = s, system, logdir, phase, 0
         self.proc: subprocess.Popen | None = None
         self.peak_mib = 0.0
 
     def start(self) -> None:
         self.n += 1
-        out = open(self.logdir / f"{self.system}-{self.n}.log", "w")
+        out = open(self.logdir / f"{self.phase}-{self.system}-{self.n}.log", "w")
         self.proc = subprocess.Popen([sys.executable, *SYSTEMS[self.system]], env=app_env(self.s), cwd=ROOT,
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -342,7 +342,7 @@ def ladder(spark, base: Settings, system: str, args, logdir: Path) -> dict:
 
     s = fresh(base, f"p1-{system}-{uuid.uuid4().hex[:6]}")
     customers.load(spark, s)
-    app = App(s, system, logdir)
+    app = App(s, system, logdir, "p1")
     app.start()
     out: dict = {"system": system, "lake_root": s.lake_root, "topic_orders": s.topic_orders}
     steps: list[dict] = []
@@ -381,7 +381,7 @@ def recovery(spark, base: Settings, args, logdir: Path) -> dict:
 
     s = fresh(base, f"p4-{uuid.uuid4().hex[:6]}")
     customers.load(spark, s)
-    app = App(s, "project", logdir)
+    app = App(s, "project", logdir, "p4")
     app.start()
     stack = Stack(s)
     kills = []
