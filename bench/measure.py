@@ -7,6 +7,7 @@
 * ``percentiles`` - p50/p99 of a list.
 * ``table_files`` - data files in the current snapshot, and files the stream ever added.
 * ``peak_rss_mib`` - the kernel's high-water mark of resident memory (VmHWM) of a process tree.
+* ``cpu_seconds`` - user + system CPU seconds of a process tree.
 """
 
 from __future__ import annotations
@@ -69,6 +70,19 @@ def _descendants(pid: int) -> list[int]:
             except OSError:
                 pass
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process tree (from /proc)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in [pid, *_descendants(pid)]:
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 def peak_rss_mib(pid: int | None) -> float | None:

@@ -27,8 +27,8 @@ import sys
 import time
 import uuid
 
-from bench.measure import peak_rss_mib, percentiles
-from bench.run import HERE, ROOT, SYSTEMS, app_env, bench_start, cpu_seconds, fresh, gold_count, gold_pairs, kpi_pairs, log
+from bench.measure import cpu_seconds, peak_rss_mib, percentiles
+from bench.run import HERE, ROOT, SYSTEMS, app_env, bench_start, fresh, gold_count, gold_pairs, kpi_pairs, log
 from common.generator import GenOptions, produce
 from common.settings import Settings
 from common.stack import wait_until

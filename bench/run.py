@@ -46,7 +46,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.measure import first_visible, peak_rss_mib, percentiles, table_files
+from bench.measure import cpu_seconds, first_visible, peak_rss_mib, percentiles, table_files
 from common.generator import GenOptions, produce
 from common.runner import run, setup_logging
 from common.settings import Settings, env_var
@@ -106,12 +106,17 @@ def gold_count(spark, s: Settings, system: str, first: int, last: int) -> int:
         return 0
 
 
-def _order_commits(spark, s: Settings):
-    """(silver orders with Kafka time in ms and commit time, gold orders_enriched commit times)."""
+def _kafka_ms(column: str = "kafka_timestamp"):
+    """A Kafka record timestamp column as epoch milliseconds, named ``kafka_ms``."""
     from pyspark.sql import functions as F
 
+    return (F.col(column).cast("double") * 1000).alias("kafka_ms")
+
+
+def _order_commits(spark, s: Settings):
+    """(silver orders with Kafka time in ms and commit time, gold orders_enriched commit times)."""
     silver = first_visible(spark, s.table_path("silver", "orders"), ["order_id", "kafka_timestamp"]).select(
-        "order_id", (F.col("kafka_timestamp").cast("double") * 1000).alias("kafka_ms"), "commit_ms")
+        "order_id", _kafka_ms(), "commit_ms")
     gold = first_visible(spark, s.table_path("gold", "orders_enriched"), ["order_id"]).join(
         silver.select("order_id", "kafka_ms"), "order_id")
     return silver, gold
@@ -119,11 +124,9 @@ def _order_commits(spark, s: Settings):
 
 def gold_pairs(spark, s: Settings, system: str, first: int = 0) -> list[tuple[float, float]]:
     """(Kafka timestamp ms, gold commit ms) of every order with id >= ``first`` that reached gold."""
-    from pyspark.sql import functions as F
-
     if system == "peer":
         df = first_visible(spark, gold_path(s, system), ["order_id", "kafka_timestamp"]).select(
-            "order_id", (F.col("kafka_timestamp").cast("double") * 1000).alias("kafka_ms"), "commit_ms")
+            "order_id", _kafka_ms(), "commit_ms")
     else:
         df = _order_commits(spark, s)[1]
     return [(r.kafka_ms, r.commit_ms) for r in df.where(f"order_id >= {first}").collect()]
@@ -140,8 +143,7 @@ def kpi_pairs(spark, s: Settings, first: int = 0) -> list[tuple[float, float]]:
     window = F.window("event_time", s.minute_window).start.cast("string").alias("w")
     silver = first_visible(spark, s.table_path("silver", "orders"), ["order_id", "customer_id", "event_time",
                                                                       "kafka_timestamp"])
-    orders = silver.select("order_id", "customer_id", window, (F.col("kafka_timestamp").cast("double") * 1000)
-                           .alias("kafka_ms"), "commit_ms").collect()
+    orders = silver.select("order_id", "customer_id", window, _kafka_ms(), "commit_ms").collect()
     partials = first_visible(spark, s.table_path("gold", "customer_minute_totals"),
                              ["window_start", "customer_id", "nb_commandes"])
     counted: dict[tuple, list[tuple[float, int]]] = {}
@@ -157,21 +159,6 @@ def kpi_pairs(spark, s: Settings, first: int = 0) -> list[tuple[float, float]]:
         if commit is not None and r.order_id >= first:
             out.append((r.kafka_ms, commit))
     return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process tree (from /proc)."""
-    from bench.measure import _descendants
-
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for p in [pid, *_descendants(pid)]:
-        try:
-            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
 
 
 class App:
@@ -306,10 +293,8 @@ def judge(step: dict, pairs: list[tuple[float, float]]) -> None:
 
 def hop_latencies(spark, s: Settings, steps: list[dict]) -> None:
     """The project's per-hop p50/p99 (event -> bronze, silver, gold) per step."""
-    from pyspark.sql import functions as F
-
     bronze = first_visible(spark, s.table_path("bronze", s.bronze_table_for(s.topic_orders)), ["timestamp"])
-    b_rows = bronze.select((F.col("timestamp").cast("double") * 1000).alias("kafka_ms"), "commit_ms").collect()
+    b_rows = bronze.select(_kafka_ms("timestamp"), "commit_ms").collect()
     silver, _ = _order_commits(spark, s)
     s_rows = silver.collect()
     for st in steps:
@@ -360,7 +345,9 @@ def ladder(spark, base: Settings, system: str, args, logdir: Path) -> dict:
                 f"{'sustained' if st['sustained'] else 'NOT sustained'}")
             if not st["sustained"]:
                 break
-        out["cpu_s_per_wall_s"] = round((cpu_seconds(app.proc.pid) - cpu0) / (time.time() - wall0), 2)
+        # a process tree that died has no CPU figure (its /proc entries are gone)
+        out["cpu_s_per_wall_s"] = (round((cpu_seconds(app.proc.pid) - cpu0) / (time.time() - wall0), 2)
+                                   if app.alive() else None)
         app.sample_memory()
         out["peak_rss_mib"] = app.peak_mib
     finally:
