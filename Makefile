@@ -37,7 +37,7 @@ demo: stack-up
 
 # CI runs this: everything but the three long fault scenarios (see README, "Tests").
 test: stack-up
-	pytest -q -m "not slow"
+	pytest -q -m "not slow" --durations=20
 
 # The whole fault-injection suite (tests/reliability), the long scenarios included.
 test-reliability: stack-up

@@ -507,6 +507,8 @@ def main(argv=None) -> int:
               "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
               "targets": TARGETS}
     out = HERE / "results" / f"{result['date'][:10]}.json"
+    if out.exists():  # a second run the same day keeps the first's results
+        out = out.with_name(f"{result['date'][:16].replace(':', '')}.json")
     out.parent.mkdir(exist_ok=True)
 
     def save() -> None:  # after every phase: a long run cut short keeps what it measured
@@ -529,10 +531,13 @@ def main(argv=None) -> int:
     if "p3" not in args.skip:
         result["backfill"] = backfill_phase(spark, base, args.orders, args.producers)
         save()
-    with open(HERE / "README.md", "a") as f:
-        f.write(markdown(result))
+    if args.skip:  # a partial run: its table is printed, bench/README.md keeps full runs only
+        print(markdown(result))
+    else:
+        with open(HERE / "README.md", "a") as f:
+            f.write(markdown(result))
     print(json.dumps(result["summary"], indent=1))
-    log(f"wrote {out.relative_to(ROOT)} and a table in bench/README.md; app logs in {logdir.relative_to(ROOT)}")
+    log(f"wrote {out.relative_to(ROOT)}{'' if args.skip else ' and a table in bench/README.md'}; app logs in {logdir.relative_to(ROOT)}")
     return 0
 
 

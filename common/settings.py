@@ -89,7 +89,11 @@ class Settings:
     topic_partitions: int = 3
     starting_offsets: str = "earliest"
     fail_on_data_loss: bool = True
-    max_offsets_per_trigger: int = 0  # 0 = unlimited
+    # Micro-batch bounds: a backlog (a backfill, a restart after hours) is read in bounded batches
+    # rather than one that must fit in memory at once (300,000 orders in one silver batch ran the
+    # driver out of heap). Live batches are far below both.
+    max_offsets_per_trigger: int = 100_000  # Kafka records per bronze micro-batch, all topics; 0 = unlimited
+    max_bytes_per_trigger: str = "4m"       # Delta files read per silver/gold micro-batch and source (soft: >= 1 file)
     # streaming
     trigger: str = "processingTime=1 second"
     kpi_trigger: str = "processingTime=30 seconds"  # gold_kpis when the run is live (KPIs need not follow every batch)
@@ -104,6 +108,7 @@ class Settings:
     # spark
     spark_master: str = "local[*]"
     shuffle_partitions: int = 2
+    driver_memory: str = "2g"  # the driver JVM's heap; in local mode it runs the executors too
     spark_ui: bool = False
     spark_event_log_dir: str = ""  # e.g. s3a://lakehouse/_spark-events: event logs for the history server
     # local stack
@@ -185,6 +190,9 @@ class Settings:
                 raise SettingsError(f"{env_var(name)} must be >= 1")
         if self.max_offsets_per_trigger < 0:
             raise SettingsError("LAKEHOUSE_MAX_OFFSETS_PER_TRIGGER must be >= 0 (0 = unlimited)")
+        for name in ("max_bytes_per_trigger", "driver_memory"):
+            if not re.fullmatch(r"[1-9][0-9]*[kmg]", getattr(self, name)):
+                raise SettingsError(f"{env_var(name)}={getattr(self, name)!r} is not a size; use e.g. 512m, 4m, 2g")
         topics = self.source_topics + (self.topic_enriched,)
         for t in topics:
             if not re.match(r"^[A-Za-z0-9._-]{1,249}$", t):

@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from common import jars
-from common.errors import SetupError
+from common.errors import SettingsError, SetupError
 from common.settings import Settings, get_settings
 
 # Static SQL settings: must be fixed before the JVM starts, identical for every entry point.
@@ -108,7 +108,12 @@ def write_spark_defaults() -> Path:
     """Write spark-defaults.conf with the cached jars and the static conf (no secrets)."""
     target = spark_conf_dir() / "spark-defaults.conf"
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_properties(target, spark_properties())
+    # spark-submit's driver heap: LAKEHOUSE_DRIVER_MEMORY when this is written (--driver-memory overrides)
+    try:
+        memory = get_settings().driver_memory
+    except SettingsError:  # no lake configured yet: the default
+        memory = Settings.driver_memory
+    write_properties(target, {**spark_properties(), "spark.driver.memory": memory})
     (target.parent / "log4j2.properties").write_text(
         "rootLogger.level = warn\nrootLogger.appenderRef.stdout.ref = console\n"
         "appender.console.type = Console\nappender.console.name = console\n"
@@ -134,6 +139,8 @@ def configure(builder, settings: Settings | None = None, app_name: str = "lakeho
     if not _jvm_already_running():
         builder = builder.master(os.environ.get("LAKEHOUSE_SPARK_MASTER_OVERRIDE", settings.spark_master))
         builder = builder.config("spark.jars", ",".join(str(j) for j in jars.jars("spark")))
+        # only here, before the JVM starts (spark-submit: spark-defaults.conf or --driver-memory)
+        builder = builder.config("spark.driver.memory", settings.driver_memory)
         log4j = spark_conf_dir() / "log4j2.properties"
         if log4j.exists():
             static = {**STATIC_CONF, "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j}"}

@@ -99,8 +99,9 @@ def ensure_topics_exist(settings: Settings, topics: Iterable[str]) -> None:
             "(`lakehouse stack up` creates the configured topics) or fix the LAKEHOUSE_TOPIC_* setting")
 
 
-def read_delta(spark, path: str, **options):
-    reader = spark.readStream.format("delta")
+def read_delta(spark, settings: Settings, path: str, **options):
+    """A streaming read of a Delta table, at most LAKEHOUSE_MAX_BYTES_PER_TRIGGER per micro-batch."""
+    reader = spark.readStream.format("delta").option("maxBytesPerTrigger", settings.max_bytes_per_trigger)
     for k, v in options.items():
         reader = reader.option(k, v)
     return reader.load(path)

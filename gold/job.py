@@ -45,7 +45,7 @@ log = logging.getLogger("lakehouse.gold")
 def _silver(spark, settings: Settings, table: str, stream: bool = False):
     path = settings.table_path("silver", table)
     require_table(spark, path, f"silver table {table}", "run silver first (`lakehouse run silver`)")
-    return streams.read_delta(spark, path) if stream else spark.read.format("delta").load(path)
+    return streams.read_delta(spark, settings, path) if stream else spark.read.format("delta").load(path)
 
 
 def ensure_tables(spark, settings: Settings) -> None:

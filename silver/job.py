@@ -118,7 +118,7 @@ def classified_stream(spark, settings: Settings, kind: str):
     bronze_path = settings.table_path("bronze", settings.bronze_table_for(topic))
     require_table(spark, bronze_path, f"bronze table for {topic}", "run bronze first (`lakehouse run bronze`)")
     delay = pipeline.watermark(settings, kind)
-    classified = T.classify(streams.read_delta(spark, bronze_path), kind, interval_seconds(delay))
+    classified = T.classify(streams.read_delta(spark, settings, bronze_path), kind, interval_seconds(delay))
     return T.dedupe(classified, kind, delay).withColumn("kind", F.lit(kind))
 
 
