@@ -67,6 +67,31 @@ def resume_offsets(spark, settings: Settings) -> str | None:
     return json.dumps(offsets, sort_keys=True)
 
 
+def warn_if_records_gone(settings: Settings) -> None:
+    """Bronze reading a topic from its start for the first time: say which partitions no longer
+    begin at offset 0 - the broker deleted those records (time or size retention) before bronze
+    ever read them, so no stage will see them."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    try:
+        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
+                                 request_timeout_ms=10000, api_version_auto_timeout_ms=5000)
+        try:
+            parts = [TopicPartition(t, p) for t in settings.source_topics
+                     for p in sorted(consumer.partitions_for_topic(t) or ())]
+            first = consumer.beginning_offsets(parts)
+        finally:
+            consumer.close()
+    except Exception as e:  # best effort: the stream itself reports an unreachable broker
+        log.debug("could not read the topics' first offsets: %s", e)
+        return
+    for tp, offset in sorted(first.items(), key=lambda x: (x[0].topic, x[0].partition)):
+        if offset > 0:
+            log.warning("bronze: %s partition %d now begins at offset %d: the broker deleted offsets 0-%d (retention) "
+                        "before bronze ever read them; they will not be in the lake", tp.topic, tp.partition, offset,
+                        offset - 1)
+
+
 def _writer(settings: Settings, ctx: streams.BatchContext, one_task: bool):
     paths = table_paths(settings)
 
@@ -99,6 +124,8 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
             if starting:
                 log.warning("bronze: new checkpoint %s over existing bronze tables; resuming Kafka after the offsets "
                             "they hold: %s", flow.checkpoint, starting)
+            elif settings.starting_offsets == "earliest":
+                warn_if_records_gone(settings)
     source = streams.read_kafka(spark, settings, settings.source_topics, starting_offsets=starting)
     if options.sink == "console":
         return streams.start_all([streams.flow_spec(flow, to_bronze(source), options)])

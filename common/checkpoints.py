@@ -50,15 +50,20 @@ class _Fs:
         p = self.sc._jvm.org.apache.hadoop.fs.Path(path)
         return p, p.getFileSystem(self.sc._jsc.hadoopConfiguration())
 
-    def read_json(self, path: str) -> dict | None:
+    def read_text(self, path: str) -> str | None:
         p, fs = self._path(path)
         if not fs.exists(p):
             return None
         stream = fs.open(p)
         try:
-            data = self.sc._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+            return self.sc._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
         finally:
             stream.close()
+
+    def read_json(self, path: str) -> dict | None:
+        data = self.read_text(path)
+        if data is None:
+            return None
         try:
             return json.loads(data)
         except ValueError:

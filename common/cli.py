@@ -81,7 +81,7 @@ def _cmd_produce(args) -> int:
         topics=tuple(topics), count=args.count if args.count is not None else (100 if args.duration is None else None),
         duration=args.duration, rate=args.rate, seed=args.seed, customers=args.customers,
         duplicate_pct=args.duplicate_pct, late_pct=args.late_pct, late_by=args.late_by,
-        malformed_pct=args.malformed_pct, start_time=start,
+        malformed_pct=args.malformed_pct, start_time=start, event_spacing=args.event_spacing,
         ledger=Path(args.ledger) if args.ledger else Path(settings.stack_dir) / "ledger.jsonl",
         progress=not args.quiet)
     produce(settings, opts)
@@ -280,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--late-by", type=float, default=600.0, help="how late, in seconds (default 600)")
     s.add_argument("--malformed-pct", type=float, default=0.0,
                    help="truncated JSON, non-JSON, wrong types, missing fields, negative quantity")
-    s.add_argument("--start-time", help="ISO time of the first event (default: wall clock)")
+    s.add_argument("--start-time", help="ISO time of the first event (default: wall clock); records are still "
+                   "sent now, with the send time as their Kafka timestamp")
+    s.add_argument("--event-spacing", type=float, default=0.001,
+                   help="seconds of event time between records when --rate is 0 (default 0.001)")
     s.add_argument("--ledger", help="ledger file (default <stack_dir>/ledger.jsonl)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_produce)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from common import customers
@@ -23,11 +24,14 @@ QUERIES: list[tuple[str, str]] = [
      "UNION ALL SELECT 'metrics', count(*) FROM silver.metrics"),
     ("silver: quarantine by reason",
      "SELECT target_table, reason, count(*) AS records FROM silver.quarantine GROUP BY 1, 2 ORDER BY 1, 3 DESC"),
-    ("silver: late records",
-     "SELECT target_table, count(*) AS records, round(min(lateness_seconds)) AS min_late_s, "
-     "round(max(lateness_seconds)) AS max_late_s FROM silver.late_records GROUP BY 1 ORDER BY 1"),
+    ("silver: late records (sent behind the watermark that earlier micro-batches reached)",
+     "SELECT target_table, count(*) AS records, min(watermark) AS watermark, round(min(lateness_seconds)) AS "
+     "min_behind_s, round(max(lateness_seconds)) AS max_behind_s FROM silver.late_records GROUP BY 1 ORDER BY 1"),
     ("gold: latest customer KPIs (sliding 2-minute windows)",
      "SELECT * FROM gold.customer_order_kpis ORDER BY window_start DESC, total_ventes DESC LIMIT 10"),
+    ("gold: orders per minute (event time)",
+     "SELECT window_start, sum(nb_commandes) AS orders, round(sum(total_commandes), 2) AS total "
+     "FROM gold.customer_minute_totals GROUP BY window_start ORDER BY window_start"),
     ("gold: product sales",
      "SELECT product_name, sum(nb_ventes) AS nb_ventes, sum(quantite_totale) AS quantite_totale, "
      "round(sum(ca_total), 2) AS ca_total FROM gold.product_sales GROUP BY product_name ORDER BY ca_total DESC"),
@@ -54,10 +58,12 @@ def demo(settings: Settings, count: int = 2000) -> int:
     _step("local stack: real Kafka (KRaft) + real MinIO")
     for s in Stack(settings).up():
         print(s.line())
-    _step(f"produce {count} records per topic (5% duplicates, 3% late, 3% malformed)")
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    ledger = Path(settings.stack_dir) / "ledger.jsonl"
+    _step(f"produce {count} records per topic over 8 minutes of event time (5% duplicates, 3% malformed)")
     produce(settings, GenOptions(topics=settings.source_topics, count=count, seed=int(time.time()),
-                                 duplicate_pct=5, late_pct=3, malformed_pct=3,
-                                 ledger=Path(settings.stack_dir) / "ledger.jsonl"))
+                                 start_time=now - timedelta(minutes=10), event_spacing=480 / count,
+                                 duplicate_pct=5, malformed_pct=3, ledger=ledger))
     spark = get_spark(settings, app_name="lakehouse-demo")
     _step("load the customer dimension (lakehouse customers load)")
     print(f"{customers.load(spark, settings)} customers in silver.customers")
@@ -65,6 +71,12 @@ def demo(settings: Settings, count: int = 2000) -> int:
     t1 = time.monotonic()
     run(STAGES, settings, "availableNow", spark=spark)
     print(f"pipeline took {time.monotonic() - t1:.0f}s")  # run() registered the tables by name
+    _step("one more micro-batch: 200 records per topic, 20% of them sent 10 minutes late (behind the "
+          "watermark the first batch set)")
+    produce(settings, GenOptions(topics=settings.source_topics, count=200, seed=int(time.time()) + 1,
+                                 start_time=now - timedelta(minutes=2), event_spacing=0.3, late_pct=20,
+                                 late_by=600, ledger=ledger))
+    run(STAGES, settings, "availableNow", spark=spark)
     for title, query in QUERIES:
         _step(title)
         print(f'lakehouse sql "{query}"')

@@ -2,9 +2,11 @@
 
 Payloads follow the seed notebooks (see DESIGN.md). Everything random comes from one
 ``random.Random(seed)``, and event times come from a simulated clock (wall clock by default,
-or ``--start-time``), so the same seed and start time give the same records. Each record is
-sent with its Kafka timestamp set to the simulated arrival time, which is the record's event
-time unless it is a late record (event time = arrival - late_by).
+or ``--start-time``, records ``--event-spacing`` seconds apart), so the same seed and start
+time give the same records. A record's event time is its simulated arrival time unless it is a
+late record (event time = arrival - late_by). Records are sent with the time they are sent as
+their Kafka timestamp: a replay of last month keeps its dates in the payload, and the broker's
+time-based retention does not delete it as soon as it lands.
 
 Every record sent, faulty or not, is appended to a JSON-lines ledger with its partition and
 offset and the fault it carries, so tests and benchmarks recompute expected results from it.
@@ -52,6 +54,7 @@ class GenOptions:
     late_by: float = 600.0           # seconds
     malformed_pct: float = 0.0
     start_time: datetime | None = None
+    event_spacing: float = 0.001     # seconds of event time between records when rate is 0
     first_order_id: int | None = None
     ledger: Path | None = None
     progress: bool = True
@@ -71,6 +74,8 @@ class GenOptions:
             raise SettingsError("--customers must be between 1 and 999")
         if self.rate < 0:
             raise SettingsError("--rate must be >= 0 (0 = as fast as possible)")
+        if self.event_spacing <= 0:
+            raise SettingsError("--event-spacing must be > 0 seconds")
 
 
 def _iso(ts: datetime) -> str:
@@ -79,17 +84,18 @@ def _iso(ts: datetime) -> str:
 
 @dataclass
 class _Clock:
-    """Simulated event clock: record i happens at start + i / rate (1 ms apart when rate is 0),
-    so event times are distinct and a paced run follows the wall clock."""
+    """Simulated event clock: record i happens at start + i / rate (``spacing`` apart when rate is
+    0), so event times are distinct and a paced run follows the wall clock."""
 
     start: datetime | None
     rate: float
+    spacing: float = 0.001
 
     def __post_init__(self):
         self.start = self.start or datetime.now(timezone.utc)
 
     def at(self, i: int) -> datetime:
-        step = 1.0 / self.rate if self.rate else 0.001
+        step = 1.0 / self.rate if self.rate else self.spacing
         return self.start + timedelta(seconds=i * step)
 
 
@@ -161,11 +167,13 @@ class EventFactory:
             key, value, kind = self.malformed(now)
             return {"key": key, "value": value, "fault": f"malformed:{kind}"}
         roll -= o.malformed_pct
-        if roll < o.duplicate_pct and self.kind == "orders" and self.sent_orders:
-            key, value, _ = self.rng.choice(self.sent_orders)
-            return {"key": key, "value": value, "fault": "duplicate"}
-        roll -= o.duplicate_pct
-        late = roll < o.late_pct
+        if roll < o.duplicate_pct:
+            if self.kind == "orders" and self.sent_orders:
+                key, value, _ = self.rng.choice(self.sent_orders)
+                return {"key": key, "value": value, "fault": "duplicate"}
+            late = False  # nothing to re-send (logs, metrics, the first order): an ordinary record
+        else:
+            late = roll - o.duplicate_pct < o.late_pct
         event_time = now - timedelta(seconds=o.late_by) if late else now
         key, payload = self.valid(event_time)
         value = json.dumps(payload)
@@ -201,7 +209,7 @@ def generate(settings: Settings, opts: GenOptions) -> Iterator[tuple[str, dict]]
     rng = random.Random(opts.seed)
     first = opts.first_order_id if opts.first_order_id is not None else _first_order_id(opts.ledger)
     factories = {t: EventFactory(kinds[t], opts, rng, first) for t in opts.topics}
-    clock = _Clock(opts.start_time, opts.rate)
+    clock = _Clock(opts.start_time, opts.rate, opts.event_spacing)
     deadline = None if opts.duration is None else time.monotonic() + opts.duration
     i = 0
     while True:
@@ -255,9 +263,8 @@ def produce(settings: Settings, opts: GenOptions, out=sys.stderr) -> dict[str, i
 
     try:
         for topic, rec in generate(settings, opts):
-            ts_ms = int(datetime.fromisoformat(rec["arrival"]).replace(tzinfo=timezone.utc).timestamp() * 1000)
             fut = producer.send(topic, key=rec["key"].encode() if rec["key"] else None,
-                                value=rec["value"].encode(), timestamp_ms=ts_ms)
+                                value=rec["value"].encode())  # Kafka timestamp: the time it is sent
             pending.append((topic, rec, fut))
             counts[topic] += 1
             sent += 1

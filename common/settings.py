@@ -100,6 +100,8 @@ class Settings:
     watermark_orders: str = "5 minutes"
     watermark_logs: str = "2 minutes"
     watermark_metrics: str = "1 minute"
+    max_event_time_ahead: str = "5 minutes"  # an event time further ahead of its Kafka timestamp is quarantined
+    late_warn_pct: int = 10  # a silver batch sending more than this % of a source's records to the late ledger warns
     # gold windows
     kpi_window: str = "2 minutes"         # customer_order_kpis: sliding window ...
     kpi_slide: str = "1 minute"           # ... and its slide
@@ -172,8 +174,8 @@ class Settings:
         if Trigger.parse(self.kpi_trigger, variable="LAKEHOUSE_KPI_TRIGGER").kind != "processingTime":
             raise SettingsError(f"LAKEHOUSE_KPI_TRIGGER={self.kpi_trigger!r}: use processingTime=<interval> (a run "
                                 "with --trigger availableNow drains the KPIs too)")
-        for name in ("watermark_orders", "watermark_logs", "watermark_metrics", "kpi_window", "kpi_slide",
-                     "minute_window", "host_window"):
+        for name in ("watermark_orders", "watermark_logs", "watermark_metrics", "max_event_time_ahead", "kpi_window",
+                     "kpi_slide", "minute_window", "host_window"):
             try:
                 interval_seconds(getattr(self, name))
             except SettingsError:
@@ -188,6 +190,8 @@ class Settings:
         for name in ("topic_partitions", "shuffle_partitions"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_var(name)} must be >= 1")
+        if not 0 <= self.late_warn_pct <= 100:
+            raise SettingsError(f"LAKEHOUSE_LATE_WARN_PCT={self.late_warn_pct} must be between 0 and 100")
         if self.max_offsets_per_trigger < 0:
             raise SettingsError("LAKEHOUSE_MAX_OFFSETS_PER_TRIGGER must be >= 0 (0 = unlimited)")
         for name in ("max_bytes_per_trigger", "driver_memory"):

@@ -1,5 +1,8 @@
 """``lakehouse status``: every streaming query's last recorded progress, read from the status
-files the progress listener keeps under ``<checkpoints>/_status/`` (no Spark needed)."""
+files the progress listener keeps under ``<checkpoints>/_status/`` (no Spark needed): batch,
+rates, records behind its source, its event-time watermark (silver: per source), and the records
+it found late (all of them are in ``silver.late_records``) and the duplicates it dropped since it
+started."""
 
 from __future__ import annotations
 
@@ -36,12 +39,16 @@ def read_status(settings: Settings) -> list[dict]:
 
 def format_status(rows: list[dict], now: float | None = None) -> list[str]:
     now = now or time.time()
-    head = ["QUERY", "ID", "RUN ID", "ACTIVE", "BATCH", "IN ROWS/S", "DONE ROWS/S", "BEHIND SOURCE", "UPDATED"]
+    head = ["QUERY", "ID", "RUN ID", "ACTIVE", "BATCH", "IN ROWS/S", "DONE ROWS/S", "BEHIND SOURCE", "WATERMARK",
+            "LATE", "DUPLICATES", "UPDATED"]
     table = [head]
     for q in rows:
+        wm = q.get("event_watermark") or q.get("watermark") or "-"
         table.append([q.get("name", "?"), q.get("id", "")[:8], q.get("runId", "")[:8], str(q.get("active", False)).lower(),
                       str(q.get("batch", "-")), f"{q.get('input_rate', 0):.0f}", f"{q.get('processed_rate', 0):.0f}",
                       q.get("lag", "-") if not q.get("error") else f"failed: {q['error'][:60]}",
-                      f"{now - q.get('updated_at', now):.0f}s ago"])
+                      "-" if wm.startswith("1970-01-01") else wm.replace(".000Z", "Z"),
+                      str(q["late"]) if "late" in q else "-",
+                      str(q["duplicates"]) if q.get("duplicates") else "-", f"{now - q.get('updated_at', now):.0f}s ago"])
     widths = [max(len(r[i]) for r in table) for i in range(len(head))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]

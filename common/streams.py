@@ -191,12 +191,16 @@ class BatchContext:
         self._query_id = query_id
         self._last: dict[str, int] = {}  # table -> highest batch id known committed (after the first write)
 
-    def app_id(self, spark, table: str) -> str:
+    def query_id(self, spark) -> str:
+        """The checkpoint's own query id (Spark's query id)."""
         if self._query_id is None:
             from common.checkpoints import query_id
 
             self._query_id = query_id(spark, self.flow.checkpoint)
-        return f"{self.flow.name}:{self._query_id}:{table}"
+        return self._query_id
+
+    def app_id(self, spark, table: str) -> str:
+        return f"{self.flow.name}:{self.query_id(spark)}:{table}"
 
     def _should_write(self, spark, table: str, path: str, batch_id: int) -> tuple[str, bool] | None:
         """(app id, first write of the run) for a batch the table does not hold yet, else None."""
@@ -255,10 +259,22 @@ def run_parallel(tasks: list[Callable[[], None]]) -> None:
 
 def install_progress_logger(spark, settings: Settings | None = None) -> None:
     """Register the progress listener once per session."""
+    global _listener
     if getattr(spark, "_lakehouse_listener", None) is None:
         listener = ProgressLogger(spark, settings)
         spark.streams.addListener(listener)
-        spark._lakehouse_listener = listener
+        spark._lakehouse_listener = _listener = listener
+
+
+_listener = None  # this process's ProgressLogger (foreachBatch functions see a cloned session)
+
+
+def count_batch(query_id: str, event_watermark: str | None = None, **counts: int) -> None:
+    """Add a micro-batch's counts (late records ...) to its query's entry in ``lakehouse status``
+    (totals since the query started), with the query's own event-time watermark when it keeps one
+    (silver: per source); written with the batch's progress."""
+    if _listener is not None:
+        _listener.add_counts(query_id, counts, event_watermark)
 
 
 def _make_listener_base():
@@ -300,10 +316,10 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
         self._spark, self._settings = spark, settings
         self._lock = threading.Lock()
 
-    def _record(self, key: str, **fields) -> None:
+    def _record(self, key: str, write: bool = True, **fields) -> None:
         with self._lock:
             self.last.setdefault(key, {}).update(fields, updated_at=time.time())
-            if self._spark is None or self._settings is None:
+            if not write or self._spark is None or self._settings is None:
                 return
             try:
                 sc = self._spark.sparkContext
@@ -314,6 +330,14 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
                 out.close()
             except Exception as e:  # status is best effort; never break a query over it
                 log.debug("could not write query status: %s", e)
+
+    def add_counts(self, key: str, counts: dict[str, int], event_watermark: str | None = None) -> None:
+        with self._lock:
+            entry = self.last.get(key, {})
+            totals = {k: entry.get(k, 0) + v for k, v in counts.items()}
+        if event_watermark:
+            totals["event_watermark"] = event_watermark
+        self._record(key, write=False, **totals)
 
     def onQueryStarted(self, event):
         log.info("query %s started (id %s, run %s)", event.name, event.id, event.runId)
@@ -326,10 +350,16 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
         log.info("%s batch %d: %d rows in, %.0f rows/s, %d ms (addBatch %d ms)", p.name, p.batchId, p.numInputRows,
                  p.processedRowsPerSecond or 0.0, d.get("triggerExecution", 0), d.get("addBatch", 0))
         log.debug("%s batch %d durations: %s", p.name, p.batchId, d)
+        duplicates = sum((op.get("customMetrics") or {}).get("numDroppedDuplicateRows", 0)
+                         for op in data.get("stateOperators") or [])
+        with self._lock:
+            duplicates += self.last.get(str(p.id), {}).get("duplicates", 0)
         self._record(str(p.id), name=p.name, id=str(p.id), runId=str(p.runId), active=True, batch=p.batchId,
+                     duplicates=duplicates,
                      input_rows=p.numInputRows, input_rate=p.inputRowsPerSecond or 0.0,
                      processed_rate=p.processedRowsPerSecond or 0.0, lag=source_lag(data),
-                     batch_ms=(p.durationMs or {}).get("triggerExecution", 0))
+                     batch_ms=(p.durationMs or {}).get("triggerExecution", 0),
+                     watermark=(data.get("eventTime") or {}).get("watermark"))
 
     def onQueryIdle(self, event):
         pass

@@ -20,7 +20,9 @@ def is_delta_table(spark, path: str) -> bool:
 def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
                  not_null: Iterable[str] = (), checks: dict[str, str] | None = None) -> None:
     """Create the Delta table at ``path`` with ``empty_df``'s schema (``not_null`` columns declared
-    NOT NULL) if it does not exist yet, then make sure its CHECK constraints are in place."""
+    NOT NULL) if it does not exist yet; add the columns a table written by an earlier version
+    lacks (nullable: its old rows read them as null); then make sure its CHECK constraints are in
+    place."""
     from delta.tables import DeltaTable
     from pyspark.sql.types import StructField, StructType
 
@@ -34,6 +36,12 @@ def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
         except Exception as e:  # another process may have created it first
             if not is_delta_table(spark, path):
                 raise SetupError(f"cannot create Delta table {path}: {str(e).splitlines()[0]}") from None
+    else:
+        have = {f.name for f in spark.read.format("delta").load(path).schema.fields}
+        new = [f for f in empty_df.schema.fields if f.name not in have]
+        if new:
+            spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ("
+                      + ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new) + ")")
     existing = _constraints(spark, path)
     for name, predicate in (checks or {}).items():
         if name.lower() not in existing:

@@ -1,10 +1,19 @@
 """Silver job: one streaming query over the three bronze tables, bronze Delta -> silver Delta.
 
-Each source's records are classified (valid / quarantine / drop / late) and deduplicated under
-that source's own watermark; the three streams are unioned into one query, whose micro-batch
-writes, exactly once (commits tagged with the checkpoint's query id + table and the batch id), the
-silver tables, ``silver.quarantine``, ``silver.late_records`` and ``silver.rule_outcomes``: side
-by side, one commit per table, and only the non-empty ones.
+Each source's records are classified (valid / quarantine / drop) and deduplicated
+(``silver.transforms.dedupe``: same natural key within the source's delay of processing); the
+three streams are unioned into one query, whose micro-batch writes, exactly once (commits tagged
+with the checkpoint's query id + table and the batch id), the silver tables,
+``silver.quarantine``, ``silver.late_records`` and ``silver.rule_outcomes``: side by side, one
+commit per table, and only the non-empty ones.
+
+Late means behind the watermark, with Spark's semantics per source (``silver.watermarks``): a
+valid record whose event time is at or behind the greatest valid event time of its source in the
+earlier micro-batches, minus the source's delay, goes to ``silver.late_records`` with that
+watermark. Nothing else drops a record unseen: the dedup operator's own watermark follows
+processing time, so it never discards a late record. Per source,
+bronze = silver + quarantine + dropped + late + duplicates (``route:*`` counts in
+``silver.rule_outcomes``; duplicates in the query's progress, ``numDroppedDuplicateRows``).
 
     spark-submit silver/job.py [--trigger availableNow] [--sink console]
     lakehouse run silver [--trigger ...]
@@ -24,12 +33,16 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType, Tim
 
 from bronze.transforms import KAFKA_SCHEMA, to_bronze  # noqa: E402
 from common import pipeline, streams  # noqa: E402
+import logging  # noqa: E402
+
 from common.errors import StreamFailedError  # noqa: E402
 from common.settings import Settings, interval_seconds  # noqa: E402
 from common.tables import ensure_table, require_table  # noqa: E402
 from silver import transforms as T  # noqa: E402
 from silver.rules import rules_for  # noqa: E402
+from silver.watermarks import EventClock, describe  # noqa: E402
 
+log = logging.getLogger("lakehouse.silver")
 COORD_NOT_NULL = ("topic", "partition", "offset")
 NOT_NULL = {
     "orders": ("order_id", "customer_id", "event_time", "total", "status") + COORD_NOT_NULL,
@@ -47,14 +60,13 @@ RULE_OUTCOMES_SCHEMA = StructType([
 ])
 
 
-def _outputs(settings: Settings, kind: str, classified, delay_s: float) -> dict:
-    """silver table name -> rows, for one batch of classified rows."""
-    valid = classified.filter(F.col("route") == "valid")
+def _outputs(kind: str, kept) -> dict:
+    """silver table name -> rows, for one batch of one source's classified, deduplicated rows."""
+    valid = kept.filter(F.col("route") == "valid")
     out = {kind: T.to_table(valid, kind)}
     if kind == "orders":
         out["order_items"] = T.to_order_items(valid)
-    out["quarantine"] = T.to_quarantine(classified.filter(F.col("route") == "quarantine"))
-    out["late_records"] = T.to_late(classified.filter(F.col("route") == "late"), delay_s)
+    out["quarantine"] = T.to_quarantine(kept.filter(F.col("route") == "quarantine"))
     return out
 
 
@@ -67,32 +79,59 @@ def ensure_tables(spark, settings: Settings) -> None:
     empty_bronze = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
     for kind in pipeline.SILVER_KINDS:
         classified = T.classify(empty_bronze, kind, 0)
-        for table, df in _outputs(settings, kind, classified, 0).items():
+        tables = dict(_outputs(kind, classified), late_records=T.to_late(classified, 0, 0, ""))
+        for table, df in tables.items():
             ensure_table(spark, settings.table_path("silver", table), df,
                          not_null=NOT_NULL.get(table, ()), checks=_checks(table))
     ensure_table(spark, settings.table_path("silver", "rule_outcomes"),
                  spark.createDataFrame([], RULE_OUTCOMES_SCHEMA))
 
 
+DROPPED_BY = "silver (event-time watermark of its source)"
+
+
+def _late_expr(watermarks: dict[str, int | None]):
+    """True for a valid row at or behind its source's watermark."""
+    cond = F.lit(False)
+    for kind, wm in watermarks.items():
+        if wm is not None:
+            cond = cond | ((F.col("kind") == kind) & (F.unix_micros("event_time") <= F.lit(wm * 1000)))
+    return (F.col("route") == "valid") & cond
+
+
 def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
     delays = {k: interval_seconds(pipeline.watermark(settings, k)) for k in pipeline.SILVER_KINDS}
+    clock = EventClock(flow.checkpoint, delays)
 
     def write(batch, batch_id: int) -> None:
         batch.persist()
         try:
             spark = batch.sparkSession
+            watermarks = clock.watermarks(spark, batch_id)
+            routed = batch.withColumn("route", F.when(_late_expr(watermarks), "late").otherwise(F.col("route")))
+            # one pass over the cached batch: every rule and route per source, and its greatest valid
+            # event time (late ones included: at or behind the watermark, they cannot move it)
+            counts = {r["kind"]: r for r in routed.groupBy("kind").agg(
+                *T.outcome_columns(pipeline.SILVER_KINDS),
+                F.max(F.when(F.col("route").isin("valid", "late"), F.unix_millis("event_time"))).alias("max_ms"),
+            ).collect()}
+            clock.record(spark, batch_id, {k: r["max_ms"] for k, r in counts.items()})
             outcomes, parts = [], {}
-            for kind in pipeline.SILVER_KINDS:
-                rows = batch.filter(F.col("kind") == kind)
-                found = T.rule_outcomes(rows, kind)  # one pass over the cached batch; counts each route too
-                routed = {rule.split(":", 1)[1]: n for _, rule, action, n, _ in found if action == "count"}
-                if not any(routed.values()):
-                    continue
+            for kind, row in counts.items():
+                found = T.outcomes(row, kind)
                 outcomes += found
-                for table, df in _outputs(settings, kind, rows, delays[kind]).items():
-                    n = routed.get({"quarantine": "quarantine", "late_records": "late"}.get(table, "valid"), 0)
-                    if n:  # an empty write would still be a commit
+                routed_n = {rule.split(":", 1)[1]: n for _, rule, action, n, _ in found if action == "count"}
+                rows = routed.filter(F.col("kind") == kind)
+                if routed_n.get("late"):
+                    parts.setdefault("late_records", []).append(
+                        T.to_late(rows.filter(F.col("route") == "late"), watermarks[kind], delays[kind], DROPPED_BY))
+                    _warn_if_many_late(settings, flow, kind, batch_id, routed_n["late"], int(row["checked"]),
+                                       watermarks[kind])
+                for table, df in _outputs(kind, rows).items():
+                    if routed_n.get("quarantine" if table == "quarantine" else "valid", 0):  # an empty write is a commit
                         parts.setdefault(table, []).append(df)
+            late = sum(n for _, rule, _, n, _ in outcomes if rule == "route:late")
+            streams.count_batch(ctx.query_id(spark), describe(clock.watermarks(spark, batch_id + 1)), late=late)
             recorded = (spark.createDataFrame([(flow.name, batch_id, *o) for o in outcomes],
                                               "query string, batch_id long, table string, rule string, "
                                               "action string, failed long, checked long")
@@ -112,14 +151,24 @@ def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
     return write
 
 
+def _warn_if_many_late(settings: Settings, flow, kind: str, batch_id: int, late: int, seen: int, wm_ms: int) -> None:
+    if late * 100 > settings.late_warn_pct * seen:
+        from datetime import datetime, timezone
+
+        wm = datetime.fromtimestamp(wm_ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+        log.warning("%s batch %d: %d of %d %s records (%.0f%%) were at or behind the watermark %s and went to "
+                    "silver.late_records (more than LAKEHOUSE_LATE_WARN_PCT=%d%%)", flow.name, batch_id, late, seen,
+                    kind, 100 * late / seen, wm, settings.late_warn_pct)
+
+
 def classified_stream(spark, settings: Settings, kind: str):
-    """One source's bronze stream, classified and deduplicated under its own watermark."""
+    """One source's bronze stream, classified and deduplicated (``silver.transforms.dedupe``)."""
     topic = pipeline.silver_topic(settings, kind)
     bronze_path = settings.table_path("bronze", settings.bronze_table_for(topic))
     require_table(spark, bronze_path, f"bronze table for {topic}", "run bronze first (`lakehouse run bronze`)")
-    delay = pipeline.watermark(settings, kind)
-    classified = T.classify(streams.read_delta(spark, settings, bronze_path), kind, interval_seconds(delay))
-    return T.dedupe(classified, kind, delay).withColumn("kind", F.lit(kind))
+    classified = T.classify(streams.read_delta(spark, settings, bronze_path), kind,
+                            interval_seconds(settings.max_event_time_ahead))
+    return T.dedupe(classified, kind, pipeline.watermark(settings, kind)).withColumn("kind", F.lit(kind))
 
 
 def start(spark, settings: Settings, options: streams.StreamOptions) -> list:

@@ -1,13 +1,18 @@
 """Silver transforms: pure DataFrame -> DataFrame functions, shared by stream and batch.
 
-``classify(bronze_df, kind, delay)`` parses the Kafka value with an explicit schema and gives
-every record exactly one ``route``: ``valid``, ``quarantine`` (with a machine-readable
-``reason``), ``drop`` or ``late``. Parsing never turns a bad record into a row of nulls: the JSON
-is first read with every leaf as a string (so a missing field and a field of the wrong type
-can be told apart), then each field is converted with ``try_cast``; any failure is a reason.
+``classify(bronze_df, kind, max_ahead_seconds)`` parses the Kafka value with an explicit schema
+and gives every record exactly one ``route``: ``valid``, ``quarantine`` (with a machine-readable
+``reason``) or ``drop``. Parsing never turns a bad record into a row of nulls: the JSON is first
+read with every leaf as a string (so a missing field and a field of the wrong type can be told
+apart), then each field is converted with ``try_cast``; any failure is a reason. An event time
+more than ``max_ahead_seconds`` ahead of the record's Kafka timestamp is quarantined
+(``event_time_in_future``): one absurd clock (year 2099) must not push the watermark past every
+record after it.
 
-``dedupe`` drops duplicates under a watermark; ``to_orders``, ``to_order_items``, ``to_logs``,
-``to_metrics``, ``to_quarantine``, ``to_late`` shape the rows of each silver table.
+Lateness is not decided here: the silver job judges it by each source's event-time watermark
+(``silver.watermarks``), which only valid event times move. ``dedupe`` drops duplicates;
+``to_orders``, ``to_order_items``, ``to_table``, ``to_quarantine``, ``to_late`` shape the rows of
+each silver table; ``outcomes`` counts rules and routes of a batch in one pass.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 from silver.rules import record_predicate, record_rules
 
 CORRUPT = "_corrupt_record"
+FUTURE_REASON = "event_time_in_future"
 COORDINATES = ("topic", "partition", "offset", "kafka_timestamp")
 
 
@@ -129,7 +135,7 @@ def _first_match(checks: list[tuple[Column, str]]) -> Column:
     return expr.otherwise(F.lit(None).cast("string"))
 
 
-def classify(bronze: DataFrame, kind: str, delay_seconds: float) -> DataFrame:
+def classify(bronze: DataFrame, kind: str, max_ahead_seconds: float) -> DataFrame:
     """Bronze rows -> typed rows with ``route`` and ``reason`` (and one ``rule_<name>`` flag per rule)."""
     spec = KINDS[kind]
     rules = record_rules(kind)
@@ -143,7 +149,10 @@ def classify(bronze: DataFrame, kind: str, delay_seconds: float) -> DataFrame:
     if kind == "orders":
         checks += _item_checks()
         typed += [_typed_items().alias("items")]
-    df = df.select("*", _first_match(checks).alias("parse_error"), *typed)
+    ahead = F.col("event_time").cast("double") - F.col("kafka_timestamp").cast("double")
+    df = df.select("*", *typed)
+    df = df.withColumn("parse_error", _first_match(checks + [(ahead > F.lit(float(max_ahead_seconds)),
+                                                              FUTURE_REASON)]))
     if kind == "orders":
         df = (df.withColumn("item_count", F.size("items"))
                 .withColumn("items_total", F.expr("round(aggregate(items, 0D, (acc, x) -> acc + x.subtotal), 2)")))
@@ -154,14 +163,11 @@ def classify(bronze: DataFrame, kind: str, delay_seconds: float) -> DataFrame:
     quarantine_rules = [(F.col(f"rule_{r.name}"), r.name) for r in rules if r.action in ("quarantine", "fail")]
     drop_rules = [F.col(f"rule_{r.name}") for r in rules if r.action == "drop"]
     reason = F.coalesce(F.col("parse_error"), _first_match(quarantine_rules)) if quarantine_rules else F.col("parse_error")
-    lateness = F.col("kafka_timestamp").cast("double") - F.col("event_time").cast("double")
     dropped = F.lit(False)
     for c in drop_rules:
         dropped = dropped | c
-    route = (F.when(reason.isNotNull(), "quarantine").when(dropped, "drop")
-             .when(lateness > F.lit(delay_seconds), "late").otherwise("valid"))
+    route = F.when(reason.isNotNull(), "quarantine").when(dropped, "drop").otherwise("valid")
     return (df.withColumn("reason", reason).withColumn("route", route)
-              .withColumn("lateness_seconds", F.when(F.col("route") == "late", lateness))
               .withColumn("target_table", F.lit(spec["table"])).drop("raw", "parse_error"))
 
 
@@ -171,17 +177,22 @@ def dedup_columns(kind: str) -> tuple[str, ...]:
 
 
 def dedupe(classified: DataFrame, kind: str, delay: str) -> DataFrame:
-    """Drop duplicate valid records (same natural key) under a watermark on event time.
+    """Drop duplicate valid records (same natural key) that reach silver within ``delay`` of the first.
 
-    Quarantined, dropped and late rows keep a unique key (their Kafka coordinates) and use their
-    arrival time for the watermark, so the dedup operator never discards them.
+    The dedup operator's watermark follows the time each micro-batch runs (``wm_time``, Spark's
+    batch timestamp, the same in a replay of the batch), not event time: the operator then
+    never discards a record as behind its watermark (late data is the silver job's to judge, by
+    event time, and to record), its state holds the keys of the last ``delay`` to 2 x ``delay``
+    of processing, and an idle source cannot pin it (nor a far-future event time empty it).
+    Quarantined and dropped rows keep a unique key (their Kafka coordinates), so the operator
+    never discards them either.
     """
     key = dedup_columns(kind)
     valid = F.col("route") == "valid"
     natural = F.concat_ws("\u0001", *[F.col(k).cast("string") for k in key])
     coords = F.concat_ws(":", F.lit("coord"), "topic", "partition", "offset")
     keyed = (classified
-             .withColumn("wm_time", F.when(valid, F.col("event_time")).otherwise(F.col("kafka_timestamp")))
+             .withColumn("wm_time", F.current_timestamp())
              .withColumn("dedup_key", F.when(valid, natural).otherwise(coords)))
     if not keyed.isStreaming:  # batch backfill: the whole input is one "batch"
         return keyed.dropDuplicates(["dedup_key"])
@@ -214,21 +225,42 @@ def to_quarantine(rows: DataFrame) -> DataFrame:
                        F.current_timestamp().alias("quarantined_at"))
 
 
-def to_late(rows: DataFrame, delay_seconds: float) -> DataFrame:
-    return rows.select("key", "value", *_coords(), "event_time", "target_table", "lateness_seconds",
+def to_late(rows: DataFrame, watermark_ms: int, delay_seconds: float, dropped_by: str) -> DataFrame:
+    """Late-ledger rows for valid records ``dropped_by`` an operator's watermark ``watermark_ms``:
+    the raw record, its coordinates, the watermark it missed and by how much, and how long after
+    its event time it reached Kafka (arrival lag, an operational signal, not the rule)."""
+    watermark = F.timestamp_micros(F.lit(int(watermark_ms) * 1000))
+    return rows.select("key", "value", *_coords(), "event_time", "target_table",
+                       (watermark.cast("double") - F.col("event_time").cast("double")).alias("lateness_seconds"),
                        F.lit(float(delay_seconds)).alias("watermark_delay_seconds"),
+                       watermark.alias("watermark"), F.lit(dropped_by).alias("dropped_by"),
+                       (F.col("kafka_timestamp").cast("double") - F.col("event_time").cast("double"))
+                       .alias("arrival_lag_seconds"),
                        F.current_timestamp().alias("recorded_at"))
 
 
-def rule_outcomes(classified: DataFrame, kind: str) -> DataFrame:
-    """One row per rule (and per route) with the number of rows that broke it in this batch."""
-    rules = record_rules(kind)
-    aggs = [F.count(F.lit(1)).alias("checked")]
-    aggs += [F.sum(F.col(f"rule_{r.name}").cast("long")).alias(f"r{i}") for i, r in enumerate(rules)]
-    routes = ("valid", "quarantine", "drop", "late")
-    aggs += [F.sum((F.col("route") == x).cast("long")).alias(f"route_{x}") for x in routes]
-    row = classified.agg(*aggs).collect()[0]
-    out = [(r.table, r.name, r.action, int(row[f"r{i}"] or 0), int(row["checked"])) for i, r in enumerate(rules)]
-    out += [(KINDS[kind]["table"], f"route:{x}", "count", int(row[f"route_{x}"] or 0), int(row["checked"]))
-            for x in routes]
+ROUTES = ("valid", "quarantine", "drop", "late")  # late: decided by the silver job's event clock, not by classify
+
+
+def outcome_columns(kinds) -> list[Column]:
+    """Aggregates over classified rows of the sources ``kinds``: rows checked, rows breaking each
+    rule, rows per route. Grouped by source, one Spark job counts a whole micro-batch."""
+    rules = {r.name: r for kind in kinds for r in record_rules(kind)}
+    aggs = [F.count("route").alias("checked")]
+    aggs += [F.sum(F.col(f"rule_{name}").cast("long")).alias(f"r_{name}") for name in rules]
+    aggs += [F.sum((F.col("route") == x).cast("long")).alias(f"route_{x}") for x in ROUTES]
+    return aggs
+
+
+def outcomes(row, kind: str) -> list[tuple]:
+    """``(table, rule, action, failed, checked)`` per rule and per route, from one row of
+    ``outcome_columns``."""
+    checked = int(row["checked"] or 0)
+    out = [(r.table, r.name, r.action, int(row[f"r_{r.name}"] or 0), checked) for r in record_rules(kind)]
+    out += [(KINDS[kind]["table"], f"route:{x}", "count", int(row[f"route_{x}"] or 0), checked) for x in ROUTES]
     return out
+
+
+def rule_outcomes(classified: DataFrame, kind: str) -> list[tuple]:
+    """``outcomes`` of a DataFrame of one source's classified rows (one Spark job)."""
+    return outcomes(classified.agg(*outcome_columns([kind])).collect()[0], kind)

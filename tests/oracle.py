@@ -15,27 +15,54 @@ MALFORMED_REASON = {
 }
 
 
+NATURAL_KEYS = {"orders": ("order_id",), "logs": ("request_id", "timestamp", "level", "module"),
+                "metrics": ("host", "timestamp")}  # silver's dedup keys (silver.transforms.KINDS), payload names
+
+
+def natural_key(kind: str, payload: dict) -> tuple:
+    return tuple(payload.get(k) for k in NATURAL_KEYS[kind])
+
+
 def coords(rec: dict) -> tuple:
     return rec["topic"], rec["partition"], rec["offset"]
 
 
 class SilverOracle:
-    def __init__(self, ledger: list[dict], settings):
+    """What silver must hold, given which records it found behind its watermark (``late``: their
+    coordinates). Which records are late depends on micro-batch boundaries, as in Spark, so the
+    late set is an input: ``tests.checks.check_late`` checks it on its own (only the generator's
+    late records, each at or behind a watermark the stream had reached); everything else follows."""
+
+    def __init__(self, ledger: list[dict], settings, late=()):
         self.kind_of = {settings.topic_orders: "orders", settings.topic_logs: "logs",
                         settings.topic_metrics: "metrics"}
         self.ledger = [r for r in ledger if r["topic"] in self.kind_of]
+        self.late_coords = set(late)
+        self._kept: dict[str, list[dict]] = {}
+
+    def on_time(self, rec: dict) -> bool:
+        """A valid record (a duplicate's copy included) that silver did not find late."""
+        return rec["fault"] in (None, "duplicate") or (rec["fault"] == "late" and coords(rec) not in self.late_coords)
 
     def records(self, kind: str) -> list[dict]:
         return [r for r in self.ledger if self.kind_of[r["topic"]] == kind]
 
+    def on_time_records(self, kind: str) -> list[dict]:
+        """Valid records silver keeps one of per natural key (the first sent), in send order."""
+        if kind in self._kept:
+            return self._kept[kind]
+        seen, out = set(), self._kept.setdefault(kind, [])
+        for r in self.records(kind):
+            if self.on_time(r):
+                key = natural_key(kind, json.loads(r["value"]))
+                if key not in seen:
+                    seen.add(key)
+                    out.append(r)
+        return out
+
     def valid_orders(self) -> dict[int, dict]:
         """order_id -> payload of every valid, on-time order (a duplicate counts once)."""
-        out = {}
-        for r in self.records("orders"):
-            if r["fault"] in (None, "duplicate"):
-                o = json.loads(r["value"])
-                out.setdefault(o["order_id"], o)
-        return out
+        return {o["order_id"]: o for o in (json.loads(r["value"]) for r in self.on_time_records("orders"))}
 
     def items(self) -> set[tuple]:
         return {(o["order_id"], line, it["product_id"], it["quantity"], round(it["subtotal"], 2))
@@ -50,15 +77,15 @@ class SilverOracle:
         return out
 
     def late(self) -> set[tuple]:
-        return {coords(r) for r in self.ledger if r["fault"] == "late"}
+        return set(self.late_coords)
 
     def duplicates(self, kind: str) -> int:
-        return sum(1 for r in self.records(kind) if r["fault"] == "duplicate")
+        """Valid records the dedup operator dropped as copies of one it kept (same natural key; a
+        copy sent behind the watermark is late instead)."""
+        return sum(1 for r in self.records(kind) if self.on_time(r)) - len(self.on_time_records(kind))
 
     def valid_count(self, kind: str) -> int:
-        if kind == "orders":
-            return len(self.valid_orders())
-        return sum(1 for r in self.records(kind) if r["fault"] is None)
+        return len(self.on_time_records(kind))
 
 
 def _floor(ts, seconds: int):
@@ -129,7 +156,7 @@ class GoldOracle:
                            lambda v: (len(v), sum(i["quantity"] for i in v), sum(i["subtotal"] for i in v)))
 
     def _valid(self, kind):
-        return [json.loads(r["value"]) for r in self.s.records(kind) if r["fault"] is None]
+        return [json.loads(r["value"]) for r in self.s.on_time_records(kind)]
 
     def log_level_counts(self):
         return self._group(self._valid("logs"), self.minute, None, lambda e: (e["level"],), lambda v: (len(v),))

@@ -62,12 +62,15 @@ ORDER_CASES = [
     (order(items=[{k: v for k, v in _item().items() if k != "quantity"}], total=699.98), "quarantine",
      "missing_field:items.quantity"),
     (order(items=[_item(quantity="two")], total=699.98), "quarantine", "wrong_type:items.quantity"),
-    (order(timestamp="2026-01-01T11:50:00.000"), "late", None),   # 600 s behind its arrival, delay 300 s
-    (order(timestamp="2026-01-01T11:57:00.000"), "valid", None),  # 180 s: within the delay
+    (order(timestamp="2026-01-01T11:50:00.000"), "valid", None),  # 600 s before its arrival: lateness is the watermark's
+    (order(timestamp="2025-03-01T08:00:00.000"), "valid", None),  # months old (a replay of history)
+    (order(timestamp="2026-01-01T12:04:00.000"), "valid", None),  # 240 s ahead of Kafka: within max_ahead 300 s
+    (order(timestamp="2026-01-01T12:06:00.000"), "quarantine", "event_time_in_future"),  # 360 s ahead
+    (order(timestamp="2099-01-01T00:00:00.000"), "quarantine", "event_time_in_future"),
 ]
 
 
-@pytest.mark.parametrize("value,route,reason", ORDER_CASES, ids=[c[2] or c[1] for c in ORDER_CASES])
+@pytest.mark.parametrize("value,route,reason", ORDER_CASES, ids=[f"{i}-{c[2] or c[1]}" for i, c in enumerate(ORDER_CASES)])
 def test_order_routes_and_reasons(spark, value, route, reason):
     row = _classify(spark, "orders", [value]).collect()[0]
     assert (row.route, row.reason) == (route, reason)
@@ -149,8 +152,26 @@ def test_quarantine_keeps_raw_bytes_and_coordinates(spark):
     assert (q.topic, q.partition, q.offset, q.target_table, q.reason) == ("t", 0, 0, "orders", "malformed_json")
 
 
-def test_late_rows_record_how_late(spark):
+def test_late_rows_record_the_watermark_they_missed(spark):
     df = _classify(spark, "orders", [order(timestamp="2026-01-01T11:50:00.000")], arrival=ARRIVAL)
-    late = T.to_late(df.filter("route = 'late'"), 300).collect()[0]
-    assert late.lateness_seconds == 600 and late.watermark_delay_seconds == 300
-    assert late.event_time == ARRIVAL - timedelta(minutes=10)
+    watermark = ARRIVAL - timedelta(minutes=5)
+    wm_ms = int((watermark - datetime(1970, 1, 1)).total_seconds() * 1000)
+    late = T.to_late(df, wm_ms, 300, "silver dedupe").collect()[0]
+    assert late.event_time == ARRIVAL - timedelta(minutes=10) and late.watermark == watermark
+    assert (late.lateness_seconds, late.watermark_delay_seconds, late.arrival_lag_seconds) == (300, 300, 600)
+    assert late.dropped_by == "silver dedupe" and (late.topic, late.partition, late.offset) == ("t", 0, 0)
+
+
+def test_the_dedup_watermark_follows_processing_time_so_no_event_time_moves_it(spark):
+    """Lateness is the silver job's (by event time); the dedup operator's watermark column is the
+    batch's processing time for every row, so it never discards a record as late, and neither a
+    quarantined record nor an absurd future event time (quarantined too) reaches any watermark."""
+    from datetime import datetime
+
+    df = T.dedupe(T.classify(_bronze(spark, [order(), "bad", order(timestamp="2099-01-01T00:00:00.000")]),
+                             "orders", 300), "orders", "5 minutes")
+    rows = df.collect()
+    assert sorted(r.route for r in rows) == ["quarantine", "quarantine", "valid"]
+    assert {r.reason for r in rows if r.route == "quarantine"} >= {T.FUTURE_REASON}
+    (wm,) = {r.wm_time for r in rows}
+    assert abs((datetime.now() - wm).total_seconds()) < 60
