@@ -12,7 +12,8 @@ visible in gold (``gold.orders_enriched`` for the project, the peer's gold table
 project the event -> KPI latency (``bench.run.kpi_pairs``). The project runs with its defaults
 (what ``lakehouse run all`` does), the peer with its own tuning. Every (rate, system) runs
 ``--repeat`` times; the table reports medians and the p99's spread.
-Writes ``bench/results/<date>-p2.json`` and prints a table.
+Writes ``bench/results/<date>-p2.json`` (``<date>T<time>-p2.json`` for a second run that day) and
+prints a table.
 """
 
 from __future__ import annotations
@@ -147,6 +148,8 @@ def main(argv=None) -> int:
     spark = get_spark(base, app_name="bench-p2")  # idle while the systems run
     results = []
     out = HERE / "results" / f"{date.strftime('%Y-%m-%d')}-p2.json"
+    if out.exists():  # a second run the same day keeps the first's results
+        out = out.with_name(f"{date.strftime('%Y-%m-%dT%H%M')}-p2.json")
     for rep in range(1, args.repeat + 1):
         for rate in args.rates:
             for system in args.systems:

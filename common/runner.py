@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+import time
 
 from common import checkpoints, streams
 from common.errors import LakehouseError
@@ -32,6 +33,16 @@ def _starter(stage: str):
     return importlib.import_module(f"{stage}.job").start
 
 
+def _start_stage(spark, settings: Settings, stage: str, options: streams.StreamOptions) -> list:
+    """Start one stage's queries; each start line says how long the stage's set-up took."""
+    t0 = time.monotonic()
+    queries = _starter(stage)(spark, settings, options)
+    for q in queries:
+        print(f"  started {q.name:<34} id={q.id} runId={q.runId} ({time.monotonic() - t0:.1f} s)",
+              file=sys.stderr, flush=True)
+    return queries
+
+
 def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None, sink: str | None = None,
         spark=None) -> None:
     options = streams.StreamOptions.from_args(settings, trigger, sink)
@@ -49,10 +60,8 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
     started: list = []
     try:
         for stage in stages:
-            queries = _starter(stage)(spark, settings, options)
+            queries = _start_stage(spark, settings, stage, options)
             started += queries
-            for q in queries:
-                print(f"  started {q.name:<34} id={q.id} runId={q.runId}", file=sys.stderr, flush=True)
             if one_shot:
                 streams.await_all(spark, queries)
                 register_tables(spark, settings)

@@ -42,7 +42,7 @@ def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
         if new:
             spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ("
                       + ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new) + ")")
-    existing = _constraints(spark, path)
+    existing = _constraints(spark, path) if checks else set()
     for name, predicate in (checks or {}).items():
         if name.lower() not in existing:
             spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({predicate})")

@@ -77,14 +77,15 @@ def _checks(table: str) -> dict[str, str]:
 def ensure_tables(spark, settings: Settings) -> None:
     """Create every silver table with its NOT NULL keys and CHECK constraints (from silver.rules)."""
     empty_bronze = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
-    for kind in pipeline.SILVER_KINDS:
+    tables: dict = {}
+    for kind in pipeline.SILVER_KINDS:  # quarantine and late_records: one schema for every source
         classified = T.classify(empty_bronze, kind, 0)
-        tables = dict(_outputs(kind, classified), late_records=T.to_late(classified, 0, 0, ""))
-        for table, df in tables.items():
-            ensure_table(spark, settings.table_path("silver", table), df,
-                         not_null=NOT_NULL.get(table, ()), checks=_checks(table))
-    ensure_table(spark, settings.table_path("silver", "rule_outcomes"),
-                 spark.createDataFrame([], RULE_OUTCOMES_SCHEMA))
+        for table, df in dict(_outputs(kind, classified), late_records=T.to_late(classified, 0, 0, "")).items():
+            tables.setdefault(table, df)
+    tables["rule_outcomes"] = spark.createDataFrame([], RULE_OUTCOMES_SCHEMA)
+    for table, df in tables.items():
+        ensure_table(spark, settings.table_path("silver", table), df, not_null=NOT_NULL.get(table, ()),
+                     checks=_checks(table))
 
 
 DROPPED_BY = "silver (event-time watermark of its source)"
