@@ -29,7 +29,8 @@ import time
 import uuid
 
 from bench.measure import cpu_seconds, peak_rss_mib, percentiles
-from bench.run import HERE, ROOT, SYSTEMS, app_env, bench_start, fresh, gold_count, gold_pairs, kpi_pairs, log
+from bench.run import (ROOT, SYSTEMS, app_env, bench_start, fresh, gold_count, gold_pairs, kpi_pairs, log,
+                       results_file)
 from common.generator import GenOptions, produce
 from common.settings import Settings
 from common.stack import wait_until
@@ -147,9 +148,7 @@ def main(argv=None) -> int:
     base, date, logdir = bench_start()
     spark = get_spark(base, app_name="bench-p2")  # idle while the systems run
     results = []
-    out = HERE / "results" / f"{date.strftime('%Y-%m-%d')}-p2.json"
-    if out.exists():  # a second run the same day keeps the first's results
-        out = out.with_name(f"{date.strftime('%Y-%m-%dT%H%M')}-p2.json")
+    out = results_file(date, "-p2")
     for rep in range(1, args.repeat + 1):
         for rate in args.rates:
             for system in args.systems:

@@ -77,6 +77,14 @@ def bench_start() -> tuple[Settings, datetime, Path]:
     return base, date, logdir
 
 
+def results_file(date: datetime, suffix: str = "") -> Path:
+    """``bench/results/<date><suffix>.json``; a second run the same day keeps the first's results
+    and writes ``<date>T<HHMM><suffix>.json``."""
+    out = HERE / "results" / f"{date:%Y-%m-%d}{suffix}.json"
+    out.parent.mkdir(exist_ok=True)
+    return out.with_name(f"{date:%Y-%m-%dT%H%M}{suffix}.json") if out.exists() else out
+
+
 def fresh(base: Settings, tag: str) -> Settings:
     s = base.with_overrides(lake_root=f"{base.lake_root.rstrip('/')}/bench/{tag}",
                             topic_orders=f"{tag}-commandes-json", topic_logs=f"{tag}-logs-application",
@@ -506,10 +514,7 @@ def main(argv=None) -> int:
                          f" GiB, {platform.machine()}, Python {platform.python_version()}",
               "command": "python -m bench.run " + " ".join(argv if argv is not None else sys.argv[1:]),
               "targets": TARGETS}
-    out = HERE / "results" / f"{result['date'][:10]}.json"
-    if out.exists():  # a second run the same day keeps the first's results
-        out = out.with_name(f"{result['date'][:16].replace(':', '')}.json")
-    out.parent.mkdir(exist_ok=True)
+    out = results_file(date)
 
     def save() -> None:  # after every phase: a long run cut short keeps what it measured
         result["summary"] = summary(result)

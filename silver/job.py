@@ -21,6 +21,7 @@ bronze = silver + quarantine + dropped + late + duplicates (``route:*`` counts i
 
 from __future__ import annotations
 
+import logging
 import sys
 from functools import reduce
 from pathlib import Path
@@ -33,8 +34,6 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType, Tim
 
 from bronze.transforms import KAFKA_SCHEMA, to_bronze  # noqa: E402
 from common import pipeline, streams  # noqa: E402
-import logging  # noqa: E402
-
 from common.errors import StreamFailedError  # noqa: E402
 from common.settings import Settings, interval_seconds  # noqa: E402
 from common.tables import ensure_table, require_table  # noqa: E402
