@@ -3,7 +3,7 @@
 Two jar sets are kept under ``<cache>/jars/<name>/``:
 
 * ``spark`` - Delta, the Kafka connector and hadoop-aws (with their runtime dependencies),
-  minus every jar pyspark already ships, handed to Spark as ``spark.jars``;
+  minus every jar pyspark already ships, put on Spark's classpath (``common.spark.jar_conf``);
 * ``kafka`` - the Apache Kafka broker and a log4j2 backend, for the local stack.
 
 Resolution uses Maven's ``dependency:copy-dependencies`` on a generated POM; Maven's own

@@ -95,10 +95,30 @@ def spark_conf_dir() -> Path:
     return jars.cache_root() / "spark-conf"
 
 
+def jar_conf(master: str | None = None) -> dict[str, str]:
+    """How the cached jars reach the JVMs.
+
+    Not through ``spark.jars`` when the executors can read the cache: an application copies every
+    ``spark.jars`` entry into its temporary folder at its first task (680 MB here, 640 MB of it the
+    AWS SDK bundle hadoop-aws needs), which cost ~2 s per start and, left behind by every killed
+    application, filled the disk. A local master runs its executor in the driver, so the driver's
+    classpath is enough. ``master=None`` is spark-defaults.conf, used by ``spark-submit`` with any
+    master: the driver's and the executors' classpath, at the cache's path, which holds on this
+    machine and in the docker-compose image (``/opt/lakehouse``). A cluster whose workers lack the
+    cache (or a ``LAKEHOUSE_SPARK_MASTER`` that is not local) gets the jars shipped by ``spark.jars``.
+    """
+    paths = [str(j) for j in jars.jars("spark")]
+    if master is None:
+        return {"spark.driver.extraClassPath": ":".join(paths), "spark.executor.extraClassPath": ":".join(paths)}
+    if master.startswith("local"):
+        return {"spark.driver.extraClassPath": ":".join(paths)}
+    return {"spark.jars": ",".join(paths)}
+
+
 def spark_properties(settings: Settings | None = None) -> dict[str, str]:
     """The cached jars and the static conf, plus the runtime conf of ``settings`` when given
     (that part holds the S3 credentials: only ever written to a private temporary file)."""
-    props = {"spark.jars": ",".join(str(j) for j in jars.jars("spark")), **STATIC_CONF}
+    props = {**jar_conf(settings.spark_master if settings else None), **STATIC_CONF}
     return {**props, **runtime_conf(settings)} if settings else props
 
 
@@ -142,8 +162,10 @@ def configure(builder, settings: Settings | None = None, app_name: str = "lakeho
     settings = settings or get_settings()
     builder = builder.appName(app_name)
     if not _jvm_already_running():
-        builder = builder.master(os.environ.get("LAKEHOUSE_SPARK_MASTER_OVERRIDE", settings.spark_master))
-        builder = builder.config("spark.jars", ",".join(str(j) for j in jars.jars("spark")))
+        master = os.environ.get("LAKEHOUSE_SPARK_MASTER_OVERRIDE", settings.spark_master)
+        builder = builder.master(master)
+        for k, v in jar_conf(master).items():
+            builder = builder.config(k, v)
         # only here, before the JVM starts (spark-submit: spark-defaults.conf or --driver-memory)
         builder = builder.config("spark.driver.memory", settings.driver_memory)
         log4j = spark_conf_dir() / "log4j2.properties"
