@@ -14,9 +14,11 @@ export PATH := $(BIN):$(PATH)
 .PHONY: setup stack-up stack-down stack-status demo test test-unit test-reliability bench bench-p2 clean
 
 $(VENV)/.installed: pyproject.toml
-	@echo "==> virtualenv + pinned Python packages"
+	@echo "==> virtualenv + pinned Python packages (about a minute on a fresh machine)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[test]"
+	@$(BIN)/pip install -q --disable-pip-version-check -e ".[test]" & pid=$$!; \
+	  while sleep 15 && kill -0 $$pid 2>/dev/null; do echo "  ... still installing ($$SECONDS s)"; done; \
+	  wait $$pid
 	@touch $@
 
 setup: $(VENV)/.installed

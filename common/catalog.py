@@ -10,7 +10,9 @@ metastore lock.
 
 from __future__ import annotations
 
+import difflib
 import logging
+import re
 from pathlib import Path
 
 from common.settings import LAYERS, Settings
@@ -81,3 +83,33 @@ def register_tables(spark, settings: Settings) -> dict[str, list[str]]:
             log.warning("view not registered (%s): %s", statement.split(" AS ", 1)[0].rsplit(" ", 1)[-1],
                         str(e).splitlines()[0])
     return tables
+
+
+def catalog_names(tables: dict[str, list[str]]) -> list[str]:
+    """Every name ``register_tables`` makes queryable (tables, KPI views over their partial rows)."""
+    from gold.transforms import kpi_named
+
+    names = []
+    for layer, found in tables.items():
+        for name in found:
+            names.append(catalog_name(layer, name))
+            if layer == "gold" and kpi_named(name):
+                names.append(f"{layer}.{name}")
+    return sorted(names)
+
+
+def missing_table_message(error: str, tables: dict[str, list[str]]) -> str | None:
+    """For Spark's TABLE_OR_VIEW_NOT_FOUND: one line with the closest names the lake has."""
+    m = re.search(r"\[TABLE_OR_VIEW_NOT_FOUND\] The table or view (\S+) cannot be found", error)
+    if not m:
+        return None
+    missing = m.group(1).replace("`", "").removeprefix("spark_catalog.")
+    names = catalog_names(tables)
+    close = difflib.get_close_matches(missing, names, n=3, cutoff=0.6)
+    if close:
+        hint = f"did you mean {' or '.join(close)}?"
+    elif names:
+        hint = "tables: " + ", ".join(names)
+    else:
+        hint = "the lake has no tables yet (run `lakehouse run all`)"
+    return f"table or view {missing} does not exist in the lake; {hint}"

@@ -81,6 +81,13 @@ class _Fs:
         p, fs = self._path(path)
         return bool(fs.delete(p, recursive))
 
+    def move(self, path: str, target: str) -> bool:
+        """Rename a folder (on S3: a copy of each object, then a delete); False when absent."""
+        p, fs = self._path(path)
+        if not fs.exists(p):
+            return False
+        return bool(fs.rename(p, self._path(target)[0]))
+
     def has_children(self, path: str) -> bool:
         p, fs = self._path(path)
         return bool(fs.exists(p)) and len(fs.listStatus(p)) > 0
@@ -226,3 +233,7 @@ def live_owner(spark, checkpoint: str) -> dict | None:
 
 def delete_tree(spark, path: str) -> bool:
     return _Fs(spark).delete(path, recursive=True)
+
+
+def move_tree(spark, path: str, target: str) -> bool:
+    return _Fs(spark).move(path, target)

@@ -7,6 +7,7 @@
     lakehouse run bronze|silver|gold|all     run stages (streaming)
     lakehouse sql "SELECT ..."               Spark SQL over bronze.*, silver.*, gold.*
     lakehouse peek <topic>                   batch read of a Kafka topic
+    lakehouse trace order <id> | kafka <topic> <partition> <offset>   one record's path through the lake
     lakehouse customers load [--file F]      load the customer dimension
     lakehouse status                         streaming queries: last batch, rates, lag
     lakehouse dq [--layer L]                 data-quality suites (Great Expectations)
@@ -24,7 +25,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from common.errors import LakehouseError, SettingsError
+from common.errors import SettingsError
 from common.settings import LAYERS, get_settings
 
 
@@ -109,14 +110,51 @@ def _cmd_reset(args) -> int:
     paths = reset(spark, settings, args.stage, dry_run=True)
     print(f"reset {args.stage}: deletes these tables and checkpoints (bronze is never touched unless named):")
     print("\n".join(f"  {p}" for p in paths))
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise SettingsError("reset needs confirmation: run it in a terminal or add --yes")
-        if input("delete them? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("nothing deleted")
-            return 1
+    if not _confirm("delete them?", args.yes, "reset"):
+        print("nothing deleted")
+        return 1
     reset(spark, settings, args.stage)
     print(f"deleted; the next `lakehouse run {args.stage}` (and later stages) rebuilds them from the layer below")
+    return 0
+
+
+def _confirm(question: str, yes: bool, what: str) -> bool:
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise SettingsError(f"{what} needs confirmation: run it in a terminal or add --yes")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _cmd_refresh(args) -> int:
+    from common.runner import plan_refresh, refresh, run
+    from common.stack import check_reachable
+
+    settings, spark = _lake_session("lakehouse-refresh")
+    check_reachable(settings)  # Kafka too: bronze's retention check, gold's publication
+    plan = plan_refresh(spark, settings, args.target, args.include_bronze)
+    print(f"refresh {args.target}: queries {', '.join(f.name for f in plan.flows)} start again from the layer below")
+    for name, (path, version) in plan.versions.items():
+        print(f"  empty {name} (at version {version}; that version stays readable by time travel until VACUUM)")
+    for cp in plan.checkpoints:
+        print(f"  move checkpoint {cp} aside")
+    for topic in plan.topics:
+        print(f"  the rebuild publishes to Kafka topic {topic} again: its consumers see those messages twice")
+    if not _confirm("refresh?", args.yes, "refresh"):
+        print("nothing changed")
+        return 1
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    moved = refresh(spark, plan, stamp)
+    print(f"emptied {len(plan.versions)} tables, moved {len(moved)} checkpoints to *.before-refresh-{stamp}")
+    print("to roll back: stop the pipeline, `lakehouse sql \"RESTORE TABLE delta.`<path>` TO VERSION AS OF <version>\"` "
+          f"for each table above, move its checkpoint back from <checkpoint>.before-refresh-{stamp}; a stream reading a "
+          "restored table (gold from silver) cannot resume across the restore: refresh that stage after")
+    if args.no_run:
+        print(f"the next `lakehouse run` of {', '.join(plan.stages)} rebuilds them")
+        return 0
+    t0 = datetime.now(timezone.utc)
+    run(plan.stages, settings, "availableNow", spark=spark)
+    print(f"rebuilt {', '.join(plan.stages)} in {(datetime.now(timezone.utc) - t0).total_seconds():.0f}s")
     return 0
 
 
@@ -155,16 +193,35 @@ def _cmd_sql(args) -> int:
     from common.catalog import register_tables
 
     settings, spark = _lake_session("lakehouse-sql")
-    register_tables(spark, settings)
+    tables = register_tables(spark, settings)
     try:
         df = spark.sql(args.query)
         rows = df.collect()
     except Exception as e:  # AnalysisException and friends: one line, no JVM trace
+        from common.catalog import missing_table_message
         from common.streams import short_error
 
-        print(f"error: {short_error(e)}", file=sys.stderr)
+        print(f"error: {missing_table_message(str(e), tables) or short_error(e)}", file=sys.stderr)
         return 1
     _print_rows(df.columns, [list(r) for r in rows], args.format)
+    return 0
+
+
+def _cmd_trace(args) -> int:
+    from common.catalog import register_tables
+    from common.trace import trace_kafka, trace_order
+
+    if args.what == "order" and len(args.ids) != 1:
+        raise SettingsError("usage: lakehouse trace order <order_id>")
+    if args.what == "kafka" and (len(args.ids) != 3 or not all(x.isdigit() for x in args.ids[1:])):
+        raise SettingsError("usage: lakehouse trace kafka <topic> <partition> <offset>")
+    settings, spark = _lake_session("lakehouse-trace")
+    register_tables(spark, settings)
+    if args.what == "order":
+        root = trace_order(spark, settings, args.ids[0])
+    else:
+        root = trace_kafka(spark, settings, args.ids[0], int(args.ids[1]), int(args.ids[2]))
+    print(json.dumps(root.to_dict(), default=str, indent=1) if args.format == "json" else "\n".join(root.lines()))
     return 0
 
 
@@ -215,7 +272,7 @@ def _cmd_dq(args) -> int:
     from data_quality.runner import run_dq
 
     settings, spark = _lake_session("lakehouse-dq")
-    return run_dq(spark, settings, args.layer)
+    return run_dq(spark, settings, args.layer, args.details)
 
 
 def _cmd_customers(args) -> int:
@@ -254,20 +311,27 @@ def build_parser() -> argparse.ArgumentParser:
     from common.runner import add_run_options
 
     p = argparse.ArgumentParser(prog="lakehouse", description="Streaming medallion lakehouse on Spark + Delta")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="every log line and full stack traces (also LAKEHOUSE_LOG_LEVEL=DEBUG)")
+    verbose = argparse.ArgumentParser(add_help=False)  # also accepted after the command
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("setup", help="fetch pinned jars from Maven Central, build MinIO")
+    def add(name: str, **kw) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[verbose], **kw)
+
+    s = add("setup", help="fetch pinned jars from Maven Central, build MinIO")
     s.add_argument("what", nargs="?", default="all", choices=("jars", "minio", "all"))
     s.set_defaults(func=_cmd_setup)
 
-    s = sub.add_parser("stack", help="local Kafka + MinIO: up | down | status")
+    s = add("stack", help="local Kafka + MinIO: up | down | status")
     s.add_argument("action", choices=("up", "down", "status"))
     s.set_defaults(func=_cmd_stack)
 
-    s = sub.add_parser("config", help="print the effective settings (secrets redacted)")
+    s = add("config", help="print the effective settings (secrets redacted)")
     s.set_defaults(func=_cmd_config)
 
-    s = sub.add_parser("produce", help="generate events into Kafka and append them to the ledger")
+    s = add("produce", help="generate events into Kafka and append them to the ledger")
     s.add_argument("--topic", help="one source topic, or all (default)")
     s.add_argument("--count", type=int, help="records per topic (default 100, or no limit with --duration; "
                    "with both, whichever ends first)")
@@ -288,64 +352,81 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_produce)
 
-    s = sub.add_parser("run", help="run a stage (or all) as streaming queries")
+    s = add("run", help="run a stage (or all) as streaming queries")
     s.add_argument("stage", help="bronze | silver | gold | all")
     add_run_options(s)
     s.set_defaults(func=_cmd_run)
 
-    s = sub.add_parser("plan", help="print the pipeline's graph: queries, sources, sinks, checkpoints")
+    s = add("plan", help="print the pipeline's graph: queries, sources, sinks, checkpoints")
     s.set_defaults(func=_cmd_plan)
 
-    s = sub.add_parser("reset", help="delete a stage's (and later stages') tables and checkpoints to rebuild them")
+    s = add("reset", help="delete a stage's (and later stages') tables and checkpoints to rebuild them")
     s.add_argument("stage", choices=("bronze", "silver", "gold"))
     s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     s.set_defaults(func=_cmd_reset)
 
-    s = sub.add_parser("sql", help="run Spark SQL over the lake's tables (bronze.*, silver.*, gold.*)")
+    s = add("refresh", help="empty a stage's (or a table's query's) tables and later stages', keep their old "
+                            "versions for time travel, and rebuild them from the layer below")
+    s.add_argument("target", help="bronze | silver | gold, or a table (layer.table): the query writing it")
+    s.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    s.add_argument("--include-bronze", action="store_true",
+                   help="allow refreshing bronze (re-read Kafka from its start; refused if retention deleted records)")
+    s.add_argument("--no-run", action="store_true", help="only empty and move aside; the next `lakehouse run` rebuilds")
+    s.set_defaults(func=_cmd_refresh)
+
+    s = add("sql", help="run Spark SQL over the lake's tables (bronze.*, silver.*, gold.*)")
     s.add_argument("query")
     s.add_argument("--format", choices=("table", "csv", "json"), default="table")
     s.set_defaults(func=_cmd_sql)
 
-    s = sub.add_parser("peek", help="batch read of a Kafka topic (debugging)")
+    s = add("peek", help="batch read of a Kafka topic (debugging)")
     s.add_argument("topic")
     s.add_argument("--limit", type=int, default=20)
     s.add_argument("--format", choices=("table", "csv", "json"), default="table")
     s.set_defaults(func=_cmd_peek)
 
-    s = sub.add_parser("sql-server", help="Spark Thrift JDBC server over bronze.*, silver.*, gold.*")
+    s = add("sql-server", help="Spark Thrift JDBC server over bronze.*, silver.*, gold.*")
     s.add_argument("--port", type=int, default=10000)
     s.add_argument("--refresh", type=float, default=30.0, help="seconds between table re-registrations")
     s.set_defaults(func=_cmd_sql_server)
 
-    s = sub.add_parser("spark-sql", help="Spark's spark-sql shell with the lake's tables registered by name")
+    s = add("spark-sql", help="Spark's spark-sql shell with the lake's tables registered by name")
     s.set_defaults(args=[])  # everything after `spark-sql` goes to spark-sql (see main)
     s.set_defaults(func=_cmd_spark_sql)
 
-    s = sub.add_parser("dq", help="Great Expectations suites over the current tables; non-zero exit on failure")
+    s = add("trace", help="one record's path: Kafka, bronze, silver (or quarantine / late / duplicate), gold, "
+                          "the published message")
+    s.add_argument("what", choices=("order", "kafka"))
+    s.add_argument("ids", nargs="+", metavar="ID", help="order: <order_id>; kafka: <topic> <partition> <offset>")
+    s.add_argument("--format", choices=("tree", "json"), default="tree")
+    s.set_defaults(func=_cmd_trace)
+
+    s = add("dq", help="Great Expectations suites over the current tables; non-zero exit on failure")
     s.add_argument("--layer", choices=("bronze", "silver", "gold", "reconciliation", "all"), default="all")
+    s.add_argument("--details", action="store_true", help="list every expectation, not only the failed ones")
     s.set_defaults(func=_cmd_dq)
 
-    s = sub.add_parser("status", help="every streaming query's last progress and how far behind it is")
+    s = add("status", help="every streaming query's last progress and how far behind it is")
     s.set_defaults(func=_cmd_status)
 
-    s = sub.add_parser("customers", help="load the customer dimension (silver.customers) from a CSV file")
+    s = add("customers", help="load the customer dimension (silver.customers) from a CSV file")
     s.add_argument("action", choices=("load",))
     s.add_argument("--file", help="CSV with customer_id,nom,ville,segment (default: the shipped file)")
     s.set_defaults(func=_cmd_customers)
 
-    s = sub.add_parser("maintain", help="OPTIMIZE (compact small files) and optionally VACUUM the lake's tables")
+    s = add("maintain", help="OPTIMIZE (compact small files) and optionally VACUUM the lake's tables")
     s.add_argument("--layer", choices=("bronze", "silver", "gold", "all"), default="gold")
     s.add_argument("--vacuum-hours", type=float, help="also VACUUM, keeping files younger than this (>= 168)")
     s.set_defaults(func=_cmd_maintain)
 
-    s = sub.add_parser("demo", help="stack up, produce a sample, run the pipeline, show the tables")
+    s = add("demo", help="stack up, produce a sample, run the pipeline, show the tables")
     s.add_argument("--count", type=int, default=2000)
     s.set_defaults(func=_cmd_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.runner import setup_logging
+    from common.runner import guarded, setup_logging, verbose_requested
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -353,15 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         args.args = extra  # e.g. -e "SELECT ...": spark-sql's own options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    setup_logging()
-    try:
-        return args.func(args)
-    except LakehouseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    verbose = verbose_requested(args.verbose)
+    setup_logging(verbose)
+    return guarded(lambda: args.func(args), verbose)
 
 
 if __name__ == "__main__":

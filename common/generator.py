@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Iterator
 
 from common.errors import SettingsError, UnreachableError
+from common.progress import Progress
 from common.settings import Settings
 
 PRODUCTS = [  # (product_id, name, unit price) from the seed notebooks
@@ -250,8 +251,10 @@ def produce(settings: Settings, opts: GenOptions, out=sys.stderr) -> dict[str, i
         ledger_f = opts.ledger.open("a")
     counts = {t: 0 for t in opts.topics}
     pending: list[tuple[str, dict, object]] = []
-    t0 = last_report = time.monotonic()
+    t0 = time.monotonic()
     sent = 0
+    progress = Progress("produce", total=opts.count * len(opts.topics) if opts.count else None, out=out,
+                        enabled=opts.progress)
 
     def drain():
         for topic, rec, fut in pending:
@@ -276,13 +279,11 @@ def produce(settings: Settings, opts: GenOptions, out=sys.stderr) -> dict[str, i
                 delay = target - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)  # pacing the producer, not waiting for a stream
-            now = time.monotonic()
-            if opts.progress and now - last_report >= 2:
-                last_report = now
-                print(f"produced {sent} records ({sent / (now - t0):.0f}/s)", file=out, flush=True)
+            progress.update()
         producer.flush()
         drain()
     finally:
+        progress.close()
         producer.close(timeout=10)
         if ledger_f:
             ledger_f.close()

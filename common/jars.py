@@ -19,12 +19,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from common import versions
 from common.errors import SetupError
+from common.progress import run_with_heartbeat
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 JAR_SETS: dict[str, tuple[str, ...]] = {
@@ -113,7 +114,9 @@ def fetch(name: str, *, quiet: bool = False) -> list[Path]:
         repo = os.environ.get("LAKEHOUSE_MAVEN_REPO")
         if repo:
             cmd.append(f"-Dmaven.repo.local={repo}")
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        print(f"fetching the {name} jars from Maven Central (once; cached in {jar_dir(name)})", file=sys.stderr,
+              flush=True)
+        proc = run_with_heartbeat(cmd, f"fetching the {name} jars")
         if proc.returncode != 0:
             tail = " | ".join(line for line in proc.stdout.splitlines() if "ERROR" in line)[:400]
             raise SetupError(f"Maven could not resolve the {name} jars ({tail or 'see mvn output'}); "

@@ -8,12 +8,15 @@ silver drains bronze, ...), so a single command takes everything to gold. With
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
+import os
 import sys
 import time
+import traceback
 
-from common import checkpoints, streams
+from common import checkpoints, streams, tables
 from common.errors import LakehouseError
 from common.pipeline import STAGES, resolve_stages
 from common.settings import Settings, get_settings
@@ -22,11 +25,52 @@ __all__ = ["STAGES", "resolve_stages", "run", "main_for_stage", "reset"]
 log = logging.getLogger("lakehouse.runner")
 
 
+# Third-party Python loggers whose warnings carry nothing for the user (LAKEHOUSE_LOG_LEVEL=DEBUG
+# or --verbose shows them): kafka-python's failures surface as our one-line errors, Great
+# Expectations logs hundreds of lines per run about its own internals, and
+# pyspark's query-context loggers print each failed query's whole Java stack as a JSON line, before
+# the one-line error the command prints anyway.
+_QUIET_LOGGERS = ("py4j", "kafka", "great_expectations", "urllib3", "SQLQueryContextLogger",
+                  "DataFrameQueryContextLogger")
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("py4j").setLevel(logging.WARNING)
-    logging.getLogger("kafka").setLevel(logging.CRITICAL)  # its failures surface as our one-line errors
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+    logging.getLogger("py4j").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def verbose_requested(flag: bool) -> bool:
+    """``--verbose``, or LAKEHOUSE_LOG_LEVEL=DEBUG; ``--verbose`` sets that setting for the process."""
+    if flag:
+        os.environ["LAKEHOUSE_LOG_LEVEL"] = "DEBUG"
+        return True
+    try:
+        return get_settings().log_level == "DEBUG"
+    except LakehouseError:  # the command itself reports the bad setting, in one line
+        return False
+
+
+def guarded(command, verbose: bool) -> int:
+    """Run ``command()`` as an entry point: a user error is one line and its exit code; any other
+    failure is one line too (its root cause), the full trace only with --verbose."""
+    try:
+        return command()
+    except LakehouseError as e:
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the entry point's last word
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {streams.short_error(e)} (--verbose shows the full trace)", file=sys.stderr)
+        return 1
 
 
 def _starter(stage: str):
@@ -75,20 +119,25 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
         checkpoints.leases(spark).release_all()
 
 
+def _refuse_if_running(spark, flows, command: str) -> None:
+    from common.errors import CheckpointError
+
+    for f in flows:
+        owner = checkpoints.live_owner(spark, f.checkpoint)
+        if owner:
+            raise CheckpointError(f"query {f.name} is running (application {owner.get('app_id')}, pid "
+                                  f"{owner.get('pid')} on {owner.get('host')}); stop it before `lakehouse {command}`")
+
+
 def reset(spark, settings: Settings, stage: str, dry_run: bool = False) -> list[str]:
     """Delete the tables and checkpoints of ``stage`` and of every later stage, so the next run
     rebuilds them from the layer below. Refuses while any affected query runs (checkpoint leases).
     Bronze (the only copy of what Kafka may no longer hold) is reset only when asked by name.
     Returns the paths deleted (or that would be, with ``dry_run``)."""
     from common import pipeline
-    from common.errors import CheckpointError
 
     flows = pipeline.downstream(settings, stage)
-    for f in flows:
-        owner = checkpoints.live_owner(spark, f.checkpoint)
-        if owner:
-            raise CheckpointError(f"query {f.name} is running (application {owner.get('app_id')}, pid "
-                                  f"{owner.get('pid')} on {owner.get('host')}); stop it before `lakehouse reset`")
+    _refuse_if_running(spark, flows, "reset")
     paths: list[str] = []
     for f in flows:
         for p in pipeline.sink_paths(settings, f).values():
@@ -101,9 +150,94 @@ def reset(spark, settings: Settings, stage: str, dry_run: bool = False) -> list[
     return paths
 
 
+@dataclasses.dataclass(frozen=True)
+class RefreshPlan:
+    """What ``lakehouse refresh`` empties and re-runs: the affected queries, each Delta table they
+    write with its current version (the roll-back point), their checkpoints, the Kafka topics the
+    rebuild publishes to again."""
+
+    stages: tuple[str, ...]
+    flows: tuple
+    versions: dict[str, tuple[str, int]]   # layer.table -> (path, version before the refresh)
+    checkpoints: tuple[str, ...]
+    topics: tuple[str, ...]
+
+
+def plan_refresh(spark, settings: Settings, target: str, include_bronze: bool = False) -> RefreshPlan:
+    """The queries a refresh of ``target`` (a stage, or a ``layer.table``: the query writing it) redoes,
+    with every later stage. Refuses bronze unless ``include_bronze`` and Kafka still holds every
+    record bronze holds."""
+    from common import pipeline
+    from common.errors import SettingsError
+
+    if target in STAGES:
+        stage, writer = target, None
+    else:
+        writer = next((f for f in pipeline.graph(settings) if target in f.tables), None)
+        if writer is None:
+            names = sorted(t for f in pipeline.graph(settings) for t in f.tables)
+            raise SettingsError(f"{target!r} is neither a stage ({', '.join(STAGES)}) nor a table of the pipeline "
+                                f"({', '.join(names)})")
+        stage = writer.stage
+    if stage == "bronze":
+        if not include_bronze:
+            raise SettingsError("bronze is the only copy of what Kafka may no longer hold: refreshing it re-reads "
+                                "the topics from their start; add --include-bronze to do so")
+        _check_kafka_holds_bronze(spark, settings)
+    flows = tuple(f for f in pipeline.downstream(settings, stage)
+                  if writer is None or f.stage != stage or f is writer or f.name == writer.name)
+    _refuse_if_running(spark, flows, "refresh")
+    versions = {}
+    for f in flows:
+        for name, path in pipeline.sink_paths(settings, f).items():
+            if tables.is_delta_table(spark, path):
+                versions[name] = (path, int(spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").collect()[0].version))
+    topics = tuple(s.removeprefix("kafka:") for f in flows for s in f.sinks if s.startswith("kafka:"))
+    return RefreshPlan(tuple(dict.fromkeys(f.stage for f in flows)), flows, versions,
+                       tuple(f.checkpoint for f in flows), topics)
+
+
+def _check_kafka_holds_bronze(spark, settings: Settings) -> None:
+    """Every record bronze holds is still in Kafka (the earliest offset kept <= bronze's first one)."""
+    from common.errors import SettingsError
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), client_id="lakehouse-refresh")
+    try:
+        for topic in settings.source_topics:
+            path = settings.table_path("bronze", settings.bronze_table_for(topic))
+            if not tables.is_delta_table(spark, path):
+                continue
+            first = {r.partition: r.first for r in spark.sql(
+                f"SELECT partition, min(offset) AS first FROM delta.`{path}` GROUP BY partition").collect()}
+            tps = [TopicPartition(topic, p) for p in first]
+            for tp, earliest in consumer.beginning_offsets(tps).items():
+                if earliest > first[tp.partition]:
+                    raise SettingsError(
+                        f"Kafka no longer holds {topic}[{tp.partition}] offsets {first[tp.partition]}-{earliest - 1} "
+                        "(retention): refreshing bronze would lose them; refresh silver instead")
+    finally:
+        consumer.close()
+
+
+def refresh(spark, plan: RefreshPlan, stamp: str) -> list[str]:
+    """Empty every table of ``plan`` (a Delta DELETE: the old version stays readable by time travel
+    until VACUUM) and move each checkpoint aside to ``<checkpoint>.before-refresh-<stamp>``. Returns
+    the moved checkpoints."""
+    for path, _ in plan.versions.values():
+        spark.sql(f"DELETE FROM delta.`{path}`")
+    moved = []
+    for cp in plan.checkpoints:
+        aside = f"{cp}.before-refresh-{stamp}"
+        if checkpoints.move_tree(spark, cp, aside):
+            moved.append(aside)
+    return moved
+
+
 def stage_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog)
     add_run_options(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="every log line and full stack traces")
     return p
 
 
@@ -116,10 +250,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def main_for_stage(stage: str, argv: list[str] | None = None) -> int:
     """Entry point of ``spark-submit <stage>/job.py``."""
     args = stage_parser(f"{stage}/job.py").parse_args(argv)
-    setup_logging()
-    try:
+    verbose = verbose_requested(args.verbose)
+    setup_logging(verbose)
+
+    def command() -> int:
         run(resolve_stages(stage), get_settings(), args.trigger, args.sink)
-    except LakehouseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+        return 0
+    return guarded(command, verbose)

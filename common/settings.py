@@ -22,6 +22,7 @@ from common.errors import SettingsError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("bronze", "silver", "gold")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _INTERVAL = re.compile(
     r"^\s*(\d+(\.\d+)?)\s*(ms|millisecond|milliseconds|s|sec|second|seconds|min|minute|minutes|"
     r"h|hour|hours)\s*$", re.I)
@@ -113,6 +114,8 @@ class Settings:
     driver_memory: str = "2g"  # the driver JVM's heap; in local mode it runs the executors too
     spark_ui: bool = False
     spark_event_log_dir: str = ""  # e.g. s3a://lakehouse/_spark-events: event logs for the history server
+    # output
+    log_level: str = "INFO"  # DEBUG (= --verbose): every Spark and library log line, full stack traces
     # local stack
     stack_dir: str = str(PROJECT_ROOT / ".stack")
     kafka_controller_port: int = 9093
@@ -197,6 +200,8 @@ class Settings:
         for name in ("max_bytes_per_trigger", "driver_memory"):
             if not re.fullmatch(r"[1-9][0-9]*[kmg]", getattr(self, name)):
                 raise SettingsError(f"{env_var(name)}={getattr(self, name)!r} is not a size; use e.g. 512m, 4m, 2g")
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"LAKEHOUSE_LOG_LEVEL={self.log_level!r}; valid: {', '.join(LOG_LEVELS)}")
         topics = self.source_topics + (self.topic_enriched,)
         for t in topics:
             if not re.match(r"^[A-Za-z0-9._-]{1,249}$", t):

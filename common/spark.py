@@ -139,17 +139,32 @@ def write_spark_defaults() -> Path:
     except SettingsError:  # no lake configured yet: the default
         memory = Settings.driver_memory
     write_properties(target, {**spark_properties(), "spark.driver.memory": memory})
-    (target.parent / "log4j2.properties").write_text(
-        "rootLogger.level = warn\nrootLogger.appenderRef.stdout.ref = console\n"
-        "appender.console.type = Console\nappender.console.name = console\n"
-        "appender.console.target = SYSTEM_ERR\nappender.console.layout.type = PatternLayout\n"
-        "appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n\n"
-        "logger.kafka.name = org.apache.kafka\nlogger.kafka.level = error\n"
-        "logger.s3a.name = org.apache.hadoop.fs.s3a\nlogger.s3a.level = error\n"
-        "logger.metrics.name = org.apache.hadoop.metrics2\nlogger.metrics.level = error\n"
-        # one pool per query is on purpose (common.streams.start); no warning per pool
-        "logger.fair.name = org.apache.spark.scheduler.FairSchedulableBuilder\nlogger.fair.level = error\n")
+    (target.parent / "log4j2.properties").write_text(LOG4J_QUIET)
+    (target.parent / "log4j2-verbose.properties").write_text(LOG4J_VERBOSE)
     return target
+
+
+_LOG4J_CONSOLE = ("appender.console.type = Console\nappender.console.name = console\n"
+                  "appender.console.target = SYSTEM_ERR\nappender.console.layout.type = PatternLayout\n"
+                  "appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n\n")
+# Spark and library warnings that are by design here and say nothing a user can act on, once per query
+# or per batch: AQE off in streaming (expected), local checkpoints of foreachBatch frames, commit
+# timestamps adjusted by Delta, Kafka's consumer pool, the loopback hostname, Hadoop's native libs,
+# long plans shortened in a log line.
+_NOISE = ("adaptive.enabled is not supported in streaming|Disabling AQE|was locally checkpointed|"
+          "Found Delta commit .* with a timestamp|Pool exceeds its soft max size|resolves to a loopback|"
+          "Set SPARK_LOCAL_IP|Unable to load native-hadoop|Truncated the string representation of a plan")
+LOG4J_QUIET = ("rootLogger.level = warn\nrootLogger.appenderRef.stdout.ref = console\n" + _LOG4J_CONSOLE
+               + "appender.console.filter.noise.type = RegexFilter\n"
+               + f"appender.console.filter.noise.regex = (?s).*({_NOISE}).*\n"
+               + "appender.console.filter.noise.onMatch = DENY\nappender.console.filter.noise.onMismatch = NEUTRAL\n"
+               "logger.kafka.name = org.apache.kafka\nlogger.kafka.level = error\n"
+               "logger.s3a.name = org.apache.hadoop.fs.s3a\nlogger.s3a.level = error\n"
+               "logger.metrics.name = org.apache.hadoop.metrics2\nlogger.metrics.level = error\n"
+               # one pool per query is on purpose (common.streams.start); no warning per pool
+               "logger.fair.name = org.apache.spark.scheduler.FairSchedulableBuilder\nlogger.fair.level = error\n")
+# LAKEHOUSE_LOG_LEVEL=DEBUG / --verbose: everything Spark says at INFO, nothing filtered.
+LOG4J_VERBOSE = "rootLogger.level = info\nrootLogger.appenderRef.stdout.ref = console\n" + _LOG4J_CONSOLE
 
 
 def _jvm_already_running() -> bool:
@@ -168,7 +183,8 @@ def configure(builder, settings: Settings | None = None, app_name: str = "lakeho
             builder = builder.config(k, v)
         # only here, before the JVM starts (spark-submit: spark-defaults.conf or --driver-memory)
         builder = builder.config("spark.driver.memory", settings.driver_memory)
-        log4j = spark_conf_dir() / "log4j2.properties"
+        log4j = spark_conf_dir() / ("log4j2-verbose.properties" if settings.log_level == "DEBUG"
+                                    else "log4j2.properties")
         if log4j.exists():
             static = {**STATIC_CONF, "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j}"}
         else:
@@ -180,12 +196,50 @@ def configure(builder, settings: Settings | None = None, app_name: str = "lakeho
     return builder
 
 
+# Lines the JVM and its libraries print to stderr at start, outside log4j: the module system's note
+# on Spark's incubator module, and the AWS SDK's own (relocated) slf4j 1.7 finding no binding.
+_JVM_NOISE = (b"WARNING: Using incubator modules", b"SLF4J: ")
+
+
+def _launch_quiet_gateway(builder) -> None:
+    """Start the JVM as pyspark would, with its stderr passed through a filter that drops
+    ``_JVM_NOISE`` (everything else, log4j's console included, goes on to our stderr)."""
+    import subprocess
+    import sys
+    import threading
+
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    with SparkContext._lock:
+        if SparkContext._gateway is not None:
+            return
+        conf = SparkConf(loadDefaults=False)
+        for k, v in builder._options.items():
+            conf.set(k, v)
+        gateway = launch_gateway(conf, popen_kwargs={"stderr": subprocess.PIPE})
+        SparkContext._gateway, SparkContext._jvm = gateway, gateway.jvm
+
+    def forward(stream) -> None:
+        out = sys.stderr.buffer
+        for line in iter(stream.readline, b""):
+            if not line.startswith(_JVM_NOISE):
+                out.write(line)
+                out.flush()
+
+    threading.Thread(target=forward, args=(gateway.proc.stderr,), name="jvm-stderr", daemon=True).start()
+
+
 def get_spark(settings: Settings | None = None, app_name: str = "lakehouse"):
     """Build (or return the active) SparkSession configured for the lakehouse."""
     from pyspark.sql import SparkSession
 
-    spark = configure(SparkSession.builder, settings, app_name).getOrCreate()
-    spark.sparkContext.setLogLevel("WARN")
+    settings = settings or get_settings()
+    builder = configure(SparkSession.builder, settings, app_name)
+    if not _jvm_already_running() and settings.log_level != "DEBUG":
+        _launch_quiet_gateway(builder)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("INFO" if settings.log_level == "DEBUG" else "WARN")
     jvm = spark.sparkContext._jvm
     try:
         jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension", True,

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from common import jars, versions
-from common.errors import SetupError, StackError, UnreachableError
+from common.errors import SettingsError, SetupError, StackError, UnreachableError
+from common.progress import run_with_heartbeat
 from common.settings import Settings
 
 
@@ -132,9 +133,8 @@ class Stack:
         self.bin.mkdir(parents=True, exist_ok=True)
         print(f"building MinIO from source ({versions.MINIO_MODULE}@{versions.MINIO_VERSION}); "
               "the first build takes a few minutes", flush=True)
-        proc = subprocess.run(["go", "install", f"{versions.MINIO_MODULE}@{versions.MINIO_VERSION}"],
-                              env={**os.environ, "GOBIN": str(self.bin), "CGO_ENABLED": "0"},
-                              capture_output=True, text=True)
+        proc = run_with_heartbeat(["go", "install", f"{versions.MINIO_MODULE}@{versions.MINIO_VERSION}"],
+                                  "building MinIO", env={**os.environ, "GOBIN": str(self.bin), "CGO_ENABLED": "0"})
         if proc.returncode != 0 or not self.minio_binary.exists():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise SetupError(f"building MinIO failed ({last}); check Go and access to the Go module proxy")
@@ -362,6 +362,40 @@ def check_reachable(settings: Settings, kafka: bool = True) -> None:
         if not port_open(host, settings.s3_port, timeout=3):
             raise UnreachableError(f"the S3 endpoint {settings.s3_endpoint} does not answer; start MinIO "
                                    "(`lakehouse stack up`) or fix LAKEHOUSE_S3_ENDPOINT")
+        check_s3_access(settings)
     if kafka:
         admin = kafka_admin(settings, timeout_ms=5000)
         admin.close()
+
+
+# S3 error codes a user can fix, each with the setting to look at (never the secret itself).
+_S3_ACCESS_ERRORS = {
+    "InvalidAccessKeyId": "{endpoint} does not know the access key in LAKEHOUSE_S3_ACCESS_KEY: fix it",
+    "SignatureDoesNotMatch": "{endpoint} rejects LAKEHOUSE_S3_SECRET_KEY for the access key in "
+                             "LAKEHOUSE_S3_ACCESS_KEY: fix the secret key",
+    "AccessDenied": "the access key in LAKEHOUSE_S3_ACCESS_KEY may not list s3://{bucket}/ at {endpoint}: "
+                    "grant it read and write on the bucket, or use another key",
+    "NoSuchBucket": "bucket {bucket!r} does not exist at {endpoint}: create it (`lakehouse stack up` does "
+                    "for the local stack) or fix LAKEHOUSE_LAKE_ROOT",
+}
+
+
+def check_s3_access(settings: Settings) -> None:
+    """One signed request (list the top level of the lake's folder): a wrong key, a wrong secret, a
+    missing bucket becomes one line naming the setting, before any Spark job starts."""
+    from minio.error import S3Error
+    from urllib3.exceptions import HTTPError
+
+    try:
+        prefix = settings.lake_root[len("s3a://"):].partition("/")[2].strip("/")
+        next(iter(minio_client(settings).list_objects(settings.bucket, prefix=prefix + "/" if prefix else None)),
+             None)
+    except S3Error as e:
+        template = _S3_ACCESS_ERRORS.get(e.code)
+        if template is None:
+            raise UnreachableError(f"{settings.s3_endpoint} answered {e.code} for bucket "
+                                   f"{settings.bucket!r}: {e.message}") from None
+        raise SettingsError(template.format(endpoint=settings.s3_endpoint, bucket=settings.bucket)) from None
+    except (HTTPError, OSError) as e:
+        raise UnreachableError(f"the S3 endpoint {settings.s3_endpoint} does not answer S3 requests "
+                               f"({type(e).__name__}); fix LAKEHOUSE_S3_ENDPOINT") from None

@@ -19,6 +19,8 @@ LOG4J_VERSION = "2.24.3"  # log4j2 backend for the broker (Kafka 4 logs through 
 # pseudo-versions for it (its release tags are not semver). This one is RELEASE 2026-02-12.
 MINIO_MODULE = "github.com/minio/minio"
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
+ACTIONLINT_MODULE = "github.com/rhysd/actionlint/cmd/actionlint"  # lints .github/workflows in the tests
+ACTIONLINT_VERSION = "v1.7.12"
 
 # JVM artifacts a Spark application of the lakehouse needs on top of pyspark's own jars/.
 SPARK_PACKAGES: tuple[str, ...] = (

@@ -126,22 +126,33 @@ def docs_index() -> Path:
     return GX_ROOT / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
 
 
-def report(checks: list[Check], elapsed: float) -> list[str]:
+def report(checks: list[Check], elapsed: float, details: bool = False) -> list[str]:
+    """The result first: one line per table (expectations, passed, failed) and the total; then every
+    failed expectation with its offending rows; every expectation only with ``details``."""
     width = max([len(c.table) for c in checks] + [5])
-    lines = [f"{'TABLE':<{width}}  RESULT  EXPECTATION  ->  OBSERVED"]
+    tables: dict[str, list[Check]] = {}
     for c in checks:
-        lines.append(f"{c.table:<{width}}  {'pass' if c.success else 'FAIL':<6}  {c.expectation}  ->  {c.observed}")
-        for row in c.bad_rows if not c.success else []:
-            lines.append(f"{'':<{width}}          bad row: {row}")
+        tables.setdefault(c.table, []).append(c)
+    lines = [f"{'TABLE':<{width}}  EXPECTATIONS  PASSED  FAILED"]
+    for table, cs in tables.items():
+        bad = sum(1 for c in cs if not c.success)
+        lines.append(f"{table:<{width}}  {len(cs):>12}  {len(cs) - bad:>6}  {bad:>6}")
     failed = sum(1 for c in checks if not c.success)
     lines.append(f"{len(checks) - failed} passed, {failed} failed expectations in {elapsed:.1f}s"
                  + (f"; Data Docs: {docs_index()}" if docs_index().exists() else ""))
+    shown = [c for c in checks if details or not c.success]
+    if shown:
+        lines += ["", f"{'TABLE':<{width}}  RESULT  EXPECTATION  ->  OBSERVED"]
+    for c in shown:
+        lines.append(f"{c.table:<{width}}  {'pass' if c.success else 'FAIL':<6}  {c.expectation}  ->  {c.observed}")
+        for row in c.bad_rows if not c.success else []:
+            lines.append(f"{'':<{width}}          bad row: {row}")
     return lines
 
 
-def run_dq(spark, settings: Settings, layer: str = "all") -> int:
+def run_dq(spark, settings: Settings, layer: str = "all", details: bool = False) -> int:
     layers = ORDER if layer == "all" else (layer,)
     t0 = time.monotonic()
     checks = validate(spark, settings, layers)
-    print("\n".join(report(checks, time.monotonic() - t0)), flush=True)
+    print("\n".join(report(checks, time.monotonic() - t0, details)), flush=True)
     return 0 if all(c.success for c in checks) else 1

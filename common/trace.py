@@ -1,0 +1,251 @@
+"""``lakehouse trace``: one record's whole path through the lake, answered from the tables.
+
+``trace order <order_id>`` starts from every Kafka record carrying that order (the original and
+any duplicates); ``trace kafka <topic> <partition> <offset>`` from one record of any source topic.
+For each record: its Kafka coordinates and timestamp, its bronze row, then its fate in silver —
+the silver row(s), or the quarantine row and its reason, or the late-ledger row and the watermark
+it missed, or the record whose copy silver kept (a duplicate) — then every gold row that counts
+it (each KPI window and group, the enriched order) and, for an order, its message in
+``commandes-enrichies``. Lookups are DataFrame filters on the catalog names (``register_tables``);
+nothing here writes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from pyspark.sql import functions as F
+
+from common.pipeline import silver_topic
+from common.settings import Settings
+
+KINDS = ("orders", "logs", "metrics")
+COORDS = ("topic", "partition", "offset")
+# gold rows that count a silver row: (gold KPI or table, silver table, key columns matched on)
+GOLD_OF = {
+    "orders": (("customer_order_kpis", ("customer_id",)), ("customer_minute_totals", ("customer_id",))),
+    "order_items": (("product_sales", ("product_id",)),),
+    "logs": (("log_level_counts", ("level",)), ("module_stats", ("module",))),
+    "metrics": (("host_metrics", ("host",)),),
+}
+
+
+@dataclass
+class Node:
+    """One step of a record's path: ``label`` (a table or topic), ``text`` (what it says), ``row``
+    (the row itself, for --format json) and the steps after it."""
+
+    label: str
+    text: str
+    row: dict | None = None
+    children: list["Node"] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        out = {"step": self.label, "text": self.text}
+        if self.row is not None:
+            out["row"] = self.row
+        if self.children:
+            out["next"] = [c.to_dict() for c in self.children]
+        return out
+
+    def lines(self, prefix: str = "", last: bool = True, root: bool = True) -> list[str]:
+        head = "" if root else prefix + ("└─ " if last else "├─ ")
+        out = [f"{head}{self.label}  {self.text}".rstrip()]
+        inner = "" if root else prefix + ("   " if last else "│  ")
+        for i, c in enumerate(self.children):
+            out += c.lines(inner, i == len(self.children) - 1, root=False)
+        return out
+
+
+def _rows(df) -> list[dict]:
+    return [r.asDict(recursive=True) for r in df.collect()]
+
+
+def _where(spark, table: str, **equals):
+    """``table``'s rows whose columns equal ``equals`` (a record by its coordinates, a key)."""
+    df = spark.table(table)
+    for column, value in equals.items():
+        df = df.where(F.col(column) == F.lit(value))
+    return df
+
+
+def _fmt(row: dict, *names: str) -> str:
+    return ", ".join(f"{n}={row[n]}" for n in names if n in row and row[n] is not None)
+
+
+def _coords(row: dict) -> str:
+    return f"{row['topic']}[{row['partition']}]@{row['offset']}"
+
+
+def _kind_of(settings: Settings, topic: str) -> str | None:
+    return next((k for k in KINDS if silver_topic(settings, k) == topic), None)
+
+
+def _bronze(settings: Settings, kind: str) -> str:
+    return f"bronze.{settings.bronze_table_for(silver_topic(settings, kind))}"
+
+
+def _gold(spark, kind: str, silver_row: dict) -> list[Node]:
+    """The gold rows that count ``silver_row`` (a row of silver.<kind>, or of order_items)."""
+    nodes = []
+    for kpi, keys in GOLD_OF.get(kind, ()):
+        t = F.lit(silver_row["event_time"])
+        rows = _rows(_where(spark, f"gold.{kpi}", **{k: silver_row[k] for k in keys})
+                     .where((F.col("window_start") <= t) & (F.col("window_end") > t)).orderBy("window_start"))
+        for r in rows:
+            measures = [c for c in r if c not in ("window_start", "window_end") and c not in keys]
+            nodes.append(Node(f"gold.{kpi}", f"window {r['window_start']} - {r['window_end']} "
+                              f"{_fmt(r, *keys)}: {_fmt(r, *measures)}", r))
+        if not rows:
+            nodes.append(Node(f"gold.{kpi}", "no row yet (gold has not processed it)"))
+    return nodes
+
+
+def _published(settings: Settings, order: dict, since_ms: int, limit: int = 500_000) -> list[Node]:
+    """The order's messages in the enriched topic: the partition its key (customer_id) hashes to,
+    read from the time the order reached Kafka."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.partitioner.default import murmur2
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), enable_auto_commit=False,
+                             consumer_timeout_ms=3000, client_id="lakehouse-trace")
+    try:
+        partitions = sorted(consumer.partitions_for_topic(settings.topic_enriched) or ())
+        if not partitions:
+            return [Node(f"kafka {settings.topic_enriched}", "topic not found")]
+        key = str(order["customer_id"]).encode()
+        tp = TopicPartition(settings.topic_enriched, partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)])
+        consumer.assign([tp])
+        end = consumer.end_offsets([tp])[tp]
+        start = (consumer.offsets_for_times({tp: since_ms}).get(tp) or None)
+        if start is None:
+            return [Node(f"kafka {settings.topic_enriched}", "not published yet")]
+        consumer.seek(tp, start.offset)
+        found, read = [], 0
+        while consumer.position(tp) < end and read < limit:
+            for records in consumer.poll(timeout_ms=1000, max_records=5000).values():
+                for m in records:
+                    read += 1
+                    if m.key == key and json.loads(m.value).get("order_id") == order["order_id"]:
+                        found.append(Node(f"kafka {m.topic}[{m.partition}]@{m.offset}",
+                                          f"published {m.timestamp}: {m.value.decode()}",
+                                          {"partition": m.partition, "offset": m.offset, "timestamp": m.timestamp,
+                                           "value": m.value.decode()}))
+        return found or [Node(f"kafka {settings.topic_enriched}", f"not published yet ({read} messages read)")]
+    finally:
+        consumer.close()
+
+
+def _fate(spark, settings: Settings, kind: str, bronze: dict, winners: dict) -> list[Node]:
+    """What silver did with one bronze record, and everything after it."""
+    coords = {c: bronze[c] for c in COORDS}
+    silver_table = f"silver.{kind}"
+    rows = _rows(_where(spark, silver_table, **coords))
+    if rows:
+        nodes = []
+        for r in rows:
+            node = Node(silver_table, "kept: " + _fmt(r, *[c for c in r if c not in COORDS + ("kafka_timestamp",)]), r)
+            if kind == "orders":
+                items = _rows(_where(spark, "silver.order_items", order_id=r["order_id"]).orderBy("line"))
+                for it in items:
+                    item = Node("silver.order_items", _fmt(it, "line", "product_id", "product_name", "quantity",
+                                                           "unit_price", "subtotal"), it)
+                    item.children = _gold(spark, "order_items", it)
+                    node.children.append(item)
+                enriched = _rows(_where(spark, "gold.orders_enriched", order_id=r["order_id"]))
+                node.children += [Node("gold.orders_enriched", _fmt(e, "segment", "ville", "nom", "total",
+                                                                     "customer_known"), e) for e in enriched]
+                if not enriched:
+                    node.children.append(Node("gold.orders_enriched", "no row yet (gold has not processed it)"))
+                node.children += _gold(spark, kind, r)
+                node.children += _published(settings, r, int(bronze["timestamp"].timestamp() * 1000))
+            else:
+                node.children += _gold(spark, kind, r)
+            nodes.append(node)
+        return nodes
+    q = _rows(_where(spark, "silver.quarantine", **coords))
+    if q:
+        return [Node("silver.quarantine", f"quarantined: {r['reason']} (target {r['target_table']})", r) for r in q]
+    late = _rows(_where(spark, "silver.late_records", **coords))
+    if late:
+        return [Node("silver.late_records", f"late: event_time {r['event_time']} was {r['lateness_seconds']:.0f} s "
+                     f"behind the watermark {r['watermark']} (delay {r['watermark_delay_seconds']:.0f} s)", r)
+                for r in late]
+    winner = winners.get(bronze.get("natural_key"))
+    if winner and winner != coords:
+        return [Node("silver", f"duplicate: silver kept {_coords(winner)} with the same key "
+                     "(dropped by the within-watermark dedup)")]
+    return [Node("silver", "not in silver, quarantine or the late ledger yet (silver has not processed it)")]
+
+
+def _bronze_nodes(spark, settings: Settings, kind: str, bronze_rows: list[dict], key_of) -> list[Node]:
+    """Nodes for bronze records of one kind; duplicates are told apart by the natural key."""
+    winners: dict = {}
+    for b in bronze_rows:
+        b["natural_key"] = key_of(b)
+    keys = {b["natural_key"] for b in bronze_rows if b["natural_key"] is not None}
+    for k in keys:
+        kept = _kept_with_key(spark, kind, k)
+        if kept:
+            winners[k] = {c: kept[c] for c in COORDS}
+    out = []
+    for b in sorted(bronze_rows, key=lambda r: (r["timestamp"], r["partition"], r["offset"])):
+        kafka = Node(f"kafka {_coords(b)}", f"timestamp {b['timestamp']}, key {b['key']}")
+        bronze = Node(_bronze(settings, kind), f"value {b['value'][:160]}",
+                      {k: v for k, v in b.items() if k != "natural_key"})
+        bronze.children = _fate(spark, settings, kind, b, winners)
+        kafka.children.append(bronze)
+        out.append(kafka)
+    return out
+
+
+def _kept_with_key(spark, kind: str, key) -> dict | None:
+    """The silver row with natural key ``key`` (orders: order_id; logs and metrics have no natural key
+    beyond their coordinates, so no duplicates are told for them)."""
+    if kind != "orders":
+        return None
+    rows = _rows(_where(spark, "silver.orders", order_id=key).select(*COORDS).limit(1))
+    return rows[0] if rows else None
+
+
+def _bronze_rows(spark, table: str):
+    return spark.table(table).select(*COORDS, "timestamp", F.col("key").cast("string").alias("key"),
+                                     F.col("value").cast("string").alias("value"))
+
+
+def trace_order(spark, settings: Settings, order_id) -> Node:
+    order_id = str(order_id)
+    table = _bronze(settings, "orders")
+    value = F.col("value")
+    rows = _rows(_bronze_rows(spark, table).where(value.contains(order_id)
+                                                  & (F.get_json_object(value, "$.order_id") == F.lit(order_id))))
+    root = Node(f"order {order_id}", f"{len(rows)} Kafka record(s) in {table}")
+    if not rows:
+        root.text = f"no record of this order in {table} (not produced, or bronze has not read it yet)"
+    root.children = _bronze_nodes(spark, settings, "orders", rows,
+                                  lambda b: _json_field(b["value"], "order_id"))
+    return root
+
+
+def trace_kafka(spark, settings: Settings, topic: str, partition: int, offset: int) -> Node:
+    from common.errors import SettingsError
+
+    kind = _kind_of(settings, topic)
+    if kind is None:
+        raise SettingsError(f"topic {topic!r} is not a source topic; valid: {', '.join(settings.source_topics)}")
+    table = _bronze(settings, kind)
+    rows = _rows(_bronze_rows(spark, table).where((F.col("topic") == topic) & (F.col("partition") == partition)
+                                                  & (F.col("offset") == offset)))
+    root = Node(f"record {topic}[{partition}]@{offset}", f"in {table}" if rows else
+                f"not in {table} (bronze has not read it yet, or the offset does not exist)")
+    key_of = (lambda b: _json_field(b["value"], "order_id")) if kind == "orders" else (lambda b: None)
+    root.children = _bronze_nodes(spark, settings, kind, rows, key_of)
+    return root
+
+
+def _json_field(value: str | None, name: str):
+    try:
+        return json.loads(value).get(name) if value else None
+    except (ValueError, AttributeError):
+        return None

@@ -1,0 +1,80 @@
+"""What a user sees when something is wrong: one line on stderr naming the setting (or the table they
+meant), a non-zero exit, never a secret, never a stack trace. Each case runs the CLI as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, settings_env
+
+WRONG_SECRET = "not-the-secret-4f2b9c"
+
+pytestmark = pytest.mark.stack
+
+
+def lakehouse(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "common.cli", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *expected: str, secret: str | None = None) -> None:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert 1 <= len(lines) <= 2, proc.stderr[-3000:]
+    assert lines[-1].startswith("error: "), lines
+    for text in expected:
+        assert text in lines[-1], lines[-1]
+    assert "Traceback" not in proc.stderr and "\tat " not in proc.stderr
+    if secret:
+        assert secret not in proc.stdout + proc.stderr
+
+
+COMMANDS = {
+    "sql": ("sql", "SELECT 1"),
+    "run": ("run", "bronze", "--trigger", "availableNow"),
+    "dq": ("dq",),
+    "maintain": ("maintain",),
+    "customers": ("customers", "load"),
+    "status": ("status",),
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_wrong_s3_secret_is_one_line_naming_the_setting(lake, command):
+    env = {**settings_env(lake), "LAKEHOUSE_S3_SECRET_KEY": WRONG_SECRET}
+    proc = lakehouse(env, *COMMANDS[command])
+    assert_one_line_error(proc, "LAKEHOUSE_S3_SECRET_KEY", secret=WRONG_SECRET)
+
+
+def test_unknown_s3_access_key_and_missing_bucket(lake):
+    env = {**settings_env(lake), "LAKEHOUSE_S3_ACCESS_KEY": "nobody-we-know"}
+    assert_one_line_error(lakehouse(env, "sql", "SELECT 1"), "LAKEHOUSE_S3_ACCESS_KEY")
+    env = {**settings_env(lake), "LAKEHOUSE_LAKE_ROOT": "s3a://no-such-bucket-for-tests/lake"}
+    assert_one_line_error(lakehouse(env, "run", "silver", "--trigger", "availableNow"),
+                          "'no-such-bucket-for-tests' does not exist", "LAKEHOUSE_LAKE_ROOT")
+
+
+@pytest.mark.parametrize("args", [("run", "bronze", "--trigger", "availableNow"), ("peek", "metrics")])
+def test_kafka_listener_that_refuses_is_one_line(lake, args):
+    env = {**settings_env(lake), "LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    assert_one_line_error(lakehouse(env, *args), "LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS")
+
+
+def test_unknown_table_suggests_the_closest_names_without_a_java_stack(spark, lake):
+    spark.createDataFrame([(1,)], "n INT").write.format("delta").save(lake.table_path("silver", "orders"))
+    proc = lakehouse(settings_env(lake), "sql", "SELECT * FROM silver.order")
+    assert_one_line_error(proc, "silver.order does not exist", "did you mean silver.orders?")
+    assert len(proc.stderr) < 400, proc.stderr
+    ok = lakehouse(settings_env(lake), "sql", "SELECT count(*) AS n FROM silver.orders", "--format", "json")
+    assert ok.returncode == 0 and ok.stderr.strip() == "", ok.stderr[-3000:]
+    assert '"n": 1' in ok.stdout, ok.stdout
+
+
+def test_verbose_brings_the_trace_back(lake):
+    env = {**settings_env(lake), "LAKEHOUSE_S3_SECRET_KEY": WRONG_SECRET}
+    proc = lakehouse(env, "--verbose", "sql", "SELECT 1")
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+    assert WRONG_SECRET not in proc.stdout + proc.stderr
