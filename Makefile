@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 	@echo "==> jars from Maven Central (cached in .cache/), MinIO built from source (.stack/bin)"
-	lakehouse setup all
+	@lakehouse setup all
 
 stack-up: setup
 	lakehouse stack up
@@ -34,8 +34,9 @@ stack-down:
 stack-status:
 	lakehouse stack status
 
-demo: stack-up
-	lakehouse demo
+# the demo brings the stack up itself (and says so)
+demo: setup
+	@lakehouse demo
 
 # CI runs this: everything but the three long fault scenarios (see README, "Tests").
 test: stack-up

@@ -23,23 +23,22 @@ QUERIES: list[tuple[str, str]] = [
      "SELECT 'order_items', count(*) FROM silver.order_items UNION ALL SELECT 'logs', count(*) FROM silver.logs "
      "UNION ALL SELECT 'metrics', count(*) FROM silver.metrics"),
     ("silver: quarantine by reason",
-     "SELECT target_table, reason, count(*) AS records FROM silver.quarantine GROUP BY 1, 2 ORDER BY 1, 3 DESC"),
+     "SELECT target_table, reason, count(*) AS records FROM silver.quarantine GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 6"),
     ("silver: late records (sent behind the watermark that earlier micro-batches reached)",
      "SELECT target_table, count(*) AS records, min(watermark) AS watermark, round(min(lateness_seconds)) AS "
      "min_behind_s, round(max(lateness_seconds)) AS max_behind_s FROM silver.late_records GROUP BY 1 ORDER BY 1"),
     ("gold: latest customer KPIs (sliding 2-minute windows)",
-     "SELECT * FROM gold.customer_order_kpis ORDER BY window_start DESC, total_ventes DESC LIMIT 10"),
-    ("gold: orders per minute (event time)",
+     "SELECT * FROM gold.customer_order_kpis ORDER BY window_start DESC, total_ventes DESC LIMIT 5"),
+    ("gold: orders per minute (event time), the last five minutes",
      "SELECT window_start, sum(nb_commandes) AS orders, round(sum(total_commandes), 2) AS total "
-     "FROM gold.customer_minute_totals GROUP BY window_start ORDER BY window_start"),
+     "FROM gold.customer_minute_totals GROUP BY window_start ORDER BY window_start DESC LIMIT 5"),
     ("gold: product sales",
      "SELECT product_name, sum(nb_ventes) AS nb_ventes, sum(quantite_totale) AS quantite_totale, "
-     "round(sum(ca_total), 2) AS ca_total FROM gold.product_sales GROUP BY product_name ORDER BY ca_total DESC"),
+     "round(sum(ca_total), 2) AS ca_total FROM gold.product_sales GROUP BY product_name ORDER BY ca_total DESC "
+     "LIMIT 5"),
     ("gold: most loaded hosts",
      "SELECT host, round(avg(avg_cpu), 2) AS avg_cpu, max(max_mem) AS max_mem, sum(nb_mesures) AS nb_mesures "
      "FROM gold.host_metrics GROUP BY host ORDER BY avg_cpu DESC"),
-    ("gold: log levels",
-     "SELECT level, sum(nb_logs) AS nb_logs FROM gold.log_level_counts GROUP BY level ORDER BY nb_logs DESC"),
     ("gold: orders enriched with customers (unknown customers keep nulls)",
      "SELECT segment, count(*) AS orders, round(sum(total), 2) AS total FROM gold.orders_enriched "
      "GROUP BY segment ORDER BY orders DESC"),
@@ -80,7 +79,7 @@ def demo(settings: Settings, count: int = 2000) -> int:
     for title, query in QUERIES:
         _step(title)
         print(f'lakehouse sql "{query}"')
-        spark.sql(query).show(20, truncate=False)
+        print(spark.sql(query).toPandas().to_string(index=False))
     _step("lakehouse status")
     print("\n".join(format_status(read_status(settings))))
     _step("lakehouse dq: Great Expectations suites over every layer")

@@ -150,10 +150,11 @@ _LOG4J_CONSOLE = ("appender.console.type = Console\nappender.console.name = cons
 # Spark and library warnings that are by design here and say nothing a user can act on, once per query
 # or per batch: AQE off in streaming (expected), local checkpoints of foreachBatch frames, commit
 # timestamps adjusted by Delta, Kafka's consumer pool, the loopback hostname, Hadoop's native libs,
-# long plans shortened in a log line.
+# long plans shortened in a log line, a checkpoint keeping the watermark policy it started with.
 _NOISE = ("adaptive.enabled is not supported in streaming|Disabling AQE|was locally checkpointed|"
           "Found Delta commit .* with a timestamp|Pool exceeds its soft max size|resolves to a loopback|"
-          "Set SPARK_LOCAL_IP|Unable to load native-hadoop|Truncated the string representation of a plan")
+          "Set SPARK_LOCAL_IP|Unable to load native-hadoop|Truncated the string representation of a plan|"
+          "Updating the value of conf 'spark.sql.streaming.multipleWatermarkPolicy'")
 LOG4J_QUIET = ("rootLogger.level = warn\nrootLogger.appenderRef.stdout.ref = console\n" + _LOG4J_CONSOLE
                + "appender.console.filter.noise.type = RegexFilter\n"
                + f"appender.console.filter.noise.regex = (?s).*({_NOISE}).*\n"

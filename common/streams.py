@@ -142,7 +142,7 @@ def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str |
         query = writer.start(path) if (path and sink == "delta") else writer.start()
     finally:
         sc.setLocalProperty("spark.scheduler.pool", None)
-    log.info("started query %s (id %s) -> %s", name, query.id, path or sink)
+    log.debug("started query %s (id %s) -> %s", name, query.id, path or sink)
     return query
 
 
@@ -340,7 +340,7 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
         self._record(key, write=False, **totals)
 
     def onQueryStarted(self, event):
-        log.info("query %s started (id %s, run %s)", event.name, event.id, event.runId)
+        log.debug("query %s started (id %s, run %s)", event.name, event.id, event.runId)
         self._record(str(event.id), name=event.name, id=str(event.id), runId=str(event.runId), active=True)
 
     def onQueryProgress(self, event):
@@ -368,7 +368,7 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
         if event.exception:
             log.error("query %s failed: %s", event.id, event.exception.splitlines()[0])
         else:
-            log.info("query %s terminated", event.id)
+            log.debug("query %s terminated", event.id)
         self._record(str(event.id), active=False, error=(event.exception or "").splitlines()[0] if event.exception
                      else None)
 
