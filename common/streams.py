@@ -313,6 +313,7 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
 
     def __init__(self, spark=None, settings: Settings | None = None):
         self.last: dict[str, dict] = {}
+        self._done: dict[str, int] = {}  # rows read per query id since its current run started
         self._spark, self._settings = spark, settings
         self._lock = threading.Lock()
 
@@ -341,14 +342,20 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
 
     def onQueryStarted(self, event):
         log.debug("query %s started (id %s, run %s)", event.name, event.id, event.runId)
+        with self._lock:
+            self._done[str(event.id)] = 0
         self._record(str(event.id), name=event.name, id=str(event.id), runId=str(event.runId), active=True)
 
     def onQueryProgress(self, event):
         p = event.progress
         data = json.loads(p.json)
         d = p.durationMs or {}
-        log.info("%s batch %d: %d rows in, %.0f rows/s, %d ms (addBatch %d ms)", p.name, p.batchId, p.numInputRows,
-                 p.processedRowsPerSecond or 0.0, d.get("triggerExecution", 0), d.get("addBatch", 0))
+        lag = source_lag(data)
+        with self._lock:  # rows read since this run of the query started: a backfill's progress
+            done = self._done[str(p.id)] = self._done.get(str(p.id), 0) + p.numInputRows
+        log.info("%s batch %d: %d rows in, %.0f rows/s, %d ms (addBatch %d ms); %d rows this run, %s behind",
+                 p.name, p.batchId, p.numInputRows, p.processedRowsPerSecond or 0.0, d.get("triggerExecution", 0),
+                 d.get("addBatch", 0), done, lag if lag != "-" else "nothing")
         log.debug("%s batch %d durations: %s", p.name, p.batchId, d)
         duplicates = sum((op.get("customMetrics") or {}).get("numDroppedDuplicateRows", 0)
                          for op in data.get("stateOperators") or [])
@@ -357,7 +364,7 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
         self._record(str(p.id), name=p.name, id=str(p.id), runId=str(p.runId), active=True, batch=p.batchId,
                      duplicates=duplicates,
                      input_rows=p.numInputRows, input_rate=p.inputRowsPerSecond or 0.0,
-                     processed_rate=p.processedRowsPerSecond or 0.0, lag=source_lag(data),
+                     processed_rate=p.processedRowsPerSecond or 0.0, lag=lag,
                      batch_ms=(p.durationMs or {}).get("triggerExecution", 0),
                      watermark=(data.get("eventTime") or {}).get("watermark"))
 

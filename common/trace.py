@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from pyspark.sql import functions as F
 
@@ -129,7 +130,8 @@ def _published(settings: Settings, order: dict, since_ms: int, limit: int = 500_
                     read += 1
                     if m.key == key and json.loads(m.value).get("order_id") == order["order_id"]:
                         found.append(Node(f"kafka {m.topic}[{m.partition}]@{m.offset}",
-                                          f"published {m.timestamp}: {m.value.decode()}",
+                                          f"published {datetime.fromtimestamp(m.timestamp / 1000, timezone.utc):%Y-%m-%d %H:%M:%S}: "
+                                          f"{m.value.decode()}",
                                           {"partition": m.partition, "offset": m.offset, "timestamp": m.timestamp,
                                            "value": m.value.decode()}))
         return found or [Node(f"kafka {settings.topic_enriched}", f"not published yet ({read} messages read)")]

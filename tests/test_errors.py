@@ -78,3 +78,18 @@ def test_verbose_brings_the_trace_back(lake):
     proc = lakehouse(env, "--verbose", "sql", "SELECT 1")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
     assert WRONG_SECRET not in proc.stdout + proc.stderr
+
+
+def test_dq_prints_its_summary_first_and_no_library_noise(spark, lake, tmp_path):
+    from common.runner import run
+    from tests.helpers import produce_to
+
+    produce_to(lake, tmp_path / "ledger.jsonl", 20, seed=3)
+    run(("bronze",), lake, "availableNow", spark=spark)
+    proc = lakehouse(settings_env(lake), "dq", "--layer", "bronze")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["TABLE", "EXPECTATIONS", "PASSED", "FAILED"]
+    assert [line.split()[0] for line in lines[1:4]] == [f"bronze.{lake.bronze_table_for(t)}" for t in lake.source_topics]
+    assert lines[4].startswith("15 passed, 0 failed expectations") and len(lines) == 5, proc.stdout
+    assert proc.stderr.strip() == "", proc.stderr[-3000:]
