@@ -67,6 +67,41 @@ def resume_offsets(spark, settings: Settings) -> str | None:
     return json.dumps(offsets, sort_keys=True)
 
 
+def replay(spark, settings: Settings, from_time_ms: int | None = None, from_offsets: dict | None = None,
+           dry_run: bool = False) -> dict[str, tuple[int, int]]:
+    """Re-read Kafka from a point (a time, or ``{topic: {partition: offset}}``) to its current end,
+    as a batch, and append to each bronze table the records it lacks (by topic, partition and
+    offset), so nothing already there is written twice. Refuses while bronze's query runs (one
+    writing application per table). Returns ``{topic: (records read from Kafka, records added)}``."""
+    from common.runner import _refuse_if_running
+
+    _refuse_if_running(spark, (pipeline.flow(settings, "bronze"),), "replay bronze")
+    ensure_tables(spark, settings)
+    out = {}
+    for topic, path in table_paths(settings).items():
+        if from_offsets is not None and topic not in from_offsets:
+            continue
+        reader = (spark.read.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
+                  .option("subscribe", topic).option("includeHeaders", "true").option("endingOffsets", "latest")
+                  .option("failOnDataLoss", str(settings.fail_on_data_loss).lower()))
+        if from_offsets is not None:
+            reader = reader.option("startingOffsets", json.dumps({topic: from_offsets[topic]}))
+        else:  # each partition from its first record at or after the time; none after it: nothing
+            reader = (reader.option("startingTimestamp", str(from_time_ms))
+                      .option("startingOffsetsByTimestampStrategy", "latest"))
+        kafka = reader.load().cache()
+        have = spark.read.format("delta").load(path).select("partition", "offset")
+        missing = to_bronze(kafka.join(have, ["partition", "offset"], "left_anti")).cache()
+        read, added = kafka.count(), missing.count()
+        if added and not dry_run:
+            (missing.write.format("delta").mode("append")
+             .option("userMetadata", f"lakehouse replay of {topic} ({added} records)").save(path))
+        kafka.unpersist()
+        missing.unpersist()
+        out[topic] = (read, added)
+    return out
+
+
 def warn_if_records_gone(settings: Settings) -> None:
     """Bronze reading a topic from its start for the first time: say which partitions no longer
     begin at offset 0 - the broker deleted those records (time or size retention) before bronze

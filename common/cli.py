@@ -5,6 +5,8 @@
     lakehouse config                         effective settings, secrets redacted
     lakehouse produce [--topic T] ...        generate events into Kafka (+ ledger)
     lakehouse run bronze|silver|gold|all     run stages (streaming)
+    lakehouse refresh <stage|table>          empty a stage (and what follows) and rebuild it
+    lakehouse replay bronze --from-time T    re-read Kafka into bronze, only what it lacks
     lakehouse sql "SELECT ..."               Spark SQL over bronze.*, silver.*, gold.*
     lakehouse peek <topic>                   batch read of a Kafka topic
     lakehouse trace order <id> | kafka <topic> <partition> <offset>   one record's path through the lake
@@ -155,6 +157,39 @@ def _cmd_refresh(args) -> int:
     t0 = datetime.now(timezone.utc)
     run(plan.stages, settings, "availableNow", spark=spark)
     print(f"rebuilt {', '.join(plan.stages)} in {(datetime.now(timezone.utc) - t0).total_seconds():.0f}s")
+    return 0
+
+
+def _cmd_replay(args) -> int:
+    from bronze.job import replay
+    from common.stack import check_reachable
+
+    if (args.from_time is None) == (args.from_offsets is None):
+        raise SettingsError("give --from-time T (ISO 8601, UTC unless it says otherwise) or --from-offsets JSON")
+    start_ms = offsets = None
+    if args.from_time is not None:
+        try:
+            t = datetime.fromisoformat(args.from_time)
+        except ValueError:
+            raise SettingsError(f"--from-time {args.from_time!r} is not an ISO 8601 time (e.g. 2026-11-26T10:00:00)") from None
+        start_ms = int((t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+    else:
+        try:
+            offsets = json.loads(args.from_offsets)
+            assert isinstance(offsets, dict) and all(isinstance(v, dict) for v in offsets.values())
+        except (ValueError, AssertionError):
+            raise SettingsError('--from-offsets must be JSON like {"commandes-json": {"0": 120, "1": 98}}') from None
+        unknown = sorted(set(offsets) - set(get_settings().source_topics))
+        if unknown:
+            raise SettingsError(f"--from-offsets names {unknown[0]!r}, not a source topic; valid: "
+                                + ", ".join(get_settings().source_topics))
+    settings, spark = _lake_session("lakehouse-replay")
+    check_reachable(settings)
+    for topic, (read, added) in replay(spark, settings, start_ms, offsets, dry_run=args.dry_run).items():
+        verb = "would append" if args.dry_run else "appended"
+        print(f"{topic}: {read} records in Kafka from that point, {read - added} already in bronze, {verb} {added}")
+    if not args.dry_run:
+        print("silver reads the appended records with its next micro-batch (`lakehouse run silver`)")
     return 0
 
 
@@ -373,6 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow refreshing bronze (re-read Kafka from its start; refused if retention deleted records)")
     s.add_argument("--no-run", action="store_true", help="only empty and move aside; the next `lakehouse run` rebuilds")
     s.set_defaults(func=_cmd_refresh)
+
+    s = add("replay", help="re-read Kafka from a time or offsets into bronze, appending only the records it lacks")
+    s.add_argument("stage", choices=("bronze",))
+    s.add_argument("--from-time", help="ISO 8601 time (UTC unless given): each partition from its first record then")
+    s.add_argument("--from-offsets", help='JSON {"<topic>": {"<partition>": <offset>, ...}, ...}')
+    s.add_argument("--dry-run", action="store_true", help="only count what would be appended")
+    s.set_defaults(func=_cmd_replay)
 
     s = add("sql", help="run Spark SQL over the lake's tables (bronze.*, silver.*, gold.*)")
     s.add_argument("query")
