@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a file by spark-submit
 from bronze.transforms import KAFKA_SCHEMA, PARTITION_COLUMNS, to_bronze  # noqa: E402
 from common import pipeline, streams  # noqa: E402
 from common.settings import Settings  # noqa: E402
-from common.tables import ensure_table, has_data  # noqa: E402
+from common.tables import ensure_table, has_data, is_delta_table  # noqa: E402
 
 NOT_NULL = ("topic", "partition", "offset")
 log = logging.getLogger("lakehouse.bronze")
@@ -68,15 +68,26 @@ def resume_offsets(spark, settings: Settings) -> str | None:
 
 
 def replay(spark, settings: Settings, from_time_ms: int | None = None, from_offsets: dict | None = None,
-           dry_run: bool = False) -> dict[str, tuple[int, int]]:
-    """Re-read Kafka from a point (a time, or ``{topic: {partition: offset}}``) to its current end,
-    as a batch, and append to each bronze table the records it lacks (by topic, partition and
-    offset), so nothing already there is written twice. Refuses while bronze's query runs (one
-    writing application per table). Returns ``{topic: (records read from Kafka, records added)}``."""
-    from common.runner import _refuse_if_running
+           dry_run: bool = False) -> dict[str, tuple[int, int, int]]:
+    """Re-read Kafka from a point (a time, or ``{topic: {partition: offset}}``) as a batch and append
+    to each bronze table the records it lacks (by partition and offset). Only records before where
+    bronze's own query will read on (its last committed batch; on a new checkpoint, after the
+    offsets its tables hold) are replayed: the query reads the rest itself, so nothing is written
+    twice. Refuses while bronze's query runs (one writing application per table). Returns
+    ``{topic: (records read from Kafka, records appended, records left to bronze's query)}``."""
+    from pyspark.sql import functions as F
 
-    _refuse_if_running(spark, (pipeline.flow(settings, "bronze"),), "replay bronze")
-    ensure_tables(spark, settings)
+    from common import checkpoints
+    from common.runner import _refuse_if_running
+    from common.stack import kafka_partitions
+
+    flow = pipeline.flow(settings, "bronze")
+    _refuse_if_running(spark, (flow,), "replay bronze")
+    if not dry_run:
+        ensure_tables(spark, settings)
+    resume = checkpoints.committed_end_offsets(spark, flow.checkpoint)
+    if resume is None:
+        resume = json.loads(resume_offsets(spark, settings) or "{}")
     out = {}
     for topic, path in table_paths(settings).items():
         if from_offsets is not None and topic not in from_offsets:
@@ -84,21 +95,29 @@ def replay(spark, settings: Settings, from_time_ms: int | None = None, from_offs
         reader = (spark.read.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
                   .option("subscribe", topic).option("includeHeaders", "true").option("endingOffsets", "latest")
                   .option("failOnDataLoss", str(settings.fail_on_data_loss).lower()))
-        if from_offsets is not None:
-            reader = reader.option("startingOffsets", json.dumps({topic: from_offsets[topic]}))
+        if from_offsets is not None:  # Spark wants every partition: the others from their end (nothing)
+            start = {str(p): -1 for p in kafka_partitions(settings, topic)}
+            start.update({str(p): int(o) for p, o in from_offsets[topic].items()})
+            reader = reader.option("startingOffsets", json.dumps({topic: start}))
         else:  # each partition from its first record at or after the time; none after it: nothing
             reader = (reader.option("startingTimestamp", str(from_time_ms))
                       .option("startingOffsetsByTimestampStrategy", "latest"))
-        kafka = reader.load().cache()
-        have = spark.read.format("delta").load(path).select("partition", "offset")
-        missing = to_bronze(kafka.join(have, ["partition", "offset"], "left_anti")).cache()
-        read, added = kafka.count(), missing.count()
+        kafka = reader.load()
+        ends = {int(p): int(o) for p, o in (resume.get(topic) or {}).items() if int(o) >= 0}
+        before = F.lit(False)
+        for p, end in ends.items():
+            before = before | ((F.col("partition") == p) & (F.col("offset") < end))
+        missing = kafka.where(before)
+        if is_delta_table(spark, path):  # (a dry run on a lake without bronze: all of it is missing)
+            have = spark.read.format("delta").load(path).select("partition", "offset")
+            missing = missing.join(have, ["partition", "offset"], "left_anti")
+        missing = to_bronze(missing).cache()
+        read, left, added = kafka.count(), kafka.where(~before).count(), missing.count()
         if added and not dry_run:
             (missing.write.format("delta").mode("append")
              .option("userMetadata", f"lakehouse replay of {topic} ({added} records)").save(path))
-        kafka.unpersist()
         missing.unpersist()
-        out[topic] = (read, added)
+        out[topic] = (read, added, left)
     return out
 
 

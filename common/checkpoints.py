@@ -86,7 +86,13 @@ class _Fs:
         p, fs = self._path(path)
         if not fs.exists(p):
             return False
-        return bool(fs.rename(p, self._path(target)[0]))
+        if not fs.rename(p, self._path(target)[0]):  # Hadoop says False (target exists, ...) without raising
+            raise OSError(f"rename to {target} refused")
+        return True
+
+    def list_names(self, path: str) -> list[str]:
+        p, fs = self._path(path)
+        return [st.getPath().getName() for st in fs.listStatus(p)] if fs.exists(p) else []
 
     def has_children(self, path: str) -> bool:
         p, fs = self._path(path)
@@ -229,6 +235,22 @@ def live_owner(spark, checkpoint: str) -> dict | None:
     holder = leases(spark)
     owner = holder._fs.read_json(f"{checkpoint}/{OWNER_FILE}")
     return owner if owner and holder._is_live(owner) else None
+
+
+def committed_end_offsets(spark, checkpoint: str) -> dict | None:
+    """Where the last committed micro-batch of ``checkpoint`` ended in its first source (Spark's
+    ``offsets/<n>`` for the highest ``commits/<n>``: line 3 holds the first source's offsets), or
+    None when no batch was committed. A restart of the query reads on from there."""
+    fs = _Fs(spark)
+    done = [int(n) for n in fs.list_names(f"{checkpoint}/commits") if n.isdigit()]
+    if not done:
+        return None
+    lines = (fs.read_text(f"{checkpoint}/offsets/{max(done)}") or "").splitlines()
+    try:
+        return json.loads(lines[2])
+    except (IndexError, ValueError):
+        raise CheckpointError(f"checkpoint {checkpoint}: offsets/{max(done)} is not Spark's offset log "
+                              "(v1, metadata, one line per source); was it changed by hand?") from None
 
 
 def delete_tree(spark, path: str) -> bool:

@@ -130,10 +130,8 @@ def _confirm(question: str, yes: bool, what: str) -> bool:
 
 def _cmd_refresh(args) -> int:
     from common.runner import plan_refresh, refresh, run
-    from common.stack import check_reachable
 
-    settings, spark = _lake_session("lakehouse-refresh")
-    check_reachable(settings)  # Kafka too: bronze's retention check, gold's publication
+    settings, spark = _lake_session("lakehouse-refresh", kafka=True)  # bronze's retention check, gold's topic
     plan = plan_refresh(spark, settings, args.target, args.include_bronze)
     print(f"refresh {args.target}: queries {', '.join(f.name for f in plan.flows)} start again from the layer below")
     for name, (path, version) in plan.versions.items():
@@ -148,7 +146,7 @@ def _cmd_refresh(args) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     moved = refresh(spark, plan, stamp)
     print(f"emptied {len(plan.versions)} tables, moved {len(moved)} checkpoints to *.before-refresh-{stamp}")
-    print("to roll back: stop the pipeline, `lakehouse sql \"RESTORE TABLE delta.`<path>` TO VERSION AS OF <version>\"` "
+    print("to roll back: stop the pipeline, `lakehouse sql 'RESTORE TABLE delta.`<path>` TO VERSION AS OF <version>'` "
           f"for each table above, move its checkpoint back from <checkpoint>.before-refresh-{stamp}; a stream reading a "
           "restored table (gold from silver) cannot resume across the restore: refresh that stage after")
     if args.no_run:
@@ -162,33 +160,36 @@ def _cmd_refresh(args) -> int:
 
 def _cmd_replay(args) -> int:
     from bronze.job import replay
-    from common.stack import check_reachable
 
-    if (args.from_time is None) == (args.from_offsets is None):
-        raise SettingsError("give --from-time T (ISO 8601, UTC unless it says otherwise) or --from-offsets JSON")
     start_ms = offsets = None
     if args.from_time is not None:
-        try:
-            t = datetime.fromisoformat(args.from_time)
+        try:  # (Python 3.10's fromisoformat does not take "Z")
+            t = datetime.fromisoformat(args.from_time.replace("Z", "+00:00"))
         except ValueError:
             raise SettingsError(f"--from-time {args.from_time!r} is not an ISO 8601 time (e.g. 2026-11-26T10:00:00)") from None
         start_ms = int((t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp() * 1000)
     else:
+        example = '{"commandes-json": {"0": 120, "1": 98, "2": 101}}'
         try:
             offsets = json.loads(args.from_offsets)
-            assert isinstance(offsets, dict) and all(isinstance(v, dict) for v in offsets.values())
-        except (ValueError, AssertionError):
-            raise SettingsError('--from-offsets must be JSON like {"commandes-json": {"0": 120, "1": 98}}') from None
+        except ValueError:
+            offsets = None
+        if not isinstance(offsets, dict) or not all(
+                isinstance(v, dict) and all(str(p).isdigit() and isinstance(o, int) and o >= 0 for p, o in v.items())
+                for v in offsets.values()):
+            raise SettingsError(f"--from-offsets must be JSON like {example} (partitions left out: not replayed)")
         unknown = sorted(set(offsets) - set(get_settings().source_topics))
         if unknown:
             raise SettingsError(f"--from-offsets names {unknown[0]!r}, not a source topic; valid: "
                                 + ", ".join(get_settings().source_topics))
-    settings, spark = _lake_session("lakehouse-replay")
-    check_reachable(settings)
-    for topic, (read, added) in replay(spark, settings, start_ms, offsets, dry_run=args.dry_run).items():
+    settings, spark = _lake_session("lakehouse-replay", kafka=True)
+    added_any = False
+    for topic, (read, added, left) in replay(spark, settings, start_ms, offsets, dry_run=args.dry_run).items():
         verb = "would append" if args.dry_run else "appended"
-        print(f"{topic}: {read} records in Kafka from that point, {read - added} already in bronze, {verb} {added}")
-    if not args.dry_run:
+        print(f"{topic}: {read} records in Kafka from that point; {verb} {added} that bronze lacked"
+              + (f"; {left} not read by bronze's query yet are left to it" if left else ""))
+        added_any = added_any or bool(added)
+    if added_any and not args.dry_run:
         print("silver reads the appended records with its next micro-batch (`lakehouse run silver`)")
     return 0
 
@@ -214,13 +215,14 @@ def _print_rows(columns: list[str], rows: list[list], fmt: str) -> None:
         print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
 
 
-def _lake_session(app_name: str):
-    """(settings, spark) for a command that reads the lake: a down S3 endpoint is one line, fast."""
+def _lake_session(app_name: str, kafka: bool = False):
+    """(settings, spark) for a command that reads the lake (and Kafka, with ``kafka``): a down or
+    refusing endpoint is one line, fast, before Spark starts."""
     from common.spark import get_spark
     from common.stack import check_reachable
 
     settings = get_settings()
-    check_reachable(settings, kafka=False)
+    check_reachable(settings, kafka=kafka)
     return settings, get_spark(settings, app_name=app_name)
 
 
@@ -236,6 +238,10 @@ def _cmd_sql(args) -> int:
         from common.catalog import missing_table_message
         from common.streams import short_error
 
+        if settings.log_level == "DEBUG":
+            import traceback
+
+            traceback.print_exc()
         print(f"error: {missing_table_message(str(e), tables) or short_error(e)}", file=sys.stderr)
         return 1
     _print_rows(df.columns, [list(r) for r in rows], args.format)
@@ -250,7 +256,7 @@ def _cmd_trace(args) -> int:
         raise SettingsError("usage: lakehouse trace order <order_id>")
     if args.what == "kafka" and (len(args.ids) != 3 or not all(x.isdigit() for x in args.ids[1:])):
         raise SettingsError("usage: lakehouse trace kafka <topic> <partition> <offset>")
-    settings, spark = _lake_session("lakehouse-trace")
+    settings, spark = _lake_session("lakehouse-trace", kafka=True)
     register_tables(spark, settings)
     if args.what == "order":
         root = trace_order(spark, settings, args.ids[0])
@@ -411,8 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("replay", help="re-read Kafka from a time or offsets into bronze, appending only the records it lacks")
     s.add_argument("stage", choices=("bronze",))
-    s.add_argument("--from-time", help="ISO 8601 time (UTC unless given): each partition from its first record then")
-    s.add_argument("--from-offsets", help='JSON {"<topic>": {"<partition>": <offset>, ...}, ...}')
+    start = s.add_mutually_exclusive_group(required=True)
+    start.add_argument("--from-time", help="ISO 8601 time (UTC unless given): each partition from its first record then")
+    start.add_argument("--from-offsets", help='JSON {"<topic>": {"<partition>": <offset>, ...}, ...}')
     s.add_argument("--dry-run", action="store_true", help="only count what would be appended")
     s.set_defaults(func=_cmd_replay)
 
@@ -432,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--refresh", type=float, default=30.0, help="seconds between table re-registrations")
     s.set_defaults(func=_cmd_sql_server)
 
-    s = add("spark-sql", help="Spark's spark-sql shell with the lake's tables registered by name")
+    # (no -v of ours: spark-sql has its own)
+    s = sub.add_parser("spark-sql", help="Spark's spark-sql shell with the lake's tables registered by name")
     s.set_defaults(args=[])  # everything after `spark-sql` goes to spark-sql (see main)
     s.set_defaults(func=_cmd_spark_sql)
 

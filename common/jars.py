@@ -114,9 +114,10 @@ def fetch(name: str, *, quiet: bool = False) -> list[Path]:
         repo = os.environ.get("LAKEHOUSE_MAVEN_REPO")
         if repo:
             cmd.append(f"-Dmaven.repo.local={repo}")
-        print(f"fetching the {name} jars from Maven Central (once; cached in {jar_dir(name)})", file=sys.stderr,
-              flush=True)
-        proc = run_with_heartbeat(cmd, f"fetching the {name} jars")
+        if not quiet:
+            print(f"fetching the {name} jars from Maven Central (once; cached in {jar_dir(name)})", file=sys.stderr,
+                  flush=True)
+        proc = run_with_heartbeat(cmd, f"fetching the {name} jars", every=30 if not quiet else 1e9)
         if proc.returncode != 0:
             tail = " | ".join(line for line in proc.stdout.splitlines() if "ERROR" in line)[:400]
             raise SetupError(f"Maven could not resolve the {name} jars ({tail or 'see mvn output'}); "

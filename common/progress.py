@@ -10,8 +10,9 @@ import time
 class Progress:
     """``update(n)`` as work is done; ``close()`` at the end. ``total=None``: no known end."""
 
-    def __init__(self, desc: str, total: int | None = None, unit: str = "records", out=sys.stderr,
+    def __init__(self, desc: str, total: int | None = None, unit: str = "records", out=None,
                  every: float = 5.0, enabled: bool = True):
+        out = sys.stderr if out is None else out
         self.desc, self.total, self.unit, self.out, self.every = desc, total, unit, out, every
         self.enabled, self.done = enabled, 0
         self.t0 = self._last = time.monotonic()
@@ -39,13 +40,13 @@ class Progress:
             self._bar.close()
 
 
-def run_with_heartbeat(cmd: list[str], what: str, env: dict | None = None, every: float = 30.0,
-                       out=sys.stderr):
+def run_with_heartbeat(cmd: list[str], what: str, env: dict | None = None, every: float = 30.0, out=None):
     """Run a long, quiet subprocess (a build, a download), its output captured for the error message,
     saying every ``every`` seconds that ``what`` is still going. Returns the CompletedProcess."""
     import subprocess
     import threading
 
+    out = sys.stderr if out is None else out
     done = threading.Event()
     t0 = time.monotonic()
 

@@ -30,8 +30,7 @@ log = logging.getLogger("lakehouse.runner")
 # Expectations logs hundreds of lines per run about its own internals, and
 # pyspark's query-context loggers print each failed query's whole Java stack as a JSON line, before
 # the one-line error the command prints anyway.
-_QUIET_LOGGERS = ("py4j", "kafka", "great_expectations", "urllib3", "SQLQueryContextLogger",
-                  "DataFrameQueryContextLogger")
+_QUIET_LOGGERS = ("kafka", "great_expectations", "urllib3", "SQLQueryContextLogger", "DataFrameQueryContextLogger")
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -183,9 +182,12 @@ def plan_refresh(spark, settings: Settings, target: str, include_bronze: bool = 
         if not include_bronze:
             raise SettingsError("bronze is the only copy of what Kafka may no longer hold: refreshing it re-reads "
                                 "the topics from their start; add --include-bronze to do so")
+        if settings.starting_offsets != "earliest":
+            raise SettingsError(f"LAKEHOUSE_STARTING_OFFSETS={settings.starting_offsets!r}: a refreshed bronze would "
+                                "not re-read the topics from their start; set it to earliest for the refresh")
         _check_kafka_holds_bronze(spark, settings)
     flows = tuple(f for f in pipeline.downstream(settings, stage)
-                  if writer is None or f.stage != stage or f is writer or f.name == writer.name)
+                  if writer is None or f.stage != stage or f.name == writer.name)
     _refuse_if_running(spark, flows, "refresh")
     versions = {}
     for f in flows:
@@ -221,16 +223,25 @@ def _check_kafka_holds_bronze(spark, settings: Settings) -> None:
 
 
 def refresh(spark, plan: RefreshPlan, stamp: str) -> list[str]:
-    """Empty every table of ``plan`` (a Delta DELETE: the old version stays readable by time travel
-    until VACUUM) and move each checkpoint aside to ``<checkpoint>.before-refresh-<stamp>``. Returns
-    the moved checkpoints."""
-    for path, _ in plan.versions.values():
-        spark.sql(f"DELETE FROM delta.`{path}`")
+    """Move each checkpoint of ``plan`` aside to ``<checkpoint>.before-refresh-<stamp>``, then empty
+    every table (a Delta DELETE: the old version stays readable by time travel until VACUUM).
+    Checkpoints first: should a DELETE fail, the next run finds a new checkpoint over a table with
+    rows and refuses (``check_not_orphaned``) instead of resuming over emptied tables. Returns the
+    moved checkpoints."""
+    from common.errors import CheckpointError
+
+    _refuse_if_running(spark, plan.flows, "refresh")  # again: a query may have started meanwhile
     moved = []
     for cp in plan.checkpoints:
         aside = f"{cp}.before-refresh-{stamp}"
-        if checkpoints.move_tree(spark, cp, aside):
-            moved.append(aside)
+        try:
+            if checkpoints.move_tree(spark, cp, aside):
+                moved.append(aside)
+        except Exception as e:
+            raise CheckpointError(f"could not move checkpoint {cp} to {aside} ({str(e).splitlines()[0]}); "
+                                  "no table was emptied") from None
+    for path, _ in plan.versions.values():
+        spark.sql(f"DELETE FROM delta.`{path}`")
     return moved
 
 

@@ -22,7 +22,7 @@ from common.errors import SettingsError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("bronze", "silver", "gold")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_LEVELS = ("INFO", "DEBUG")
 _INTERVAL = re.compile(
     r"^\s*(\d+(\.\d+)?)\s*(ms|millisecond|milliseconds|s|sec|second|seconds|min|minute|minutes|"
     r"h|hour|hours)\s*$", re.I)

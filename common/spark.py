@@ -110,7 +110,7 @@ def jar_conf(master: str | None = None) -> dict[str, str]:
     paths = [str(j) for j in jars.jars("spark")]
     if master is None:
         return {"spark.driver.extraClassPath": ":".join(paths), "spark.executor.extraClassPath": ":".join(paths)}
-    if master.startswith("local"):
+    if master == "local" or master.startswith("local["):  # (local-cluster[...] runs executor JVMs)
         return {"spark.driver.extraClassPath": ":".join(paths)}
     return {"spark.jars": ",".join(paths)}
 
@@ -222,11 +222,17 @@ def _launch_quiet_gateway(builder) -> None:
         SparkContext._gateway, SparkContext._jvm = gateway, gateway.jvm
 
     def forward(stream) -> None:
-        out = sys.stderr.buffer
+        # keeps draining the pipe whatever happens to our stderr (closed, a pipe gone): a full pipe
+        # would block the JVM at its next log line
+        out = getattr(sys.__stderr__, "buffer", None)
         for line in iter(stream.readline, b""):
-            if not line.startswith(_JVM_NOISE):
+            if out is None or line.startswith(_JVM_NOISE):
+                continue
+            try:
                 out.write(line)
                 out.flush()
+            except (OSError, ValueError):
+                out = None
 
     threading.Thread(target=forward, args=(gateway.proc.stderr,), name="jvm-stderr", daemon=True).start()
 

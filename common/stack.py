@@ -344,14 +344,14 @@ def kafka_partitions(settings: Settings, topic: str) -> list[int]:
     return sorted(p["partition_index"] for d in described for p in d.get("partitions", []))
 
 
-def minio_client(settings: Settings):
+def minio_client(settings: Settings, http_client=None):
     from minio import Minio
 
     endpoint = settings.s3_endpoint
     secure = endpoint.startswith("https://")
     host = endpoint.split("://", 1)[1].rstrip("/")
     return Minio(host, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
-                 secure=secure, region=settings.s3_region)
+                 secure=secure, region=settings.s3_region, http_client=http_client)
 
 
 def check_reachable(settings: Settings, kafka: bool = True) -> None:
@@ -383,12 +383,16 @@ _S3_ACCESS_ERRORS = {
 def check_s3_access(settings: Settings) -> None:
     """One signed request (list the top level of the lake's folder): a wrong key, a wrong secret, a
     missing bucket becomes one line naming the setting, before any Spark job starts."""
-    from minio.error import S3Error
+    import urllib3
+    from minio.error import MinioException, S3Error
     from urllib3.exceptions import HTTPError
 
+    # seconds, not minio's default 5 retries of 300 s: an endpoint that takes connections but never
+    # answers is one line too
+    quick = urllib3.PoolManager(timeout=urllib3.Timeout(connect=3, read=10), retries=urllib3.Retry(total=1))
     try:
         prefix = settings.lake_root[len("s3a://"):].partition("/")[2].strip("/")
-        next(iter(minio_client(settings).list_objects(settings.bucket, prefix=prefix + "/" if prefix else None)),
+        next(iter(minio_client(settings, quick).list_objects(settings.bucket, prefix=prefix + "/" if prefix else None)),
              None)
     except S3Error as e:
         template = _S3_ACCESS_ERRORS.get(e.code)
@@ -396,6 +400,6 @@ def check_s3_access(settings: Settings) -> None:
             raise UnreachableError(f"{settings.s3_endpoint} answered {e.code} for bucket "
                                    f"{settings.bucket!r}: {e.message}") from None
         raise SettingsError(template.format(endpoint=settings.s3_endpoint, bucket=settings.bucket)) from None
-    except (HTTPError, OSError) as e:
+    except (HTTPError, OSError, MinioException) as e:
         raise UnreachableError(f"the S3 endpoint {settings.s3_endpoint} does not answer S3 requests "
                                f"({type(e).__name__}); fix LAKEHOUSE_S3_ENDPOINT") from None

@@ -13,6 +13,7 @@ nothing here writes.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -23,7 +24,7 @@ from common.settings import Settings
 
 KINDS = ("orders", "logs", "metrics")
 COORDS = ("topic", "partition", "offset")
-# gold rows that count a silver row: (gold KPI or table, silver table, key columns matched on)
+# silver table -> the gold KPIs that count its rows, each with the columns its groups are keyed by
 GOLD_OF = {
     "orders": (("customer_order_kpis", ("customer_id",)), ("customer_minute_totals", ("customer_id",))),
     "order_items": (("product_sales", ("product_id",)),),
@@ -119,12 +120,12 @@ def _published(settings: Settings, order: dict, since_ms: int, limit: int = 500_
         tp = TopicPartition(settings.topic_enriched, partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)])
         consumer.assign([tp])
         end = consumer.end_offsets([tp])[tp]
-        start = (consumer.offsets_for_times({tp: since_ms}).get(tp) or None)
+        start = consumer.offsets_for_times({tp: since_ms}).get(tp)
         if start is None:
             return [Node(f"kafka {settings.topic_enriched}", "not published yet")]
         consumer.seek(tp, start.offset)
-        found, read = [], 0
-        while consumer.position(tp) < end and read < limit:
+        found, read, deadline = [], 0, time.monotonic() + 60
+        while consumer.position(tp) < end and read < limit and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=1000, max_records=5000).values():
                 for m in records:
                     read += 1
@@ -134,7 +135,12 @@ def _published(settings: Settings, order: dict, since_ms: int, limit: int = 500_
                                           f"{m.value.decode()}",
                                           {"partition": m.partition, "offset": m.offset, "timestamp": m.timestamp,
                                            "value": m.value.decode()}))
-        return found or [Node(f"kafka {settings.topic_enriched}", f"not published yet ({read} messages read)")]
+        if found:
+            return found
+        if consumer.position(tp) < end:
+            return [Node(f"kafka {settings.topic_enriched}", f"not found in the first {read} messages of partition "
+                         f"{tp.partition} from {start.offset} (search stopped; {end - consumer.position(tp)} more)")]
+        return [Node(f"kafka {settings.topic_enriched}", f"not published yet ({read} messages read)")]
     finally:
         consumer.close()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import contextlib
 import io
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -92,7 +91,6 @@ def _validate(spark, settings: Settings, layers, docs: bool) -> list[Check]:
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network calls from CI
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
     register_tables(spark, settings)
     context = gx.get_context(mode="file", project_root_dir=str(GX_ROOT))
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,3 +51,9 @@ def run_stage_to_completion(settings: Settings, stage: str, log: Path, timeout: 
 
 
 __all__ = ["produce_to", "delta_count", "start_stage_process", "kill_hard", "run_stage_to_completion", "wait_until"]
+
+
+def user_lines(stderr: str) -> list[str]:
+    """stderr without Spark's own log4j WARN lines (a loaded machine can add some: heartbeats, GC),
+    which are not what these tests are about; errors and traces stay."""
+    return [line for line in stderr.strip().splitlines() if not re.match(r"^\d\d:\d\d:\d\d WARN ", line)]

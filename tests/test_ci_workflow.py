@@ -48,7 +48,9 @@ def test_actionlint_catches_a_broken_workflow(actionlint, tmp_path):
 
 
 def test_workflow_runs_the_ci_targets_then_data_quality_and_keeps_reports():
-    steps = yaml.safe_load(WORKFLOW.read_text())["jobs"]["test"]["steps"]
+    job = yaml.safe_load(WORKFLOW.read_text())["jobs"]["test"]
+    steps = job["steps"]
+    assert job["env"]["LAKEHOUSE_ENV_FILE"].endswith("/local.env")  # what the Makefile exports for make
     runs = "\n".join(s.get("run", "") for s in steps)
     ci_targets = re.findall(r"^make (\S+)", (ROOT / ".ci" / "run").read_text(), re.M)
     assert "test" in ci_targets

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, settings_env
+from tests.helpers import user_lines
 
 WRONG_SECRET = "not-the-secret-4f2b9c"
 
@@ -21,7 +22,7 @@ def lakehouse(env: dict, *args: str, timeout: float = 300) -> subprocess.Complet
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *expected: str, secret: str | None = None) -> None:
-    lines = proc.stderr.strip().splitlines()
+    lines = user_lines(proc.stderr)
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert 1 <= len(lines) <= 2, proc.stderr[-3000:]
     assert lines[-1].startswith("error: "), lines
@@ -69,7 +70,7 @@ def test_unknown_table_suggests_the_closest_names_without_a_java_stack(spark, la
     assert_one_line_error(proc, "silver.order does not exist", "did you mean silver.orders?")
     assert len(proc.stderr) < 400, proc.stderr
     ok = lakehouse(settings_env(lake), "sql", "SELECT count(*) AS n FROM silver.orders", "--format", "json")
-    assert ok.returncode == 0 and ok.stderr.strip() == "", ok.stderr[-3000:]
+    assert ok.returncode == 0 and user_lines(ok.stderr) == [], ok.stderr[-3000:]
     assert '"n": 1' in ok.stdout, ok.stdout
 
 
@@ -92,4 +93,4 @@ def test_dq_prints_its_summary_first_and_no_library_noise(spark, lake, tmp_path)
     assert lines[0].split() == ["TABLE", "EXPECTATIONS", "PASSED", "FAILED"]
     assert [line.split()[0] for line in lines[1:4]] == [f"bronze.{lake.bronze_table_for(t)}" for t in lake.source_topics]
     assert lines[4].startswith("15 passed, 0 failed expectations") and len(lines) == 5, proc.stdout
-    assert proc.stderr.strip() == "", proc.stderr[-3000:]
+    assert user_lines(proc.stderr) == [], proc.stderr[-3000:]
