@@ -112,7 +112,8 @@ def replay(spark, settings: Settings, from_time_ms: int | None = None, from_offs
             have = spark.read.format("delta").load(path).select("partition", "offset")
             missing = missing.join(have, ["partition", "offset"], "left_anti")
         missing = to_bronze(missing).cache()
-        read, left, added = kafka.count(), kafka.where(~before).count(), missing.count()
+        read, left = kafka.agg(F.count(F.lit(1)), F.count(F.when(~before, 1))).first()  # one pass over Kafka
+        added = missing.count()
         if added and not dry_run:
             (missing.write.format("delta").mode("append")
              .option("userMetadata", f"lakehouse replay of {topic} ({added} records)").save(path))

@@ -155,11 +155,20 @@ class RefreshPlan:
     write with its current version (the roll-back point), their checkpoints, the Kafka topics the
     rebuild publishes to again."""
 
-    stages: tuple[str, ...]
     flows: tuple
     versions: dict[str, tuple[str, int]]   # layer.table -> (path, version before the refresh)
-    checkpoints: tuple[str, ...]
-    topics: tuple[str, ...]
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(f.stage for f in self.flows))
+
+    @property
+    def checkpoints(self) -> tuple[str, ...]:
+        return tuple(f.checkpoint for f in self.flows)
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        return tuple(s.removeprefix("kafka:") for f in self.flows for s in f.sinks if s.startswith("kafka:"))
 
 
 def plan_refresh(spark, settings: Settings, target: str, include_bronze: bool = False) -> RefreshPlan:
@@ -194,9 +203,7 @@ def plan_refresh(spark, settings: Settings, target: str, include_bronze: bool = 
         for name, path in pipeline.sink_paths(settings, f).items():
             if tables.is_delta_table(spark, path):
                 versions[name] = (path, int(spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").collect()[0].version))
-    topics = tuple(s.removeprefix("kafka:") for f in flows for s in f.sinks if s.startswith("kafka:"))
-    return RefreshPlan(tuple(dict.fromkeys(f.stage for f in flows)), flows, versions,
-                       tuple(f.checkpoint for f in flows), topics)
+    return RefreshPlan(flows, versions)
 
 
 def _check_kafka_holds_bronze(spark, settings: Settings) -> None:
