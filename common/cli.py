@@ -248,21 +248,26 @@ def _cmd_sql(args) -> int:
     return 0
 
 
+def _json_value(value) -> str:
+    """What ``json.dumps`` cannot write itself: times as ISO 8601, anything else as text."""
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)
+
+
 def _cmd_trace(args) -> int:
-    from common.catalog import register_tables
+    from common.stack import check_reachable
     from common.trace import trace_kafka, trace_order
 
     if args.what == "order" and len(args.ids) != 1:
         raise SettingsError("usage: lakehouse trace order <order_id>")
     if args.what == "kafka" and (len(args.ids) != 3 or not all(x.isdigit() for x in args.ids[1:])):
         raise SettingsError("usage: lakehouse trace kafka <topic> <partition> <offset>")
-    settings, spark = _lake_session("lakehouse-trace", kafka=True)
-    register_tables(spark, settings)
+    settings = get_settings()
+    check_reachable(settings, kafka=True)
     if args.what == "order":
-        root = trace_order(spark, settings, args.ids[0])
+        root = trace_order(settings, args.ids[0])
     else:
-        root = trace_kafka(spark, settings, args.ids[0], int(args.ids[1]), int(args.ids[2]))
-    print(json.dumps(root.to_dict(), default=str, indent=1) if args.format == "json" else "\n".join(root.lines()))
+        root = trace_kafka(settings, args.ids[0], int(args.ids[1]), int(args.ids[2]))
+    print(json.dumps(root.to_dict(), default=_json_value, indent=1) if args.format == "json" else "\n".join(root.lines()))
     return 0
 
 

@@ -65,6 +65,9 @@ def guarded(command, verbose: bool) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): as quiet as any Unix tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except Exception as e:  # noqa: BLE001 - the entry point's last word
         if verbose:
             traceback.print_exc()

@@ -99,6 +99,31 @@ def ensure_topics_exist(settings: Settings, topics: Iterable[str]) -> None:
             "(`lakehouse stack up` creates the configured topics) or fix the LAKEHOUSE_TOPIC_* setting")
 
 
+# Operations after which a Delta table may be empty: where a read in commit order can begin.
+_EMPTYING = ("CREATE TABLE", "CREATE OR REPLACE TABLE", "REPLACE TABLE", "DELETE", "TRUNCATE")
+
+
+def commit_order_start(spark, path: str) -> int | None:
+    """The version from which a new stream reads Delta table ``path`` commit by commit (Delta's
+    ``startingVersion``) instead of from its snapshot: the first version after the table was last
+    empty (created, or emptied by ``lakehouse refresh``). Delta hands a snapshot's files to a
+    stream ordered by modification time, which S3 keeps in whole seconds, then by file name (a
+    random UUID), so a rate-limited stream starting from a snapshot can read a later commit's file
+    before an earlier one's; silver would judge the earlier records by the watermark the later
+    ones moved, and send them to the late ledger. None (read the snapshot) when the table is
+    empty now, or was never empty at a version the log still holds."""
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").select("version", "operation").collect()
+    latest = max(r.version for r in history)
+    for version in sorted((r.version for r in history if r.operation in _EMPTYING), reverse=True):
+        try:
+            if spark.read.format("delta").option("versionAsOf", version).load(path).isEmpty():
+                return None if version == latest else version + 1
+        except Exception as e:  # noqa: BLE001 - that version is no longer in the log
+            log.debug("%s: version %d not readable (%s); the stream reads the snapshot", path, version, e)
+            return None
+    return None
+
+
 def read_delta(spark, settings: Settings, path: str, **options):
     """A streaming read of a Delta table, at most LAKEHOUSE_MAX_BYTES_PER_TRIGGER per micro-batch."""
     reader = spark.readStream.format("delta").option("maxBytesPerTrigger", settings.max_bytes_per_trigger)

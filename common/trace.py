@@ -6,8 +6,9 @@ For each record: its Kafka coordinates and timestamp, its bronze row, then its f
 the silver row(s), or the quarantine row and its reason, or the late-ledger row and the watermark
 it missed, or the record whose copy silver kept (a duplicate) — then every gold row that counts
 it (each KPI window and group, the enriched order) and, for an order, its message in
-``commandes-enrichies``. Lookups are DataFrame filters on the catalog names (``register_tables``);
-nothing here writes.
+``commandes-enrichies``. The tables are read without Spark (``common.native``: delta-rs, with
+data skipping on the lookup columns), so a trace answers in about a second; nothing here writes.
+Times are UTC.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from pyspark.sql import functions as F
-
+from common.native import NativeLake, literal
 from common.pipeline import silver_topic
 from common.settings import Settings
 
@@ -60,24 +60,28 @@ class Node:
         return out
 
 
-def _rows(df) -> list[dict]:
-    return [r.asDict(recursive=True) for r in df.collect()]
+def _ts(value: datetime) -> str:
+    """A timestamp as the trace prints it: UTC, milliseconds only when there are some."""
+    utc = value.astimezone(timezone.utc) if value.tzinfo else value
+    text = f"{utc:%Y-%m-%d %H:%M:%S}"
+    return text + (f".{utc.microsecond // 1000:03d}" if utc.microsecond else "")
 
 
-def _where(spark, table: str, **equals):
-    """``table``'s rows whose columns equal ``equals`` (a record by its coordinates, a key)."""
-    df = spark.table(table)
-    for column, value in equals.items():
-        df = df.where(F.col(column) == F.lit(value))
-    return df
+def _show(value) -> str:
+    return _ts(value) if isinstance(value, datetime) else str(value)
 
 
 def _fmt(row: dict, *names: str) -> str:
-    return ", ".join(f"{n}={row[n]}" for n in names if n in row and row[n] is not None)
+    return ", ".join(f"{n}={_show(row[n])}" for n in names if n in row and row[n] is not None)
 
 
 def _coords(row: dict) -> str:
     return f"{row['topic']}[{row['partition']}]@{row['offset']}"
+
+
+def _at(row: dict) -> dict:
+    """A record's Kafka coordinates, as column equalities."""
+    return {c: row[c] for c in COORDS}
 
 
 def _kind_of(settings: Settings, topic: str) -> str | None:
@@ -88,28 +92,38 @@ def _bronze(settings: Settings, kind: str) -> str:
     return f"bronze.{settings.bronze_table_for(silver_topic(settings, kind))}"
 
 
-def _gold(spark, kind: str, silver_row: dict) -> list[Node]:
+def _gold(lake: NativeLake, kind: str, silver_row: dict) -> list[Node]:
     """The gold rows that count ``silver_row`` (a row of silver.<kind>, or of order_items)."""
     nodes = []
     for kpi, keys in GOLD_OF.get(kind, ()):
-        t = F.lit(silver_row["event_time"])
-        rows = _rows(_where(spark, f"gold.{kpi}", **{k: silver_row[k] for k in keys})
-                     .where((F.col("window_start") <= t) & (F.col("window_end") > t)).orderBy("window_start"))
+        t = literal(silver_row["event_time"])
+        rows = lake.rows(f"gold.{kpi}", where=f"window_start <= {t} AND window_end > {t}", order_by="window_start",
+                         **{k: silver_row[k] for k in keys})
         for r in rows:
             measures = [c for c in r if c not in ("window_start", "window_end") and c not in keys]
-            nodes.append(Node(f"gold.{kpi}", f"window {r['window_start']} - {r['window_end']} "
+            nodes.append(Node(f"gold.{kpi}", f"window {_ts(r['window_start'])} - {_ts(r['window_end'])} "
                               f"{_fmt(r, *keys)}: {_fmt(r, *measures)}", r))
         if not rows:
             nodes.append(Node(f"gold.{kpi}", "no row yet (gold has not processed it)"))
     return nodes
 
 
-def _published(settings: Settings, order: dict, since_ms: int, limit: int = 500_000) -> list[Node]:
+PUBLISH_MARGIN_S = 120  # a published message is within this of the commit of its gold.orders_enriched row
+
+
+def _published(settings: Settings, lake: NativeLake, order: dict, since: datetime) -> list[Node]:
     """The order's messages in the enriched topic: the partition its key (customer_id) hashes to,
-    read from the time the order reached Kafka."""
+    read around the time its gold.orders_enriched row was committed (gold publishes a batch and
+    appends it together), never before the order reached Kafka."""
     from kafka import KafkaConsumer, TopicPartition
     from kafka.partitioner.default import murmur2
 
+    written = lake.file_times("gold.orders_enriched", "order_id", order["order_id"])
+    start_ms = int(since.timestamp() * 1000)
+    end_ms = None
+    if written:
+        start_ms = max(start_ms, int(written[0].timestamp() * 1000) - PUBLISH_MARGIN_S * 1000)
+        end_ms = int(written[-1].timestamp() * 1000) + PUBLISH_MARGIN_S * 1000
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), enable_auto_commit=False,
                              consumer_timeout_ms=3000, client_id="lakehouse-trace")
     try:
@@ -120,135 +134,143 @@ def _published(settings: Settings, order: dict, since_ms: int, limit: int = 500_
         tp = TopicPartition(settings.topic_enriched, partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)])
         consumer.assign([tp])
         end = consumer.end_offsets([tp])[tp]
-        start = consumer.offsets_for_times({tp: since_ms}).get(tp)
+        start = consumer.offsets_for_times({tp: start_ms}).get(tp)
         if start is None:
             return [Node(f"kafka {settings.topic_enriched}", "not published yet")]
         consumer.seek(tp, start.offset)
-        found, read, deadline = [], 0, time.monotonic() + 60
-        while consumer.position(tp) < end and read < limit and time.monotonic() < deadline:
+        found, read, passed, deadline = [], 0, False, time.monotonic() + 60
+        while consumer.position(tp) < end and not passed and time.monotonic() < deadline:
             for records in consumer.poll(timeout_ms=1000, max_records=5000).values():
                 for m in records:
                     read += 1
+                    passed = passed or (end_ms is not None and m.timestamp > end_ms)
                     if m.key == key and json.loads(m.value).get("order_id") == order["order_id"]:
+                        at = datetime.fromtimestamp(m.timestamp / 1000, timezone.utc)
                         found.append(Node(f"kafka {m.topic}[{m.partition}]@{m.offset}",
-                                          f"published {datetime.fromtimestamp(m.timestamp / 1000, timezone.utc):%Y-%m-%d %H:%M:%S}: "
-                                          f"{m.value.decode()}",
+                                          f"published {_ts(at)}: {m.value.decode()}",
                                           {"partition": m.partition, "offset": m.offset, "timestamp": m.timestamp,
                                            "value": m.value.decode()}))
         if found:
             return found
-        if consumer.position(tp) < end:
-            return [Node(f"kafka {settings.topic_enriched}", f"not found in the first {read} messages of partition "
-                         f"{tp.partition} from {start.offset} (search stopped; {end - consumer.position(tp)} more)")]
+        if not passed and consumer.position(tp) < end:
+            return [Node(f"kafka {settings.topic_enriched}", f"not found in {read} messages of partition "
+                         f"{tp.partition} from offset {start.offset} (search stopped after 60 s)")]
         return [Node(f"kafka {settings.topic_enriched}", f"not published yet ({read} messages read)")]
     finally:
         consumer.close()
 
 
-def _fate(spark, settings: Settings, kind: str, bronze: dict, winners: dict) -> list[Node]:
+def _fate(lake: NativeLake, settings: Settings, kind: str, bronze: dict, winners: dict) -> list[Node]:
     """What silver did with one bronze record, and everything after it."""
-    coords = {c: bronze[c] for c in COORDS}
     silver_table = f"silver.{kind}"
-    rows = _rows(_where(spark, silver_table, **coords))
+    rows = lake.rows(silver_table, **_at(bronze))
     if rows:
         nodes = []
         for r in rows:
             node = Node(silver_table, "kept: " + _fmt(r, *[c for c in r if c not in COORDS + ("kafka_timestamp",)]), r)
             if kind == "orders":
-                items = _rows(_where(spark, "silver.order_items", order_id=r["order_id"]).orderBy("line"))
-                for it in items:
+                for it in lake.rows("silver.order_items", order_by="line", order_id=r["order_id"]):
                     item = Node("silver.order_items", _fmt(it, "line", "product_id", "product_name", "quantity",
                                                            "unit_price", "subtotal"), it)
-                    item.children = _gold(spark, "order_items", it)
+                    item.children = _gold(lake, "order_items", it)
                     node.children.append(item)
-                enriched = _rows(_where(spark, "gold.orders_enriched", order_id=r["order_id"]))
+                enriched = lake.rows("gold.orders_enriched", order_id=r["order_id"])
                 node.children += [Node("gold.orders_enriched", _fmt(e, "segment", "ville", "nom", "total",
                                                                      "customer_known"), e) for e in enriched]
                 if not enriched:
                     node.children.append(Node("gold.orders_enriched", "no row yet (gold has not processed it)"))
-                node.children += _gold(spark, kind, r)
-                node.children += _published(settings, r, int(bronze["timestamp"].timestamp() * 1000))
+                node.children += _gold(lake, kind, r)
+                node.children += _published(settings, lake, r, bronze["timestamp"])
             else:
-                node.children += _gold(spark, kind, r)
+                node.children += _gold(lake, kind, r)
             nodes.append(node)
         return nodes
-    q = _rows(_where(spark, "silver.quarantine", **coords))
+    q = lake.rows("silver.quarantine", **_at(bronze))
     if q:
-        return [Node("silver.quarantine", f"quarantined: {r['reason']} (target {r['target_table']})", r) for r in q]
-    late = _rows(_where(spark, "silver.late_records", **coords))
+        return [Node("silver.quarantine", f"quarantined: {r['reason']} (target {r['target_table']})", _text(r))
+                for r in q]
+    late = lake.rows("silver.late_records", **_at(bronze))
     if late:
-        return [Node("silver.late_records", f"late: event_time {r['event_time']} was {r['lateness_seconds']:.0f} s "
-                     f"behind the watermark {r['watermark']} (delay {r['watermark_delay_seconds']:.0f} s)", r)
+        return [Node("silver.late_records", f"late: event_time {_ts(r['event_time'])} was "
+                     f"{r['lateness_seconds']:.0f} s behind the watermark {_ts(r['watermark'])} "
+                     f"(delay {r['watermark_delay_seconds']:.0f} s)", _text(r))
                 for r in late]
     winner = winners.get(bronze.get("natural_key"))
-    if winner and winner != coords:
+    if winner and winner != _at(bronze):
         return [Node("silver", f"duplicate: silver kept {_coords(winner)} with the same key "
                      "(dropped by the within-watermark dedup)")]
     return [Node("silver", "not in silver, quarantine or the late ledger yet (silver has not processed it)")]
 
 
-def _bronze_nodes(spark, settings: Settings, kind: str, bronze_rows: list[dict], key_of) -> list[Node]:
+def _text(row: dict) -> dict:
+    """A row with its binary Kafka key and value as text."""
+    return {k: v.decode(errors="replace") if isinstance(v, bytes) else v for k, v in row.items()}
+
+
+def _bronze_nodes(lake: NativeLake, settings: Settings, kind: str, bronze_rows: list[dict], key_of) -> list[Node]:
     """Nodes for bronze records of one kind; duplicates are told apart by the natural key."""
     winners: dict = {}
     for b in bronze_rows:
         b["natural_key"] = key_of(b)
     keys = {b["natural_key"] for b in bronze_rows if b["natural_key"] is not None}
     for k in keys:
-        kept = _kept_with_key(spark, kind, k)
+        kept = _kept_with_key(lake, kind, k)
         if kept:
-            winners[k] = {c: kept[c] for c in COORDS}
+            winners[k] = _at(kept)
     out = []
     for b in sorted(bronze_rows, key=lambda r: (r["timestamp"], r["partition"], r["offset"])):
-        kafka = Node(f"kafka {_coords(b)}", f"timestamp {b['timestamp']}, key {b['key']}")
-        bronze = Node(_bronze(settings, kind), f"value {b['value'][:160]}",
+        kafka = Node(f"kafka {_coords(b)}", f"timestamp {_ts(b['timestamp'])}, key {b['key']}")
+        bronze = Node(_bronze(settings, kind), f"value {(b['value'] or '')[:160]}",
                       {k: v for k, v in b.items() if k != "natural_key"})
-        bronze.children = _fate(spark, settings, kind, b, winners)
+        bronze.children = _fate(lake, settings, kind, b, winners)
         kafka.children.append(bronze)
         out.append(kafka)
     return out
 
 
-def _kept_with_key(spark, kind: str, key) -> dict | None:
+def _kept_with_key(lake: NativeLake, kind: str, key) -> dict | None:
     """The silver row with natural key ``key`` (orders: order_id; logs and metrics have no natural key
     beyond their coordinates, so no duplicates are told for them)."""
-    if kind != "orders":
+    if kind != "orders" or not isinstance(key, int):
         return None
-    rows = _rows(_where(spark, "silver.orders", order_id=key).select(*COORDS).limit(1))
+    rows = lake.rows("silver.orders", columns='topic, "partition", "offset"', limit=1, order_id=key)
     return rows[0] if rows else None
 
 
-def _bronze_rows(spark, table: str):
-    return spark.table(table).select(*COORDS, "timestamp", F.col("key").cast("string").alias("key"),
-                                     F.col("value").cast("string").alias("value"))
+def _bronze_rows(lake: NativeLake, table: str, where: str) -> list[dict]:
+    return [_text(r) for r in lake.rows(table, where=where, columns='topic, "partition", "offset", "timestamp", '
+                                        "arrow_cast(key, 'Utf8') AS key, arrow_cast(value, 'Utf8') AS value")]
 
 
-def trace_order(spark, settings: Settings, order_id) -> Node:
-    order_id = str(order_id)
+def trace_order(settings: Settings, order_id, lake: NativeLake | None = None) -> Node:
+    lake = lake or NativeLake(settings)
+    order_id = str(order_id).strip()
     table = _bronze(settings, "orders")
-    value = F.col("value")
-    rows = _rows(_bronze_rows(spark, table).where(value.contains(order_id)
-                                                  & (F.get_json_object(value, "$.order_id") == F.lit(order_id))))
+    # every record whose text holds the id, then exactly those whose order_id is it (number or text)
+    candidates = _bronze_rows(lake, table, f"arrow_cast(value, 'Utf8') LIKE {literal('%' + order_id + '%')}")
+    rows = [b for b in candidates if str(_json_field(b["value"], "order_id")) == order_id]
     root = Node(f"order {order_id}", f"{len(rows)} Kafka record(s) in {table}")
     if not rows:
         root.text = f"no record of this order in {table} (not produced, or bronze has not read it yet)"
-    root.children = _bronze_nodes(spark, settings, "orders", rows,
-                                  lambda b: _json_field(b["value"], "order_id"))
+    root.children = _bronze_nodes(lake, settings, "orders", rows, lambda b: _json_field(b["value"], "order_id"))
     return root
 
 
-def trace_kafka(spark, settings: Settings, topic: str, partition: int, offset: int) -> Node:
+def trace_kafka(settings: Settings, topic: str, partition: int, offset: int, lake: NativeLake | None = None) -> Node:
     from common.errors import SettingsError
 
     kind = _kind_of(settings, topic)
     if kind is None:
         raise SettingsError(f"topic {topic!r} is not a source topic; valid: {', '.join(settings.source_topics)}")
+    lake = lake or NativeLake(settings)
     table = _bronze(settings, kind)
-    rows = _rows(_bronze_rows(spark, table).where((F.col("topic") == topic) & (F.col("partition") == partition)
-                                                  & (F.col("offset") == offset)))
+    rows = _bronze_rows(lake, table, " AND ".join(f'"{c}" = {literal(v)}' for c, v in
+                                                   (("topic", topic), ("partition", int(partition)),
+                                                    ("offset", int(offset)))))
     root = Node(f"record {topic}[{partition}]@{offset}", f"in {table}" if rows else
                 f"not in {table} (bronze has not read it yet, or the offset does not exist)")
     key_of = (lambda b: _json_field(b["value"], "order_id")) if kind == "orders" else (lambda b: None)
-    root.children = _bronze_nodes(spark, settings, kind, rows, key_of)
+    root.children = _bronze_nodes(lake, settings, kind, rows, key_of)
     return root
 
 

@@ -59,7 +59,8 @@ def _max(name: str, column: str) -> Measure:
 
 def _average(name: str, total: str, count: str, column: str) -> Measure:
     return Measure(name, f"round(avg({column}), 2)",
-                   f"CASE WHEN sum({count}) > 0 THEN round(sum({total}) / sum({count}), 2) END")
+                   # CAST: the same division in Spark SQL and in DataFusion (common.native), which divides integers
+                   f"CASE WHEN sum({count}) > 0 THEN round(CAST(sum({total}) AS DOUBLE) / sum({count}), 2) END")
 
 
 @dataclass(frozen=True)

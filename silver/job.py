@@ -161,24 +161,29 @@ def _warn_if_many_late(settings: Settings, flow, kind: str, batch_id: int, late:
                     kind, 100 * late / seen, wm, settings.late_warn_pct)
 
 
-def classified_stream(spark, settings: Settings, kind: str):
-    """One source's bronze stream, classified and deduplicated (``silver.transforms.dedupe``)."""
+def classified_stream(spark, settings: Settings, kind: str, new_checkpoint: bool = False):
+    """One source's bronze stream, classified and deduplicated (``silver.transforms.dedupe``). On a
+    new checkpoint it reads bronze commit by commit from where bronze was last empty
+    (``streams.commit_order_start``), so a backlog's micro-batches follow Kafka's order."""
     topic = pipeline.silver_topic(settings, kind)
     bronze_path = settings.table_path("bronze", settings.bronze_table_for(topic))
     require_table(spark, bronze_path, f"bronze table for {topic}", "run bronze first (`lakehouse run bronze`)")
-    classified = T.classify(streams.read_delta(spark, settings, bronze_path), kind,
+    start = streams.commit_order_start(spark, bronze_path) if new_checkpoint else None
+    options = {"startingVersion": str(start)} if start is not None else {}
+    classified = T.classify(streams.read_delta(spark, settings, bronze_path, **options), kind,
                             interval_seconds(settings.max_event_time_ahead))
     return T.dedupe(classified, kind, pipeline.watermark(settings, kind)).withColumn("kind", F.lit(kind))
 
 
 def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
-    from common.checkpoints import check_not_orphaned
+    from common.checkpoints import check_not_orphaned, is_new
 
     (flow,) = pipeline.flows(settings, "silver")
     if options.sink == "delta":
         ensure_tables(spark, settings)
+    new_checkpoint = options.sink != "console" and is_new(spark, flow.checkpoint)
     stream = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True),
-                    [classified_stream(spark, settings, kind) for kind in pipeline.SILVER_KINDS])
+                    [classified_stream(spark, settings, kind, new_checkpoint) for kind in pipeline.SILVER_KINDS])
     if options.sink == "console":
         return streams.start_all([dict(df=stream.drop("value", "key"), name=flow.name, checkpoint="",
                                        options=options)])

@@ -13,7 +13,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from common import customers
-from common.catalog import register_tables
 from common.runner import run
 from common.trace import trace_kafka, trace_order
 from tests.conftest import ROOT, settings_env
@@ -33,7 +32,7 @@ def _steps(node: dict, out=None) -> list[dict]:
 
 
 def _event_time(rec: dict) -> datetime:
-    return datetime.fromisoformat(json.loads(rec["value"])["timestamp"]).replace(tzinfo=None)
+    return datetime.fromisoformat(json.loads(rec["value"])["timestamp"]).replace(tzinfo=timezone.utc)
 
 
 def test_trace_follows_valid_duplicate_quarantined_and_late_records(spark, lake, tmp_path):
@@ -48,12 +47,11 @@ def test_trace_follows_valid_duplicate_quarantined_and_late_records(spark, lake,
     ledger = produce_to(lake, ledger_path, 4, seed=7, topics=orders, start_time=T0 + timedelta(hours=1, seconds=30),
                         event_spacing=1.0, late_pct=100, late_by=1800)  # 10:30: behind 11:00:09 - 5 min
     run(("bronze", "silver", "gold"), lake, "availableNow", spark=spark)
-    register_tables(spark, lake)
 
     ids = Counter(r["order_id"] for r in ledger)
     kept = [r for r in first if r["fault"] is None and ids[r["order_id"]] == 1]
     valid = kept[len(kept) // 2]
-    tree = trace_order(spark, lake, valid["order_id"]).to_dict()
+    tree = trace_order(lake, valid["order_id"]).to_dict()
     steps = _steps(tree)
     by = {s["step"]: s for s in steps}
     assert f"{valid['topic']}[{valid['partition']}]@{valid['offset']}" in {s["step"][6:] for s in steps
@@ -74,14 +72,14 @@ def test_trace_follows_valid_duplicate_quarantined_and_late_records(spark, lake,
     assert sum(1 for s in steps if s["step"] == "gold.customer_order_kpis") == 2  # 2-minute windows, 1-minute slide
 
     duplicate = next(r for r in first if r["fault"] == "duplicate")
-    steps = _steps(trace_order(spark, lake, duplicate["order_id"]).to_dict())
+    steps = _steps(trace_order(lake, duplicate["order_id"]).to_dict())
     kafka = [s for s in steps if s["step"].startswith(f"kafka {lake.topic_orders}[")]
     assert len(kafka) == ids[duplicate["order_id"]] >= 2
     assert sum(1 for s in steps if s["step"] == "silver.orders") == 1
     assert sum(1 for s in steps if s["text"].startswith("duplicate: silver kept ")) == len(kafka) - 1
 
     bad = next(r for r in first if (r["fault"] or "").startswith("malformed:"))
-    steps = _steps(trace_kafka(spark, lake, bad["topic"], bad["partition"], bad["offset"]).to_dict())
+    steps = _steps(trace_kafka(lake, bad["topic"], bad["partition"], bad["offset"]).to_dict())
     assert [s["text"] for s in steps if s["step"] == "silver.quarantine"][0].startswith("quarantined: ")
     assert not any(s["step"].startswith("gold.") for s in steps)
 

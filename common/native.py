@@ -1,0 +1,117 @@
+"""The lake's Delta tables read without Spark: delta-rs (the ``deltalake`` package) and its
+DataFusion SQL engine, for the commands that must answer faster than a Spark session starts
+(``lakehouse trace``). Read only: every table keeps its single Spark writer.
+
+Tables are named as in the catalog (``silver.orders``); a gold KPI is its combined view over the
+partial rows (``Kpi.view_sql``, the same SQL as Spark's ``gold.<kpi>`` view). A lookup reads only
+the files whose column statistics can hold the value (Delta's data skipping, done by delta-rs).
+Values are given as Python values and written into the SQL as typed literals by ``literal``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from common.settings import Settings
+
+
+def storage_options(settings: Settings) -> dict[str, str]:
+    """delta-rs's object-store options for the lake (empty for a local path)."""
+    if not settings.is_s3:
+        return {}
+    return {"AWS_ENDPOINT_URL": settings.s3_endpoint.rstrip("/"), "AWS_ACCESS_KEY_ID": settings.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key, "AWS_REGION": settings.s3_region,
+            "AWS_ALLOW_HTTP": str(settings.s3_endpoint.startswith("http://")).lower(),
+            "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": str(not settings.s3_path_style).lower()}
+
+
+def table_uri(settings: Settings, layer: str, name: str) -> str:
+    path = settings.table_path(layer, name)
+    return "s3://" + path[len("s3a://"):] if path.startswith("s3a://") else path
+
+
+def literal(value) -> str:
+    """``value`` as a DataFusion SQL literal (ints, floats, strings, bools, timestamps)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, datetime):
+        utc = value.astimezone(timezone.utc) if value.tzinfo else value
+        return f"TIMESTAMP '{utc:%Y-%m-%d %H:%M:%S.%f}'"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"no SQL literal for {type(value).__name__}")
+
+
+class NativeLake:
+    """The lake's tables by catalog name, loaded on first use (a table that does not exist yet
+    reads as no rows)."""
+
+    def __init__(self, settings: Settings):
+        from deltalake import QueryBuilder
+
+        self.settings = settings
+        self._builder = QueryBuilder()
+        self._tables: dict[str, object] = {}  # catalog name -> DeltaTable, or None when absent
+
+    def table(self, name: str):
+        """The ``DeltaTable`` of catalog name ``layer.table`` (a KPI: its partial rows), or None."""
+        if name not in self._tables:
+            from deltalake import DeltaTable
+            from deltalake.exceptions import TableNotFoundError
+
+            layer, table = name.split(".", 1)
+            try:
+                self._tables[name] = DeltaTable(table_uri(self.settings, layer, table),
+                                                storage_options=storage_options(self.settings))
+            except TableNotFoundError:
+                self._tables[name] = None
+            else:
+                self._builder.register(self._alias(name), self._tables[name])
+        return self._tables[name]
+
+    @staticmethod
+    def _alias(name: str) -> str:
+        return name.replace(".", "__")
+
+    def relation(self, name: str) -> str | None:
+        """What a query reads for ``name``: the table, or for a KPI its combined view."""
+        from gold.transforms import kpi_named
+
+        if self.table(name) is None:
+            return None
+        layer, table = name.split(".", 1)
+        kpi = kpi_named(table) if layer == "gold" else None
+        return f"({kpi.view_sql(self._alias(name))}) AS kpi" if kpi else self._alias(name)
+
+    def sql(self, query: str) -> list[dict]:
+        """Rows of a DataFusion query over registered aliases (``layer__table``)."""
+        import pyarrow as pa
+
+        return pa.table(self._builder.execute(query).read_all()).to_pylist()
+
+    def rows(self, name: str, where: str = "", order_by: str = "", limit: int | None = None,
+             columns: str = "*", **equals) -> list[dict]:
+        """Rows of ``name`` whose columns equal ``equals``, and ``where`` (SQL) holds."""
+        relation = self.relation(name)
+        if relation is None:
+            return []
+        conditions = [f"\"{c}\" = {literal(v)}" for c, v in equals.items()] + ([where] if where else [])
+        query = f"SELECT {columns} FROM {relation}"
+        query += f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        query += f" ORDER BY {order_by}" if order_by else ""
+        query += f" LIMIT {int(limit)}" if limit is not None else ""
+        return self.sql(query)
+
+    def file_times(self, name: str, column: str, value) -> list[datetime]:
+        """When the files of ``name`` whose statistics can hold ``column = value`` were written
+        (their commit times, give or take a batch)."""
+        import pyarrow as pa
+
+        dt = self.table(name)
+        if dt is None:
+            return []
+        actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+        return sorted(datetime.fromtimestamp(a["modification_time"] / 1000, timezone.utc) for a in actions
+                      if a.get(f"min.{column}") is None or a[f"min.{column}"] <= value <= a[f"max.{column}"])
