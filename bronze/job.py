@@ -58,7 +58,7 @@ def resume_offsets(spark, settings: Settings) -> str | None:
         offsets[topic] = {str(r.partition): int(r.last) + 1 for r in rows}
     if not offsets:
         return None
-    from common.stack import kafka_partitions
+    from common.clients import kafka_partitions
 
     for topic in settings.source_topics:
         parts = offsets.setdefault(topic, {})
@@ -79,7 +79,7 @@ def replay(spark, settings: Settings, from_time_ms: int | None = None, from_offs
 
     from common import checkpoints
     from common.runner import _refuse_if_running
-    from common.stack import kafka_partitions
+    from common.clients import kafka_partitions
 
     flow = pipeline.flow(settings, "bronze")
     _refuse_if_running(spark, (flow,), "replay bronze")
@@ -92,9 +92,7 @@ def replay(spark, settings: Settings, from_time_ms: int | None = None, from_offs
     for topic, path in table_paths(settings).items():
         if from_offsets is not None and topic not in from_offsets:
             continue
-        reader = (spark.read.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
-                  .option("subscribe", topic).option("includeHeaders", "true").option("endingOffsets", "latest")
-                  .option("failOnDataLoss", str(settings.fail_on_data_loss).lower()))
+        reader = spark.read.format("kafka").options(**streams.kafka_options(settings, [topic], endingOffsets="latest"))
         if from_offsets is not None:  # Spark wants every partition: the others from their end (nothing)
             start = {str(p): -1 for p in kafka_partitions(settings, topic)}
             start.update({str(p): int(o) for p, o in from_offsets[topic].items()})
@@ -126,11 +124,13 @@ def warn_if_records_gone(settings: Settings) -> None:
     """Bronze reading a topic from its start for the first time: say which partitions no longer
     begin at offset 0 - the broker deleted those records (time or size retention) before bronze
     ever read them, so no stage will see them."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
+
+    from common.clients import kafka_consumer
 
     try:
-        consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-                                 request_timeout_ms=10000, api_version_auto_timeout_ms=5000)
+        consumer = kafka_consumer(settings, "lakehouse-bronze", request_timeout_ms=10000,
+                                  api_version_auto_timeout_ms=5000)
         try:
             parts = [TopicPartition(t, p) for t in settings.source_topics
                      for p in sorted(consumer.partitions_for_topic(t) or ())]

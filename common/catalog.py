@@ -24,7 +24,7 @@ def list_tables(settings: Settings) -> dict[str, list[str]]:
     """{layer: [table, ...]} of the Delta tables present under the lake root (no Spark needed)."""
     found: dict[str, list[str]] = {}
     if settings.is_s3:
-        from common.stack import minio_client
+        from common.clients import minio_client
 
         client = minio_client(settings)
         root = settings.lake_root[len(f"s3a://{settings.bucket}"):].strip("/")

@@ -29,7 +29,7 @@ import threading
 import time
 
 from common.errors import CheckpointError
-from common.stack import pid_alive
+from common.clients import pid_alive
 
 log = logging.getLogger("lakehouse.checkpoints")
 SIGNATURE_FILE = "_lakehouse_query.json"

@@ -34,7 +34,7 @@ from common.settings import LAYERS, get_settings
 def _cmd_setup(args) -> int:
     from common import jars
     from common.spark import write_spark_defaults
-    from common.stack import Stack
+    from devstack.stack import Stack
 
     if args.what in ("jars", "all"):
         for name in jars.JAR_SETS:
@@ -46,7 +46,7 @@ def _cmd_setup(args) -> int:
 
 
 def _cmd_stack(args) -> int:
-    from common.stack import Stack
+    from devstack.stack import Stack
 
     stack = Stack(get_settings())
     if args.action == "up":
@@ -72,7 +72,7 @@ def _cmd_config(args) -> int:
 
 
 def _cmd_produce(args) -> int:
-    from common.generator import GenOptions, produce
+    from devstack.generator import GenOptions, produce
 
     settings = get_settings()
     topics = settings.source_topics if args.topic in (None, "all") else (args.topic,)
@@ -203,14 +203,16 @@ def _print_rows(columns: list[str], rows: list[list], fmt: str) -> None:
         w.writerow(columns)
         w.writerows(rows)
     else:
+        from common.text import widths
+
         cells = [[("NULL" if v is None else str(v)) for v in r] for r in rows]
-        widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-        line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+        w = widths([list(columns)] + cells)
+        line = "+" + "+".join("-" * (n + 2) for n in w) + "+"
         print(line)
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
+        print("| " + " | ".join(c.ljust(n) for c, n in zip(columns, w)) + " |")
         print(line)
         for r in cells:
-            print("| " + " | ".join(v.ljust(w) for v, w in zip(r, widths)) + " |")
+            print("| " + " | ".join(v.ljust(n) for v, n in zip(r, w)) + " |")
         print(line)
         print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
 
@@ -219,7 +221,7 @@ def _lake_session(app_name: str, kafka: bool = False):
     """(settings, spark) for a command that reads the lake (and Kafka, with ``kafka``): a down or
     refusing endpoint is one line, fast, before Spark starts."""
     from common.spark import get_spark
-    from common.stack import check_reachable
+    from common.clients import check_reachable
 
     settings = get_settings()
     check_reachable(settings, kafka=kafka)
@@ -254,7 +256,7 @@ def _json_value(value) -> str:
 
 
 def _cmd_trace(args) -> int:
-    from common.stack import check_reachable
+    from common.clients import check_reachable
     from common.trace import trace_kafka, trace_order
 
     if args.what == "order" and len(args.ids) != 1:
@@ -273,13 +275,12 @@ def _cmd_trace(args) -> int:
 
 def _cmd_peek(args) -> int:
     from common.spark import get_spark
-    from common.streams import ensure_topics_exist
+    from common.streams import ensure_topics_exist, kafka_options
 
     settings = get_settings()
     ensure_topics_exist(settings, [args.topic])
     spark = get_spark(settings, app_name="lakehouse-peek")
-    df = (spark.read.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
-          .option("subscribe", args.topic).option("startingOffsets", "earliest").load()
+    df = (spark.read.format("kafka").options(**kafka_options(settings, [args.topic], startingOffsets="earliest")).load()
           .selectExpr("CAST(key AS STRING) AS key", "CAST(value AS STRING) AS value", "topic", "partition",
                       "offset", "timestamp")
           .orderBy("timestamp", "partition", "offset").limit(args.limit))
@@ -289,7 +290,7 @@ def _cmd_peek(args) -> int:
 
 
 def _cmd_status(args) -> int:
-    from common.stack import check_reachable
+    from common.clients import check_reachable
     from common.status import format_status, read_status
 
     settings = get_settings()
@@ -348,7 +349,7 @@ def _cmd_maintain(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from common.demo import demo
+    from devstack.demo import demo
 
     return demo(get_settings(), count=args.count)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 from common import versions
 from common.errors import SetupError
 from common.progress import run_with_heartbeat
+from common.settings import Tooling
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 JAR_SETS: dict[str, tuple[str, ...]] = {
@@ -37,7 +37,7 @@ _MANIFEST = "manifest.json"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("LAKEHOUSE_CACHE_DIR", PROJECT_ROOT / ".cache")).resolve()
+    return Tooling.from_env().cache_dir
 
 
 def jar_dir(name: str) -> Path:
@@ -72,7 +72,7 @@ def _pom(name: str) -> str:
 def _settings() -> str:
     # Some upstream POMs (Spark's parent) declare extra repositories that are not reachable
     # everywhere; route every repository through one Maven Central URL instead.
-    url = os.environ.get("LAKEHOUSE_MAVEN_URL", "https://repo.maven.apache.org/maven2")
+    url = Tooling.from_env().maven_url
     return (
         "<settings><mirrors><mirror><id>lakehouse-central</id><mirrorOf>*</mirrorOf>"
         f"<url>{url}</url></mirror></mirrors></settings>"
@@ -111,7 +111,7 @@ def fetch(name: str, *, quiet: bool = False) -> list[Path]:
             cmd.insert(1, "-ntp")
         else:
             cmd.insert(1, "-q")
-        repo = os.environ.get("LAKEHOUSE_MAVEN_REPO")
+        repo = Tooling.from_env().maven_repo
         if repo:
             cmd.append(f"-Dmaven.repo.local={repo}")
         if not quiet:

@@ -32,10 +32,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from common.errors import SettingsError
-from common.settings import Settings
+from common.settings import SOURCE_KINDS, Settings
 
 STAGES = ("bronze", "silver", "gold")
-SILVER_KINDS = ("orders", "logs", "metrics")
+SILVER_KINDS = SOURCE_KINDS  # silver parses each source into its own table
 GOLD_SOURCES = ("orders", "order_items", "logs", "metrics")  # the silver tables gold reads
 
 
@@ -67,22 +67,14 @@ def _bronze(s: Settings) -> tuple[Flow, ...]:
                  s.checkpoint_path("bronze", "kafka"), (("topics", s.source_topics),)),)
 
 
-def silver_topic(s: Settings, kind: str) -> str:
-    return {"orders": s.topic_orders, "logs": s.topic_logs, "metrics": s.topic_metrics}[kind]
-
-
-def watermark(s: Settings, kind: str) -> str:
-    return {"orders": s.watermark_orders, "logs": s.watermark_logs, "metrics": s.watermark_metrics}[kind]
-
-
 def _silver(s: Settings) -> tuple[Flow, ...]:
     from silver.transforms import dedup_columns
 
     signature: list[tuple[str, object]] = []
     for kind in SILVER_KINDS:
-        signature += [(f"source_{kind}", silver_topic(s, kind)), (f"dedup_key_{kind}", dedup_columns(kind)),
-                      (f"watermark_{kind}", watermark(s, kind))]
-    return (Flow("silver", "silver", tuple(f"bronze.{s.bronze_table_for(silver_topic(s, k))}" for k in SILVER_KINDS),
+        signature += [(f"source_{kind}", s.source(kind).topic), (f"dedup_key_{kind}", dedup_columns(kind)),
+                      (f"watermark_{kind}", s.source(kind).watermark)]
+    return (Flow("silver", "silver", tuple(f"bronze.{s.source(k).bronze_table}" for k in SILVER_KINDS),
                  ("silver.orders", "silver.order_items", "silver.logs", "silver.metrics", "silver.quarantine",
                   "silver.late_records", "silver.rule_outcomes"),
                  s.checkpoint_path("silver", "bronze"), tuple(signature), stateful=True),)

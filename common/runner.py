@@ -92,7 +92,7 @@ def _start_stage(spark, settings: Settings, stage: str, options: streams.StreamO
 def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None, sink: str | None = None,
         spark=None) -> None:
     options = streams.StreamOptions.from_args(settings, trigger, sink)
-    from common.stack import check_reachable
+    from common.clients import check_reachable
 
     check_reachable(settings)
     if spark is None:
@@ -212,9 +212,11 @@ def plan_refresh(spark, settings: Settings, target: str, include_bronze: bool = 
 def _check_kafka_holds_bronze(spark, settings: Settings) -> None:
     """Every record bronze holds is still in Kafka (the earliest offset kept <= bronze's first one)."""
     from common.errors import SettingsError
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), client_id="lakehouse-refresh")
+    from common.clients import kafka_consumer
+
+    consumer = kafka_consumer(settings, "lakehouse-refresh")
     try:
         for topic in settings.source_topics:
             path = settings.table_path("bronze", settings.bronze_table_for(topic))

@@ -71,6 +71,19 @@ def interval_seconds(text: str) -> float:
     return n
 
 
+SOURCE_KINDS = ("orders", "logs", "metrics")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One source of the pipeline: a Kafka topic read into its bronze table, parsed into silver."""
+
+    kind: str          # orders | logs | metrics (its silver table)
+    topic: str         # LAKEHOUSE_TOPIC_<KIND>
+    watermark: str     # LAKEHOUSE_WATERMARK_<KIND>: silver's event-time delay and dedup horizon
+    bronze_table: str  # the bronze table's name (the topic, with - and . as _)
+
+
 @dataclass(frozen=True)
 class Settings:
     # storage
@@ -136,8 +149,7 @@ class Settings:
             if var in values:
                 kwargs[f.name] = _convert(var, values[var], f.type)
         unknown = sorted(set(values) - {env_var(f.name) for f in dataclasses.fields(cls)}
-                         - {"LAKEHOUSE_ENV_FILE", "LAKEHOUSE_CACHE_DIR", "LAKEHOUSE_MAVEN_REPO",
-                            "LAKEHOUSE_MAVEN_URL"})
+                         - {"LAKEHOUSE_ENV_FILE"} - set(TOOLING_VARIABLES))
         if unknown:
             raise SettingsError(f"unknown setting {unknown[0]}; known: "
                                 + ", ".join(env_var(f.name) for f in dataclasses.fields(cls)))
@@ -218,7 +230,26 @@ class Settings:
 
     @property
     def source_topics(self) -> tuple[str, ...]:
-        return (self.topic_orders, self.topic_logs, self.topic_metrics)
+        return tuple(src.topic for src in self.sources)
+
+    @property
+    def sources(self) -> tuple["Source", ...]:
+        """The three sources, in ``SOURCE_KINDS`` order: each its topic, watermark delay, bronze table."""
+        return tuple(self.source(kind) for kind in SOURCE_KINDS)
+
+    def source(self, kind: str) -> "Source":
+        """Source ``kind`` (orders | logs | metrics) and its settings, typed."""
+        fields = {"orders": (self.topic_orders, self.watermark_orders),
+                  "logs": (self.topic_logs, self.watermark_logs),
+                  "metrics": (self.topic_metrics, self.watermark_metrics)}
+        if kind not in fields:
+            raise SettingsError(f"unknown source {kind!r}; valid: {', '.join(SOURCE_KINDS)}")
+        topic, watermark = fields[kind]
+        return Source(kind, topic, watermark, self.bronze_table_for(topic))
+
+    def source_of_topic(self, topic: str) -> "Source | None":
+        """The source whose Kafka topic is ``topic`` (None: not a source topic)."""
+        return next((src for src in self.sources if src.topic == topic), None)
 
     @property
     def checkpoints(self) -> str:
@@ -312,3 +343,37 @@ def get_settings() -> Settings:
     if _cached is None:
         _cached = Settings.from_env()
     return _cached
+
+
+# ---- the process environment beyond the pipeline's settings ---------------------------------
+# Every environment variable is read in this module; the rest of the code asks these functions.
+
+TOOLING_VARIABLES = ("LAKEHOUSE_CACHE_DIR", "LAKEHOUSE_MAVEN_URL", "LAKEHOUSE_MAVEN_REPO")
+
+
+@dataclass(frozen=True)
+class Tooling:
+    """Where the set-up commands keep and fetch what they download (jars, Maven's repository). Read
+    apart from ``Settings``, so ``lakehouse setup jars`` works before the lake is configured."""
+
+    cache_dir: Path
+    maven_url: str
+    maven_repo: str | None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Tooling":
+        env = os.environ if environ is None else environ
+        return cls(cache_dir=Path(env.get("LAKEHOUSE_CACHE_DIR") or PROJECT_ROOT / ".cache").resolve(),
+                   maven_url=env.get("LAKEHOUSE_MAVEN_URL") or "https://repo.maven.apache.org/maven2",
+                   maven_repo=env.get("LAKEHOUSE_MAVEN_REPO") or None)
+
+
+def under_spark_submit() -> bool:
+    """Spark started this Python process (spark-submit's PythonRunner starts the JVM first and
+    hands Python its gateway port), so the session's JVM options are already fixed."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a child process: this process's, with ``extra`` set."""
+    return {**os.environ, **extra}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import jars
 from common.errors import SettingsError, SetupError
-from common.settings import Settings, get_settings
+from common.settings import Settings, get_settings, under_spark_submit
 
 # Static SQL settings: must be fixed before the JVM starts, identical for every entry point.
 STATIC_CONF: dict[str, str] = {
@@ -168,17 +168,12 @@ LOG4J_QUIET = ("rootLogger.level = warn\nrootLogger.appenderRef.stdout.ref = con
 LOG4J_VERBOSE = "rootLogger.level = info\nrootLogger.appenderRef.stdout.ref = console\n" + _LOG4J_CONSOLE
 
 
-def _jvm_already_running() -> bool:
-    # spark-submit (PythonRunner) starts the JVM first and hands Python its gateway port.
-    return "PYSPARK_GATEWAY_PORT" in os.environ
-
-
 def configure(builder, settings: Settings | None = None, app_name: str = "lakehouse"):
     """Return ``builder`` configured for the lakehouse."""
     settings = settings or get_settings()
     builder = builder.appName(app_name)
-    if not _jvm_already_running():
-        master = os.environ.get("LAKEHOUSE_SPARK_MASTER_OVERRIDE", settings.spark_master)
+    if not under_spark_submit():
+        master = settings.spark_master
         builder = builder.master(master)
         for k, v in jar_conf(master).items():
             builder = builder.config(k, v)
@@ -243,7 +238,7 @@ def get_spark(settings: Settings | None = None, app_name: str = "lakehouse"):
 
     settings = settings or get_settings()
     builder = configure(SparkSession.builder, settings, app_name)
-    if not _jvm_already_running() and settings.log_level != "DEBUG":
+    if not under_spark_submit() and settings.log_level != "DEBUG":
         _launch_quiet_gateway(builder)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("INFO" if settings.log_level == "DEBUG" else "WARN")

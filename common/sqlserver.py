@@ -11,12 +11,12 @@ from __future__ import annotations
 import threading
 
 from common.catalog import register_tables
-from common.settings import Settings
+from common.settings import Settings, child_env
 
 
 def serve(settings: Settings, port: int = 10000, host: str = "127.0.0.1", refresh: float = 30.0) -> int:
     from common.errors import StackError
-    from common.stack import check_reachable, port_open
+    from common.clients import check_reachable, port_open
 
     check_reachable(settings, kafka=False)
     if port_open(host, port):
@@ -52,7 +52,6 @@ def serve(settings: Settings, port: int = 10000, host: str = "127.0.0.1", refres
 def spark_sql_shell(settings: Settings, args: list[str]) -> int:
     """Run pyspark's ``spark-sql`` with the project's jars and settings and every lake table
     registered by name (an init file of CREATE TABLE ... LOCATION statements)."""
-    import os
     import subprocess
     import tempfile
     from pathlib import Path
@@ -61,7 +60,7 @@ def spark_sql_shell(settings: Settings, args: list[str]) -> int:
 
     from common.catalog import list_tables, registration_sql
     from common.spark import spark_properties, write_properties
-    from common.stack import check_reachable
+    from common.clients import check_reachable
 
     check_reachable(settings, kafka=False)
     with tempfile.TemporaryDirectory(prefix="lakehouse-spark-sql-") as tmp:
@@ -74,4 +73,4 @@ def spark_sql_shell(settings: Settings, args: list[str]) -> int:
             "spark.hadoop.javax.jdo.option.ConnectionURL": f"jdbc:derby:;databaseName={tmp}/metastore_db;create=true"})
         shell = Path(pyspark.__file__).parent / "bin" / "spark-sql"
         cmd = [str(shell), "--properties-file", str(props), "--master", settings.spark_master, "-i", str(init), *args]
-        return subprocess.call(cmd, env={**os.environ, "SPARK_HOME": str(shell.parent.parent)})
+        return subprocess.call(cmd, env=child_env(SPARK_HOME=str(shell.parent.parent)))

@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 from common.settings import Settings
+from common.text import align
 from common.streams import status_dir
 
 
 def _documents(settings: Settings) -> list[str]:
     root = status_dir(settings)
     if settings.is_s3:
-        from common.stack import minio_client
+        from common.clients import minio_client
 
         client = minio_client(settings)
         prefix = root[len(f"s3a://{settings.bucket}/"):] + "/"
@@ -50,5 +51,4 @@ def format_status(rows: list[dict], now: float | None = None) -> list[str]:
                       "-" if wm.startswith("1970-01-01") else wm.replace(".000Z", "Z"),
                       str(q["late"]) if "late" in q else "-",
                       str(q["duplicates"]) if q.get("duplicates") else "-", f"{now - q.get('updated_at', now):.0f}s ago"])
-    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+    return align(table)

@@ -68,24 +68,30 @@ def _apply_trigger(writer, trigger: Trigger):
     return writer.trigger(processingTime=trigger.interval)
 
 
+def kafka_options(settings: Settings, topics: Iterable[str] | None = None, **extra: str) -> dict[str, str]:
+    """Spark's Kafka options from settings: the brokers and, for a source (``topics``), the
+    subscription, the headers and LAKEHOUSE_FAIL_ON_DATA_LOSS; ``extra`` adds or overrides."""
+    options = {"kafka.bootstrap.servers": settings.kafka_bootstrap_servers}
+    if topics is not None:
+        options.update({"subscribe": ",".join(topics), "includeHeaders": "true",
+                        "failOnDataLoss": str(settings.fail_on_data_loss).lower()})
+    return {**options, **extra}
+
+
 def read_kafka(spark, settings: Settings, topics: Iterable[str], starting_offsets: str | None = None):
     """A streaming read of Kafka topics, with the source options from settings (``starting_offsets``
     overrides LAKEHOUSE_STARTING_OFFSETS; either only counts on a new checkpoint)."""
     topics = list(topics)
     ensure_topics_exist(settings, topics)
     reader = (spark.readStream.format("kafka")
-              .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
-              .option("subscribe", ",".join(topics))
-              .option("startingOffsets", starting_offsets or settings.starting_offsets)
-              .option("failOnDataLoss", str(settings.fail_on_data_loss).lower())
-              .option("includeHeaders", "true"))
+              .options(**kafka_options(settings, topics, startingOffsets=starting_offsets or settings.starting_offsets)))
     if settings.max_offsets_per_trigger:
         reader = reader.option("maxOffsetsPerTrigger", str(settings.max_offsets_per_trigger))
     return reader.load()
 
 
 def ensure_topics_exist(settings: Settings, topics: Iterable[str]) -> None:
-    from common.stack import kafka_admin
+    from common.clients import kafka_admin
 
     admin = kafka_admin(settings, timeout_ms=5000)
     try:

@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from common.native import NativeLake, literal
-from common.pipeline import silver_topic
 from common.settings import Settings
 
-KINDS = ("orders", "logs", "metrics")
 COORDS = ("topic", "partition", "offset")
 # silver table -> the gold KPIs that count its rows, each with the columns its groups are keyed by
 GOLD_OF = {
@@ -85,11 +83,12 @@ def _at(row: dict) -> dict:
 
 
 def _kind_of(settings: Settings, topic: str) -> str | None:
-    return next((k for k in KINDS if silver_topic(settings, k) == topic), None)
+    src = settings.source_of_topic(topic)
+    return src.kind if src else None
 
 
 def _bronze(settings: Settings, kind: str) -> str:
-    return f"bronze.{settings.bronze_table_for(silver_topic(settings, kind))}"
+    return f"bronze.{settings.source(kind).bronze_table}"
 
 
 def _gold(lake: NativeLake, kind: str, silver_row: dict) -> list[Node]:
@@ -115,8 +114,10 @@ def _published(settings: Settings, lake: NativeLake, order: dict, since: datetim
     """The order's messages in the enriched topic: the partition its key (customer_id) hashes to,
     read around the time its gold.orders_enriched row was committed (gold publishes a batch and
     appends it together), never before the order reached Kafka."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
     from kafka.partitioner.default import murmur2
+
+    from common.clients import kafka_consumer
 
     written = lake.file_times("gold.orders_enriched", "order_id", order["order_id"])
     start_ms = int(since.timestamp() * 1000)
@@ -124,8 +125,7 @@ def _published(settings: Settings, lake: NativeLake, order: dict, since: datetim
     if written:
         start_ms = max(start_ms, int(written[0].timestamp() * 1000) - PUBLISH_MARGIN_S * 1000)
         end_ms = int(written[-1].timestamp() * 1000) + PUBLISH_MARGIN_S * 1000
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), enable_auto_commit=False,
-                             consumer_timeout_ms=3000, client_id="lakehouse-trace")
+    consumer = kafka_consumer(settings, "lakehouse-trace", consumer_timeout_ms=3000)
     try:
         partitions = sorted(consumer.partitions_for_topic(settings.topic_enriched) or ())
         if not partitions:

@@ -18,6 +18,7 @@ from pathlib import Path
 from common.catalog import register_tables
 from common.settings import Settings
 from common.tables import is_delta_table
+from common.text import align
 from data_quality.suites import LAYERS
 from gold.transforms import kpi_named, read_kpi
 
@@ -142,10 +143,11 @@ def report(checks: list[Check], elapsed: float, details: bool = False) -> list[s
     tables: dict[str, list[Check]] = {}
     for c in checks:
         tables.setdefault(c.table, []).append(c)
-    lines = [f"{'TABLE':<{width}}  EXPECTATIONS  PASSED  FAILED"]
+    summary = [["TABLE", "EXPECTATIONS", "PASSED", "FAILED"]]
     for table, cs in tables.items():
         bad = sum(1 for c in cs if not c.success)
-        lines.append(f"{table:<{width}}  {len(cs):>12}  {len(cs) - bad:>6}  {bad:>6}")
+        summary.append([table, str(len(cs)), str(len(cs) - bad), str(bad)])
+    lines = align(summary, right=(1, 2, 3))
     failed = sum(1 for c in checks if not c.success)
     lines.append(f"{len(checks) - failed} passed, {failed} failed expectations in {elapsed:.1f}s"
                  + (f"; Data Docs: {docs_index()}" if docs_index().exists() else ""))

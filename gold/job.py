@@ -74,8 +74,7 @@ def _orders_writer(settings: Settings, ctx: streams.BatchContext):
                 lambda: ctx.append(enriched, "orders_enriched", settings.table_path("gold", "orders_enriched"),
                                    batch_id),
                 lambda: (enriched_payload(batch).write.format("kafka")
-                         .option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
-                         .option("topic", settings.topic_enriched).save()),
+                         .options(**streams.kafka_options(settings, topic=settings.topic_enriched)).save()),
             ])
         finally:
             enriched.unpersist()

@@ -100,7 +100,7 @@ def _late_expr(watermarks: dict[str, int | None]):
 
 
 def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
-    delays = {k: interval_seconds(pipeline.watermark(settings, k)) for k in pipeline.SILVER_KINDS}
+    delays = {src.kind: interval_seconds(src.watermark) for src in settings.sources}
     clock = EventClock(flow.checkpoint, delays)
 
     def write(batch, batch_id: int) -> None:
@@ -165,14 +165,15 @@ def classified_stream(spark, settings: Settings, kind: str, new_checkpoint: bool
     """One source's bronze stream, classified and deduplicated (``silver.transforms.dedupe``). On a
     new checkpoint it reads bronze commit by commit from where bronze was last empty
     (``streams.commit_order_start``), so a backlog's micro-batches follow Kafka's order."""
-    topic = pipeline.silver_topic(settings, kind)
-    bronze_path = settings.table_path("bronze", settings.bronze_table_for(topic))
+    src = settings.source(kind)
+    topic = src.topic
+    bronze_path = settings.table_path("bronze", src.bronze_table)
     require_table(spark, bronze_path, f"bronze table for {topic}", "run bronze first (`lakehouse run bronze`)")
     start = streams.commit_order_start(spark, bronze_path) if new_checkpoint else None
     options = {"startingVersion": str(start)} if start is not None else {}
     classified = T.classify(streams.read_delta(spark, settings, bronze_path, **options), kind,
                             interval_seconds(settings.max_event_time_ahead))
-    return T.dedupe(classified, kind, pipeline.watermark(settings, kind)).withColumn("kind", F.lit(kind))
+    return T.dedupe(classified, kind, src.watermark).withColumn("kind", F.lit(kind))
 
 
 def start(spark, settings: Settings, options: streams.StreamOptions) -> list:

@@ -3,7 +3,7 @@
 Each rule is written once, as a Spark SQL predicate that holds for a valid row, and is
 enforced in three places:
 
-1. in-stream by silver (``silver.transforms.validate``) with its action - ``warn`` (count only),
+1. in-stream by silver (``silver.transforms.classify``) with its action - ``warn`` (count only),
    ``drop`` (discard, counted), ``quarantine`` (row goes to ``silver.quarantine`` with the rule's
    reason) or ``fail`` (stop the stream);
 2. as a Delta ``CHECK`` constraint on the silver table, when ``constraint`` is true (rows that

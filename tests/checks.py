@@ -47,14 +47,13 @@ def check_late(spark, settings, ledger) -> set[tuple]:
     import json
     from datetime import datetime
 
-    from common import pipeline
     from common.settings import interval_seconds
     from tests.oracle import coords
 
     rows = _table(spark, settings, "late_records").collect()
     late = {(r.topic, r.partition, r.offset): r for r in rows}
     assert len(late) == len(rows), "a record twice in silver.late_records"
-    kind_of = {pipeline.silver_topic(settings, k): k for k in pipeline.SILVER_KINDS}
+    kind_of = {src.topic: src.kind for src in settings.sources}
     seen_max: dict[str, datetime] = {}
     for rec in ledger:
         kind = kind_of.get(rec["topic"])
@@ -65,7 +64,7 @@ def check_late(spark, settings, ledger) -> set[tuple]:
             # a generator's late record, or a copy of an order re-sent after the watermark passed it
             assert rec["fault"] in ("late", "duplicate"), f"{coords(rec)} ({rec['fault']}) is in silver.late_records"
             assert row.event_time <= row.watermark, f"{coords(rec)}: event time after the watermark it missed"
-            delay = interval_seconds(pipeline.watermark(settings, kind))
+            delay = interval_seconds(settings.source(kind).watermark)
             assert kind in seen_max and (seen_max[kind] - row.watermark).total_seconds() >= delay, \
                 f"{coords(rec)}: watermark {row.watermark} was never reached by {kind}"
         if rec["fault"] in (None, "duplicate", "late"):

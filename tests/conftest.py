@@ -30,7 +30,7 @@ def base_settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def stack(base_settings):
-    from common.stack import Stack
+    from devstack.stack import Stack
 
     st = Stack(base_settings)
     st.up()
@@ -49,7 +49,7 @@ def spark(base_settings):
 
 def isolated_settings(base: Settings, name: str) -> Settings:
     """Settings with their own lake prefix and their own (created) topics."""
-    from common.stack import Stack
+    from devstack.stack import Stack
 
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40]
     prefix = f"t{RUN_ID}-{slug}"

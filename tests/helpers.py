@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common.generator import GenOptions, produce, read_ledger
+from devstack.generator import GenOptions, produce, read_ledger
 from common.settings import Settings
-from common.stack import wait_until
+from devstack.stack import wait_until
 from tests.conftest import ROOT, settings_env
 
 

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from common.errors import SettingsError
-from common.generator import GenOptions, generate
+from devstack.generator import GenOptions, generate
 from common.settings import Settings
 
 SETTINGS = Settings.from_env({"LAKEHOUSE_LAKE_ROOT": "/tmp/lake"})
@@ -93,7 +93,7 @@ def test_bad_options(kw, msg):
 ])
 def test_produce_count_and_duration(monkeypatch, argv, count, duration):
     import common.cli as cli
-    import common.generator as gen
+    import devstack.generator as gen
 
     seen = {}
     monkeypatch.setattr(cli, "get_settings", lambda: SETTINGS)

@@ -123,7 +123,7 @@ def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake
 
 def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark, lake, tmp_path):
     """A broken checkpoint makes one of gold's queries fail: the app reports it and stops all."""
-    from common.stack import minio_client
+    from common.clients import minio_client
 
     produce_to(lake, tmp_path / "ledger.jsonl", 100, seed=51)
     run(("bronze", "silver", "gold"), lake, "availableNow", spark=spark)

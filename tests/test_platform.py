@@ -13,7 +13,8 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
 from common import jars
-from common.stack import Stack, minio_client, port_open, wait_until
+from common.clients import minio_client, port_open
+from devstack.stack import Stack, wait_until
 from tests.conftest import ROOT, settings_env
 
 pytestmark = pytest.mark.stack

@@ -13,7 +13,7 @@ from common import customers, pipeline
 from common.errors import CheckpointError, SettingsError
 from common.runner import plan_refresh, refresh, run
 from common.settings import Settings
-from common.stack import wait_until
+from devstack.stack import wait_until
 from gold.transforms import KPIS
 from silver import rules
 from tests.conftest import ROOT, settings_env

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from common.stack import port_open, wait_until
+from common.clients import port_open
+from devstack.stack import wait_until
 from tests.conftest import ROOT, settings_env
 from tests.helpers import kill_hard
 

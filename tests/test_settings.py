@@ -85,7 +85,7 @@ def test_cli_bad_setting_is_one_line_and_exit_2():
 
 
 def test_kraft_cluster_ids_never_look_like_options():
-    from common.stack import new_cluster_id
+    from devstack.stack import new_cluster_id
 
     ids = [new_cluster_id() for _ in range(5000)]  # ~1 in 64 raw ids starts with '-'
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)

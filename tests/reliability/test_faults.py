@@ -22,10 +22,10 @@ import pytest
 
 from common import customers
 from common.errors import CheckpointError, StreamFailedError
-from common.generator import read_ledger
+from devstack.generator import read_ledger
 from common import pipeline
 from common.runner import run
-from common.stack import kafka_admin, minio_client
+from common.clients import kafka_admin, minio_client
 from gold.transforms import KPIS
 from tests.checks import _coords, check_bronze, check_gold, check_pipeline
 from tests.conftest import ROOT, settings_env

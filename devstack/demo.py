@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from common import customers
-from common.generator import GenOptions, produce
+from devstack.generator import GenOptions, produce
 from common.runner import STAGES, run
 from common.settings import Settings
 from common.status import format_status, read_status
@@ -51,7 +51,7 @@ def _step(text: str) -> None:
 
 def demo(settings: Settings, count: int = 2000) -> int:
     from common.spark import get_spark
-    from common.stack import Stack
+    from devstack.stack import Stack
 
     t0 = time.monotonic()
     _step("local stack: real Kafka (KRaft) + real MinIO")

@@ -184,7 +184,7 @@ class EventFactory:
 
 
 def topic_kinds(settings: Settings) -> dict[str, str]:
-    return {settings.topic_orders: "orders", settings.topic_logs: "logs", settings.topic_metrics: "metrics"}
+    return {src.topic: src.kind for src in settings.sources}
 
 
 def _first_order_id(ledger: Path | None) -> int:
