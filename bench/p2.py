@@ -31,9 +31,9 @@ import uuid
 from bench.measure import cpu_seconds, peak_rss_mib, percentiles
 from bench.run import (ROOT, SYSTEMS, app_env, bench_start, fresh, gold_count, gold_pairs, kpi_pairs, log,
                        results_file)
-from common.generator import GenOptions, produce
+from devstack.generator import GenOptions, produce
 from common.settings import Settings
-from common.stack import wait_until
+from devstack.stack import wait_until
 
 
 _BATCH = re.compile(r" (\S+) batch (\d+): (\d+) rows in, \d+ rows/s, (\d+) ms(?: \(addBatch (\d+) ms\))?")

@@ -86,7 +86,7 @@ def _wait_for_table(spark, path: str) -> None:
     first commit."""
     from delta.tables import DeltaTable
 
-    from common.stack import wait_until
+    from devstack.stack import wait_until
 
     wait_until(lambda: DeltaTable.isDeltaTable(spark, path), 300, f"peer table {path}", interval=0.5)
 

@@ -47,10 +47,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.measure import cpu_seconds, first_visible, peak_rss_mib, percentiles, table_files
-from common.generator import GenOptions, produce
+from devstack.generator import GenOptions, produce
 from common.runner import run, setup_logging
 from common.settings import Settings, env_var
-from common.stack import Stack, wait_until
+from devstack.stack import Stack, wait_until
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
