@@ -40,6 +40,7 @@ demo: setup
 
 # CI runs this: everything but the three long fault scenarios (see README, "Tests").
 test: stack-up
+	@lakehouse setup browser
 	pytest -q -m "not slow" --durations=20
 
 # The whole fault-injection suite (tests/reliability), the long scenarios included.

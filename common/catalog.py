@@ -15,7 +15,10 @@ import logging
 import re
 from pathlib import Path
 
-from common.settings import LAYERS, Settings
+from common.settings import LAYERS, OPS, Settings
+
+from common.eventlog import VIEW, table_name
+from common.pipeline import STAGES
 
 log = logging.getLogger("lakehouse.catalog")
 
@@ -28,13 +31,13 @@ def list_tables(settings: Settings) -> dict[str, list[str]]:
 
         client = minio_client(settings)
         root = settings.lake_root[len(f"s3a://{settings.bucket}"):].strip("/")
-        for layer in LAYERS:
+        for layer in LAYERS + (OPS,):
             prefix = f"{root}/{layer}/".lstrip("/")
             dirs = [o.object_name for o in client.list_objects(settings.bucket, prefix=prefix) if o.is_dir]
             found[layer] = sorted(d[len(prefix):].strip("/") for d in dirs
                                   if any(True for _ in client.list_objects(settings.bucket, prefix=f"{d}_delta_log/")))
     else:
-        for layer in LAYERS:
+        for layer in LAYERS + (OPS,):
             base = Path(settings.lake_root) / layer
             found[layer] = sorted(p.name for p in base.iterdir() if (p / "_delta_log").is_dir()) if base.is_dir() else []
     return found
@@ -60,7 +63,16 @@ def registration_sql(settings: Settings, tables: dict[str, list[str]]) -> list[s
             kpi = kpi_named(name) if layer == "gold" else None
             if kpi:
                 out.append(f"CREATE OR REPLACE VIEW {layer}.{name} AS {kpi.view_sql(full)}")
+        events = events_view_sql([f"{layer}.{n}" for n in names]) if layer == OPS else None
+        if events:
+            out.append(f"CREATE OR REPLACE VIEW {OPS}.{VIEW} AS {events}")
     return out
+
+
+def events_view_sql(names: list[str]) -> str | None:
+    """The body of the ``ops.pipeline_events`` view: every stage's event table present in ``names``."""
+    stages = [n for n in (f"{OPS}.{table_name(stage)}" for stage in STAGES) if n in names]
+    return " UNION ALL ".join(f"SELECT * FROM {n}" for n in stages) or None
 
 
 def register_tables(spark, settings: Settings) -> dict[str, list[str]]:
@@ -86,7 +98,8 @@ def register_tables(spark, settings: Settings) -> dict[str, list[str]]:
 
 
 def catalog_names(tables: dict[str, list[str]]) -> list[str]:
-    """Every name ``register_tables`` makes queryable (tables, KPI views over their partial rows)."""
+    """Every name ``register_tables`` makes queryable (tables, KPI views over their partial rows,
+    the event log's view)."""
     from gold.transforms import kpi_named
 
     names = []
@@ -95,6 +108,8 @@ def catalog_names(tables: dict[str, list[str]]) -> list[str]:
             names.append(catalog_name(layer, name))
             if layer == "gold" and kpi_named(name):
                 names.append(f"{layer}.{name}")
+        if layer == OPS and events_view_sql([f"{layer}.{n}" for n in found]):
+            names.append(f"{OPS}.{VIEW}")
     return sorted(names)
 
 

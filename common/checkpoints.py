@@ -145,6 +145,15 @@ def check_signature(spark, checkpoint: str, query: str, signature: dict) -> None
                               f"other settings ({what}); {RESET_HINT}")
 
 
+def lease_is_live(owner: dict) -> bool:
+    """A lease record (``OWNER_FILE``) of an application that still runs: its heartbeat is recent
+    and, on this host, its process is alive."""
+    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+        if not pid_alive(owner["pid"]):
+            return False
+    return time.time() - float(owner.get("heartbeat", 0)) < STALE_SECONDS
+
+
 class Leases:
     """The leases one application holds, with one heartbeat thread for all of them."""
 
@@ -164,10 +173,7 @@ class Leases:
         return owner.get("app_id") == self._app and owner.get("pid") == os.getpid()
 
     def _is_live(self, owner: dict) -> bool:
-        if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-            if not pid_alive(owner["pid"]):
-                return False
-        return time.time() - float(owner.get("heartbeat", 0)) < STALE_SECONDS
+        return lease_is_live(owner)
 
     def acquire(self, checkpoint: str, query: str) -> None:
         path = f"{checkpoint}/{OWNER_FILE}"

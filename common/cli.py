@@ -1,6 +1,6 @@
 """``lakehouse`` - the project's one command-line entry point.
 
-    lakehouse setup [jars|minio|all]         fetch the pinned jars, build MinIO
+    lakehouse setup [jars|minio|all|browser] fetch the pinned jars, build MinIO (browser: for the tests)
     lakehouse stack up|down|status           the local Kafka + MinIO stack
     lakehouse config                         effective settings, secrets redacted
     lakehouse produce [--topic T] ...        generate events into Kafka (+ ledger)
@@ -11,7 +11,8 @@
     lakehouse peek <topic>                   batch read of a Kafka topic
     lakehouse trace order <id> | kafka <topic> <partition> <offset>   one record's path through the lake
     lakehouse customers load [--file F]      load the customer dimension
-    lakehouse status                         streaming queries: last batch, rates, lag
+    lakehouse status                         streaming queries: last batch, rates, lag (ops.pipeline_events)
+    lakehouse dashboard [--port 8501]        web page of gold and pipeline health, refreshing itself
     lakehouse dq [--layer L]                 data-quality suites (Great Expectations)
     lakehouse sql-server [--port 10000]      Thrift JDBC server (beeline, BI tools)
     lakehouse spark-sql [-e "SELECT ..."]    Spark's spark-sql shell over the same tables
@@ -28,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from common.errors import SettingsError
-from common.settings import LAYERS, get_settings
+from common.settings import LAYERS, OPS, get_settings
 
 
 def _cmd_setup(args) -> int:
@@ -42,6 +43,11 @@ def _cmd_setup(args) -> int:
         print(f"spark defaults: {write_spark_defaults()}")
     if args.what in ("minio", "all"):
         print(f"minio: {Stack(get_settings()).build_minio()}")
+    if args.what == "browser":  # for the dashboard's test (make test), not part of `all`
+        from devstack.browser import ensure_browser
+
+        chromium, driver = ensure_browser()
+        print(f"browser: {chromium}, {driver}")
     return 0
 
 
@@ -289,6 +295,17 @@ def _cmd_peek(args) -> int:
     return 0
 
 
+def _cmd_dashboard(args) -> int:
+    from common.clients import check_reachable
+    from common.dashboard import serve
+
+    settings = get_settings()
+    changes = {k: v for k, v in (("dashboard_port", args.port), ("dashboard_host", args.host)) if v is not None}
+    settings = settings.with_overrides(**changes) if changes else settings
+    check_reachable(settings, kafka=False)
+    return serve(settings)
+
+
 def _cmd_status(args) -> int:
     from common.clients import check_reachable
     from common.status import format_status, read_status
@@ -340,7 +357,7 @@ def _cmd_maintain(args) -> int:
         raise SettingsError(f"--vacuum-hours {args.vacuum_hours:g} is below Delta's 168-hour safety margin "
                             "(a running stream or a time-travel reader may still need those files); use >= 168")
     settings, spark = _lake_session("lakehouse-maintain")
-    layers = LAYERS if args.layer == "all" else (args.layer,)
+    layers = LAYERS + (OPS,) if args.layer == "all" else (args.layer,)
     for layer, names in list_tables(settings).items():
         for name in names if layer in layers else ():
             r = maintain(spark, settings.table_path(layer, name), args.vacuum_hours)
@@ -367,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, **kw) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[verbose], **kw)
 
-    s = add("setup", help="fetch pinned jars from Maven Central, build MinIO")
-    s.add_argument("what", nargs="?", default="all", choices=("jars", "minio", "all"))
+    s = add("setup", help="fetch pinned jars from Maven Central, build MinIO (browser: Chromium for the tests)")
+    s.add_argument("what", nargs="?", default="all", choices=("jars", "minio", "all", "browser"))
     s.set_defaults(func=_cmd_setup)
 
     s = add("stack", help="local Kafka + MinIO: up | down | status")
@@ -449,6 +466,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("spark-sql", help="Spark's spark-sql shell with the lake's tables registered by name")
     s.set_defaults(args=[])  # everything after `spark-sql` goes to spark-sql (see main)
     s.set_defaults(func=_cmd_spark_sql)
+
+    s = add("dashboard", help="web page of gold KPIs and pipeline health, refreshing itself (Streamlit)")
+    s.add_argument("--port", type=int, help="default LAKEHOUSE_DASHBOARD_PORT (8501)")
+    s.add_argument("--host", help="default LAKEHOUSE_DASHBOARD_HOST (127.0.0.1)")
+    s.set_defaults(func=_cmd_dashboard)
 
     s = add("trace", help="one record's path: Kafka, bronze, silver (or quarantine / late / duplicate), gold, "
                           "the published message")

@@ -17,6 +17,7 @@ import time
 import traceback
 
 from common import checkpoints, streams, tables
+from common.eventlog import EventLog
 from common.errors import LakehouseError
 from common.pipeline import STAGES, resolve_stages
 from common.settings import Settings, get_settings
@@ -102,12 +103,15 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
     from common.catalog import register_tables
 
     streams.install_progress_logger(spark, settings)
+    events = EventLog(spark, settings) if options.sink == "delta" else None
     one_shot = options.trigger.kind in ("availableNow", "once")
     started: list = []
     try:
         for stage in stages:
             queries = _start_stage(spark, settings, stage, options)
             started += queries
+            if events:
+                streams.follow(queries, stage, events)
             if one_shot:
                 streams.await_all(spark, queries)
                 register_tables(spark, settings)
@@ -118,6 +122,8 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
         for q in started + list(spark.streams.active):
             if q.isActive:
                 q.stop()
+        if events:
+            events.close(started)
         checkpoints.leases(spark).release_all()
 
 

@@ -22,6 +22,7 @@ from common.errors import SettingsError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("bronze", "silver", "gold")
+OPS = "ops"  # the pipeline's own tables: its event log (common.eventlog), the data-quality results
 LOG_LEVELS = ("INFO", "DEBUG")
 _INTERVAL = re.compile(
     r"^\s*(\d+(\.\d+)?)\s*(ms|millisecond|milliseconds|s|sec|second|seconds|min|minute|minutes|"
@@ -116,6 +117,7 @@ class Settings:
     watermark_metrics: str = "1 minute"
     max_event_time_ahead: str = "5 minutes"  # an event time further ahead of its Kafka timestamp is quarantined
     late_warn_pct: int = 10  # a silver batch sending more than this % of a source's records to the late ledger warns
+    event_log_interval: str = "30 seconds"  # how often an app appends its buffered rows to ops.pipeline_events
     # gold windows
     kpi_window: str = "2 minutes"         # customer_order_kpis: sliding window ...
     kpi_slide: str = "1 minute"           # ... and its slide
@@ -129,6 +131,10 @@ class Settings:
     spark_event_log_dir: str = ""  # e.g. s3a://lakehouse/_spark-events: event logs for the history server
     # output
     log_level: str = "INFO"  # DEBUG (= --verbose): every Spark and library log line, full stack traces
+    # dashboard (lakehouse dashboard)
+    dashboard_host: str = "127.0.0.1"
+    dashboard_port: int = 8501
+    dashboard_refresh: str = "10 seconds"  # how often the page reloads its data by itself
     # local stack
     stack_dir: str = str(PROJECT_ROOT / ".stack")
     kafka_controller_port: int = 9093
@@ -190,7 +196,7 @@ class Settings:
             raise SettingsError(f"LAKEHOUSE_KPI_TRIGGER={self.kpi_trigger!r}: use processingTime=<interval> (a run "
                                 "with --trigger availableNow drains the KPIs too)")
         for name in ("watermark_orders", "watermark_logs", "watermark_metrics", "max_event_time_ahead", "kpi_window",
-                     "kpi_slide", "minute_window", "host_window"):
+                     "kpi_slide", "minute_window", "host_window", "event_log_interval", "dashboard_refresh"):
             try:
                 interval_seconds(getattr(self, name))
             except SettingsError:
@@ -260,7 +266,7 @@ class Settings:
         return topic.replace("-", "_").replace(".", "_")
 
     def table_path(self, layer: str, table: str) -> str:
-        if layer not in LAYERS and layer != "_system":
+        if layer not in LAYERS and layer not in (OPS, "_system"):
             raise SettingsError(f"unknown layer {layer!r}; valid: {', '.join(LAYERS)}")
         return f"{self.lake_root.rstrip('/')}/{layer}/{table}"
 
@@ -348,24 +354,27 @@ def get_settings() -> Settings:
 # ---- the process environment beyond the pipeline's settings ---------------------------------
 # Every environment variable is read in this module; the rest of the code asks these functions.
 
-TOOLING_VARIABLES = ("LAKEHOUSE_CACHE_DIR", "LAKEHOUSE_MAVEN_URL", "LAKEHOUSE_MAVEN_REPO")
+TOOLING_VARIABLES = ("LAKEHOUSE_CACHE_DIR", "LAKEHOUSE_MAVEN_URL", "LAKEHOUSE_MAVEN_REPO", "LAKEHOUSE_NPM_URL")
 
 
 @dataclass(frozen=True)
 class Tooling:
-    """Where the set-up commands keep and fetch what they download (jars, Maven's repository). Read
-    apart from ``Settings``, so ``lakehouse setup jars`` works before the lake is configured."""
+    """Where the set-up commands keep and fetch what they download (jars, Maven's repository, the
+    Data Docs' web assets). Read apart from ``Settings``, so ``lakehouse setup jars`` works before
+    the lake is configured."""
 
     cache_dir: Path
     maven_url: str
     maven_repo: str | None
+    npm_url: str = "https://registry.npmjs.org"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Tooling":
         env = os.environ if environ is None else environ
         return cls(cache_dir=Path(env.get("LAKEHOUSE_CACHE_DIR") or PROJECT_ROOT / ".cache").resolve(),
                    maven_url=env.get("LAKEHOUSE_MAVEN_URL") or "https://repo.maven.apache.org/maven2",
-                   maven_repo=env.get("LAKEHOUSE_MAVEN_REPO") or None)
+                   maven_repo=env.get("LAKEHOUSE_MAVEN_REPO") or None,
+                   npm_url=env.get("LAKEHOUSE_NPM_URL") or "https://registry.npmjs.org")
 
 
 def under_spark_submit() -> bool:

@@ -1,54 +1,81 @@
-"""``lakehouse status``: every streaming query's last recorded progress, read from the status
-files the progress listener keeps under ``<checkpoints>/_status/`` (no Spark needed): batch,
-rates, records behind its source, its event-time watermark (silver: per source), and the records
-it found late (all of them are in ``silver.late_records``) and the duplicates it dropped since it
-started."""
+"""``lakehouse status``: every query of the pipeline, from its event log (``ops.pipeline_events``,
+read without Spark) and its checkpoint lease: whether it runs now, its last logged batch, rates,
+records behind its source, its watermark (silver: per source), and the late records and dropped
+duplicates of its current run. The log is appended every LAKEHOUSE_EVENT_LOG_INTERVAL, so the
+last batch shown is at most that old while a query runs."""
 
 from __future__ import annotations
 
 import json
-import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-from common.settings import Settings
+from common.checkpoints import OWNER_FILE, lease_is_live
+from common.native import NativeLake
+from common.pipeline import graph
+from common.settings import OPS, Settings
 from common.text import align
-from common.streams import status_dir
 
 
-def _documents(settings: Settings) -> list[str]:
-    root = status_dir(settings)
-    if settings.is_s3:
-        from common.clients import minio_client
+def _owner(settings: Settings, checkpoint: str) -> dict | None:
+    """The lease record on ``checkpoint``, read without Spark (None: no lease)."""
+    path = f"{checkpoint}/{OWNER_FILE}"
+    try:
+        if path.startswith("s3a://"):
+            from common.clients import minio_client
 
-        client = minio_client(settings)
-        prefix = root[len(f"s3a://{settings.bucket}/"):] + "/"
-        return [client.get_object(settings.bucket, o.object_name).read().decode()
-                for o in client.list_objects(settings.bucket, prefix=prefix) if o.object_name.endswith(".json")]
-    return [p.read_text() for p in Path(root).glob("*.json")]
+            bucket, _, key = path[len("s3a://"):].partition("/")
+            response = minio_client(settings).get_object(bucket, key)
+            try:
+                return json.loads(response.read())
+            finally:
+                response.close()
+                response.release_conn()
+        return json.loads(Path(path).read_text())
+    except Exception:  # noqa: BLE001 - no lease file: nobody holds it
+        return None
 
 
 def read_status(settings: Settings) -> list[dict]:
-    """Latest entry per query name (a restarted query keeps its id and gets a new runId)."""
-    latest: dict[str, dict] = {}
-    for doc in _documents(settings):
-        for q in json.loads(doc).values():
-            name = q.get("name") or q.get("id")
-            if name not in latest or q.get("updated_at", 0) > latest[name].get("updated_at", 0):
-                latest[name] = q
-    return sorted(latest.values(), key=lambda q: q.get("name") or "")
+    """One entry per query of the graph that ran at least once: its last logged batch and the
+    totals of its current run, with ``active`` from its lease."""
+    lake = NativeLake(settings)
+    relation = lake.relation(f"{OPS}.pipeline_events")
+    if relation is None:
+        return []
+    latest = lake.sql(f"SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY query ORDER BY ended_at DESC, "
+                      f"batch_id DESC) AS rn FROM {relation}) WHERE rn = 1")
+    totals = {(r["query"], r["run_id"]): r for r in lake.sql(
+        f"SELECT query, run_id, sum(late) AS late, sum(duplicates) AS duplicates, sum(quarantined) AS quarantined, "
+        f"sum(input_rows) AS input_rows FROM {relation} GROUP BY query, run_id")}
+    checkpoints = {f.name: f.checkpoint for f in graph(settings)}
+    out = []
+    for row in sorted(latest, key=lambda r: r["query"]):
+        run = totals.get((row["query"], row["run_id"]), {})
+        owner = _owner(settings, checkpoints[row["query"]]) if row["query"] in checkpoints else None
+        out.append({**row, "active": bool(owner and lease_is_live(owner)),
+                    **{f"run_{k}": run.get(k) for k in ("late", "duplicates", "quarantined", "input_rows")}})
+    return out
 
 
-def format_status(rows: list[dict], now: float | None = None) -> list[str]:
-    now = now or time.time()
-    head = ["QUERY", "ID", "RUN ID", "ACTIVE", "BATCH", "IN ROWS/S", "DONE ROWS/S", "BEHIND SOURCE", "WATERMARK",
-            "LATE", "DUPLICATES", "UPDATED"]
-    table = [head]
-    for q in rows:
-        wm = q.get("event_watermark") or q.get("watermark") or "-"
-        table.append([q.get("name", "?"), q.get("id", "")[:8], q.get("runId", "")[:8], str(q.get("active", False)).lower(),
-                      str(q.get("batch", "-")), f"{q.get('input_rate', 0):.0f}", f"{q.get('processed_rate', 0):.0f}",
-                      q.get("lag", "-") if not q.get("error") else f"failed: {q['error'][:60]}",
-                      "-" if wm.startswith("1970-01-01") else wm.replace(".000Z", "Z"),
-                      str(q["late"]) if "late" in q else "-",
-                      str(q["duplicates"]) if q.get("duplicates") else "-", f"{now - q.get('updated_at', now):.0f}s ago"])
-    return align(table)
+def _behind(row: dict) -> str:
+    parts = ([f"{row['records_behind']} records"] if row.get("records_behind") is not None else []) + \
+            ([f"{row['files_behind']} files"] if row.get("files_behind") is not None else [])
+    return ", ".join(parts) or "-"
+
+
+def format_status(rows: list[dict], now: datetime | None = None) -> list[str]:
+    now = now or datetime.now(timezone.utc)
+    table = [["QUERY", "STAGE", "ACTIVE", "BATCH", "IN ROWS/S", "DONE ROWS/S", "BEHIND SOURCE", "WATERMARK",
+              "LATE", "DUPLICATES", "LAST BATCH"]]
+    for r in rows:
+        wm = r.get("event_watermark") or (f"{r['watermark']:%Y-%m-%dT%H:%M:%SZ}" if r.get("watermark") else "-")
+        if wm.startswith("1970-01-01"):
+            wm = "-"
+        ended = r.get("ended_at")
+        table.append([r["query"], r.get("stage") or "-", "yes" if r["active"] else "no", str(r["batch_id"]),
+                      f"{r.get('input_rows_per_second') or 0:.0f}", f"{r.get('processed_rows_per_second') or 0:.0f}",
+                      _behind(r), wm, str(r.get("run_late") or 0) if r.get("stage") == "silver" else "-",
+                      str(r.get("run_duplicates") or 0) if r.get("stage") == "silver" else "-",
+                      f"{(now - ended).total_seconds():.0f} s ago" if ended else "-"])
+    return align(table, right=(3, 4, 5))

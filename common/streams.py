@@ -19,10 +19,10 @@ import logging
 import re
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from common.eventlog import event_row, offsets_total
 from common.errors import SettingsError, StreamFailedError, TopicNotFoundError
 from common.settings import Settings, Trigger
 
@@ -301,11 +301,18 @@ _listener = None  # this process's ProgressLogger (foreachBatch functions see a 
 
 
 def count_batch(query_id: str, event_watermark: str | None = None, **counts: int) -> None:
-    """Add a micro-batch's counts (late records ...) to its query's entry in ``lakehouse status``
-    (totals since the query started), with the query's own event-time watermark when it keeps one
-    (silver: per source); written with the batch's progress."""
+    """A micro-batch's data-quality counts (``eventlog.COUNTS``: quarantined, dropped, late) and the
+    query's own event-time watermark when it keeps one (silver: per source), logged with the
+    batch's progress in the event log."""
     if _listener is not None:
         _listener.add_counts(query_id, counts, event_watermark)
+
+
+def follow(queries, stage: str, events) -> None:
+    """Log the progress of ``queries`` (one stage's) to the event log ``events``."""
+    if _listener is not None:
+        for q in queries:
+            _listener.follow(str(q.id), stage, events)
 
 
 def _make_listener_base():
@@ -314,19 +321,11 @@ def _make_listener_base():
     return StreamingQueryListener
 
 
-def _offsets_total(text) -> int | None:
-    try:
-        data = json.loads(text) if isinstance(text, str) else text
-        return sum(int(o) for parts in data.values() for o in parts.values())
-    except (TypeError, ValueError, AttributeError):
-        return None
-
-
 def source_lag(progress: dict) -> str:
     """How far behind its source a query is: Kafka records, or Delta files, not yet processed."""
     parts = []
     for src in progress.get("sources", []):
-        latest, end = _offsets_total(src.get("latestOffset")), _offsets_total(src.get("endOffset"))
+        latest, end = offsets_total(src.get("latestOffset")), offsets_total(src.get("endOffset"))
         if latest is not None and end is not None:
             parts.append(f"{latest - end} records")
         elif "numFilesOutstanding" in (src.get("metrics") or {}):
@@ -334,70 +333,58 @@ def source_lag(progress: dict) -> str:
     return ", ".join(parts) or "-"
 
 
-def status_dir(settings: Settings) -> str:
-    return f"{settings.checkpoints}/_status"
-
-
 class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
-    """Logs one line per micro-batch (query, batch id, input rows, rows/s, duration) and keeps
-    ``<checkpoints>/_status/<app>.json`` up to date for ``lakehouse status``."""
+    """Logs one line per micro-batch (query, batch id, input rows, rows/s, duration) and hands each
+    followed query's progress, with the batch's own counts, to its run's event log
+    (``common.eventlog``: the history ``lakehouse status`` reads)."""
 
     def __init__(self, spark=None, settings: Settings | None = None):
-        self.last: dict[str, dict] = {}
         self._done: dict[str, int] = {}  # rows read per query id since its current run started
+        self._followed: dict[str, tuple] = {}  # query id -> (stage, EventLog)
+        self._counts: dict[str, dict] = {}  # query id -> counts of its batch in progress
+        self._watermarks: dict[str, str] = {}  # query id -> its own event-time watermark, last told
         self._spark, self._settings = spark, settings
         self._lock = threading.Lock()
 
-    def _record(self, key: str, write: bool = True, **fields) -> None:
+    def follow(self, query_id: str, stage: str, events) -> None:
         with self._lock:
-            self.last.setdefault(key, {}).update(fields, updated_at=time.time())
-            if not write or self._spark is None or self._settings is None:
-                return
-            try:
-                sc = self._spark.sparkContext
-                path = sc._jvm.org.apache.hadoop.fs.Path(
-                    f"{status_dir(self._settings)}/{sc.applicationId}.json")
-                out = path.getFileSystem(sc._jsc.hadoopConfiguration()).create(path, True)
-                out.write(json.dumps(self.last).encode())
-                out.close()
-            except Exception as e:  # status is best effort; never break a query over it
-                log.debug("could not write query status: %s", e)
+            self._followed[query_id] = (stage, events)
 
     def add_counts(self, key: str, counts: dict[str, int], event_watermark: str | None = None) -> None:
         with self._lock:
-            entry = self.last.get(key, {})
-            totals = {k: entry.get(k, 0) + v for k, v in counts.items()}
-        if event_watermark:
-            totals["event_watermark"] = event_watermark
-        self._record(key, write=False, **totals)
+            pending = self._counts.setdefault(key, {})
+            for k, v in counts.items():
+                pending[k] = pending.get(k, 0) + v
+            if event_watermark:
+                self._watermarks[key] = event_watermark
 
     def onQueryStarted(self, event):
         log.debug("query %s started (id %s, run %s)", event.name, event.id, event.runId)
         with self._lock:
             self._done[str(event.id)] = 0
-        self._record(str(event.id), name=event.name, id=str(event.id), runId=str(event.runId), active=True)
 
     def onQueryProgress(self, event):
         p = event.progress
         data = json.loads(p.json)
         d = p.durationMs or {}
         lag = source_lag(data)
+        key = str(p.id)
         with self._lock:  # rows read since this run of the query started: a backfill's progress
-            done = self._done[str(p.id)] = self._done.get(str(p.id), 0) + p.numInputRows
+            done = self._done[key] = self._done.get(key, 0) + p.numInputRows
+            counts = self._counts.pop(key, {})
+            followed = self._followed.get(key)
+            watermark = self._watermarks.get(key)
         log.info("%s batch %d: %d rows in, %.0f rows/s, %d ms (addBatch %d ms); %d rows this run, %s behind",
                  p.name, p.batchId, p.numInputRows, p.processedRowsPerSecond or 0.0, d.get("triggerExecution", 0),
                  d.get("addBatch", 0), done, lag if lag != "-" else "nothing")
         log.debug("%s batch %d durations: %s", p.name, p.batchId, d)
-        duplicates = sum((op.get("customMetrics") or {}).get("numDroppedDuplicateRows", 0)
-                         for op in data.get("stateOperators") or [])
-        with self._lock:
-            duplicates += self.last.get(str(p.id), {}).get("duplicates", 0)
-        self._record(str(p.id), name=p.name, id=str(p.id), runId=str(p.runId), active=True, batch=p.batchId,
-                     duplicates=duplicates,
-                     input_rows=p.numInputRows, input_rate=p.inputRowsPerSecond or 0.0,
-                     processed_rate=p.processedRowsPerSecond or 0.0, lag=lag,
-                     batch_ms=(p.durationMs or {}).get("triggerExecution", 0),
-                     watermark=(data.get("eventTime") or {}).get("watermark"))
+        if followed:
+            stage, events = followed
+            try:
+                events.add(stage, event_row(data, stage, counts, watermark,
+                                            self._spark.sparkContext.applicationId if self._spark else ""))
+            except Exception as e:  # noqa: BLE001 - the log never breaks a query
+                log.warning("event log: batch %d of %s not logged: %s", p.batchId, p.name, e)
 
     def onQueryIdle(self, event):
         pass
@@ -407,8 +394,6 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
             log.error("query %s failed: %s", event.id, event.exception.splitlines()[0])
         else:
             log.debug("query %s terminated", event.id)
-        self._record(str(event.id), active=False, error=(event.exception or "").splitlines()[0] if event.exception
-                     else None)
 
 
 _PY_ERROR = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b(?::.*)?$", re.M)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.catalog import register_tables
-from common.settings import Settings
+from common.settings import OPS, Settings
 from common.tables import is_delta_table
 from common.text import align
 from data_quality.suites import LAYERS
@@ -129,6 +129,10 @@ def _validate(spark, settings: Settings, layers, docs: bool) -> list[Check]:
                     if not res.success and observed == "-":
                         observed = f"error: {_exception(res.exception_info)}"
                     checks.append(Check(label, _describe(res.expectation_config), bool(res.success), observed, bad))
+    if docs and docs_index().exists():  # styled and interactive offline too
+        from data_quality.docs_assets import localize
+
+        localize(docs_index().parent)
     return checks
 
 
@@ -161,9 +165,29 @@ def report(checks: list[Check], elapsed: float, details: bool = False) -> list[s
     return lines
 
 
+RESULTS_TABLE = "dq_results"  # ops.dq_results: every expectation of every run, so quality over time is data
+RESULTS_DDL = ("run_id string, run_at timestamp, layer string, table_name string, expectation string, "
+               "success boolean, observed string")
+
+
+def record(spark, settings: Settings, checks: list[Check]) -> str:
+    """Append one row per expectation to ``ops.dq_results`` (one commit); returns the run's id.
+    ``layer`` is the suite's layer (bronze, silver, gold, reconciliation)."""
+    import uuid
+    from datetime import datetime, timezone
+
+    run_id, now = uuid.uuid4().hex[:12], datetime.now(timezone.utc)
+    rows = [(run_id, now, "reconciliation" if c.table.endswith("(reconciliation)") else c.table.split(".", 1)[0],
+             c.table.removesuffix(" (reconciliation)"), c.expectation, c.success, c.observed) for c in checks]
+    spark.createDataFrame(rows, RESULTS_DDL).write.format("delta").mode("append").save(
+        settings.table_path(OPS, RESULTS_TABLE))
+    return run_id
+
+
 def run_dq(spark, settings: Settings, layer: str = "all", details: bool = False) -> int:
     layers = ORDER if layer == "all" else (layer,)
     t0 = time.monotonic()
     checks = validate(spark, settings, layers)
+    record(spark, settings, checks)
     print("\n".join(report(checks, time.monotonic() - t0, details)), flush=True)
     return 0 if all(c.success for c in checks) else 1

@@ -86,6 +86,7 @@ def demo(settings: Settings, count: int = 2000) -> int:
     from data_quality.runner import run_dq
 
     dq = run_dq(spark, settings)
-    print(f"\ndemo finished in {time.monotonic() - t0:.0f}s. Next: `lakehouse sql \"SELECT ...\"`, "
-          "`lakehouse run all` to keep streaming, `lakehouse stack down` to stop the stack.", flush=True)
+    print(f"\ndemo finished in {time.monotonic() - t0:.0f}s. Next: `lakehouse dashboard` to see it, "
+          "`lakehouse sql \"SELECT ...\"`, `lakehouse run all` to keep streaming, `lakehouse stack down` to stop "
+          "the stack.", flush=True)
     return dq

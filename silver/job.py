@@ -130,11 +130,16 @@ def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
                 for table, df in _outputs(kind, rows).items():
                     if routed_n.get("quarantine" if table == "quarantine" else "valid", 0):  # an empty write is a commit
                         parts.setdefault(table, []).append(df)
-            late = sum(n for _, rule, _, n, _ in outcomes if rule == "route:late")
-            streams.count_batch(ctx.query_id(spark), describe(clock.watermarks(spark, batch_id + 1)), late=late)
-            recorded = (spark.createDataFrame([(flow.name, batch_id, *o) for o in outcomes],
-                                              "query string, batch_id long, table string, rule string, "
-                                              "action string, failed long, checked long")
+            routes = {x: sum(n for _, rule, _, n, _ in outcomes if rule == f"route:{x}")
+                      for x in ("quarantine", "drop", "late")}
+            # checked: the batch's records after the dedup operator (the event log's duplicates are
+            # the records read minus these: Spark's numDroppedDuplicateRows counts each operator once
+            # per source of the query, three times here)
+            streams.count_batch(ctx.query_id(spark), describe(clock.watermarks(spark, batch_id + 1)),
+                                quarantined=routes["quarantine"], dropped=routes["drop"], late=routes["late"],
+                                checked=sum(int(r["checked"] or 0) for r in counts.values()))
+            counted = StructType(RULE_OUTCOMES_SCHEMA.fields[:-1])  # recorded_at: the commit's clock, below
+            recorded = (spark.createDataFrame([(flow.name, batch_id, *o) for o in outcomes], counted)
                         .withColumn("recorded_at", F.current_timestamp()))
             tables = {"rule_outcomes": [recorded]} if outcomes else {}
             tables.update(parts)

@@ -40,6 +40,23 @@ def test_all_suites_pass_on_pipeline_output(spark, pipeline_lake):
     assert {bronze_orders, "silver.orders", "silver.order_items", "gold.customer_order_kpis",
             "gold.product_sales", "silver.rule_outcomes (reconciliation)"} <= tables
     assert len(checks) > 60
+    # Data Docs work offline: no page loads a stylesheet or script from the internet, and every
+    # local copy it links to is there
+    import re
+
+    from data_quality.runner import docs_index
+
+    pages = list(docs_index().parent.rglob("*.html"))
+    assert len(pages) > 5
+    linked = 0
+    for page in pages:
+        text = page.read_text()
+        assert not re.search(r'(src|href)="https?://[^"]+\.(css|js)"', text), page
+        assert "cdn.jsdelivr.net/npm/vega" not in text, page
+        for ref in re.findall(r'(?:src|href)="([^"]*static/vendor/[^"]+)"', text):
+            assert (page.parent / ref).is_file(), (page, ref)
+            linked += 1
+    assert linked > len(pages)
 
 
 def _table_name(settings, layer, table):

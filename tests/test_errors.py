@@ -94,3 +94,10 @@ def test_dq_prints_its_summary_first_and_no_library_noise(spark, lake, tmp_path)
     assert [line.split()[0] for line in lines[1:4]] == [f"bronze.{lake.bronze_table_for(t)}" for t in lake.source_topics]
     assert lines[4].startswith("15 passed, 0 failed expectations") and len(lines) == 5, proc.stdout
     assert user_lines(proc.stderr) == [], proc.stderr[-3000:]
+    # the run is data: one row per expectation in ops.dq_results
+    from common.native import NativeLake
+
+    results = NativeLake(lake).rows("ops.dq_results")
+    assert len(results) == 15 and len({r["run_id"] for r in results}) == 1
+    assert {r["layer"] for r in results} == {"bronze"} and all(r["success"] for r in results)
+    assert {r["table_name"] for r in results} == {f"bronze.{lake.bronze_table_for(t)}" for t in lake.source_topics}
