@@ -6,7 +6,7 @@ works offline); the page reads the Delta tables with the Spark-free reader (``co
 it opens in about a second and never waits for a JVM. Sections: gold KPIs (sales per customer per
 minute, product revenue, log levels over time, the most loaded hosts, enriched orders by segment
 and city), then the pipeline (per query rows/s, batch duration and records behind from
-``ops.pipeline_events``, late and quarantined records per batch, the last data-quality run per
+``ops.pipeline_events``, event -> gold latency, late and quarantined records per batch, the last data-quality run per
 layer from ``ops.dq_results``). Each empty part says what would fill it.
 
 ``python -m streamlit run common/dashboard.py`` runs this file; ``lakehouse dashboard`` does that
@@ -51,8 +51,9 @@ def queries(lake) -> dict[str, str | None]:
                              f"ORDER BY orders DESC, segment, ville")
     r = rel(f"{OPS}.pipeline_events")
     out["events"] = r and (f"SELECT query, ended_at, processed_rows_per_second, duration_ms, records_behind, "
-                           f"files_behind, late, quarantined FROM {r} WHERE ended_at >= (SELECT max(ended_at) "
-                           f"FROM {r}) - INTERVAL '1 hour' ORDER BY ended_at")
+                           f"files_behind, late, quarantined, event_to_gold_p50_ms / 1000.0 AS p50_s, "
+                           f"event_to_gold_max_ms / 1000.0 AS max_s FROM {r} WHERE ended_at >= "
+                           f"(SELECT max(ended_at) FROM {r}) - INTERVAL '1 hour' ORDER BY ended_at")
     r = rel(f"{OPS}.dq_results")
     out["dq"] = r and (f"SELECT d.layer, d.run_at, sum(CAST(d.success AS INT)) AS passed, count(*) AS expectations "
                        f"FROM {r} d JOIN (SELECT layer, max(run_at) AS last FROM {r} GROUP BY layer) l "
@@ -123,8 +124,13 @@ def render(settings: Settings) -> None:  # pragma: no cover - exercised in a rea
                 with column:
                     st.subheader(title)
                     st.line_chart(df, x="ended_at", y=y, color="query")
-            st.subheader("Late and quarantined records per silver batch")
-            st.bar_chart(events[events["query"] == "silver"], x="ended_at", y=["late", "quarantined"])
+            left, right = st.columns(2)
+            with left:
+                st.subheader("Event -> gold latency (s): median and oldest order of each batch")
+                st.line_chart(events[events["query"] == "gold_orders"], x="ended_at", y=["p50_s", "max_s"])
+            with right:
+                st.subheader("Late and quarantined records per silver batch")
+                st.bar_chart(events[events["query"] == "silver"], x="ended_at", y=["late", "quarantined"])
         panel("Last data-quality run per layer", "dq", lambda df: st.table(df.set_index("layer")), EMPTY_DQ)
 
     page()

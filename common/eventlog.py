@@ -13,8 +13,9 @@ safe in their checkpoints and tables).
 A row: the query, its stage, ids, batch id, start and end time, duration and the addBatch part
 (every phase in ``durations``, JSON), input rows and rates, records (Kafka) or files (Delta) still
 behind the source, Spark's watermark and silver's per-source event-time watermarks, state rows
-and memory, and the batch's data-quality counts: duplicates dropped, quarantined, dropped by a
-rule, late.
+and memory, the batch's data-quality counts: duplicates dropped, quarantined, dropped by a rule, late;
+and for gold_orders, event -> gold latency: from the Kafka timestamp of the batch's median and
+oldest order to the batch's commit.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ COLUMNS = (
     ("processed_rows_per_second", "double"), ("records_behind", "bigint"), ("files_behind", "bigint"),
     ("sources", "string"), ("watermark", "timestamp"), ("event_watermark", "string"), ("state_rows", "bigint"),
     ("state_memory_bytes", "bigint"), ("duplicates", "bigint"), ("quarantined", "bigint"), ("dropped", "bigint"),
-    ("late", "bigint"), ("app_id", "string"), ("logged_at", "timestamp"),
+    ("late", "bigint"), ("event_to_gold_p50_ms", "bigint"), ("event_to_gold_max_ms", "bigint"),
+    ("app_id", "string"), ("logged_at", "timestamp"),
 )
 SCHEMA_DDL = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
 COUNTS = ("quarantined", "dropped", "late")  # what a batch reports itself (``streams.count_batch``)
+LATENCY = ("event_to_gold_p50_ms", "event_to_gold_max_ms")  # gold_orders: Kafka timestamp -> its commit
 
 
 def table_name(stage: str) -> str:
@@ -100,7 +103,8 @@ def event_row(progress: dict, stage: str, counts: dict, event_watermark: str | N
         sum(int(op.get("numRowsTotal") or 0) for op in operators) if operators else None,
         sum(int(op.get("memoryUsedBytes") or 0) for op in operators) if operators else None,
         _duplicates(progress, counts, operators),
-        *(int(counts.get(k, 0)) for k in COUNTS), app_id, datetime.now(timezone.utc),
+        *(int(counts.get(k, 0)) for k in COUNTS), *(counts.get(k) for k in LATENCY), app_id,
+        datetime.now(timezone.utc),
     )
 
 
@@ -136,6 +140,7 @@ class EventLog:
             for stage, rows in pending.items():
                 try:
                     (self._spark.createDataFrame(rows, SCHEMA_DDL).write.format("delta").mode("append")
+                     .option("mergeSchema", "true")  # a log written by an older version gains the new columns
                      .save(table_path(self._settings, stage)))
                 except Exception as e:  # noqa: BLE001 - best effort, retried at the next interval
                     log.warning("event log: could not append %d rows for %s (%s); retrying in %.0f s",

@@ -15,9 +15,8 @@ from common.status import format_status, read_status
 # (title, query) printed after the pipeline ran; also the examples of README's "Query gold".
 QUERIES: list[tuple[str, str]] = [
     ("bronze: raw records per topic, as received",
-     "SELECT topic, count(*) AS records, count(DISTINCT partition) AS partitions FROM ("
-     "SELECT topic, partition FROM bronze.commandes_json UNION ALL SELECT topic, partition FROM bronze.logs_application "
-     "UNION ALL SELECT topic, partition FROM bronze.metrics) GROUP BY topic ORDER BY topic"),
+     "SELECT topic, count(*) AS records, count(DISTINCT partition) AS partitions FROM ({bronze}) "
+     "GROUP BY topic ORDER BY topic"),  # {bronze}: the three bronze tables, named after the configured topics
     ("silver: rows per table",
      "SELECT 'orders' AS table_name, count(*) AS n FROM silver.orders UNION ALL "
      "SELECT 'order_items', count(*) FROM silver.order_items UNION ALL SELECT 'logs', count(*) FROM silver.logs "
@@ -76,7 +75,9 @@ def demo(settings: Settings, count: int = 2000) -> int:
                                  start_time=now - timedelta(minutes=2), event_spacing=0.3, late_pct=20,
                                  late_by=600, ledger=ledger))
     run(STAGES, settings, "availableNow", spark=spark)
+    bronze = " UNION ALL ".join(f"SELECT topic, partition FROM bronze.{src.bronze_table}" for src in settings.sources)
     for title, query in QUERIES:
+        query = query.replace("{bronze}", bronze)
         _step(title)
         print(f'lakehouse sql "{query}"')
         print(spark.sql(query).toPandas().to_string(index=False))

@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file by spark-submit
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pyspark.sql import functions as F  # noqa: E402
 
 from common import pipeline, streams  # noqa: E402
 from common.customers import CUSTOMERS_SCHEMA  # noqa: E402
@@ -66,18 +69,27 @@ def _orders_writer(settings: Settings, ctx: streams.BatchContext):
 
     def write(batch, batch_id: int) -> None:
         spark = batch.sparkSession
-        # Read the dimension at every micro-batch: a customer loaded or changed since the last
-        # batch is used from this batch on.
-        enriched = enrich_orders(batch, spark.read.format("delta").load(customers)).persist()
+        batch = batch.persist()  # read once: the enriched rows, the Kafka payload and the latency
+        arrived: list = []
         try:
+            # Read the dimension at every micro-batch: a customer loaded or changed since the last
+            # batch is used from this batch on.
+            enriched = enrich_orders(batch, spark.read.format("delta").load(customers))
             streams.run_parallel([
                 lambda: ctx.append(enriched, "orders_enriched", settings.table_path("gold", "orders_enriched"),
                                    batch_id),
                 lambda: (enriched_payload(batch).write.format("kafka")
                          .options(**streams.kafka_options(settings, topic=settings.topic_enriched)).save()),
+                lambda: arrived.extend(batch.agg(  # when the batch's orders reached Kafka (ms)
+                    F.min(F.unix_millis("kafka_timestamp")),
+                    F.percentile_approx(F.unix_millis("kafka_timestamp"), 0.5)).collect()[0]),
             ])
+            if arrived and arrived[0] is not None:  # event -> gold: Kafka timestamp to this batch's commit
+                now_ms = int(time.time() * 1000)
+                streams.count_batch(ctx.query_id(spark), event_to_gold_max_ms=now_ms - int(arrived[0]),
+                                    event_to_gold_p50_ms=now_ms - int(arrived[1]))
         finally:
-            enriched.unpersist()
+            batch.unpersist()
     return write
 
 

@@ -24,7 +24,7 @@ from tests.conftest import ROOT, settings_env
 from tests.helpers import produce_to
 
 pytestmark = pytest.mark.stack
-CHARTS = 9  # sales, revenue, log levels, hosts, segments; rows/s, duration, behind, late/quarantined
+CHARTS = 10  # sales, revenue, log levels, hosts, segments; rows/s, duration, behind, latency, late/quarantined
 # a chart's data marks: Vega draws SVG here, one path per line series or bar (axes and legends
 # are other groups)
 MARKS = """

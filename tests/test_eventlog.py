@@ -53,6 +53,8 @@ def test_event_log_counts_every_batch_and_survives_a_restart(spark, lake, tmp_pa
         + duplicates
     assert all(e["ended_at"] >= e["started_at"] and e["duration_ms"] >= e["add_batch_ms"] for e in first)
     assert all(e["records_behind"] == 0 for e in first if e["query"] == "bronze")  # availableNow drains Kafka
+    gold = [e for e in first if e["query"] == "gold_orders" and e["input_rows"]]
+    assert gold and all(0 <= e["event_to_gold_p50_ms"] <= e["event_to_gold_max_ms"] < 3_600_000 for e in gold)
 
     # a second run appends; the first run's rows stay as they were
     more = produce_to(lake, tmp_path / "ledger.jsonl", 40, seed=22)
