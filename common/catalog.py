@@ -17,7 +17,7 @@ from pathlib import Path
 
 from common.settings import LAYERS, OPS, Settings
 
-from common.eventlog import VIEW, table_name
+from common.eventlog import SELECT_LIST, VIEW, table_name
 from common.pipeline import STAGES
 
 log = logging.getLogger("lakehouse.catalog")
@@ -72,7 +72,7 @@ def registration_sql(settings: Settings, tables: dict[str, list[str]]) -> list[s
 def events_view_sql(names: list[str]) -> str | None:
     """The body of the ``ops.pipeline_events`` view: every stage's event table present in ``names``."""
     stages = [n for n in (f"{OPS}.{table_name(stage)}" for stage in STAGES) if n in names]
-    return " UNION ALL ".join(f"SELECT * FROM {n}" for n in stages) or None
+    return " UNION ALL ".join(f"SELECT {SELECT_LIST} FROM {n}" for n in stages) or None
 
 
 def register_tables(spark, settings: Settings) -> dict[str, list[str]]:

@@ -42,6 +42,8 @@ COLUMNS = (
     ("app_id", "string"), ("logged_at", "timestamp"),
 )
 SCHEMA_DDL = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
+# the view's select list: by name, so a stage table whose columns grew in another order still lines up
+SELECT_LIST = ", ".join(name for name, _ in COLUMNS)
 COUNTS = ("quarantined", "dropped", "late")  # what a batch reports itself (``streams.count_batch``)
 LATENCY = ("event_to_gold_p50_ms", "event_to_gold_max_ms")  # gold_orders: Kafka timestamp -> its commit
 

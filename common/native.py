@@ -77,13 +77,13 @@ class NativeLake:
 
     def relation(self, name: str) -> str | None:
         """What a query reads for ``name``: the table, or for a KPI its combined view."""
-        from common.eventlog import VIEW, table_name
+        from common.eventlog import SELECT_LIST, VIEW, table_name
         from common.pipeline import STAGES
         from gold.transforms import kpi_named
 
         if name == f"{OPS}.{VIEW}":  # the event log's view: its stage tables, one after the other
             parts = [self.relation(f"{OPS}.{table_name(stage)}") for stage in STAGES]
-            union = " UNION ALL ".join(f"SELECT * FROM {p}" for p in parts if p)
+            union = " UNION ALL ".join(f"SELECT {SELECT_LIST} FROM {p}" for p in parts if p)
             return f"({union}) AS events" if union else None
         if self.table(name) is None:
             return None

@@ -108,10 +108,12 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
     started: list = []
     try:
         for stage in stages:
+            if events:
+                from common import pipeline
+
+                streams.follow([f.name for f in pipeline.flows(settings, stage)], stage, events)
             queries = _start_stage(spark, settings, stage, options)
             started += queries
-            if events:
-                streams.follow(queries, stage, events)
             if one_shot:
                 streams.await_all(spark, queries)
                 register_tables(spark, settings)
@@ -122,9 +124,11 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
         for q in started + list(spark.streams.active):
             if q.isActive:
                 q.stop()
-        if events:
-            events.close(started)
-        checkpoints.leases(spark).release_all()
+        try:
+            if events:
+                events.close(started)
+        finally:
+            checkpoints.leases(spark).release_all()
 
 
 def _refuse_if_running(spark, flows, command: str) -> None:

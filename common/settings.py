@@ -202,6 +202,11 @@ class Settings:
             except SettingsError:
                 raise SettingsError(f"{env_var(name)}={getattr(self, name)!r} is not an interval; "
                                     "use e.g. '5 minutes', '30 seconds'") from None
+        for name in ("event_log_interval", "dashboard_refresh"):
+            if interval_seconds(getattr(self, name)) <= 0:
+                raise SettingsError(f"{env_var(name)}={getattr(self, name)!r} must be more than 0 seconds")
+        if not 0 < self.dashboard_port < 65536:
+            raise SettingsError(f"LAKEHOUSE_DASHBOARD_PORT={self.dashboard_port} is not a port; use 1-65535")
         if interval_seconds(self.kpi_slide) > interval_seconds(self.kpi_window):
             raise SettingsError(f"LAKEHOUSE_KPI_SLIDE={self.kpi_slide!r} must not exceed "
                                 f"LAKEHOUSE_KPI_WINDOW={self.kpi_window!r}")

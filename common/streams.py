@@ -116,17 +116,29 @@ def commit_order_start(spark, path: str) -> int | None:
     stream ordered by modification time, which S3 keeps in whole seconds, then by file name (a
     random UUID), so a rate-limited stream starting from a snapshot can read a later commit's file
     before an earlier one's; silver would judge the earlier records by the watermark the later
-    ones moved, and send them to the late ledger. None (read the snapshot) when the table is
-    empty now, or was never empty at a version the log still holds."""
+    ones moved, and send them to the late ledger. None (read the snapshot) when the table was
+    never empty at a version the log still holds, or was vacuumed since (the files of the early
+    commits may be gone), or was emptied by its latest commit. Reads the table's history once,
+    when a checkpoint is new."""
     history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").select("version", "operation").collect()
     latest = max(r.version for r in history)
+    operation = {r.version: r.operation for r in history}
     for version in sorted((r.version for r in history if r.operation in _EMPTYING), reverse=True):
         try:
-            if spark.read.format("delta").option("versionAsOf", version).load(path).isEmpty():
-                return None if version == latest else version + 1
+            empty = spark.read.format("delta").option("versionAsOf", version).load(path).isEmpty()
         except Exception as e:  # noqa: BLE001 - that version is no longer in the log
-            log.debug("%s: version %d not readable (%s); the stream reads the snapshot", path, version, e)
+            log.warning("%s: version %d is no longer in the log (%s); a new stream reads the snapshot, in the "
+                        "order Delta gives its files", path, version, str(e).splitlines()[0][:120])
             return None
+        if not empty:
+            continue
+        if any(operation.get(v, "").startswith("VACUUM") for v in range(version + 1, latest + 1)):
+            log.warning("%s was vacuumed since version %d; a new stream reads the snapshot, in the order Delta "
+                        "gives its files", path, version)
+            return None
+        if version == latest:  # nothing committed since: a created table is read from its creation
+            return version if operation[version].startswith(("CREATE", "REPLACE")) else None
+        return version + 1
     return None
 
 
@@ -300,19 +312,20 @@ def install_progress_logger(spark, settings: Settings | None = None) -> None:
 _listener = None  # this process's ProgressLogger (foreachBatch functions see a cloned session)
 
 
-def count_batch(query_id: str, event_watermark: str | None = None, **counts: int) -> None:
-    """A micro-batch's data-quality counts (``eventlog.COUNTS``: quarantined, dropped, late) and the
-    query's own event-time watermark when it keeps one (silver: per source), logged with the
-    batch's progress in the event log."""
+def count_batch(query_id: str, batch_id: int, event_watermark: str | None = None, **counts: int) -> None:
+    """Batch ``batch_id``'s data-quality counts (``eventlog.COUNTS``: quarantined, dropped, late;
+    ``eventlog.LATENCY``) and the query's own event-time watermark when it keeps one (silver: per
+    source), logged with that batch's progress in the event log."""
     if _listener is not None:
-        _listener.add_counts(query_id, counts, event_watermark)
+        _listener.add_counts(query_id, batch_id, counts, event_watermark)
 
 
-def follow(queries, stage: str, events) -> None:
-    """Log the progress of ``queries`` (one stage's) to the event log ``events``."""
+def follow(names, stage: str, events) -> None:
+    """Log the progress of the queries named ``names`` (one stage's) to the event log ``events``;
+    called before they start, so that no batch can finish unlogged."""
     if _listener is not None:
-        for q in queries:
-            _listener.follow(str(q.id), stage, events)
+        for name in names:
+            _listener.follow(name, stage, events)
 
 
 def _make_listener_base():
@@ -340,19 +353,19 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
 
     def __init__(self, spark=None, settings: Settings | None = None):
         self._done: dict[str, int] = {}  # rows read per query id since its current run started
-        self._followed: dict[str, tuple] = {}  # query id -> (stage, EventLog)
-        self._counts: dict[str, dict] = {}  # query id -> counts of its batch in progress
+        self._followed: dict[str, tuple] = {}  # query name -> (stage, EventLog) of the run that started it
+        self._counts: dict[tuple, dict] = {}  # (query id, batch id) -> what the batch counted itself
         self._watermarks: dict[str, str] = {}  # query id -> its own event-time watermark, last told
         self._spark, self._settings = spark, settings
         self._lock = threading.Lock()
 
-    def follow(self, query_id: str, stage: str, events) -> None:
+    def follow(self, name: str, stage: str, events) -> None:
         with self._lock:
-            self._followed[query_id] = (stage, events)
+            self._followed[name] = (stage, events)
 
-    def add_counts(self, key: str, counts: dict[str, int], event_watermark: str | None = None) -> None:
+    def add_counts(self, key: str, batch_id: int, counts: dict[str, int], event_watermark: str | None = None) -> None:
         with self._lock:
-            pending = self._counts.setdefault(key, {})
+            pending = self._counts.setdefault((key, batch_id), {})
             for k, v in counts.items():
                 pending[k] = pending.get(k, 0) + v
             if event_watermark:
@@ -371,8 +384,8 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
         key = str(p.id)
         with self._lock:  # rows read since this run of the query started: a backfill's progress
             done = self._done[key] = self._done.get(key, 0) + p.numInputRows
-            counts = self._counts.pop(key, {})
-            followed = self._followed.get(key)
+            counts = self._counts.pop((key, p.batchId), {})
+            followed = self._followed.get(p.name)
             watermark = self._watermarks.get(key)
         log.info("%s batch %d: %d rows in, %.0f rows/s, %d ms (addBatch %d ms); %d rows this run, %s behind",
                  p.name, p.batchId, p.numInputRows, p.processedRowsPerSecond or 0.0, d.get("triggerExecution", 0),

@@ -155,6 +155,10 @@ def _published(settings: Settings, lake: NativeLake, order: dict, since: datetim
         if not passed and consumer.position(tp) < end:
             return [Node(f"kafka {settings.topic_enriched}", f"not found in {read} messages of partition "
                          f"{tp.partition} from offset {start.offset} (search stopped after 60 s)")]
+        if written:  # its row is in gold: the message was searched around the row's file time only
+            return [Node(f"kafka {settings.topic_enriched}", f"not found in partition {tp.partition} within "
+                         f"{PUBLISH_MARGIN_S} s of its gold.orders_enriched file ({read} messages read; a file "
+                         "rewritten by OPTIMIZE has a later time)")]
         return [Node(f"kafka {settings.topic_enriched}", f"not published yet ({read} messages read)")]
     finally:
         consumer.close()

@@ -63,7 +63,9 @@ def fetch(package: str, version: str, tooling: Tooling | None = None) -> Path:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith("package/")]
         for m in members:
-            out = tmp / m.name[len("package/"):]
+            out = (tmp / m.name[len("package/"):]).resolve()
+            if not out.is_relative_to(tmp.resolve()):  # a member named ../x stays out
+                continue
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(tar.extractfile(m).read())
     (tmp / ".complete").write_text(url)
@@ -88,7 +90,7 @@ def localize(site: Path, tooling: Tooling | None = None) -> int:
                 for extra in EXTRA_DIRS.get((package, version), ()):
                     shutil.copytree(src / extra, dest / extra, dirs_exist_ok=True)
             local[url] = dest / path
-    except OSError as e:  # offline without a cache: the pages keep their CDN links
+    except (OSError, tarfile.TarError) as e:  # offline without a cache: the pages keep their CDN links
         log.warning("Data Docs keep their CDN links (could not fetch their assets from %s: %s)", tooling.npm_url, e)
         return 0
     pattern = re.compile("|".join(re.escape(u) for u in sorted(ASSETS, key=len, reverse=True)))

@@ -188,6 +188,6 @@ def run_dq(spark, settings: Settings, layer: str = "all", details: bool = False)
     layers = ORDER if layer == "all" else (layer,)
     t0 = time.monotonic()
     checks = validate(spark, settings, layers)
-    record(spark, settings, checks)
     print("\n".join(report(checks, time.monotonic() - t0, details)), flush=True)
+    record(spark, settings, checks)
     return 0 if all(c.success for c in checks) else 1

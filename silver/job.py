@@ -135,7 +135,7 @@ def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
             # checked: the batch's records after the dedup operator (the event log's duplicates are
             # the records read minus these: Spark's numDroppedDuplicateRows counts each operator once
             # per source of the query, three times here)
-            streams.count_batch(ctx.query_id(spark), describe(clock.watermarks(spark, batch_id + 1)),
+            streams.count_batch(ctx.query_id(spark), batch_id, describe(clock.watermarks(spark, batch_id + 1)),
                                 quarantined=routes["quarantine"], dropped=routes["drop"], late=routes["late"],
                                 checked=sum(int(r["checked"] or 0) for r in counts.values()))
             counted = StructType(RULE_OUTCOMES_SCHEMA.fields[:-1])  # recorded_at: the commit's clock, below
