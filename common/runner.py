@@ -16,7 +16,7 @@ import sys
 import time
 import traceback
 
-from common import checkpoints, streams, tables
+from common import checkpoints, pipeline, streams, tables
 from common.eventlog import EventLog
 from common.errors import LakehouseError
 from common.pipeline import STAGES, resolve_stages
@@ -109,8 +109,6 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
     try:
         for stage in stages:
             if events:
-                from common import pipeline
-
                 streams.follow([f.name for f in pipeline.flows(settings, stage)], stage, events)
             queries = _start_stage(spark, settings, stage, options)
             started += queries
@@ -146,8 +144,6 @@ def reset(spark, settings: Settings, stage: str, dry_run: bool = False) -> list[
     rebuilds them from the layer below. Refuses while any affected query runs (checkpoint leases).
     Bronze (the only copy of what Kafka may no longer hold) is reset only when asked by name.
     Returns the paths deleted (or that would be, with ``dry_run``)."""
-    from common import pipeline
-
     flows = pipeline.downstream(settings, stage)
     _refuse_if_running(spark, flows, "reset")
     paths: list[str] = []
@@ -188,7 +184,6 @@ def plan_refresh(spark, settings: Settings, target: str, include_bronze: bool = 
     """The queries a refresh of ``target`` (a stage, or a ``layer.table``: the query writing it) redoes,
     with every later stage. Refuses bronze unless ``include_bronze`` and Kafka still holds every
     record bronze holds."""
-    from common import pipeline
     from common.errors import SettingsError
 
     if target in STAGES:
