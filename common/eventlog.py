@@ -27,6 +27,7 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from common.settings import OPS, Settings, interval_seconds
+from common.tables import compactor
 
 log = logging.getLogger("lakehouse.eventlog")
 
@@ -141,9 +142,11 @@ class EventLog:
                 pending, self._rows = self._rows, {}
             for stage, rows in pending.items():
                 try:
+                    path = table_path(self._settings, stage)
                     (self._spark.createDataFrame(rows, SCHEMA_DDL).write.format("delta").mode("append")
                      .option("mergeSchema", "true")  # a log written by an older version gains the new columns
-                     .save(table_path(self._settings, stage)))
+                     .save(path))
+                    compactor.committed(self._spark, path, self._settings.compact_every)
                 except Exception as e:  # noqa: BLE001 - best effort, retried at the next interval
                     log.warning("event log: could not append %d rows for %s (%s); retrying in %.0f s",
                                 len(rows), stage, str(e).splitlines()[0][:200], self._interval)

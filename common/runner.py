@@ -125,6 +125,9 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
         try:
             if events:
                 events.close(started)
+            # a compaction under way belongs to this run: the tables' writer until it ends
+            if not tables.compactor.wait():
+                log.warning("a compaction was still running when the run ended; the next run redoes it")
         finally:
             checkpoints.leases(spark).release_all()
 

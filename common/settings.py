@@ -118,6 +118,7 @@ class Settings:
     max_event_time_ahead: str = "5 minutes"  # an event time further ahead of its Kafka timestamp is quarantined
     late_warn_pct: int = 10  # a silver batch sending more than this % of a source's records to the late ledger warns
     event_log_interval: str = "30 seconds"  # how often an app appends its buffered rows to ops.pipeline_events
+    compact_every: int = 100  # commits to a table between its writing app's compactions (OPTIMIZE); 0 = never
     # gold windows
     kpi_window: str = "2 minutes"         # customer_order_kpis: sliding window ...
     kpi_slide: str = "1 minute"           # ... and its slide
@@ -218,6 +219,8 @@ class Settings:
                 raise SettingsError(f"{env_var(name)} must be >= 1")
         if not 0 <= self.late_warn_pct <= 100:
             raise SettingsError(f"LAKEHOUSE_LATE_WARN_PCT={self.late_warn_pct} must be between 0 and 100")
+        if self.compact_every < 0:
+            raise SettingsError(f"LAKEHOUSE_COMPACT_EVERY={self.compact_every} must be >= 0 (0 = no in-app compaction)")
         if self.max_offsets_per_trigger < 0:
             raise SettingsError("LAKEHOUSE_MAX_OFFSETS_PER_TRIGGER must be >= 0 (0 = unlimited)")
         for name in ("max_bytes_per_trigger", "driver_memory"):

@@ -55,7 +55,10 @@ STATIC_CONF: dict[str, str] = {
     # 100 entries, fewer than the pipeline's distinct plans: Janino recompiled them per batch).
     "spark.sql.codegen.cache.maxEntries": "2000",
     # No optimizeWrite/autoCompact on hot streaming writes (a shuffle and an OPTIMIZE check per
-    # commit); `lakehouse maintain` compacts on a schedule instead.
+    # commit); the writing app compacts every LAKEHOUSE_COMPACT_EVERY commits (tables.Compactor).
+    # A file of 32 MB or more is not small: a compaction rewrites the recent small files, not the
+    # whole table (Delta's default, 1 GB, rewrote everything a table holds below that each time).
+    "spark.databricks.delta.optimize.minFileSize": str(32 * 1024 * 1024),
     "spark.driver.extraJavaOptions": "-Dlog4j2.level=WARN",
 }
 

@@ -227,10 +227,13 @@ class BatchContext:
     id, so its batch 0 is never mistaken for a replay of the old checkpoint's batch 0.
     Make one per query run (the stage's ``start``). This relies on one running copy per checkpoint
     (the checkpoint lease, ``common.checkpoints``): two live copies would each append every batch.
+    Every ``compact_every`` commits to a table (LAKEHOUSE_COMPACT_EVERY), the application compacts
+    it (``tables.Compactor``).
     """
 
-    def __init__(self, flow, query_id: str | None = None):
+    def __init__(self, flow, compact_every: int = 0, query_id: str | None = None):
         self.flow = flow
+        self.compact_every = compact_every
         self._query_id = query_id
         self._last: dict[str, int] = {}  # table -> highest batch id known committed (after the first write)
 
@@ -261,7 +264,7 @@ class BatchContext:
 
     def append(self, df, table: str, path: str, batch_id: int) -> None:
         """Append the batch's rows for ``table`` unless the table already holds this batch."""
-        from common.tables import append_batch
+        from common.tables import append_batch, compactor
 
         todo = self._should_write(df.sparkSession, table, path, batch_id)
         if todo:
@@ -271,6 +274,7 @@ class BatchContext:
                 self._last.pop(table, None)  # the commit may have landed: look it up again next time
                 raise
             self._last[table] = batch_id
+            compactor.committed(df.sparkSession, path, self.compact_every)
 
 
 def run_parallel(tasks: list[Callable[[], None]]) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
+import time
 from typing import Iterable
 
 from common.errors import SetupError
@@ -111,9 +114,10 @@ def maintain(spark, path: str, vacuum_hours: float | None = None) -> dict[str, i
     """Compact a table's small files (OPTIMIZE) and, when ``vacuum_hours`` is given, delete files
     no version younger than that still needs (VACUUM). Returns files before/after.
 
-    Hot streaming writes do not compact (no optimizeWrite/autoCompact: a shuffle and an OPTIMIZE
-    check per commit cost more latency than they save); this is the scheduled pass (e.g. hourly
-    OPTIMIZE, daily VACUUM), run by the table's writing application or while it is stopped."""
+    Hot streaming writes do not compact per commit (no optimizeWrite/autoCompact: a shuffle and an
+    OPTIMIZE check per commit cost more latency than they save); a running stage compacts its own
+    tables every LAKEHOUSE_COMPACT_EVERY commits (``Compactor``). This is the pass for a stopped
+    lake or a layer as a whole (and VACUUM), run while the stages are stopped."""
     def files() -> int:
         return int(spark.sql(f"DESCRIBE DETAIL delta.`{path}`").collect()[0].numFiles)
 
@@ -122,3 +126,82 @@ def maintain(spark, path: str, vacuum_hours: float | None = None) -> dict[str, i
     if vacuum_hours is not None:
         spark.sql(f"VACUUM delta.`{path}` RETAIN {vacuum_hours:g} HOURS")
     return {"files_before": before, "files_after": files()}
+
+
+class Compactor:
+    """In-app compaction: the application that writes a table OPTIMIZEs it every ``every`` of its
+    commits, in one background thread (one table at a time, in its own scheduler pool), so a
+    stream running for days keeps a bounded number of files.
+
+    It runs in the writing application on purpose: Delta's S3 log store is safe for one writing
+    process per table, so an OPTIMIZE from a second process beside the stream could lose a commit.
+    Inside the application the log store serialises the commits, and OPTIMIZE only rearranges
+    files (``dataChange=false``): it does not conflict with the stream's appends, and streaming
+    readers of the table skip its commits. Files of at least
+    ``spark.databricks.delta.optimize.minFileSize`` (``common.spark``) are left alone, so a
+    compaction rewrites the recent small files, not the whole table."""
+
+    def __init__(self):
+        self._counts: dict[str, int] = {}
+        self._pending: set[str] = set()
+        self._queue: queue.Queue = queue.Queue()
+        self._idle = threading.Condition()
+        self._busy = 0
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def committed(self, spark, path: str, every: int) -> None:
+        """Count one commit to ``path``; the ``every``-th since its last compaction schedules one
+        (``every`` 0: never)."""
+        if every <= 0:
+            return
+        with self._lock:
+            n = self._counts.get(path, 0) + 1
+            self._counts[path] = 0 if n >= every else n
+            if n < every or path in self._pending:
+                return
+            self._pending.add(path)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="delta-compaction", daemon=True)
+                self._thread.start()
+        with self._idle:
+            self._busy += 1
+        self._queue.put((spark, path))
+
+    def _loop(self) -> None:
+        while True:
+            spark, path = self._queue.get()
+            try:
+                self._compact(spark, path)
+            finally:
+                with self._lock:
+                    self._pending.discard(path)
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+    @staticmethod
+    def _compact(spark, path: str) -> None:
+        t0 = time.monotonic()
+        try:
+            spark.sparkContext.setLocalProperty("spark.scheduler.pool", "compaction")
+            spark.sparkContext.setJobDescription(f"compaction of {path}")
+            m = spark.sql(f"OPTIMIZE delta.`{path}`").collect()[0].metrics
+            log.info("compacted %s: %d small files into %d (%.1f s)", path.rsplit("/", 2)[-2] + "/" +
+                     path.rsplit("/", 1)[-1], m.numFilesRemoved, m.numFilesAdded, time.monotonic() - t0)
+        except Exception as e:  # noqa: BLE001 - a missed compaction is retried at the next threshold
+            log.warning("compaction of %s failed, the next one retries: %s", path, str(e).splitlines()[0][:200])
+
+    def wait(self, timeout: float = 300.0) -> bool:
+        """Wait until every scheduled compaction has run (an application finishing its run)."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._busy > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+
+compactor = Compactor()  # one per process: one background compaction at a time

@@ -137,9 +137,9 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
                    [df.withColumn("source", F.lit(t)) for t, df in sources.items()])
     return streams.start_all([
         streams.flow_spec(orders, sources["orders"], options,
-                          foreach_batch=_orders_writer(settings, streams.BatchContext(orders))),
+                          foreach_batch=_orders_writer(settings, streams.BatchContext(orders, settings.compact_every))),
         streams.flow_spec(kpis, union, options,
-                          foreach_batch=_kpis_writer(settings, streams.BatchContext(kpis), columns))])
+                          foreach_batch=_kpis_writer(settings, streams.BatchContext(kpis, settings.compact_every), columns))])
 
 
 if __name__ == "__main__":

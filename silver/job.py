@@ -195,7 +195,7 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
                                        options=options)])
     check_not_orphaned(spark, flow.checkpoint, flow.name, pipeline.sink_paths(settings, flow), "silver")
     return streams.start_all([streams.flow_spec(flow, stream, options,
-                                                foreach_batch=_batch_writer(settings, flow, streams.BatchContext(flow)))])
+                                                foreach_batch=_batch_writer(settings, flow, streams.BatchContext(flow, settings.compact_every)))])
 
 
 if __name__ == "__main__":
