@@ -11,7 +11,7 @@ export PYSPARK_PYTHON := $(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup stack-up stack-down stack-status demo test test-unit test-reliability bench bench-p2 clean
+.PHONY: setup stack-up stack-down stack-status demo test test-unit test-reliability bench bench-p2 soak clean
 
 $(VENV)/.installed: pyproject.toml
 	@echo "==> virtualenv + pinned Python packages (about a minute on a fresh machine)"
@@ -57,6 +57,11 @@ bench: stack-up
 
 bench-p2: stack-up
 	python -m bench.p2
+
+# An hour of `run all` under load, sampled every minute (not in CI); `make soak MINUTES=10` for a try.
+MINUTES ?= 60
+soak: stack-up
+	python -m bench.soak --minutes $(MINUTES)
 
 clean: stack-down
 	rm -rf .stack .cache $(VENV)

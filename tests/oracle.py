@@ -169,3 +169,95 @@ class GoldOracle:
         return self._group(self._valid("metrics"), self.host, None, lambda e: (e["host"],),
                            lambda v: (sum(e["metrics"]["cpu_percent"] for e in v) / len(v),
                                       max(e["metrics"]["memory_percent"] for e in v), len(v)))
+
+
+class RunningOracle:
+    """``SilverOracle`` and ``GoldOracle`` in one pass over a ledger, for ledgers too big to hold
+    (a soak's millions of records): memory grows with the dedup keys and the KPI groups, not with
+    the records. ``feed`` takes the records in send order (the ledger file's order); the KPI
+    dictionaries have ``GoldOracle``'s shape (tests/test_oracle.py checks the two agree)."""
+
+    def __init__(self, settings, late=()):
+        from collections import Counter
+
+        from common.settings import interval_seconds
+
+        self.kind_of = {src.topic: src.kind for src in settings.sources}
+        self.late_coords = set(late)
+        self.kpi = int(interval_seconds(settings.kpi_window))
+        self.slide = int(interval_seconds(settings.kpi_slide))
+        self.minute = int(interval_seconds(settings.minute_window))
+        self.host = int(interval_seconds(settings.host_window))
+        self.records, self.valid, self.duplicates, self.malformed = Counter(), Counter(), Counter(), Counter()
+        self.items = 0
+        self.late_not_late: list[tuple] = []  # coordinates in the late ledger the generator did not send late
+        self._seen: dict[str, set] = {kind: set() for kind in NATURAL_KEYS}
+        self._acc: dict[str, dict] = {name: {} for name in ("customer_order_kpis", "customer_minute_totals",
+                                                             "product_sales", "log_level_counts", "module_stats",
+                                                             "host_metrics")}
+
+    def _add(self, name: str, ts, size: int, slide: int | None, key: tuple, values: tuple, folds: str) -> None:
+        acc = self._acc[name]
+        for w in windows(ts, size, slide):
+            k = (_fmt(w[0]), _fmt(w[1])) + key
+            old = acc.get(k)
+            acc[k] = values if old is None else tuple(
+                max(a, b) if f == "m" else a + b for f, a, b in zip(folds, old, values))
+
+    def feed(self, rec: dict) -> None:
+        from datetime import datetime
+
+        kind = self.kind_of.get(rec["topic"])
+        if kind is None:
+            return
+        self.records[rec["topic"]] += 1
+        fault = rec["fault"] or ""
+        if coords(rec) in self.late_coords:
+            if fault not in ("late", "duplicate"):
+                self.late_not_late.append(coords(rec))
+            if fault == "late":
+                return
+        if fault.startswith("malformed:"):
+            self.malformed[kind] += 1
+            return
+        if fault not in ("", "duplicate", "late"):
+            return
+        e = json.loads(rec["value"])
+        key = natural_key(kind, e)
+        if key in self._seen[kind]:
+            self.duplicates[kind] += 1
+            return
+        self._seen[kind].add(key)
+        self.valid[kind] += 1
+        ts = datetime.fromisoformat(e["timestamp"])
+        if kind == "orders":
+            total = e["total"]
+            self._add("customer_order_kpis", ts, self.kpi, self.slide, (e["customer_id"],), (1, total, total), "ssm")
+            self._add("customer_minute_totals", ts, self.minute, None, (e["customer_id"],), (1, total), "ss")
+            for it in e["items"]:
+                self.items += 1
+                self._add("product_sales", ts, self.minute, None, (it["product_id"], it["product_name"]),
+                          (1, it["quantity"], it["subtotal"]), "sss")
+        elif kind == "logs":
+            self._add("log_level_counts", ts, self.minute, None, (e["level"],), (1,), "s")
+            self._add("module_stats", ts, self.minute, None, (e["module"],), (1, e["duration_ms"]), "ss")
+        else:
+            m = e["metrics"]
+            self._add("host_metrics", ts, self.host, None, (e["host"],), (m["cpu_percent"], m["memory_percent"], 1),
+                      "sms")
+
+    def feed_file(self, path) -> "RunningOracle":
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    self.feed(json.loads(line))
+        return self
+
+    def gold(self, name: str) -> dict:
+        """One KPI as ``GoldOracle`` gives it."""
+        acc = self._acc[name]
+        if name == "module_stats":
+            return {k: (n, total / n) for k, (n, total) in acc.items()}
+        if name == "host_metrics":
+            return {k: (cpu / n, mem, n) for k, (cpu, mem, n) in acc.items()}
+        return dict(acc)
