@@ -230,9 +230,51 @@ def leases(spark) -> Leases:
 
 
 def claim(spark, checkpoint: str, query: str, signature: dict) -> None:
-    """Before a query starts: its settings match the checkpoint, and no other copy runs on it."""
+    """Before a query starts: its settings match the checkpoint, the files a restart reads are
+    whole, and no other copy runs on it."""
     check_signature(spark, checkpoint, query, signature)
+    check_readable(spark, checkpoint, query)
     leases(spark).acquire(checkpoint, query)
+
+
+def _log_problem(text: str, min_lines: int = 2) -> str | None:
+    """What is wrong with one file of Spark's offset or commit log (``v1``, then one JSON value
+    per line, ``-`` for a source with no offset yet; an offset file has the batch's metadata and
+    at least one source), or None."""
+    lines = text.splitlines()
+    if not lines or not lines[0].startswith("v") or not lines[0][1:].isdigit():
+        return "no version line"
+    for i, line in enumerate(lines[1:], start=2):
+        if line == "-":
+            continue
+        try:
+            json.loads(line)
+        except ValueError:
+            return f"line {i} is not JSON"
+    if len(lines) < min_lines:
+        return f"{len(lines)} lines, at least {min_lines} expected"
+    return None
+
+
+def check_readable(spark, checkpoint: str, query: str) -> None:
+    """The offset and commit log files a restart reads (the last of each, and the offsets before
+    the last) are whole. A truncated one (a crash on a file system without atomic writes, a copy
+    by hand) makes Spark fail with a parse error deep in its restart; this names the file and the
+    way out instead."""
+    fs = _Fs(spark)
+    for folder, last_n, min_lines in (("offsets", 2, 3), ("commits", 1, 2)):
+        numbers = sorted(int(n) for n in fs.list_names(f"{checkpoint}/{folder}") if n.isdigit())
+        for n in numbers[-last_n:]:
+            path = f"{checkpoint}/{folder}/{n}"
+            problem = _log_problem(fs.read_text(path) or "", min_lines)
+            if problem:
+                stage = query.split("_", 1)[0]
+                way_out = ("move the checkpoint folder aside: bronze's next run starts a new checkpoint and resumes "
+                           "after the offsets its tables hold" if stage == "bronze" else
+                           f"rebuild {stage} and the stages after it from the layer below with "
+                           f"`lakehouse refresh {stage}` (the old table versions stay readable)")
+                raise CheckpointError(f"query {query} cannot restart: {path} is truncated or corrupt ({problem}); "
+                                      f"{way_out}")
 
 
 def live_owner(spark, checkpoint: str) -> dict | None:

@@ -39,7 +39,9 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
-    logging.getLogger("py4j").setLevel(logging.INFO if verbose else logging.WARNING)
+    # py4j logs a foreachBatch function's exception with its whole traceback ("an exception while
+    # executing the Python Proxy") before Spark fails the query, which the runner reports in one line
+    logging.getLogger("py4j").setLevel(logging.INFO if verbose else logging.CRITICAL)
 
 
 def verbose_requested(flag: bool) -> bool:
@@ -120,8 +122,7 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
     finally:
         # every query this run started, also those of a stage that failed half-way through starting
         for q in started + list(spark.streams.active):
-            if q.isActive:
-                q.stop()
+            streams.stop_quietly(q)
         try:
             if events:
                 events.close(started)

@@ -148,8 +148,11 @@ def write_spark_defaults() -> Path:
 
 
 _LOG4J_CONSOLE = ("appender.console.type = Console\nappender.console.name = console\n"
-                  "appender.console.target = SYSTEM_ERR\nappender.console.layout.type = PatternLayout\n"
-                  "appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n\n")
+                  "appender.console.target = SYSTEM_ERR\nappender.console.layout.type = PatternLayout\n")
+_LOG4J_PATTERN = "appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n\n"
+# Quiet: a logged exception is its message on the line, never its stack (--verbose shows stacks).
+_LOG4J_ONE_LINE = ("appender.console.layout.alwaysWriteExceptions = false\n"
+                   "appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%notEmpty{ (%throwable{short.message})}%n\n")
 # Spark and library warnings that are by design here and say nothing a user can act on, once per query
 # or per batch: AQE off in streaming (expected), local checkpoints of foreachBatch frames, commit
 # timestamps adjusted by Delta, Kafka's consumer pool, the loopback hostname, Hadoop's native libs,
@@ -159,6 +162,7 @@ _NOISE = ("adaptive.enabled is not supported in streaming|Disabling AQE|was loca
           "Set SPARK_LOCAL_IP|Unable to load native-hadoop|Truncated the string representation of a plan|"
           "Updating the value of conf 'spark.sql.streaming.multipleWatermarkPolicy'")
 LOG4J_QUIET = ("rootLogger.level = warn\nrootLogger.appenderRef.stdout.ref = console\n" + _LOG4J_CONSOLE
+               + _LOG4J_ONE_LINE
                + "appender.console.filter.noise.type = RegexFilter\n"
                + f"appender.console.filter.noise.regex = (?s).*({_NOISE}).*\n"
                + "appender.console.filter.noise.onMatch = DENY\nappender.console.filter.noise.onMismatch = NEUTRAL\n"
@@ -166,9 +170,17 @@ LOG4J_QUIET = ("rootLogger.level = warn\nrootLogger.appenderRef.stdout.ref = con
                "logger.s3a.name = org.apache.hadoop.fs.s3a\nlogger.s3a.level = error\n"
                "logger.metrics.name = org.apache.hadoop.metrics2\nlogger.metrics.level = error\n"
                # one pool per query is on purpose (common.streams.start); no warning per pool
-               "logger.fair.name = org.apache.spark.scheduler.FairSchedulableBuilder\nlogger.fair.level = error\n")
+               "logger.fair.name = org.apache.spark.scheduler.FairSchedulableBuilder\nlogger.fair.level = error\n"
+               # A failed query is reported by the runner in one line, its root cause; Spark's own
+               # account of the same failure is a line per task, per stage and per query
+               "logger.task.name = org.apache.spark.executor.Executor\nlogger.task.level = fatal\n"
+               "logger.taskset.name = org.apache.spark.scheduler.TaskSetManager\nlogger.taskset.level = fatal\n"
+               "logger.writer.name = org.apache.spark.sql.execution.datasources.FileFormatWriter\n"
+               "logger.writer.level = fatal\n"
+               "logger.query.name = org.apache.spark.sql.execution.streaming.runtime.MicroBatchExecution\n"
+               "logger.query.level = fatal\n")
 # LAKEHOUSE_LOG_LEVEL=DEBUG / --verbose: everything Spark says at INFO, nothing filtered.
-LOG4J_VERBOSE = "rootLogger.level = info\nrootLogger.appenderRef.stdout.ref = console\n" + _LOG4J_CONSOLE
+LOG4J_VERBOSE = "rootLogger.level = info\nrootLogger.appenderRef.stdout.ref = console\n" + _LOG4J_CONSOLE + _LOG4J_PATTERN
 
 
 def configure(builder, settings: Settings | None = None, app_name: str = "lakehouse"):

@@ -452,6 +452,19 @@ def short_error(exc: BaseException) -> str:
     return first[:400] + hint
 
 
+def stop_quietly(query) -> None:
+    """Stop a query that is being stopped on purpose (a signal, the end of a run, another query's
+    failure): an error it raises while stopping (Spark interrupts its stream thread, which can fail
+    half-way through planning a batch) is not the run's failure, so it is a warning, not an exit 1."""
+    if not query.isActive:
+        return
+    try:
+        query.stop()
+    except Exception as e:  # noqa: BLE001 - see above
+        log.warning("query %s: %s while stopping (nothing lost: a restart resumes from its checkpoint)",
+                    query.name, short_error(e))
+
+
 def await_all(spark, queries: list, poll_seconds: float = 0.5) -> None:
     """Wait until every query ends; stop all on SIGINT/SIGTERM or as soon as one fails."""
     stop = threading.Event()
@@ -471,15 +484,13 @@ def await_all(spark, queries: list, poll_seconds: float = 0.5) -> None:
                 q = failed[0]
                 err = short_error(q.exception())
                 for other in queries:
-                    if other.isActive:
-                        other.stop()
+                    stop_quietly(other)
                 raise StreamFailedError(f"query {q.name} failed: {err}")
             if all(not q.isActive for q in queries):
                 return
             stop.wait(poll_seconds)
         for q in queries:
-            if q.isActive:
-                q.stop()
+            stop_quietly(q)
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)

@@ -50,3 +50,15 @@ def test_lease_refuses_a_live_owner_and_takes_over_a_dead_one(spark, tmp_path):
     assert json.loads(owner.read_text())["app_id"] == spark.sparkContext.applicationId
     checkpoints.leases(spark).release_all()
     assert not owner.exists()
+
+
+def test_a_cut_offset_or_commit_file_is_told_apart_from_a_whole_one():
+    from common.checkpoints import _log_problem
+
+    offsets = 'v1\n{"batchWatermarkMs":0,"batchTimestampMs":1764100000000,"conf":{}}\n{"t":{"0":5,"1":7}}\n-'
+    commit = 'v1\n{"nextBatchWatermarkMs":0}'
+    assert _log_problem(offsets, 3) is None and _log_problem(commit) is None
+    assert _log_problem(offsets[: len(offsets) // 2], 3) == "line 2 is not JSON"
+    assert _log_problem(offsets[: offsets.index("\n{", 5)], 3) == "2 lines, at least 3 expected"
+    assert _log_problem(commit[:-3]) == "line 2 is not JSON"
+    assert _log_problem("") == "no version line"

@@ -10,9 +10,12 @@ sleeps to wait for a stream: those waits poll under a deadline.
 
 from __future__ import annotations
 
+import io
 import json
 import random
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,9 +25,10 @@ import pytest
 
 from common import customers
 from common.errors import CheckpointError, StreamFailedError
+from common.settings import child_env
 from devstack.generator import read_ledger
 from common import pipeline
-from common.runner import run
+from common.runner import plan_refresh, refresh, run
 from common.clients import kafka_admin, minio_client
 from gold.transforms import KPIS
 from tests.checks import _coords, check_bronze, check_gold, check_pipeline
@@ -42,6 +46,8 @@ pytestmark = [pytest.mark.stack, pytest.mark.reliability]
 FAULTS = {"duplicate_pct": 10, "late_pct": 5, "malformed_pct": 5}
 LIVE = "processingTime=1 second"
 STAGES = ("bronze", "silver", "gold")
+# what a user must never see without --verbose: a Java or Python stack
+STACK = re.compile(r"^\s+at [\w.$]+\(|^Caused by: |^Traceback \(most recent call last\)", re.M)
 
 
 class Producer(threading.Thread):
@@ -120,12 +126,12 @@ def test_sigkill_of_each_stage_at_random_moments(spark, lake, tmp_path):
 
 # 2 -------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_kafka_broker_hard_restart_while_producing_and_consuming(spark, lake, stack, tmp_path):
+def test_kafka_broker_hard_restart_under_run_all_while_producing(spark, lake, stack, tmp_path):
     customers.load(spark, lake)
     ledger = tmp_path / "ledger.jsonl"
     produce_to(lake, ledger, 100, seed=201, **FAULTS)
-    log = tmp_path / "bronze.log"
-    bronze = _start_live(lake, "bronze", log, spark, lake.table_path("bronze", lake.bronze_table_for(lake.topic_orders)))
+    log = tmp_path / "all.log"
+    app = _start_live(lake, "all", log, spark, lake.table_path("gold", "orders_enriched"))
     producer = Producer(lake, ledger, 400, rate=20, seed=202)
     try:
         producer.start()
@@ -134,16 +140,20 @@ def test_kafka_broker_hard_restart_while_producing_and_consuming(spark, lake, st
         time.sleep(5)  # broker down
         stack.up()
         producer.finish()
+        # the app rode the restart out, or stopped with one line; never a stack
+        if app.poll() is not None:
+            assert app.returncode != 0 and "error: query" in log.read_text(), _tail(log)
+        assert not STACK.search(log.read_text()), _tail(log)
     finally:
-        if bronze.poll() is None:  # it may have survived the outage, or failed: both are fine
-            kill_hard(bronze)
+        if app.poll() is None:
+            kill_hard(app)
     _drain(lake, tmp_path)
     check_pipeline(spark, lake, read_ledger(ledger))
 
 
 # 3 -------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_minio_down_for_30_seconds_then_a_plain_restart_recovers(spark, lake, stack, tmp_path):
+def test_minio_down_for_five_minutes_under_run_all_then_a_plain_restart_recovers(spark, lake, stack, tmp_path):
     customers.load(spark, lake)
     ledger = tmp_path / "ledger.jsonl"
     produce_to(lake, ledger, 100, seed=301, **FAULTS)
@@ -153,13 +163,17 @@ def test_minio_down_for_30_seconds_then_a_plain_restart_recovers(spark, lake, st
     try:
         producer.start()
         time.sleep(3)
+        before = len(log.read_text())
         stack.kill("minio")
-        time.sleep(30)  # the outage
+        time.sleep(300)  # the outage
         stack.up()
         producer.finish()
-        # the app either failed loudly during the outage or rode it out; never silently half-dead
+        during = log.read_text()[before:]
+        # what the user saw: no stack, and if the app stopped, one line saying why
+        assert not STACK.search(during), during[-3000:]
         if app.poll() is not None:
-            assert app.returncode != 0 and "error: query" in log.read_text(), _tail(log)
+            errors = [line for line in during.splitlines() if line.startswith("error:")]
+            assert app.returncode != 0 and len(errors) == 1 and errors[0].startswith("error: query"), during[-3000:]
     finally:
         if app.poll() is None:
             app.send_signal(signal.SIGTERM)
@@ -169,6 +183,128 @@ def test_minio_down_for_30_seconds_then_a_plain_restart_recovers(spark, lake, st
                 kill_hard(app)
     _drain(lake, tmp_path)
     check_pipeline(spark, lake, read_ledger(ledger))
+
+
+# 3b ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_sigkill_of_run_all_twenty_times_at_random_moments_under_load(spark, lake, tmp_path):
+    rng = random.Random(20261126)
+    customers.load(spark, lake)
+    ledger = tmp_path / "ledger.jsonl"
+    produce_to(lake, ledger, 100, seed=1101, **FAULTS)
+    logs = [tmp_path / "all-0.log"]
+    app = _start_live(lake, "all", logs[0], spark, lake.table_path("gold", "orders_enriched"))
+    producer = Producer(lake, ledger, 3000, rate=10, seed=1102)  # ~5 minutes of load
+    producer.start()
+    moments = []
+    try:
+        for i in range(20):
+            moments.append(rng.uniform(2, 30))  # start-up, first batches, steady state
+            time.sleep(moments[-1])
+            assert app.poll() is None, f"run all died on its own:\n{_tail(logs[-1])}"
+            kill_hard(app)
+            logs.append(tmp_path / f"all-{i + 1}.log")
+            app = start_stage_process(lake, "all", LIVE, logs[-1])
+        producer.finish()
+    finally:
+        if app.poll() is None:
+            kill_hard(app)
+    assert len(moments) == 20
+    _drain(lake, tmp_path)
+    check_pipeline(spark, lake, read_ledger(ledger))
+
+
+# 3c ------------------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 96 MB ext4 file system on a loop device (needs root, as the CI machine runs)."""
+    img, mnt = tmp_path / "disk.img", tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["truncate", "-s", "96M", str(img)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True)
+    r = subprocess.run(["mount", "-o", "loop", str(img), str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot loop-mount a small file system here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _fill(path) -> None:
+    """Write to ``path`` until the file system is full."""
+    chunk = b"\0" * (1 << 20)
+    with open(path, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(chunk)
+        except OSError:
+            pass
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+
+
+@pytest.mark.slow
+def test_minio_disk_full_stops_the_pipeline_loudly_and_nothing_is_lost_once_space_returns(
+        spark, lake, stack, tmp_path, small_disk):
+    from devstack.stack import Stack
+
+    port, bucket = _free_port(), f"diskfull-{lake.topic_orders[:8].lower()}"
+    disk = lake.with_overrides(s3_endpoint=f"http://127.0.0.1:{port}", lake_root=f"s3a://{bucket}/lake")
+    data = small_disk / "minio"
+    data.mkdir()
+    minio = subprocess.Popen([str(Stack(lake).minio_binary), "server", str(data), "--quiet", "--address",
+                              f"127.0.0.1:{port}", "--console-address", f"127.0.0.1:{_free_port()}"],
+                             env=child_env(MINIO_ROOT_USER=lake.s3_access_key, MINIO_ROOT_PASSWORD=lake.s3_secret_key,
+                                           MINIO_UPDATE="off"),
+                             stdout=open(tmp_path / "minio.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    app = None
+    try:
+        wait_until(lambda: _minio_ready(disk), 60, "the second MinIO")
+        minio_client(disk).make_bucket(bucket)
+        spark.sparkContext._jsc.hadoopConfiguration().set(f"fs.s3a.bucket.{bucket}.endpoint", disk.s3_endpoint)
+        ledger = tmp_path / "ledger.jsonl"
+        produce_to(disk, ledger, 100, seed=1201, **FAULTS)
+        log = tmp_path / "all.log"
+        app = _start_live(disk, "all", log, spark, disk.table_path("gold", "orders_enriched"))
+        producer = Producer(disk, ledger, 300, rate=10, seed=1202)
+        producer.start()
+        time.sleep(3)
+        before = len(log.read_text())
+        filler = small_disk / "filler"
+        _fill(filler)
+        wait_until(lambda: app.poll() is not None, 300, "the pipeline to stop on the full disk")
+        during = log.read_text()[before:]
+        errors = [line for line in during.splitlines() if line.startswith("error:")]
+        assert app.returncode != 0 and len(errors) == 1, during[-3000:]
+        assert re.search(r"(?i)storage|space|disk|full", errors[0]), errors[0]
+        assert not STACK.search(during), during[-3000:]
+        producer.finish()
+        filler.unlink()  # space returns
+        _drain(disk, tmp_path)
+        check_pipeline(spark, disk, read_ledger(ledger))
+    finally:
+        if app is not None and app.poll() is None:
+            kill_hard(app)
+        minio.terminate()
+        minio.wait(timeout=30)
+
+
+def _minio_ready(settings) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{settings.s3_endpoint}/minio/health/live", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 # 4 -------------------------------------------------------------------------------------------
@@ -309,3 +445,45 @@ def test_no_s3_secret_in_logs_event_logs_or_printed_config(spark, lake, tmp_path
     leaks = [t[max(0, t.find(secret) - 80): t.find(secret)] for t in texts if secret in t]
     assert not leaks, f"S3 secret printed after: {leaks}"  # ...its value never is
     assert any("redacted" in json.dumps(e) for e in event_logs)
+
+
+# 9 -------------------------------------------------------------------------------------------
+def test_stray_parquet_files_are_ignored_and_a_truncated_checkpoint_file_is_named(spark, lake, tmp_path):
+    """What a crash can leave: a data file written but never committed (Delta reads only files its
+    log names), and a checkpoint file cut short (Spark writes them atomically on S3 and through a
+    rename elsewhere, so only a broken file system or a copy by hand leaves one): the restart
+    refuses with the file and the way out, and that way out rebuilds the stage exactly."""
+    from minio.commonconfig import CopySource
+
+    ledger_path = tmp_path / "ledger.jsonl"
+    produce_to(lake, ledger_path, 150, seed=901, **FAULTS)
+    run(STAGES, lake, "availableNow", spark=spark)
+    client = minio_client(lake)
+
+    def key(path: str) -> str:
+        return path.removeprefix(f"s3a://{lake.bucket}/")
+
+    for layer, table in (("silver", "orders"), ("gold", "orders_enriched")):
+        folder = key(lake.table_path(layer, table))
+        data = next(o.object_name for o in client.list_objects(lake.bucket, prefix=folder + "/", recursive=True)
+                    if o.object_name.endswith(".parquet"))
+        client.copy_object(lake.bucket, f"{folder}/part-00000-stray-{table}.c000.snappy.parquet",
+                           CopySource(lake.bucket, data))
+    produce_to(lake, ledger_path, 100, seed=902, **FAULTS)
+    run(STAGES, lake, "availableNow", spark=spark)
+    check_pipeline(spark, lake, read_ledger(ledger_path))  # the stray copies are counted nowhere
+
+    offsets = key(pipeline.flow(lake, "silver").checkpoint) + "/offsets/"
+    last = max((o.object_name for o in client.list_objects(lake.bucket, prefix=offsets)
+                if o.object_name.rsplit("/", 1)[-1].isdigit()), key=lambda n: int(n.rsplit("/", 1)[-1]))
+    whole = client.get_object(lake.bucket, last).read()
+    client.put_object(lake.bucket, last, io.BytesIO(whole[: len(whole) * 2 // 3]), len(whole) * 2 // 3)
+    produce_to(lake, ledger_path, 50, seed=903, **FAULTS)
+    run(("bronze",), lake, "availableNow", spark=spark)
+    with pytest.raises(CheckpointError, match=r"query silver cannot restart: .*/offsets/\d+ is truncated or corrupt "
+                                              r"\(.*\); rebuild silver .*`lakehouse refresh silver`"):
+        run(("silver",), lake, "availableNow", spark=spark)
+    assert not spark.streams.active
+    refresh(spark, plan_refresh(spark, lake, "silver"), "test")  # the way out the message names
+    run(("silver", "gold"), lake, "availableNow", spark=spark)
+    check_pipeline(spark, lake, read_ledger(ledger_path))
