@@ -38,7 +38,7 @@ stack-status:
 demo: setup
 	@lakehouse demo
 
-# CI runs this: everything but the three long fault scenarios (see README, "Tests").
+# CI runs this: everything but the long fault scenarios (see README, "Tests").
 test: stack-up
 	@lakehouse setup browser
 	pytest -q -m "not slow" --durations=20

@@ -143,7 +143,7 @@ class EventLog:
             for stage, rows in pending.items():
                 try:
                     path = table_path(self._settings, stage)
-                    (self._spark.createDataFrame(rows, SCHEMA_DDL).write.format("delta").mode("append")
+                    (self._spark.createDataFrame(rows, SCHEMA_DDL).coalesce(1).write.format("delta").mode("append")
                      .option("mergeSchema", "true")  # a log written by an older version gains the new columns
                      .save(path))
                     compactor.committed(self._spark, path, self._settings.compact_every)

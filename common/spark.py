@@ -160,7 +160,7 @@ _LOG4J_ONE_LINE = ("appender.console.layout.alwaysWriteExceptions = false\n"
 _NOISE = ("adaptive.enabled is not supported in streaming|Disabling AQE|was locally checkpointed|"
           "Found Delta commit .* with a timestamp|Pool exceeds its soft max size|resolves to a loopback|"
           "Set SPARK_LOCAL_IP|Unable to load native-hadoop|Truncated the string representation of a plan|"
-          "Updating the value of conf 'spark.sql.streaming.multipleWatermarkPolicy'")
+          "Updating the value of conf 'spark.sql.streaming.multipleWatermarkPolicy'|Failed to cancel job group")
 LOG4J_QUIET = ("rootLogger.level = warn\nrootLogger.appenderRef.stdout.ref = console\n" + _LOG4J_CONSOLE
                + _LOG4J_ONE_LINE
                + "appender.console.filter.noise.type = RegexFilter\n"
@@ -177,6 +177,9 @@ LOG4J_QUIET = ("rootLogger.level = warn\nrootLogger.appenderRef.stdout.ref = con
                "logger.taskset.name = org.apache.spark.scheduler.TaskSetManager\nlogger.taskset.level = fatal\n"
                "logger.writer.name = org.apache.spark.sql.execution.datasources.FileFormatWriter\n"
                "logger.writer.level = fatal\n"
+               "logger.deltawriter.name = org.apache.spark.sql.delta.files.DeltaFileFormatWriter\n"
+               "logger.deltawriter.level = fatal\n"
+               "logger.utils.name = org.apache.spark.util.Utils\nlogger.utils.level = fatal\n"
                "logger.query.name = org.apache.spark.sql.execution.streaming.runtime.MicroBatchExecution\n"
                "logger.query.level = fatal\n")
 # LAKEHOUSE_LOG_LEVEL=DEBUG / --verbose: everything Spark says at INFO, nothing filtered.
@@ -210,11 +213,15 @@ def configure(builder, settings: Settings | None = None, app_name: str = "lakeho
 # Lines the JVM and its libraries print to stderr at start, outside log4j: the module system's note
 # on Spark's incubator module, and the AWS SDK's own (relocated) slf4j 1.7 finding no binding.
 _JVM_NOISE = (b"WARNING: Using incubator modules", b"SLF4J: ")
+# The frames of a stack the JVM prints outside log4j (a thread's uncaught exception): its first line,
+# the exception, stays; the frames are for --verbose, which does not filter.
+_JVM_STACK = (b"\tat ", b"\t... ", b"Caused by: ", b"\tSuppressed: ")
 
 
 def _launch_quiet_gateway(builder) -> None:
     """Start the JVM as pyspark would, with its stderr passed through a filter that drops
-    ``_JVM_NOISE`` (everything else, log4j's console included, goes on to our stderr)."""
+    ``_JVM_NOISE`` and stack frames (everything else, log4j's console included, goes on to our
+    stderr)."""
     import subprocess
     import sys
     import threading
@@ -236,7 +243,7 @@ def _launch_quiet_gateway(builder) -> None:
         # would block the JVM at its next log line
         out = getattr(sys.__stderr__, "buffer", None)
         for line in iter(stream.readline, b""):
-            if out is None or line.startswith(_JVM_NOISE):
+            if out is None or line.startswith(_JVM_NOISE) or line.startswith(_JVM_STACK):
                 continue
             try:
                 out.write(line)

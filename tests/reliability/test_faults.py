@@ -47,7 +47,7 @@ FAULTS = {"duplicate_pct": 10, "late_pct": 5, "malformed_pct": 5}
 LIVE = "processingTime=1 second"
 STAGES = ("bronze", "silver", "gold")
 # what a user must never see without --verbose: a Java or Python stack
-STACK = re.compile(r"^\s+at [\w.$]+\(|^Caused by: |^Traceback \(most recent call last\)", re.M)
+STACK = re.compile(r"^\s+at \S+\(|^Caused by: |^Traceback \(most recent call last\)", re.M)
 
 
 class Producer(threading.Thread):
