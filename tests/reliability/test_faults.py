@@ -267,7 +267,7 @@ def test_minio_disk_full_stops_the_pipeline_loudly_and_nothing_is_lost_once_spac
                              stdout=open(tmp_path / "minio.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     app = None
     try:
-        wait_until(lambda: _minio_ready(disk), 60, "the second MinIO")
+        wait_until(Stack(disk)._minio_health, 60, "the second MinIO")
         minio_client(disk).make_bucket(bucket)
         spark.sparkContext._jsc.hadoopConfiguration().set(f"fs.s3a.bucket.{bucket}.endpoint", disk.s3_endpoint)
         ledger = tmp_path / "ledger.jsonl"
@@ -295,16 +295,6 @@ def test_minio_disk_full_stops_the_pipeline_loudly_and_nothing_is_lost_once_spac
             kill_hard(app)
         minio.terminate()
         minio.wait(timeout=30)
-
-
-def _minio_ready(settings) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{settings.s3_endpoint}/minio/health/live", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
 
 
 # 4 -------------------------------------------------------------------------------------------
