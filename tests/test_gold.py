@@ -122,7 +122,9 @@ def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake
 
 
 def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark, lake, tmp_path):
-    """A broken checkpoint makes one of gold's queries fail: the app reports it and stops all."""
+    """A checkpoint offset file that is whole but names no real offsets (the start-up guard,
+    ``checkpoints.check_readable``, passes it) makes one of gold's queries fail once running: the
+    app reports it and stops all."""
     from common.clients import minio_client
 
     produce_to(lake, tmp_path / "ledger.jsonl", 100, seed=51)
@@ -133,7 +135,9 @@ def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark
                if o.object_name.rsplit("/", 1)[-1].isdigit()]
     assert offsets
     last = max(offsets, key=lambda n: int(n.rsplit("/", 1)[-1]))
-    client.put_object(lake.bucket, last, io.BytesIO(b"not an offset log"), 17)
+    sources = len(pipeline.flow(lake, "gold_kpis").sources)
+    broken = b"v1\n{}" + b'\n{"bogus":1}' * sources
+    client.put_object(lake.bucket, last, io.BytesIO(broken), len(broken))
     log = tmp_path / "gold.log"
     proc = start_stage_process(lake, "gold", "processingTime=1 second", log)
     try:
