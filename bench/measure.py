@@ -85,16 +85,26 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def peak_rss_mib(pid: int | None) -> float | None:
-    """Sum of VmHWM over the process and its descendants (a JVM under a Python driver, ...)."""
+def _memory_mib(pid: int | None, field: str) -> float | None:
+    """Sum of a /proc status memory ``field`` (VmHWM, VmRSS) over a process and its descendants."""
     if not pid or not os.path.exists(f"/proc/{pid}"):
         return None
     total = 0
     for p in _descendants(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     total += int(line.split()[1])
         except OSError:
             pass
     return round(total / 1024, 1)
+
+
+def peak_rss_mib(pid: int | None) -> float | None:
+    """Sum of VmHWM over the process and its descendants (a JVM under a Python driver, ...)."""
+    return _memory_mib(pid, "VmHWM")
+
+
+def rss_mib(pid: int | None) -> float | None:
+    """Resident memory now (VmRSS) of a process tree."""
+    return _memory_mib(pid, "VmRSS")

@@ -43,7 +43,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.measure import cpu_seconds, percentiles
+from bench.measure import cpu_seconds, percentiles, rss_mib
 from bench.run import HERE, ROOT, App, app_env, bench_start, fresh, log, results_file
 from common import pipeline
 from common.clients import kafka_consumer, minio_client
@@ -157,19 +157,6 @@ class Lake:
         finally:
             consumer.close()
         return sum(ends[tp] - have[tp.topic][str(tp.partition)] for tp in tps)
-
-
-def rss_mib(pid: int) -> float:
-    from bench.measure import _descendants
-
-    kb = 0
-    for p in _descendants(pid):
-        try:
-            kb += next(int(x.split()[1]) for x in Path(f"/proc/{p}/status").read_text().splitlines()
-                       if x.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            pass
-    return round(kb / 1024, 1)
 
 
 def tables_of(s: Settings) -> list[str]:
