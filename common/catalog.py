@@ -22,6 +22,14 @@ from common.pipeline import STAGES
 
 log = logging.getLogger("lakehouse.catalog")
 
+# a commit or a checkpoint: a table whose first commit is still being written (its ``_delta_log/``
+# folder exists, nothing in it yet) is not a table yet, and Spark refuses to register it
+_LOG_ENTRY = re.compile(r"(^|/)\d{20}\.(json|checkpoint\b.*\.parquet)$")
+
+
+def _committed(names) -> bool:
+    return any(_LOG_ENTRY.search(n) for n in names)
+
 
 def list_tables(settings: Settings) -> dict[str, list[str]]:
     """{layer: [table, ...]} of the Delta tables present under the lake root (no Spark needed)."""
@@ -34,12 +42,13 @@ def list_tables(settings: Settings) -> dict[str, list[str]]:
         for layer in LAYERS + (OPS,):
             prefix = f"{root}/{layer}/".lstrip("/")
             dirs = [o.object_name for o in client.list_objects(settings.bucket, prefix=prefix) if o.is_dir]
-            found[layer] = sorted(d[len(prefix):].strip("/") for d in dirs
-                                  if any(True for _ in client.list_objects(settings.bucket, prefix=f"{d}_delta_log/")))
+            found[layer] = sorted(d[len(prefix):].strip("/") for d in dirs if _committed(
+                o.object_name for o in client.list_objects(settings.bucket, prefix=f"{d}_delta_log/")))
     else:
         for layer in LAYERS + (OPS,):
             base = Path(settings.lake_root) / layer
-            found[layer] = sorted(p.name for p in base.iterdir() if (p / "_delta_log").is_dir()) if base.is_dir() else []
+            found[layer] = sorted(p.name for p in base.iterdir() if (p / "_delta_log").is_dir()
+                                  and _committed(f.name for f in (p / "_delta_log").iterdir())) if base.is_dir() else []
     return found
 
 

@@ -90,3 +90,20 @@ def test_kraft_cluster_ids_never_look_like_options():
     ids = [new_cluster_id() for _ in range(5000)]  # ~1 in 64 raw ids starts with '-'
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize("log_files, listed", [((), False), (("00000000000000000000.json",), True),
+                                               (("00000000000000000010.checkpoint.parquet", "_last_checkpoint"), True),
+                                               (("00000000000000000000.crc",), False)])
+def test_a_table_is_listed_once_it_has_a_commit(tmp_path, log_files, listed):
+    # another process's first commit under way: its _delta_log/ folder exists, nothing in it yet;
+    # registering it then fails in Spark (DELTA_CREATE_EXTERNAL_TABLE_WITHOUT_TXN_LOG)
+    from common.catalog import list_tables
+    from common.settings import Settings
+
+    log_dir = tmp_path / "ops" / "pipeline_events_bronze" / "_delta_log"
+    log_dir.mkdir(parents=True)
+    for name in log_files:
+        (log_dir / name).write_text("{}")
+    found = list_tables(Settings(lake_root=str(tmp_path)))
+    assert found["ops"] == (["pipeline_events_bronze"] if listed else [])
