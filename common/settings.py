@@ -81,7 +81,7 @@ class Source:
 
     kind: str          # orders | logs | metrics (its silver table)
     topic: str         # LAKEHOUSE_TOPIC_<KIND>
-    watermark: str     # LAKEHOUSE_WATERMARK_<KIND>: silver's event-time delay and dedup horizon
+    watermark: str     # LAKEHOUSE_WATERMARK_<KIND>: silver's event-time delay; a key is deduped for 2x it
     bronze_table: str  # the bronze table's name (the topic, with - and . as _)
 
 
@@ -250,6 +250,12 @@ class Settings:
     def sources(self) -> tuple["Source", ...]:
         """The three sources, in ``SOURCE_KINDS`` order: each its topic, watermark delay, bronze table."""
         return tuple(self.source(kind) for kind in SOURCE_KINDS)
+
+    @property
+    def dedup_horizon(self) -> str:
+        """The longest watermark delay of the sources: silver's dedup operators all evict by it
+        (``silver.transforms.dedupe``)."""
+        return max((src.watermark for src in self.sources), key=interval_seconds)
 
     def source(self, kind: str) -> "Source":
         """Source ``kind`` (orders | logs | metrics) and its settings, typed."""

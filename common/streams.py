@@ -360,6 +360,7 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
         self._followed: dict[str, tuple] = {}  # query name -> (stage, EventLog) of the run that started it
         self._counts: dict[tuple, dict] = {}  # (query id, batch id) -> what the batch counted itself
         self._watermarks: dict[str, str] = {}  # query id -> its own event-time watermark, last told
+        self._names: dict[str, str] = {}  # query id -> name (a termination event carries the id only)
         self._spark, self._settings = spark, settings
         self._lock = threading.Lock()
 
@@ -379,6 +380,7 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
         log.debug("query %s started (id %s, run %s)", event.name, event.id, event.runId)
         with self._lock:
             self._done[str(event.id)] = 0
+            self._names[str(event.id)] = event.name or str(event.id)
 
     def onQueryProgress(self, event):
         p = event.progress
@@ -407,10 +409,11 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
         pass
 
     def onQueryTerminated(self, event):
+        name = self._names.get(str(event.id), str(event.id))
         if event.exception:
-            log.error("query %s failed: %s", event.id, event.exception.splitlines()[0])
+            log.error("query %s failed: %s", name, event.exception.splitlines()[0])
         else:
-            log.debug("query %s terminated", event.id)
+            log.debug("query %s terminated", name)
 
 
 _PY_ERROR = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b(?::.*)?$", re.M)

@@ -23,6 +23,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
+from common.settings import interval_seconds
 from silver.rules import record_predicate, record_rules
 
 CORRUPT = "_corrupt_record"
@@ -176,23 +177,36 @@ def dedup_columns(kind: str) -> tuple[str, ...]:
     return tuple(KINDS[kind]["key"])
 
 
-def dedupe(classified: DataFrame, kind: str, delay: str) -> DataFrame:
-    """Drop duplicate valid records (same natural key) that reach silver within ``delay`` of the first.
+def dedupe(classified: DataFrame, kind: str, delay: str, horizon: str | None = None) -> DataFrame:
+    """Drop duplicate valid records (same natural key) that reach silver within 2 x ``delay`` of
+    processing after the first.
 
     The dedup operator's watermark follows the time each micro-batch runs (``wm_time``, Spark's
     batch timestamp, the same in a replay of the batch), not event time: the operator then
     never discards a record as behind its watermark (late data is the silver job's to judge, by
-    event time, and to record), its state holds the keys of the last ``delay`` to 2 x ``delay``
-    of processing, and an idle source cannot pin it (nor a far-future event time empty it).
-    Quarantined and dropped rows keep a unique key (their Kafka coordinates), so the operator
-    never discards them either.
+    event time, and to record), and an idle source cannot pin it (nor a far-future event time
+    empty it). Quarantined and dropped rows keep a unique key (their Kafka coordinates), so the
+    operator never discards them either.
+
+    Silver dedupes its three sources in one query, and Spark evicts every operator's state by the
+    query's one watermark (the greatest of theirs, ``multipleWatermarkPolicy=max``): unshifted, the
+    source with the shortest delay would set it, and an order's key (delay 5 minutes) would go
+    after 5 + 1 minutes, not 2 x 5. So each source's clock runs ``horizon - delay`` behind
+    (``horizon``: the longest delay of the query's sources): every operator's watermark is then
+    batch time - ``horizon``, and a key kept until ``first + delay`` falls behind it lives
+    2 x ``delay`` of processing. That covers the event-time late check's reach (a copy is on time
+    while its event time is within ``delay`` of the greatest one of the earlier batches), unless the
+    pipeline's lag grew by more than ``delay`` between the first and the copy.
     """
     key = dedup_columns(kind)
     valid = F.col("route") == "valid"
     natural = F.concat_ws("\u0001", *[F.col(k).cast("string") for k in key])
     coords = F.concat_ws(":", F.lit("coord"), "topic", "partition", "offset")
+    behind = int(interval_seconds(horizon or delay) - interval_seconds(delay))
+    if behind < 0:
+        raise ValueError(f"dedup horizon {horizon!r} is shorter than the delay {delay!r} of {kind}")
     keyed = (classified
-             .withColumn("wm_time", F.current_timestamp())
+             .withColumn("wm_time", F.current_timestamp() - F.make_dt_interval(secs=F.lit(behind)))
              .withColumn("dedup_key", F.when(valid, natural).otherwise(coords)))
     if not keyed.isStreaming:  # batch backfill: the whole input is one "batch"
         return keyed.dropDuplicates(["dedup_key"])

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import time
+from datetime import datetime, timedelta, timezone
+
 import pytest
 
+from common import pipeline
 from common.runner import run
 from tests.checks import check_silver_against_ledger
 from tests.helpers import (
@@ -71,3 +76,54 @@ def test_the_writing_app_compacts_its_tables_and_readers_still_get_every_row_onc
         files = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").collect()[0].numFiles
         assert files < writes, (table, files, writes)
     check_pipeline(spark, settings, ledger)
+
+
+def _batch_time(spark, settings, batch: int) -> float:
+    """The processing time (epoch s) silver's micro-batch ``batch`` ran at, from its offset log."""
+    from common.checkpoints import _Fs
+
+    text = _Fs(spark).read_text(f"{pipeline.flow(settings, 'silver').checkpoint}/offsets/{batch}")
+    return json.loads(text.splitlines()[1])["batchTimestampMs"] / 1000
+
+
+def test_a_copy_on_time_by_event_time_is_dropped_though_a_shorter_delay_moved_the_dedup_watermark(
+        spark, lake, tmp_path):
+    """Silver's three dedup operators are evicted by one watermark, the greatest of theirs. With
+    each at its own delay, the shortest (metrics, 1 s here) set it, and an order's key went after
+    60 + 1 s of processing: a copy sent later, still on time by event time (the orders' watermark
+    had not moved), landed in silver.orders twice (the hour-long soak found 11). Each key now
+    lives 2 x its source's delay (``silver.transforms.dedupe``)."""
+    from kafka import KafkaProducer
+
+    settings = lake.with_overrides(watermark_orders="60 seconds", watermark_logs="1 second",
+                                   watermark_metrics="1 second")
+    ledger_path = tmp_path / "ledger.jsonl"
+    start = datetime(2026, 1, 18, 10, 0, tzinfo=timezone.utc)
+    produce_to(settings, ledger_path, 20, seed=5, start_time=start, event_spacing=1.0)
+    run(("bronze", "silver"), settings, "availableNow", spark=spark)     # silver batch 0: the orders' keys
+    t0 = _batch_time(spark, settings, 0)
+    produce_to(settings, ledger_path, 5, seed=6, topics=(settings.topic_logs, settings.topic_metrics),
+               start_time=start + timedelta(seconds=30), event_spacing=1.0)  # after batch 0's: none late
+    run(("bronze",), settings, "availableNow", spark=spark)
+    wait_until(lambda: time.time() > t0 + 75, 120, "75 s of processing time after silver's first batch")
+    run(("silver",), settings, "availableNow", spark=spark)              # batch 1: logs and metrics
+    gap = _batch_time(spark, settings, 1) - t0
+    assert 61 < gap < 120, gap  # past 60 + 1 s (the keys' old lifetime), within 2 x 60 s (the new one)
+    ledger = produce_to(settings, ledger_path, 5, seed=7, topics=(settings.topic_logs,),
+                        start_time=start + timedelta(seconds=40), event_spacing=1.0)
+    run(("bronze", "silver"), settings, "availableNow", spark=spark)     # batch 2 evicts by batch 1's watermark
+    # batch 3: a copy of the last order (the greatest event time: on time by the orders' watermark)
+    last = max((r for r in ledger if r["topic"] == settings.topic_orders), key=lambda r: r["arrival"])
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), acks="all")
+    try:
+        md = producer.send(settings.topic_orders, key=last["key"].encode() if last["key"] else None,
+                           value=last["value"].encode()).get(timeout=60)
+    finally:
+        producer.close(timeout=10)
+    copy = {**last, "fault": "duplicate", "partition": md.partition, "offset": md.offset}
+    with ledger_path.open("a") as f:
+        f.write(json.dumps(copy) + "\n")
+    ledger.append(copy)
+    run(("bronze", "silver"), settings, "availableNow", spark=spark)
+    assert delta_count(spark, settings.table_path("silver", "late_records")) == 0
+    check_silver_against_ledger(spark, settings, ledger)  # the copy dropped: each order once, counts add up

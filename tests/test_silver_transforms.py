@@ -175,3 +175,16 @@ def test_the_dedup_watermark_follows_processing_time_so_no_event_time_moves_it(s
     assert {r.reason for r in rows if r.route == "quarantine"} >= {T.FUTURE_REASON}
     (wm,) = {r.wm_time for r in rows}
     assert abs((datetime.now() - wm).total_seconds()) < 60
+
+
+def test_each_source_clock_runs_behind_by_the_horizon_less_its_delay(spark):
+    """Silver's three dedup operators are evicted by one watermark, the greatest of theirs: shifted
+    by horizon - delay, each source's operator reaches batch time - horizon, so its keys live
+    2 x its own delay (silver/job.py sets horizon = the longest delay of the sources)."""
+    from datetime import datetime
+
+    rows = T.dedupe(T.classify(_bronze(spark, [order()]), "orders", 300), "orders", "1 minute", "5 minutes").collect()
+    behind = (datetime.now() - rows[0].wm_time).total_seconds()
+    assert 240 <= behind < 300
+    with pytest.raises(ValueError, match="shorter than the delay"):
+        T.dedupe(T.classify(_bronze(spark, [order()]), "orders", 300), "orders", "5 minutes", "1 minute")
