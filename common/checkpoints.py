@@ -301,6 +301,25 @@ def committed_end_offsets(spark, checkpoint: str) -> dict | None:
                               "(v1, metadata, one line per source); was it changed by hand?") from None
 
 
+def restored_watermark_ms(spark, checkpoint: str) -> int:
+    """The event-time watermark Spark restores when ``checkpoint``'s query restarts: the last
+    commit's ``nextBatchWatermarkMs`` or the last planned batch's ``batchWatermarkMs``
+    (``offsets/<n>``), the greater; 0 for a new checkpoint, and for an unreadable file (which
+    ``claim`` refuses, naming it)."""
+    fs = _Fs(spark)
+    found = [0]
+    for folder, field in (("commits", "nextBatchWatermarkMs"), ("offsets", "batchWatermarkMs")):
+        numbers = [int(n) for n in fs.list_names(f"{checkpoint}/{folder}") if n.isdigit()]
+        if not numbers:
+            continue
+        try:
+            meta = json.loads((fs.read_text(f"{checkpoint}/{folder}/{max(numbers)}") or "").splitlines()[1])
+            found.append(int(meta.get(field, 0)))
+        except (IndexError, ValueError, AttributeError, TypeError):
+            pass
+    return max(found)
+
+
 def delete_tree(spark, path: str) -> bool:
     return _Fs(spark).delete(path, recursive=True)
 

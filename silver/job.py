@@ -177,7 +177,7 @@ def _warn_if_many_late(settings: Settings, flow, kind: str, batch_id: int, late:
                     kind, 100 * late / seen, wm, settings.late_warn_pct)
 
 
-def classified_stream(spark, settings: Settings, kind: str, new_checkpoint: bool = False):
+def classified_stream(spark, settings: Settings, kind: str, new_checkpoint: bool = False, restored_ms: int = 0):
     """One source's bronze stream, classified and deduplicated (``silver.transforms.dedupe``). On a
     new checkpoint it reads bronze commit by commit from where bronze was last empty
     (``streams.commit_order_start``), so a backlog's micro-batches follow Kafka's order."""
@@ -189,18 +189,20 @@ def classified_stream(spark, settings: Settings, kind: str, new_checkpoint: bool
     options = {"startingVersion": str(start)} if start is not None else {}
     classified = T.classify(streams.read_delta(spark, settings, bronze_path, **options), kind,
                             interval_seconds(settings.max_event_time_ahead))
-    return T.dedupe(classified, kind, src.watermark, settings.dedup_horizon).withColumn("kind", F.lit(kind))
+    return T.dedupe(classified, kind, src.watermark, settings.dedup_horizon, restored_ms).withColumn("kind", F.lit(kind))
 
 
 def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
-    from common.checkpoints import check_not_orphaned, is_new
+    from common.checkpoints import check_not_orphaned, is_new, restored_watermark_ms
 
     (flow,) = pipeline.flows(settings, "silver")
     if options.sink == "delta":
         ensure_tables(spark, settings)
     new_checkpoint = options.sink != "console" and is_new(spark, flow.checkpoint)
+    restored = restored_watermark_ms(spark, flow.checkpoint) if options.sink != "console" and not new_checkpoint else 0
     stream = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True),
-                    [classified_stream(spark, settings, kind, new_checkpoint) for kind in pipeline.SILVER_KINDS])
+                    [classified_stream(spark, settings, kind, new_checkpoint, restored)
+                     for kind in pipeline.SILVER_KINDS])
     if options.sink == "console":
         return streams.start_all([dict(df=stream.drop("value", "key"), name=flow.name, checkpoint="",
                                        options=options)])

@@ -177,7 +177,8 @@ def dedup_columns(kind: str) -> tuple[str, ...]:
     return tuple(KINDS[kind]["key"])
 
 
-def dedupe(classified: DataFrame, kind: str, delay: str, horizon: str | None = None) -> DataFrame:
+def dedupe(classified: DataFrame, kind: str, delay: str, horizon: str | None = None,
+           restored_ms: int = 0) -> DataFrame:
     """Drop duplicate valid records (same natural key) that reach silver within 2 x ``delay`` of
     processing after the first.
 
@@ -197,6 +198,12 @@ def dedupe(classified: DataFrame, kind: str, delay: str, horizon: str | None = N
     2 x ``delay`` of processing. That covers the event-time late check's reach (a copy is on time
     while its event time is within ``delay`` of the greatest one of the earlier batches), unless the
     pipeline's lag grew by more than ``delay`` between the first and the copy.
+
+    Spark silently drops a row whose watermark column is behind the watermark it restored from
+    the checkpoint (``restored_ms``): after a restart with a longer horizon (a longer delay
+    configured, or a checkpoint from before the shift) a shifted clock could be. So no row's clock
+    is at or behind ``restored_ms``: the watermark only grows from there, and a clock held up to
+    it is soon ahead of it again.
     """
     key = dedup_columns(kind)
     valid = F.col("route") == "valid"
@@ -205,8 +212,11 @@ def dedupe(classified: DataFrame, kind: str, delay: str, horizon: str | None = N
     behind = int(interval_seconds(horizon or delay) - interval_seconds(delay))
     if behind < 0:
         raise ValueError(f"dedup horizon {horizon!r} is shorter than the delay {delay!r} of {kind}")
+    clock = F.current_timestamp() - F.make_dt_interval(secs=F.lit(behind))
+    if restored_ms:
+        clock = F.greatest(clock, F.timestamp_millis(F.lit(int(restored_ms) + 1)))
     keyed = (classified
-             .withColumn("wm_time", F.current_timestamp() - F.make_dt_interval(secs=F.lit(behind)))
+             .withColumn("wm_time", clock)
              .withColumn("dedup_key", F.when(valid, natural).otherwise(coords)))
     if not keyed.isStreaming:  # batch backfill: the whole input is one "batch"
         return keyed.dropDuplicates(["dedup_key"])

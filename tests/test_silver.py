@@ -127,3 +127,28 @@ def test_a_copy_on_time_by_event_time_is_dropped_though_a_shorter_delay_moved_th
     run(("bronze", "silver"), settings, "availableNow", spark=spark)
     assert delta_count(spark, settings.table_path("silver", "late_records")) == 0
     check_silver_against_ledger(spark, settings, ledger)  # the copy dropped: each order once, counts add up
+
+
+def test_a_checkpoint_from_before_the_shifted_clocks_loses_no_record_to_its_watermark(
+        spark, lake, tmp_path, monkeypatch):
+    """A silver checkpoint written before each source's dedup clock was shifted restores a
+    watermark of batch time - 1 minute (the metrics' delay); the shifted logs and metrics clocks
+    (3 and 4 minutes behind) would be behind it, and Spark drops such rows unseen. The clocks are
+    held above the restored watermark (``silver.transforms.dedupe``): every record still lands."""
+    from common.checkpoints import restored_watermark_ms
+    from silver import transforms
+
+    unshifted = transforms.dedupe
+    monkeypatch.setattr(transforms, "dedupe", lambda classified, kind, delay, *_: unshifted(classified, kind, delay))
+    ledger_path = tmp_path / "ledger.jsonl"
+    start = datetime(2026, 1, 18, 10, 0, tzinfo=timezone.utc)
+    for i in range(2):  # the code before the shift: two batches, the second's commit holds a watermark
+        produce_to(lake, ledger_path, 10, seed=70 + i, start_time=start + timedelta(minutes=i), event_spacing=1.0)
+        run(("bronze", "silver"), lake, "availableNow", spark=spark)
+    restored = restored_watermark_ms(spark, pipeline.flow(lake, "silver").checkpoint)
+    assert time.time() - 120 < restored / 1000 < time.time() - 60  # the last batch's time - 1 minute
+    monkeypatch.undo()  # this code, on that checkpoint
+    ledger = produce_to(lake, ledger_path, 10, seed=72, start_time=start + timedelta(minutes=2), event_spacing=1.0)
+    run(("bronze", "silver"), lake, "availableNow", spark=spark)
+    assert delta_count(spark, lake.table_path("silver", "late_records")) == 0
+    check_silver_against_ledger(spark, lake, ledger)  # every record in silver, none dropped unseen
