@@ -256,6 +256,11 @@ def _log_problem(text: str, min_lines: int = 2) -> str | None:
     return None
 
 
+def _batch_numbers(fs: "_Fs", checkpoint: str, folder: str) -> list[int]:
+    """The batch numbers of Spark's ``offsets/`` or ``commits/`` log of ``checkpoint``, ascending."""
+    return sorted(int(n) for n in fs.list_names(f"{checkpoint}/{folder}") if n.isdigit())
+
+
 def check_readable(spark, checkpoint: str, query: str) -> None:
     """The offset and commit log files a restart reads (the last of each, and the offsets before
     the last) are whole. A truncated one (a crash on a file system without atomic writes, a copy
@@ -263,8 +268,7 @@ def check_readable(spark, checkpoint: str, query: str) -> None:
     way out instead."""
     fs = _Fs(spark)
     for folder, last_n, min_lines in (("offsets", 2, 3), ("commits", 1, 2)):
-        numbers = sorted(int(n) for n in fs.list_names(f"{checkpoint}/{folder}") if n.isdigit())
-        for n in numbers[-last_n:]:
+        for n in _batch_numbers(fs, checkpoint, folder)[-last_n:]:
             path = f"{checkpoint}/{folder}/{n}"
             problem = _log_problem(fs.read_text(path) or "", min_lines)
             if problem:
@@ -290,7 +294,7 @@ def committed_end_offsets(spark, checkpoint: str) -> dict | None:
     ``offsets/<n>`` for the highest ``commits/<n>``: line 3 holds the first source's offsets), or
     None when no batch was committed. A restart of the query reads on from there."""
     fs = _Fs(spark)
-    done = [int(n) for n in fs.list_names(f"{checkpoint}/commits") if n.isdigit()]
+    done = _batch_numbers(fs, checkpoint, "commits")
     if not done:
         return None
     lines = (fs.read_text(f"{checkpoint}/offsets/{max(done)}") or "").splitlines()
@@ -309,7 +313,7 @@ def restored_watermark_ms(spark, checkpoint: str) -> int:
     fs = _Fs(spark)
     found = [0]
     for folder, field in (("commits", "nextBatchWatermarkMs"), ("offsets", "batchWatermarkMs")):
-        numbers = [int(n) for n in fs.list_names(f"{checkpoint}/{folder}") if n.isdigit()]
+        numbers = _batch_numbers(fs, checkpoint, folder)
         if not numbers:
             continue
         try:
