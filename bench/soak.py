@@ -168,7 +168,6 @@ class Lake:
             consumer.close()
         return sum(ends[tp] - have[tp.topic][str(tp.partition)] for tp in tps)
 
-
     def queries(self) -> dict[str, dict]:
         """Per query, from the event log: its state store's rows and memory at its last logged
         batch, and the batches logged since the last call (count, ``durationMs`` p50 and max)."""
