@@ -171,29 +171,23 @@ class Lake:
     def queries(self) -> dict[str, dict]:
         """Per query, from the event log: its state store's rows and memory at its last logged
         batch, and the batches logged since the last call (count, ``durationMs`` p50 and max)."""
-        from deltalake import DeltaTable
-        from deltalake.exceptions import TableNotFoundError
+        from common.eventlog import VIEW
+        from common.native import NativeLake
 
-        from common import eventlog
-        from common.native import storage_options, table_uri
-
+        rows = NativeLake(self.s).rows(f"{OPS}.{VIEW}", order_by="batch_id",  # a new one: the log as it is now
+                                       columns="query, batch_id, duration_ms, state_rows, state_memory_bytes")
+        by: dict[str, list[dict]] = {}
+        for r in rows:
+            by.setdefault(r["query"], []).append(r)
         out: dict[str, dict] = {}
-        for stage in pipeline.STAGES:
-            try:
-                dt = DeltaTable(table_uri(self.s, OPS, eventlog.table_name(stage)),
-                                storage_options=storage_options(self.s))
-            except TableNotFoundError:
-                continue
-            rows = dt.to_pyarrow_table(columns=["query", "batch_id", "duration_ms", "state_rows",
-                                                "state_memory_bytes"]).to_pylist()
-            for q in {r["query"] for r in rows}:
-                mine = sorted((r for r in rows if r["query"] == q), key=lambda r: r["batch_id"])
-                seen = self._batches.get(q, -1)
-                new = [r["duration_ms"] for r in mine if r["batch_id"] > seen and r["duration_ms"] is not None]
-                self._batches[q] = mine[-1]["batch_id"]
-                out[q] = {"batch": mine[-1]["batch_id"], "state_rows": mine[-1]["state_rows"],
-                          "state_memory_bytes": mine[-1]["state_memory_bytes"], "batches": len(new),
-                          "duration_p50_ms": percentiles(new, (50,))["p50"], "duration_max_ms": max(new, default=None)}
+        for q, mine in by.items():
+            seen = self._batches.get(q, -1)
+            new = [r["duration_ms"] for r in mine if r["batch_id"] > seen and r["duration_ms"] is not None]
+            last = mine[-1]
+            self._batches[q] = last["batch_id"]
+            out[q] = {"batch": last["batch_id"], "state_rows": last["state_rows"],
+                      "state_memory_bytes": last["state_memory_bytes"], "batches": len(new),
+                      "duration_p50_ms": percentiles(new, (50,))["p50"], "duration_max_ms": max(new, default=None)}
         return out
 
 
