@@ -8,6 +8,7 @@ Trigger, checkpoint, sink and listener choices are made here once:
 * ``flow_spec`` - the ``start`` arguments of a query declared in ``common.pipeline``;
 * ``BatchContext`` / ``run_parallel`` - a ``foreachBatch``'s exactly-once writes (commits tagged with
   the checkpoint's query id and the batch id) and its side-by-side writes;
+* ``computed_once`` - a stateful query's micro-batch, computed once for all its writes;
 * ``ProgressLogger`` - a StreamingQueryListener that logs each micro-batch's progress;
 * ``await_all`` - waits for a set of queries, stopping them all on SIGINT/SIGTERM or when one fails.
 """
@@ -19,6 +20,7 @@ import logging
 import re
 import signal
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -275,6 +277,29 @@ class BatchContext:
                 raise
             self._last[table] = batch_id
             compactor.committed(df.sparkSession, path, self.compact_every)
+
+
+@contextmanager
+def computed_once(batch):
+    """The micro-batch of a stateful query, computed once and kept for every read and write of its
+    ``foreachBatch`` (a local checkpoint: the rows on the executors, no lineage back to the state
+    store), released on exit.
+
+    ``persist()`` was not enough: silver's quarantine write still ran the dedup operators again
+    from their shuffle (its task read 18,000 shuffle records for a 9,000-record batch; the state
+    operators' row counts came out 3x) and every re-run reloads the state store version it has
+    just committed (SPARK-47329). With the local checkpoint a silver batch of 120,000 records took
+    5.5-6.9 s instead of 7.7-8.0 s (``bench/README.md``). The price: an executor lost during the
+    batch fails it (its blocks cannot be recomputed); the query stops and its restart replays the
+    batch, whose writes are exactly-once (``BatchContext``)."""
+    kept = batch.localCheckpoint(eager=True)
+    try:
+        yield kept
+    finally:
+        try:  # the blocks now, not at the driver's next GC (the context cleaner's weak references)
+            kept._jdf.queryExecution().analyzed().rdd().unpersist(False)
+        except Exception as e:  # noqa: BLE001 - the cleaner frees them later anyway
+            log.debug("local checkpoint of a micro-batch not released at once: %s", e)
 
 
 def run_parallel(tasks: list[Callable[[], None]]) -> None:

@@ -114,8 +114,7 @@ def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
     clock = EventClock(flow.checkpoint, delays)
 
     def write(batch, batch_id: int) -> None:
-        batch.persist()
-        try:
+        with streams.computed_once(batch) as batch:
             spark = batch.sparkSession
             watermarks = clock.watermarks(spark, batch_id)
             routed = batch.withColumn("route", F.when(_late_expr(watermarks), "late").otherwise(F.col("route")))
@@ -162,8 +161,6 @@ def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
             if failing:
                 raise StreamFailedError(f"rule {failing[0][0]} (action fail) broken by {failing[0][1]} rows in "
                                         f"batch {batch_id} of {flow.name}")
-        finally:
-            batch.unpersist()
     return write
 
 
