@@ -288,10 +288,10 @@ def computed_once(batch):
     ``persist()`` was not enough: silver's quarantine write still ran the dedup operators again
     from their shuffle (its task read 18,000 shuffle records for a 9,000-record batch; the state
     operators' row counts came out 3x) and every re-run reloads the state store version it has
-    just committed (SPARK-47329). With the local checkpoint a silver batch of 120,000 records took
-    5.5-6.9 s instead of 7.7-8.0 s (``bench/README.md``). The price: an executor lost during the
-    batch fails it (its blocks cannot be recomputed); the query stops and its restart replays the
-    batch, whose writes are exactly-once (``BatchContext``)."""
+    just committed (SPARK-47329). With the local checkpoint a silver batch of 266,657 records
+    took 10.6 and 7.8 s instead of 24.0 and 20.8 s (``bench/README.md``). The price: an executor
+    lost during the batch fails it (its blocks cannot be recomputed); the query stops and its
+    restart replays the batch, whose writes are exactly-once (``BatchContext``)."""
     kept = batch.localCheckpoint(eager=True)
     try:
         yield kept
