@@ -142,8 +142,7 @@ def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
             routes = {x: sum(n for _, rule, _, n, _ in outcomes if rule == f"route:{x}")
                       for x in ("quarantine", "drop", "late")}
             # checked: the batch's records after the dedup operator (the event log's duplicates are
-            # the records read minus these: Spark's numDroppedDuplicateRows counts each operator once
-            # per source of the query, three times here)
+            # the records read minus these, whatever Spark's numDroppedDuplicateRows says)
             streams.count_batch(ctx.query_id(spark), batch_id, describe(clock.watermarks(spark, batch_id + 1)),
                                 quarantined=routes["quarantine"], dropped=routes["drop"], late=routes["late"],
                                 checked=sum(int(r["checked"] or 0) for r in counts.values()))
