@@ -507,14 +507,19 @@ def await_all(spark, queries: list, poll_seconds: float = 0.5) -> None:
             previous[sig] = signal.signal(sig, _handler)
     try:
         while not stop.is_set():
-            failed = [q for q in queries if not q.isActive and q.exception() is not None]
+            # Each query's isActive is read once: a query that ends between two reads (a failing
+            # availableNow batch) must not look "still running" to the failure check and "ended" to
+            # the all-done check, or its error is lost and the run exits 0. Spark records the
+            # exception before the query stops being active.
+            ended = [q for q in queries if not q.isActive]
+            failed = [q for q in ended if q.exception() is not None]
             if failed:
                 q = failed[0]
                 err = short_error(q.exception())
                 for other in queries:
                     stop_quietly(other)
                 raise StreamFailedError(f"query {q.name} failed: {err}")
-            if all(not q.isActive for q in queries):
+            if len(ended) == len(queries):
                 return
             stop.wait(poll_seconds)
         for q in queries:

@@ -62,3 +62,30 @@ def test_a_cut_offset_or_commit_file_is_told_apart_from_a_whole_one():
     assert _log_problem(offsets[: offsets.index("\n{", 5)], 3) == "2 lines, at least 3 expected"
     assert _log_problem(commit[:-3]) == "line 2 is not JSON"
     assert _log_problem("") == "no version line"
+
+
+class _EndsWhenAsked:
+    """A query that is active the first time isActive is read and has failed from then on: the
+    interleaving in which a failing availableNow query ends while await_all polls."""
+
+    name = "bronze"
+
+    def __init__(self):
+        self.reads = 0
+
+    @property
+    def isActive(self):
+        self.reads += 1
+        return self.reads == 1
+
+    def exception(self):
+        return None if self.reads <= 1 else RuntimeError("records were deleted")
+
+    def stop(self):
+        pass
+
+
+def test_a_query_failing_between_two_polls_is_reported_not_taken_for_done():
+    query = _EndsWhenAsked()
+    with pytest.raises(StreamFailedError, match=r"query bronze failed: records were deleted"):
+        streams.await_all(None, [query], poll_seconds=0.01)
