@@ -17,7 +17,7 @@ Live phase (each system as its own process, the way it runs in production, one S
      fixed rates is ``bench.p2``.
   P4 recovery - the project at ``--recovery-rate`` (100 orders/s): SIGKILL of ``run all`` 30 s into
      a step and an immediate restart; seconds until every order sent before the kill is in gold,
-     ``--kills`` times (3), median reported.
+     ``--kills`` times (3), median reported; then the same for the peer (its own lake and topics).
   P5 small files - files per gold table after the live run, files the writers added in total, and
      after ``lakehouse maintain`` (OPTIMIZE).
   P6 memory - peak RSS (VmHWM) of Kafka, MinIO and the Spark app (Python driver + JVM).
@@ -368,8 +368,31 @@ def ladder(spark, base: Settings, system: str, args, logdir: Path) -> dict:
     return out
 
 
+def _kills(spark, app: App, args) -> list[dict]:
+    """``args.kills`` SIGKILLs of ``app`` under load, each restarted at once; the seconds from each
+    kill until every order sent before it is in gold."""
+    warm = run_step(spark, app, 0, args.recovery_rate, 30)
+    log(f"P4 {app.system}: warm-up drained in {warm['drain_s']} s; {args.kills} kills at {args.recovery_rate:g} "
+        "orders/s")
+    kills = []
+    for k in range(args.kills):
+        st = run_step(spark, app, k + 1, args.recovery_rate, args.kill_after + 60, kill_at=args.kill_after)
+        before = [c for kms, c in gold_pairs(spark, app.s, app.system, st["first_id"])
+                  if kms <= st["killed_at"] * 1000]
+        st["recovery_s"] = round(max(before) / 1000 - st["killed_at"], 1) if before and st["caught_up"] else None
+        kills.append(st)
+        log(f"  {app.system} kill {k + 1}: every order sent before it in gold {st['recovery_s']} s after the SIGKILL")
+    return kills
+
+
+def _median(kills: list[dict]) -> float | None:
+    done = [k["recovery_s"] for k in kills if k["recovery_s"] is not None]
+    return statistics.median(done) if done and len(done) == len(kills) else None
+
+
 def recovery(spark, base: Settings, args, logdir: Path) -> dict:
-    """P4: SIGKILL of ``run all`` under load, ``args.kills`` times; files (P5) and memory (P6) after."""
+    """P4: SIGKILL of ``run all`` under load, ``args.kills`` times; files (P5) and memory (P6) after;
+    then the same kills of the peer, on its own fresh lake prefix and topics."""
     from common import customers
     from common.tables import maintain
     from gold.transforms import KPIS
@@ -379,16 +402,8 @@ def recovery(spark, base: Settings, args, logdir: Path) -> dict:
     app = App(s, "project", logdir, "p4")
     app.start()
     stack = Stack(s)
-    kills = []
     try:
-        warm = run_step(spark, app, 0, args.recovery_rate, 30)
-        log(f"P4: warm-up drained in {warm['drain_s']} s; {args.kills} kills at {args.recovery_rate:g} orders/s")
-        for k in range(args.kills):
-            st = run_step(spark, app, k + 1, args.recovery_rate, args.kill_after + 60, kill_at=args.kill_after)
-            before = [c for kms, c in gold_pairs(spark, s, "project", st["first_id"]) if kms <= st["killed_at"] * 1000]
-            st["recovery_s"] = round(max(before) / 1000 - st["killed_at"], 1) if before and st["caught_up"] else None
-            kills.append(st)
-            log(f"  kill {k + 1}: every order sent before it in gold {st['recovery_s']} s after the SIGKILL")
+        kills = _kills(spark, app, args)
         memory = {"kafka": peak_rss_mib(stack.pid("kafka")), "minio": peak_rss_mib(stack.pid("minio"))}
         app.sample_memory()
         memory["spark_app"] = app.peak_mib
@@ -400,10 +415,19 @@ def recovery(spark, base: Settings, args, logdir: Path) -> dict:
         path = s.table_path("gold", name)
         files[name] = table_files(spark, path)
         files[name]["files_after_optimize"] = maintain(spark, path)["files_after"]
-    done = [k["recovery_s"] for k in kills if k["recovery_s"] is not None]
-    return {"rate": args.recovery_rate, "kills": kills, "recovery_s": done,
-            "median_s": statistics.median(done) if len(done) == len(kills) else None,
-            "memory_peak_mib": memory, "gold_files": files}
+    peer_s = fresh(base, f"p4peer-{uuid.uuid4().hex[:6]}")
+    customers.load(spark, peer_s)
+    peer = App(peer_s, "peer", logdir, "p4")
+    peer.start()
+    try:
+        peer_kills = _kills(spark, peer, args)
+    finally:
+        if peer.alive():
+            peer.kill(signal.SIGTERM)
+    return {"rate": args.recovery_rate, "kills": kills, "recovery_s": [k["recovery_s"] for k in kills],
+            "median_s": _median(kills), "memory_peak_mib": memory, "gold_files": files,
+            "peer": {"kills": peer_kills, "recovery_s": [k["recovery_s"] for k in peer_kills],
+                     "median_s": _median(peer_kills)}}
 
 
 def backfill_phase(spark, base: Settings, orders: int, producers: int) -> dict:
@@ -452,6 +476,9 @@ def summary(result: dict) -> dict:
         rec = result["recovery"]
         out["P4_recovery_s"] = rec["recovery_s"]
         out["P4_median_s"] = rec["median_s"]
+        if "peer" in rec:
+            out["P4_peer_recovery_s"] = rec["peer"]["recovery_s"]
+            out["P4_peer_median_s"] = rec["peer"]["median_s"]
         out["P5_max_files_per_gold_table"] = max(f["files_now"] for f in rec["gold_files"].values())
         out["P5_after_optimize"] = max(f["files_after_optimize"] for f in rec["gold_files"].values())
         out["P6_peak_rss_mib"] = rec["memory_peak_mib"]
@@ -477,8 +504,9 @@ def markdown(result: dict) -> str:
          "(bench.p2)"),
         ("P3 backfill", f"{sm.get('P3_orders')} orders in {sm.get('P3_kafka_to_gold_s')} s; "
          f"{sm.get('P3_ratio_to_raw_read')}x the raw Kafka->noop read", f"<= {t['P3_ratio']}x"),
-        ("P4 recovery", f"median {sm.get('P4_median_s')} s ({sm.get('P4_recovery_s')}) from SIGKILL to every "
-         "pre-kill order in gold", f"<= {t['P4_s']} s"),
+        ("P4 recovery", f"project median {sm.get('P4_median_s')} s ({sm.get('P4_recovery_s')}), peer median "
+         f"{sm.get('P4_peer_median_s')} s ({sm.get('P4_peer_recovery_s')}) from SIGKILL to every pre-kill order in gold",
+         f"<= {t['P4_s']} s"),
         ("P5 small files", f"max {sm.get('P5_max_files_per_gold_table')} files per gold table "
          f"(no in-stream compaction); {sm.get('P5_after_optimize')} after OPTIMIZE", f"<= {t['P5_files']}"),
         ("P6 memory", f"Kafka {mem.get('kafka')} MiB, MinIO {mem.get('minio')} MiB, Spark app {mem.get('spark_app')} MiB",
