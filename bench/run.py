@@ -200,6 +200,17 @@ class App:
         return self.proc is not None and self.proc.poll() is None
 
 
+def started(spark, base: Settings, system: str, logdir: Path, phase: str) -> App:
+    """``system`` started on a fresh lake prefix and fresh topics, the customers loaded."""
+    from common import customers
+
+    s = fresh(base, f"{phase}-{system}-{uuid.uuid4().hex[:6]}")
+    customers.load(spark, s)
+    app = App(s, system, logdir, phase)
+    app.start()
+    return app
+
+
 def producer_options(s: Settings, opts: GenOptions) -> list[GenOptions]:
     """``opts`` split over as many producer processes as its rate needs (each sends at most
     ``ONE_PRODUCER`` records/s), each with its own seed and block of order ids."""
@@ -331,12 +342,8 @@ def ceiling_from_json_explode(spark, s: Settings) -> dict:
 
 def ladder(spark, base: Settings, system: str, args, logdir: Path) -> dict:
     """P1 for one system: warm-up, then the ladder until a rate is not sustained."""
-    from common import customers
-
-    s = fresh(base, f"p1-{system}-{uuid.uuid4().hex[:6]}")
-    customers.load(spark, s)
-    app = App(s, system, logdir, "p1")
-    app.start()
+    app = started(spark, base, system, logdir, "p1")
+    s = app.s
     out: dict = {"system": system, "lake_root": s.lake_root, "topic_orders": s.topic_orders}
     steps: list[dict] = []
     try:
@@ -393,14 +400,11 @@ def _median(kills: list[dict]) -> float | None:
 def recovery(spark, base: Settings, args, logdir: Path) -> dict:
     """P4: SIGKILL of ``run all`` under load, ``args.kills`` times; files (P5) and memory (P6) after;
     then the same kills of the peer, on its own fresh lake prefix and topics."""
-    from common import customers
     from common.tables import maintain
     from gold.transforms import KPIS
 
-    s = fresh(base, f"p4-{uuid.uuid4().hex[:6]}")
-    customers.load(spark, s)
-    app = App(s, "project", logdir, "p4")
-    app.start()
+    app = started(spark, base, "project", logdir, "p4")
+    s = app.s
     stack = Stack(s)
     try:
         kills = _kills(spark, app, args)
@@ -415,10 +419,7 @@ def recovery(spark, base: Settings, args, logdir: Path) -> dict:
         path = s.table_path("gold", name)
         files[name] = table_files(spark, path)
         files[name]["files_after_optimize"] = maintain(spark, path)["files_after"]
-    peer_s = fresh(base, f"p4peer-{uuid.uuid4().hex[:6]}")
-    customers.load(spark, peer_s)
-    peer = App(peer_s, "peer", logdir, "p4")
-    peer.start()
+    peer = started(spark, base, "peer", logdir, "p4")
     try:
         peer_kills = _kills(spark, peer, args)
     finally:
