@@ -155,11 +155,15 @@ class EventLog:
 
     def close(self, queries=(), wait_s: float = 10.0) -> None:
         """Stop the interval writer and append what is buffered, once the last batch of each of
-        ``queries`` (stopped) has reached the log: Spark delivers progress events asynchronously."""
+        ``queries`` (stopped) has reached the log: Spark delivers progress events asynchronously.
+        A trigger that found nothing to do is reported as a progress (the next batch id, no
+        ``addBatch``) but sends no progress event: the wait is for the last batch that ran (waiting
+        for an idle trigger cost every run with nothing new 10 s)."""
         self._stop.set()
         deadline = time.monotonic() + wait_s
         for q in queries:
-            last = (q.lastProgress or {}).get("batchId")
+            ran = [p for p in (q.recentProgress or []) if "addBatch" in (p.get("durationMs") or {})]
+            last = ran[-1].get("batchId") if ran else None
             while last is not None and self._seen.get(str(q.id), -1) < last and time.monotonic() < deadline:
                 time.sleep(0.05)
         self.flush()

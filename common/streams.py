@@ -109,6 +109,9 @@ def ensure_topics_exist(settings: Settings, topics: Iterable[str]) -> None:
 
 # Operations after which a Delta table may be empty: where a read in commit order can begin.
 _EMPTYING = ("CREATE TABLE", "CREATE OR REPLACE TABLE", "REPLACE TABLE", "DELETE", "TRUNCATE")
+# Of those, the ones that leave the table empty by definition (no data written with them, unlike a
+# DELETE's predicate or CREATE ... AS SELECT): no read needed to know it.
+_EMPTIED = ("CREATE TABLE", "CREATE OR REPLACE TABLE", "REPLACE TABLE", "TRUNCATE")
 
 
 def commit_order_start(spark, path: str) -> int | None:
@@ -127,7 +130,8 @@ def commit_order_start(spark, path: str) -> int | None:
     operation = {r.version: r.operation for r in history}
     for version in sorted((r.version for r in history if r.operation in _EMPTYING), reverse=True):
         try:
-            empty = spark.read.format("delta").option("versionAsOf", version).load(path).isEmpty()
+            empty = (operation[version] in _EMPTIED
+                     or spark.read.format("delta").option("versionAsOf", version).load(path).isEmpty())
         except Exception as e:  # noqa: BLE001 - that version is no longer in the log
             log.warning("%s: version %d is no longer in the log (%s); a new stream reads the snapshot, in the "
                         "order Delta gives its files", path, version, str(e).splitlines()[0][:120])

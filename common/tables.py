@@ -25,7 +25,9 @@ def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
     """Create the Delta table at ``path`` with ``empty_df``'s schema (``not_null`` columns declared
     NOT NULL) if it does not exist yet; add the columns a table written by an earlier version
     lacks (nullable: its old rows read them as null); then make sure its CHECK constraints are in
-    place."""
+    place. A new table gets its constraints in its creating commit (Delta keeps a CHECK constraint
+    as the table property ``delta.constraints.<name>``, as ``ADD CONSTRAINT`` does): one commit,
+    not one per constraint."""
     from delta.tables import DeltaTable
     from pyspark.sql.types import StructField, StructType
 
@@ -33,9 +35,12 @@ def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
         required = set(not_null)
         schema = StructType([StructField(f.name, f.dataType, f.nullable and f.name not in required)
                              for f in empty_df.schema.fields])
+        builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema).partitionedBy(*partition_by)
+        for name, predicate in (checks or {}).items():
+            builder = builder.property(f"delta.constraints.{name.lower()}", predicate)
         try:
-            (DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
-             .partitionedBy(*partition_by).execute())
+            builder.execute()
+            return
         except Exception as e:  # another process may have created it first
             if not is_delta_table(spark, path):
                 raise SetupError(f"cannot create Delta table {path}: {str(e).splitlines()[0]}") from None

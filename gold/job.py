@@ -122,16 +122,17 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
     from common.checkpoints import check_not_orphaned
     from pyspark.sql import functions as F
 
+    orders, kpis = pipeline.flow(settings, "gold_orders"), pipeline.flow(settings, "gold_kpis")
     if options.sink == "delta":
+        # before the tables are created: on a new lake there is then nothing to look into
+        for flow in (orders, kpis):
+            check_not_orphaned(spark, flow.checkpoint, flow.name, pipeline.sink_paths(settings, flow), "gold")
         ensure_tables(spark, settings)
     sources = {t: _silver(spark, settings, t, stream=True) for t in pipeline.GOLD_SOURCES}
     if options.sink == "console":
         specs = [dict(df=kpi.aggregate(sources[kpi.source].withWatermark("event_time", "0 seconds"), settings),
                       name=f"gold_{kpi.name}", checkpoint="", options=options, output_mode="update") for kpi in KPIS]
         return streams.start_all(specs)
-    orders, kpis = pipeline.flow(settings, "gold_orders"), pipeline.flow(settings, "gold_kpis")
-    for flow in (orders, kpis):
-        check_not_orphaned(spark, flow.checkpoint, flow.name, pipeline.sink_paths(settings, flow), "gold")
     columns = {t: df.columns for t, df in sources.items()}  # each source's own columns, out of the union
     union = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True),
                    [df.withColumn("source", F.lit(t)) for t, df in sources.items()])

@@ -193,6 +193,8 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
 
     (flow,) = pipeline.flows(settings, "silver")
     if options.sink == "delta":
+        # before the tables are created: on a new lake there is then nothing to look into
+        check_not_orphaned(spark, flow.checkpoint, flow.name, pipeline.sink_paths(settings, flow), "silver")
         ensure_tables(spark, settings)
     new_checkpoint = options.sink != "console" and is_new(spark, flow.checkpoint)
     restored = restored_watermark_ms(spark, flow.checkpoint) if options.sink != "console" and not new_checkpoint else 0
@@ -202,7 +204,6 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
     if options.sink == "console":
         return streams.start_all([dict(df=stream.drop("value", "key"), name=flow.name, checkpoint="",
                                        options=options)])
-    check_not_orphaned(spark, flow.checkpoint, flow.name, pipeline.sink_paths(settings, flow), "silver")
     return streams.start_all([streams.flow_spec(flow, stream, options,
                                                 foreach_batch=_batch_writer(settings, flow, streams.BatchContext(flow, settings.compact_every)))])
 

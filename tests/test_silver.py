@@ -35,6 +35,16 @@ def test_silver_matches_ledger(spark, lake, tmp_path):
     # constraints from the rule declaration are on the tables
     props = {r.key for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{lake.table_path('silver', 'order_items')}`").collect()}
     assert {"delta.constraints.quantity_not_positive", "delta.constraints.subtotal_mismatch"} <= props
+    # ... and enforced: a row breaking one is refused, the table unchanged
+    from pyspark.sql import functions as F
+
+    items = lake.table_path("silver", "order_items")
+    before = delta_count(spark, items)
+    bad = (spark.read.format("delta").load(items).limit(1)
+           .withColumn("quantity", F.col("quantity") * 0).withColumn("subtotal", F.col("subtotal") * 0))
+    with pytest.raises(Exception, match="CHECK constraint quantity_not_positive"):
+        bad.write.format("delta").mode("append").save(items)
+    assert delta_count(spark, items) == before
 
 
 def test_silver_sigkill_restart_keeps_identity(spark, lake, tmp_path):
