@@ -186,7 +186,7 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
     source = streams.read_kafka(spark, settings, settings.source_topics, starting_offsets=starting)
     if options.sink == "console":
         return streams.start_all([streams.flow_spec(flow, to_bronze(source), options)])
-    ctx = streams.BatchContext(flow, settings.compact_every)
+    ctx = streams.BatchContext.of(spark, flow, settings)
     return streams.start_all([streams.flow_spec(flow, to_bronze(source), options,
                                                 foreach_batch=_writer(settings, ctx))])
 

@@ -45,10 +45,11 @@ from gold.transforms import KPIS, enrich_orders, enriched_payload  # noqa: E402
 log = logging.getLogger("lakehouse.gold")
 
 
-def _silver(spark, settings: Settings, table: str, stream: bool = False):
+def _silver(spark, settings: Settings, table: str, stream: bool = False, new_checkpoint: bool = False):
     path = settings.table_path("silver", table)
     require_table(spark, path, f"silver table {table}", "run silver first (`lakehouse run silver`)")
-    return streams.read_delta(spark, settings, path) if stream else spark.read.format("delta").load(path)
+    return (streams.read_delta(spark, settings, path, new_checkpoint) if stream
+            else spark.read.format("delta").load(path))
 
 
 def ensure_tables(spark, settings: Settings) -> None:
@@ -119,7 +120,7 @@ def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[st
 def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
     from functools import reduce
 
-    from common.checkpoints import check_not_orphaned
+    from common.checkpoints import check_not_orphaned, is_new
     from pyspark.sql import functions as F
 
     orders, kpis = pipeline.flow(settings, "gold_orders"), pipeline.flow(settings, "gold_kpis")
@@ -128,7 +129,10 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
         for flow in (orders, kpis):
             check_not_orphaned(spark, flow.checkpoint, flow.name, pipeline.sink_paths(settings, flow), "gold")
         ensure_tables(spark, settings)
-    sources = {t: _silver(spark, settings, t, stream=True) for t in pipeline.GOLD_SOURCES}
+    # the sources are shared by both queries; their start matters only to a query on a new checkpoint
+    new_checkpoint = options.sink != "console" and any(is_new(spark, f.checkpoint) for f in (orders, kpis))
+    sources = {t: _silver(spark, settings, t, stream=True, new_checkpoint=new_checkpoint)
+               for t in pipeline.GOLD_SOURCES}
     if options.sink == "console":
         specs = [dict(df=kpi.aggregate(sources[kpi.source].withWatermark("event_time", "0 seconds"), settings),
                       name=f"gold_{kpi.name}", checkpoint="", options=options, output_mode="update") for kpi in KPIS]
@@ -138,9 +142,9 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
                    [df.withColumn("source", F.lit(t)) for t, df in sources.items()])
     return streams.start_all([
         streams.flow_spec(orders, sources["orders"], options,
-                          foreach_batch=_orders_writer(settings, streams.BatchContext(orders, settings.compact_every))),
+                          foreach_batch=_orders_writer(settings, streams.BatchContext.of(spark, orders, settings))),
         streams.flow_spec(kpis, union, options,
-                          foreach_batch=_kpis_writer(settings, streams.BatchContext(kpis, settings.compact_every), columns))])
+                          foreach_batch=_kpis_writer(settings, streams.BatchContext.of(spark, kpis, settings), columns))])
 
 
 if __name__ == "__main__":

@@ -181,9 +181,7 @@ def classified_stream(spark, settings: Settings, kind: str, new_checkpoint: bool
     topic = src.topic
     bronze_path = settings.table_path("bronze", src.bronze_table)
     require_table(spark, bronze_path, f"bronze table for {topic}", "run bronze first (`lakehouse run bronze`)")
-    start = streams.commit_order_start(spark, bronze_path) if new_checkpoint else None
-    options = {"startingVersion": str(start)} if start is not None else {}
-    classified = T.classify(streams.read_delta(spark, settings, bronze_path, **options), kind,
+    classified = T.classify(streams.read_delta(spark, settings, bronze_path, new_checkpoint), kind,
                             interval_seconds(settings.max_event_time_ahead))
     return T.dedupe(classified, kind, src.watermark, settings.dedup_horizon, restored_ms).withColumn("kind", F.lit(kind))
 
@@ -205,7 +203,7 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
         return streams.start_all([dict(df=stream.drop("value", "key"), name=flow.name, checkpoint="",
                                        options=options)])
     return streams.start_all([streams.flow_spec(flow, stream, options,
-                                                foreach_batch=_batch_writer(settings, flow, streams.BatchContext(flow, settings.compact_every)))])
+                                                foreach_batch=_batch_writer(settings, flow, streams.BatchContext.of(spark, flow, settings)))])
 
 
 if __name__ == "__main__":
