@@ -150,10 +150,10 @@ def commit_order_start(spark, path: str) -> int | None:
 
 def read_delta(spark, settings: Settings, path: str, new_checkpoint: bool = False, **options):
     """A streaming read of a Delta table, at most LAKEHOUSE_MAX_BYTES_PER_TRIGGER per micro-batch.
-    For a query on a new checkpoint, commit by commit from where the table was last empty
-    (``commit_order_start``): the order its rows were written, and no initial snapshot to list and
-    sort (a job per source, ~1.3 s each for a new lake's first gold batch). Delta ignores
-    ``startingVersion`` once the checkpoint holds offsets."""
+    With ``new_checkpoint`` (silver reading bronze), commit by commit from where the table was
+    last empty (``commit_order_start``): the order its rows were written. Gold reads silver's
+    snapshot instead (``gold.job._silver`` says why). Delta ignores ``startingVersion`` once the
+    checkpoint holds offsets."""
     start = commit_order_start(spark, path) if new_checkpoint else None
     if start is not None:
         options = {"startingVersion": str(start), **options}
