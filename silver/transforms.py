@@ -300,12 +300,11 @@ ROUTES = ("valid", "quarantine", "drop", "late")  # late: decided by the silver 
 def outcome_columns(kinds) -> tuple[Column, ...]:
     """Aggregates over classified rows of the sources ``kinds``: rows checked, rows breaking each
     rule, rows per route. Grouped by source, one Spark job counts a whole micro-batch."""
-    return _outcome_columns(tuple(kinds))
+    return _outcome_columns(tuple({r.name: None for kind in kinds for r in record_rules(kind)}))
 
 
-@functools.cache
-def _outcome_columns(kinds: tuple[str, ...]) -> tuple[Column, ...]:
-    rules = {r.name: r for kind in kinds for r in record_rules(kind)}
+@functools.cache  # keyed by the rules' names: a rule added or removed gets its own Columns
+def _outcome_columns(rules: tuple[str, ...]) -> tuple[Column, ...]:
     aggs = [F.count("route").alias("checked")]
     aggs += [F.sum(F.col(f"rule_{name}").cast("long")).alias(f"r_{name}") for name in rules]
     aggs += [F.sum(route_is(x).cast("long")).alias(f"route_{x}") for x in ROUTES]
