@@ -11,7 +11,7 @@ record after it.
 
 Lateness is not decided here: the silver job judges it by each source's event-time watermark
 (``silver.watermarks``), which only valid event times move. ``dedupe`` drops duplicates;
-``to_orders``, ``to_order_items``, ``to_table``, ``to_quarantine``, ``to_late`` shape the rows of
+``to_table``, ``to_order_items``, ``to_quarantine``, ``to_late`` shape the rows of
 each silver table; ``outcomes`` counts rules and routes of a batch in one pass.
 """
 
@@ -261,10 +261,6 @@ def _quarantine_columns() -> tuple[Column, ...]:
 @functools.cache
 def route_is(route: str) -> Column:
     return F.col("route") == route
-
-
-def to_orders(valid: DataFrame) -> DataFrame:
-    return to_table(valid, "orders")
 
 
 def to_order_items(valid: DataFrame) -> DataFrame:
