@@ -254,6 +254,22 @@ def _launch_quiet_gateway(builder) -> None:
     threading.Thread(target=forward, args=(gateway.proc.stderr,), name="jvm-stderr", daemon=True).start()
 
 
+def _leave_sigterm_to_python(jvm) -> None:
+    """Make the JVM this process launched ignore SIGTERM, as pyspark's own launch makes it ignore
+    SIGINT. A SIGTERM sent to the whole process group (``systemctl stop``, ``kill -- -<pgid>``, a
+    supervisor) then stops the app one way only: this process stops the queries and appends the
+    event log's last rows (``streams.await_all``), and the JVM exits when its stdin, our pipe,
+    closes. Left to itself the JVM ran its shutdown hooks under the stopping queries: stack traces,
+    and the event log's last rows lost. Under spark-submit the JVM is the parent process and keeps
+    its handler: a container runtime may signal it alone."""
+    try:
+        jvm.sun.misc.Signal.handle(jvm.sun.misc.Signal("TERM"), jvm.sun.misc.SignalHandler.SIG_IGN)
+    except Exception as e:  # noqa: BLE001 - a JVM without sun.misc.Signal keeps its default
+        import logging
+
+        logging.getLogger("lakehouse.spark").debug("the JVM keeps its SIGTERM handler: %s", e)
+
+
 def get_spark(settings: Settings | None = None, app_name: str = "lakehouse"):
     """Build (or return the active) SparkSession configured for the lakehouse."""
     from pyspark.sql import SparkSession
@@ -265,6 +281,8 @@ def get_spark(settings: Settings | None = None, app_name: str = "lakehouse"):
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("INFO" if settings.log_level == "DEBUG" else "WARN")
     jvm = spark.sparkContext._jvm
+    if not under_spark_submit():
+        _leave_sigterm_to_python(jvm)
     try:
         jvm.java.lang.Class.forName("io.delta.sql.DeltaSparkSessionExtension", True,
                                     jvm.Thread.currentThread().getContextClassLoader())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import pytest
 from kafka import KafkaConsumer
 
 from common import customers, pipeline
+from common.clients import minio_client
+from common.native import NativeLake
 from common.runner import run
 from gold.transforms import TVA_RATE
 from tests.checks import HALF_CENT, check_gold, check_late
@@ -114,19 +117,29 @@ def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake
         assert json.loads(sql.stdout.strip().splitlines()[-1])["n"] >= 1
         log = (tmp_path / "all.log").read_text()
         assert log.count("  started ") == len(pipeline.graph(lake))  # every query of the graph listed
-        proc.send_signal(signal.SIGTERM)
+        # to the whole process group, as `systemctl stop` or `kill -- -<pgid>` do: the JVM gets it
+        # too, and must leave the stopping to the Python driver
+        os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=120) == 0, (tmp_path / "all.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             kill_hard(proc)
+    # an orderly stop: the event log's last buffered rows were appended, one row per batch committed
+    client = minio_client(lake)
+    events = NativeLake(lake).rows("ops.pipeline_events", order_by="query, batch_id")
+    for flow in pipeline.graph(lake):
+        prefix = flow.checkpoint.removeprefix(f"s3a://{lake.bucket}/") + "/commits/"
+        committed = sorted(int(n) for o in client.list_objects(lake.bucket, prefix=prefix)
+                           if (n := o.object_name.rsplit("/", 1)[-1]).isdigit())
+        assert committed, flow.name
+        assert [e["batch_id"] for e in events if e["query"] == flow.name] == committed, \
+            (flow.name, (tmp_path / "all.log").read_text()[-3000:])
 
 
 def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark, lake, tmp_path):
     """A checkpoint offset file that is whole but names no real offsets (the start-up guard,
     ``checkpoints.check_readable``, passes it) makes one of gold's queries fail once running: the
     app reports it and stops all."""
-    from common.clients import minio_client
-
     produce_to(lake, tmp_path / "ledger.jsonl", 100, seed=51)
     run(("bronze", "silver", "gold"), lake, "availableNow", spark=spark)
     client = minio_client(lake)
