@@ -85,6 +85,20 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far (``/proc/stat``, all cores): the app,
+    its load generator, the broker and MinIO together. Busy is user + nice + system + irq + softirq."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / tick, sum(fields) / tick
+
+
+def machine_cores_busy(start: tuple[float, float], end: tuple[float, float]) -> float:
+    """Cores busy on average between two ``machine_cpu()`` readings."""
+    busy, total = end[0] - start[0], end[1] - start[1]
+    return round((os.cpu_count() or 1) * busy / total, 2) if total > 0 else 0.0
+
+
 def _memory_mib(pid: int | None, field: str) -> float | None:
     """Sum of a /proc status memory ``field`` (VmHWM, VmRSS) over a process and its descendants."""
     if not pid or not os.path.exists(f"/proc/{pid}"):

@@ -28,7 +28,7 @@ import sys
 import time
 import uuid
 
-from bench.measure import cpu_seconds, peak_rss_mib, percentiles
+from bench.measure import cpu_seconds, machine_cores_busy, machine_cpu, peak_rss_mib, percentiles
 from bench.run import (ROOT, SYSTEMS, app_env, bench_start, fresh, gold_count, gold_pairs, kpi_pairs, log,
                        results_file)
 from devstack.generator import GenOptions, produce
@@ -85,9 +85,10 @@ def run_one(spark, base: Settings, system: str, rate: float, seconds: float, war
 
     try:
         phase(1, int(rate * warmup), 1)  # start-up, first batches, JIT: not measured
-        cpu0, wall0 = cpu_seconds(proc.pid), time.time()
+        cpu0, wall0, machine0 = cpu_seconds(proc.pid), time.time(), machine_cpu()
         t0, t_end, drain = phase(MEASURED, int(rate * seconds), 7)
         cpu = (cpu_seconds(proc.pid) - cpu0) / (time.time() - wall0)
+        machine = machine_cores_busy(machine0, machine_cpu())  # the producer, broker and MinIO too
         peak = peak_rss_mib(proc.pid) or 0.0
     finally:
         if proc.poll() is None:
@@ -101,12 +102,13 @@ def run_one(spark, base: Settings, system: str, rate: float, seconds: float, war
     res = {"system": system, "rate": rate, "seconds": seconds, "orders": count,
            "producer_orders_per_s": round(count / (t_end - t0), 1), "drain_s": round(drain, 1),
            "gold": percentiles(lat), "measured_orders": len(lat), "caught_up": len(lat) >= count, "cpu_s_per_wall_s": round(cpu, 2),
-           "peak_rss_mib": round(peak)}
+           "machine_cores_busy": machine, "peak_rss_mib": round(peak)}
     if system == "project":
         res["queries"] = batch_profile(open(out.name).read())
         res["kpi_customer_minute_totals"] = percentiles([(c - k) / 1000 for k, c in kpi_pairs(spark, s, MEASURED)])
     log(f"  {system} at {rate:g} orders/s: gold p50 {res['gold']['p50']} s / p99 {res['gold']['p99']} s "
-        f"({len(lat)} orders), drained {res['drain_s']} s after the producer, {res['cpu_s_per_wall_s']} cores busy")
+        f"({len(lat)} orders), drained {res['drain_s']} s after the producer, {res['cpu_s_per_wall_s']} cores busy "
+        f"(the whole machine {machine} of {os.cpu_count()})")
     return res
 
 
@@ -126,7 +128,8 @@ def spread(results: list[dict]) -> list[dict]:
         rows.append({"rate": key[0], "system": key[1], "runs": len(runs), "p50": med(r["gold"]["p50"] for r in runs),
                      "p99": med(p99), "p99_min": min(p99, default=None), "p99_max": max(p99, default=None),
                      "kpi_p99": med(r.get("kpi_customer_minute_totals", {}).get("p99") for r in runs),
-                     "drain_s": med(r["drain_s"] for r in runs), "cores": med(r["cpu_s_per_wall_s"] for r in runs)})
+                     "drain_s": med(r["drain_s"] for r in runs), "cores": med(r["cpu_s_per_wall_s"] for r in runs),
+                     "machine": med(r.get("machine_cores_busy") for r in runs)})
     peers = {r["rate"]: r["p99"] for r in rows if r["system"] == "peer"}
     for r in rows:
         r["ratio_to_peer"] = round(r["p99"] / peers[r["rate"]], 2) if peers.get(r["rate"]) and r["p99"] else None
@@ -157,11 +160,11 @@ def main(argv=None) -> int:
                                            + " ".join(argv if argv is not None else sys.argv[1:]),
                                            "results": results, "summary": spread(results)}, indent=1) + "\n")
     print("| rate (orders/s) | system | gold p50 s | gold p99 s (median; min-max of runs) | p99 vs peer | "
-          "KPI p99 s | drain s | cores busy |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "KPI p99 s | drain s | cores busy (app) | cores busy (machine) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in spread(results):
         print(f"| {r['rate']:g} | {r['system']} | {r['p50']} | {r['p99']} ({r['p99_min']}-{r['p99_max']}) | "
-              f"{r['ratio_to_peer']} | {r['kpi_p99']} | {r['drain_s']} | {r['cores']} |")
+              f"{r['ratio_to_peer']} | {r['kpi_p99']} | {r['drain_s']} | {r['cores']} | {r['machine']} |")
     log(f"wrote {out.relative_to(ROOT)}")
     return 0
 
