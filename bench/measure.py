@@ -87,7 +87,8 @@ def cpu_seconds(pid: int) -> float:
 
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far (``/proc/stat``, all cores): the app,
-    its load generator, the broker and MinIO together. Busy is user + nice + system + irq + softirq."""
+    its load generator, the broker, MinIO and the bench's own gold count every 3 s together. Busy is
+    user + nice + system + irq + softirq."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
     tick = os.sysconf("SC_CLK_TCK")
     return (fields[0] + fields[1] + fields[2] + fields[5] + fields[6]) / tick, sum(fields) / tick
