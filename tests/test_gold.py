@@ -125,12 +125,11 @@ def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake
         if proc.poll() is None:
             kill_hard(proc)
     # an orderly stop: the event log's last buffered rows were appended, one row per batch committed
-    client = minio_client(lake)
+    from common.checkpoints import _batch_numbers, _Fs
+
     events = NativeLake(lake).rows("ops.pipeline_events", order_by="query, batch_id")
     for flow in pipeline.graph(lake):
-        prefix = flow.checkpoint.removeprefix(f"s3a://{lake.bucket}/") + "/commits/"
-        committed = sorted(int(n) for o in client.list_objects(lake.bucket, prefix=prefix)
-                           if (n := o.object_name.rsplit("/", 1)[-1]).isdigit())
+        committed = _batch_numbers(_Fs(spark), flow.checkpoint, "commits")
         assert committed, flow.name
         assert [e["batch_id"] for e in events if e["query"] == flow.name] == committed, \
             (flow.name, (tmp_path / "all.log").read_text()[-3000:])
