@@ -98,6 +98,8 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
     from common.clients import check_reachable
 
     check_reachable(settings)
+    # a caller's session outlives the run and gets the tables by name; a session of its own ends with it
+    callers_session = spark is not None
     if spark is None:
         from common.spark import get_spark
 
@@ -116,9 +118,10 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
             started += queries
             if one_shot:
                 streams.await_all(spark, queries)
-                register_tables(spark, settings)
         if not one_shot:
             streams.await_all(spark, started)
+        elif callers_session:
+            register_tables(spark, settings)
     finally:
         # every query this run started, also those of a stage that failed half-way through starting
         for q in started + list(spark.streams.active):
