@@ -1,6 +1,7 @@
 """``lakehouse`` - the project's one command-line entry point.
 
-    lakehouse setup [jars|minio|all|browser] fetch the pinned jars, build MinIO (browser: for the tests)
+    lakehouse setup [jars|minio|all|browser|jvm]  fetch the pinned jars, build MinIO (browser: for the
+                                             tests; jvm: the class archive that speeds every start)
     lakehouse stack up|down|status           the local Kafka + MinIO stack
     lakehouse config                         effective settings, secrets redacted
     lakehouse produce [--topic T] ...        generate events into Kafka (+ ledger)
@@ -43,6 +44,11 @@ def _cmd_setup(args) -> int:
         print(f"spark defaults: {write_spark_defaults()}")
     if args.what in ("minio", "all"):
         print(f"minio: {Stack(get_settings()).build_minio()}")
+    if args.what == "jvm":  # runs the pipeline on the local stack, so not part of `all`
+        from devstack.jvm import build_class_archive
+
+        path, took = build_class_archive(get_settings(), force=args.force)
+        print(f"jvm class archive: {path}" + (f" (written in {took:.0f} s)" if took is not None else " (up to date)"))
     if args.what == "browser":  # for the dashboard's test (make test), not part of `all`
         from devstack.browser import ensure_browser
 
@@ -384,8 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, **kw) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[verbose], **kw)
 
-    s = add("setup", help="fetch pinned jars from Maven Central, build MinIO (browser: Chromium for the tests)")
-    s.add_argument("what", nargs="?", default="all", choices=("jars", "minio", "all", "browser"))
+    s = add("setup", help="fetch pinned jars from Maven Central, build MinIO (browser: Chromium for the tests; "
+                          "jvm: a class archive that cuts every later start, needs the stack)")
+    s.add_argument("what", nargs="?", default="all", choices=("jars", "minio", "all", "browser", "jvm"))
+    s.add_argument("--force", action="store_true", help="jvm: write the class archive again")
     s.set_defaults(func=_cmd_setup)
 
     s = add("stack", help="local Kafka + MinIO: up | down | status")

@@ -11,6 +11,7 @@ Every table name, table path, checkpoint location and topic is derived here and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -395,6 +396,22 @@ def under_spark_submit() -> bool:
     """Spark started this Python process (spark-submit's PythonRunner starts the JVM first and
     hands Python its gateway port), so the session's JVM options are already fixed."""
     return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+@contextlib.contextmanager
+def environment(**values: str):
+    """Set environment variables for the duration of a block: for a launcher that reads this
+    process's environment itself (pyspark's JVM launch), restored afterwards."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def child_env(**extra: str) -> dict[str, str]:

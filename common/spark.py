@@ -270,15 +270,70 @@ def _leave_sigterm_to_python(jvm) -> None:
         logging.getLogger("lakehouse.spark").debug("the JVM keeps its SIGTERM handler: %s", e)
 
 
-def get_spark(settings: Settings | None = None, app_name: str = "lakehouse"):
-    """Build (or return the active) SparkSession configured for the lakehouse."""
+# The JVM's class-data archive (AppCDS). A cold driver JVM spends much of its first 20-30 s loading
+# and verifying some 25,000 classes from the jars; a dynamic archive of them, written once by a JVM
+# that ran the pipeline (`lakehouse setup jvm`), is mapped instead at every later start. Only for a
+# JVM this process launches with a local master: under spark-submit the JVM already runs, and a
+# cluster's executors have their own. The JVM checks the archive against its own build and
+# classpath and, should they differ, loads the classes as usual, silently (the -Xlog options).
+_QUIET_CDS = "-Xlog:cds=off -Xlog:cds+dynamic=off"
+
+
+def class_archive() -> Path:
+    """The archive for the current JDK, pyspark jars and cached jars: another of any of them is
+    another file (`lakehouse setup jvm` writes it), never a stale one."""
+    import hashlib
+    import shutil
+
+    import pyspark
+
+    h = hashlib.sha256(os.path.realpath(shutil.which("java") or "java").encode())
+    for jar in sorted((Path(pyspark.__file__).parent / "jars").glob("*.jar")) + [Path(p) for p in jar_conf("local")[
+            "spark.driver.extraClassPath"].split(":")]:
+        st = jar.stat() if jar.exists() else None
+        h.update(f"{jar}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}\n".encode())
+    return jars.cache_root() / "jvm" / f"classes-{h.hexdigest()[:16]}.jsa"
+
+
+def _archive_conf_dir() -> Path:
+    """spark-submit puts its conf folder on the JVM's classpath, and the JVM maps an archive only
+    with no non-empty folder there: the JVMs using the archive get an empty one (this launch sets
+    every setting of spark-defaults.conf itself)."""
+    d = jars.cache_root() / "jvm" / "conf"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _archive_options(settings: Settings, write_to: Path | None) -> str:
+    """The JVM options that use (or, with ``write_to``, write at exit) the class-data archive;
+    '' where it does not apply."""
+    if under_spark_submit() or not (settings.spark_master == "local" or settings.spark_master.startswith("local[")):
+        return ""
+    if write_to is not None:
+        return f"-XX:ArchiveClassesAtExit={write_to} {_QUIET_CDS}"
+    archive = class_archive()
+    return f"-XX:SharedArchiveFile={archive} {_QUIET_CDS}" if archive.exists() else ""
+
+
+def get_spark(settings: Settings | None = None, app_name: str = "lakehouse", write_class_archive: Path | None = None):
+    """Build (or return the active) SparkSession configured for the lakehouse; ``write_class_archive``:
+    its JVM writes the class-data archive there when it exits (``lakehouse setup jvm``)."""
+    from contextlib import nullcontext
+
     from pyspark.sql import SparkSession
+
+    from common.settings import environment
 
     settings = settings or get_settings()
     builder = configure(SparkSession.builder, settings, app_name)
-    if not under_spark_submit() and settings.log_level != "DEBUG":
-        _launch_quiet_gateway(builder)
-    spark = builder.getOrCreate()
+    archive = _archive_options(settings, write_class_archive)
+    if archive:
+        options = builder._options.get("spark.driver.extraJavaOptions", "")
+        builder = builder.config("spark.driver.extraJavaOptions", f"{options} {archive}".strip())
+    with environment(SPARK_CONF_DIR=str(_archive_conf_dir())) if archive else nullcontext():
+        if not under_spark_submit() and settings.log_level != "DEBUG":
+            _launch_quiet_gateway(builder)
+        spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("INFO" if settings.log_level == "DEBUG" else "WARN")
     jvm = spark.sparkContext._jvm
     if not under_spark_submit():

@@ -1,0 +1,112 @@
+"""``lakehouse setup jvm``: the class-data archive that every later lakehouse JVM maps at start.
+
+A child process runs the pipeline once, small, on a scratch lake and scratch topics of the local
+stack (customers, bronze -> silver -> gold, the demo's queries) with a JVM that writes the classes
+it loaded to an archive when it exits (``-XX:ArchiveClassesAtExit``); the scratch lake and topics
+are deleted afterwards. ``common.spark.class_archive`` names the file after the JDK and the jars,
+so a new jar or JDK needs a new run, and an old archive is never mapped by the wrong JVM.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common.errors import SetupError
+from common.settings import Settings, child_env, get_settings
+
+_SCRATCH = "lakehouse-setup-jvm"
+
+
+def _scratch(settings: Settings) -> dict[str, str]:
+    """The child's settings: its own lake root and topics, the rest as configured."""
+    return {"LAKEHOUSE_LAKE_ROOT": f"s3a://{settings.bucket}/{_SCRATCH}", "LAKEHOUSE_CHECKPOINT_ROOT": "",
+            **{f"LAKEHOUSE_TOPIC_{kind.upper()}": f"{_SCRATCH}-{kind}"
+               for kind in ("orders", "logs", "metrics", "enriched")}}
+
+
+def build_class_archive(settings: Settings, force: bool = False) -> tuple[Path, float | None]:
+    """Write the archive unless it exists; (its path, seconds taken or None when it was there)."""
+    from common.clients import check_reachable
+    from common.spark import class_archive
+
+    target = class_archive()
+    if target.exists() and not force:
+        return target, None
+    if not settings.is_s3:
+        raise SetupError("`lakehouse setup jvm` runs the pipeline on the local stack: LAKEHOUSE_LAKE_ROOT "
+                         "must be an s3a:// lake (the stack's MinIO)")
+    check_reachable(settings)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp")
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "devstack.jvm", str(tmp)], env=child_env(**_scratch(settings)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+        if proc.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
+            tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
+            raise SetupError(f"the JVM's class archive was not written (exit {proc.returncode}):\n{tail}")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+        _drop_scratch(settings)
+    for old in target.parent.glob("classes-*.jsa"):  # archives of earlier jars or JDKs
+        if old != target:
+            old.unlink(missing_ok=True)
+    return target, time.monotonic() - t0
+
+
+def _drop_scratch(settings: Settings) -> None:
+    from minio.deleteobjects import DeleteObject
+
+    from common.clients import kafka_admin, minio_client
+
+    client = minio_client(settings)
+    objects = (DeleteObject(o.object_name)
+               for o in client.list_objects(settings.bucket, prefix=f"{_SCRATCH}/", recursive=True))
+    for error in client.remove_objects(settings.bucket, objects):
+        raise SetupError(f"could not delete the scratch lake s3a://{settings.bucket}/{_SCRATCH}: {error}")
+    admin = kafka_admin(settings)
+    try:
+        topics = [t for t in admin.list_topics() if t.startswith(f"{_SCRATCH}-")]
+        if topics:
+            admin.delete_topics(topics)
+    finally:
+        admin.close()
+
+
+def _train(archive: Path) -> None:
+    """The child: the pipeline once, small, in a JVM that writes ``archive`` when it exits."""
+    from pyspark import SparkContext
+
+    from common import customers
+    from common.runner import STAGES, run
+    from common.spark import get_spark
+    from devstack.demo import QUERIES
+    from devstack.generator import GenOptions, produce
+    from devstack.stack import Stack
+
+    settings = get_settings()
+    Stack(settings).ensure_topics()
+    with tempfile.TemporaryDirectory() as d:
+        produce(settings, GenOptions(topics=settings.source_topics, count=200, seed=1, duplicate_pct=5,
+                                     malformed_pct=3, ledger=Path(d) / "ledger.jsonl", progress=False))
+    spark = get_spark(settings, app_name="lakehouse-setup-jvm", write_class_archive=archive)
+    customers.load(spark, settings)
+    run(STAGES, settings, "availableNow", spark=spark)
+    bronze = " UNION ALL ".join(f"SELECT topic, partition FROM bronze.{s.bronze_table}" for s in settings.sources)
+    for _, query in QUERIES:
+        spark.sql(query.replace("{bronze}", bronze)).collect()
+    spark.stop()
+    # the JVM writes the archive as it exits: close its stdin (it exits then) and wait for it
+    jvm = SparkContext._gateway.proc
+    jvm.stdin.close()
+    jvm.wait(timeout=300)
+
+
+if __name__ == "__main__":
+    _train(Path(sys.argv[1]))
