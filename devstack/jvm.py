@@ -9,15 +9,20 @@ so a new jar or JDK needs a new run, and an old archive is never mapped by the w
 
 from __future__ import annotations
 
+import logging
 import os
-import subprocess
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common.clients import pid_alive
 from common.errors import SetupError
+from common.progress import run_with_heartbeat
 from common.settings import Settings, child_env, get_settings
+
+log = logging.getLogger("lakehouse.setup")
 
 _SCRATCH = "lakehouse-setup-jvm"
 
@@ -44,18 +49,26 @@ def build_class_archive(settings: Settings, force: bool = False) -> tuple[Path, 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp")
     t0 = time.monotonic()
+    print("writing the JVM's class archive: the pipeline once, on a scratch lake of the local stack "
+          "(about 2 minutes, once)", file=sys.stderr, flush=True)
     try:
-        proc = subprocess.run([sys.executable, "-m", "devstack.jvm", str(tmp)], env=child_env(**_scratch(settings)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+        proc = run_with_heartbeat([sys.executable, "-m", "devstack.jvm", str(tmp)], "writing the JVM's class archive",
+                                  env=child_env(**_scratch(settings)))
         if proc.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
-            tail = "\n".join(proc.stdout.strip().splitlines()[-15:])
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise SetupError(f"the JVM's class archive was not written (exit {proc.returncode}):\n{tail}")
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
-        _drop_scratch(settings)
-    for old in target.parent.glob("classes-*.jsa"):  # archives of earlier jars or JDKs
-        if old != target:
+        try:
+            _drop_scratch(settings)
+        except Exception as e:  # noqa: BLE001 - leftovers of a scratch run are no reason to fail
+            log.warning("the scratch lake or topics of `lakehouse setup jvm` (%s*) are left: %s",
+                        _SCRATCH, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    for old in target.parent.glob("classes-*"):  # archives of earlier jars or JDKs, a killed run's file
+        writer = re.search(r"\.(\d+)\.tmp$", old.name)
+        stale_tmp = writer is not None and not pid_alive(int(writer.group(1)))
+        if old != target and (old.suffix == ".jsa" or stale_tmp):
             old.unlink(missing_ok=True)
     return target, time.monotonic() - t0
 
