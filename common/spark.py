@@ -98,6 +98,11 @@ def spark_conf_dir() -> Path:
     return jars.cache_root() / "spark-conf"
 
 
+def is_local(master: str) -> bool:
+    """A master whose executor runs inside the driver's JVM (local-cluster[...] runs executor JVMs)."""
+    return master == "local" or master.startswith("local[")
+
+
 def jar_conf(master: str | None = None) -> dict[str, str]:
     """How the cached jars reach the JVMs.
 
@@ -113,7 +118,7 @@ def jar_conf(master: str | None = None) -> dict[str, str]:
     paths = [str(j) for j in jars.jars("spark")]
     if master is None:
         return {"spark.driver.extraClassPath": ":".join(paths), "spark.executor.extraClassPath": ":".join(paths)}
-    if master == "local" or master.startswith("local["):  # (local-cluster[...] runs executor JVMs)
+    if is_local(master):
         return {"spark.driver.extraClassPath": ":".join(paths)}
     return {"spark.jars": ",".join(paths)}
 
@@ -285,11 +290,8 @@ def class_archive() -> Path:
     import hashlib
     import shutil
 
-    import pyspark
-
     h = hashlib.sha256(os.path.realpath(shutil.which("java") or "java").encode())
-    for jar in sorted((Path(pyspark.__file__).parent / "jars").glob("*.jar")) + [Path(p) for p in jar_conf("local")[
-            "spark.driver.extraClassPath"].split(":")]:
+    for jar in sorted(jars.pyspark_jars_dir().glob("*.jar")) + jars.jars("spark"):
         st = jar.stat() if jar.exists() else None
         h.update(f"{jar}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}\n".encode())
     return jars.cache_root() / "jvm" / f"classes-{h.hexdigest()[:16]}.jsa"
@@ -307,7 +309,7 @@ def _archive_conf_dir() -> Path:
 def _archive_options(settings: Settings, write_to: Path | None) -> str:
     """The JVM options that use (or, with ``write_to``, write at exit) the class-data archive;
     '' where it does not apply."""
-    if under_spark_submit() or not (settings.spark_master == "local" or settings.spark_master.startswith("local[")):
+    if under_spark_submit() or not is_local(settings.spark_master):
         return ""
     if write_to is not None:
         return f"-XX:ArchiveClassesAtExit={write_to} {_QUIET_CDS}"

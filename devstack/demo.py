@@ -44,6 +44,12 @@ QUERIES: list[tuple[str, str]] = [
 ]
 
 
+def queries(settings: Settings) -> list[tuple[str, str]]:
+    """``QUERIES`` for ``settings``: ``{bronze}`` replaced by its bronze tables."""
+    bronze = " UNION ALL ".join(f"SELECT topic, partition FROM bronze.{src.bronze_table}" for src in settings.sources)
+    return [(title, query.replace("{bronze}", bronze)) for title, query in QUERIES]
+
+
 def _step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
@@ -75,9 +81,7 @@ def demo(settings: Settings, count: int = 2000) -> int:
                                  start_time=now - timedelta(minutes=2), event_spacing=0.3, late_pct=20,
                                  late_by=600, ledger=ledger))
     run(STAGES, settings, "availableNow", spark=spark)
-    bronze = " UNION ALL ".join(f"SELECT topic, partition FROM bronze.{src.bronze_table}" for src in settings.sources)
-    for title, query in QUERIES:
-        query = query.replace("{bronze}", bronze)
+    for title, query in queries(settings):
         _step(title)
         print(f'lakehouse sql "{query}"')
         print(spark.sql(query).toPandas().to_string(index=False))

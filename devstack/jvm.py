@@ -20,18 +20,21 @@ from pathlib import Path
 from common.clients import pid_alive
 from common.errors import SetupError
 from common.progress import run_with_heartbeat
-from common.settings import Settings, child_env, get_settings
+from common.settings import Settings, child_env, env_var, get_settings
 
 log = logging.getLogger("lakehouse.setup")
 
 _SCRATCH = "lakehouse-setup-jvm"
 
 
-def _scratch(settings: Settings) -> dict[str, str]:
+_TOPICS = ("topic_orders", "topic_logs", "topic_metrics", "topic_enriched")
+_SCRATCH_FIELDS = ("lake_root", "checkpoint_root") + _TOPICS  # what the child's environment overrides
+
+
+def _scratch(settings: Settings) -> Settings:
     """The child's settings: its own lake root and topics, the rest as configured."""
-    return {"LAKEHOUSE_LAKE_ROOT": f"s3a://{settings.bucket}/{_SCRATCH}", "LAKEHOUSE_CHECKPOINT_ROOT": "",
-            **{f"LAKEHOUSE_TOPIC_{kind.upper()}": f"{_SCRATCH}-{kind}"
-               for kind in ("orders", "logs", "metrics", "enriched")}}
+    topics = {field: f"{_SCRATCH}-{field.removeprefix('topic_')}" for field in _TOPICS}
+    return settings.with_overrides(lake_root=f"s3a://{settings.bucket}/{_SCRATCH}", checkpoint_root="", **topics)
 
 
 def build_class_archive(settings: Settings, force: bool = False) -> tuple[Path, float | None]:
@@ -49,11 +52,12 @@ def build_class_archive(settings: Settings, force: bool = False) -> tuple[Path, 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp")
     t0 = time.monotonic()
+    scratch = _scratch(settings)
     print("writing the JVM's class archive: the pipeline once, on a scratch lake of the local stack "
           "(about 2 minutes, once)", file=sys.stderr, flush=True)
     try:
         proc = run_with_heartbeat([sys.executable, "-m", "devstack.jvm", str(tmp)], "writing the JVM's class archive",
-                                  env=child_env(**_scratch(settings)))
+                                  env=child_env(**{env_var(f): str(getattr(scratch, f)) for f in _SCRATCH_FIELDS}))
         if proc.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
             raise SetupError(f"the JVM's class archive was not written (exit {proc.returncode}):\n{tail}")
@@ -61,7 +65,7 @@ def build_class_archive(settings: Settings, force: bool = False) -> tuple[Path, 
     finally:
         tmp.unlink(missing_ok=True)
         try:
-            _drop_scratch(settings)
+            _drop_scratch(scratch)
         except Exception as e:  # noqa: BLE001 - leftovers of a scratch run are no reason to fail
             log.warning("the scratch lake or topics of `lakehouse setup jvm` (%s*) are left: %s",
                         _SCRATCH, str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -99,7 +103,7 @@ def _train(archive: Path) -> None:
     from common import customers
     from common.runner import STAGES, run
     from common.spark import get_spark
-    from devstack.demo import QUERIES
+    from devstack.demo import queries
     from devstack.generator import GenOptions, produce
     from devstack.stack import Stack
 
@@ -111,9 +115,8 @@ def _train(archive: Path) -> None:
     spark = get_spark(settings, app_name="lakehouse-setup-jvm", write_class_archive=archive)
     customers.load(spark, settings)
     run(STAGES, settings, "availableNow", spark=spark)
-    bronze = " UNION ALL ".join(f"SELECT topic, partition FROM bronze.{s.bronze_table}" for s in settings.sources)
-    for _, query in QUERIES:
-        spark.sql(query.replace("{bronze}", bronze)).collect()
+    for _, query in queries(settings):
+        spark.sql(query).collect()
     spark.stop()
     # the JVM writes the archive as it exits: close its stdin (it exits then) and wait for it
     jvm = SparkContext._gateway.proc

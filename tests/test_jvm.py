@@ -17,7 +17,7 @@ def test_the_archive_is_named_after_the_jars_and_applies_to_local_jvms_only(base
     jar_a, jar_b = tmp_path / "a.jar", tmp_path / "b.jar"
     for jar in (jar_a, jar_b):
         jar.write_bytes(b"PK")
-    monkeypatch.setattr(S, "jar_conf", lambda master=None: {"spark.driver.extraClassPath": f"{jar_a}:{jar_b}"})
+    monkeypatch.setattr(S.jars, "jars", lambda name: [jar_a, jar_b])
     name = S.class_archive()
     assert name.parent == S.jars.cache_root() / "jvm" and name.name.startswith("classes-") and name.suffix == ".jsa"
     assert S.class_archive() == name
