@@ -243,6 +243,9 @@ class Stack:
                     admin.create_topics([NewTopic(t, self.s.topic_partitions, 1) for t in wanted])
                 except TopicAlreadyExistsError:
                     pass
+                # created is not yet listed: a broker that has just started answers metadata requests
+                # before it has caught up, and the caller's own check would find no such topic
+                wait_until(lambda: set(wanted) <= set(admin.list_topics()), 30, f"Kafka to list {', '.join(wanted)}")
         finally:
             admin.close()
 
