@@ -39,37 +39,187 @@ def _bronze_count(spark, settings, topic):
     return spark.read.format("delta").load(settings.table_path("bronze", settings.bronze_table_for(topic))).count()
 
 
-def check_late(spark, settings, ledger) -> set[tuple]:
-    """The late ledger holds only records the generator sent late, each at or behind the watermark
-    it records, and that watermark is one the stream had reached: at most the greatest event time
-    of its source's valid records sent before it, minus the source's delay. Returns their
-    coordinates (the input of ``SilverOracle``)."""
+# silver tables whose rows carry the Kafka coordinates of the record they came from (order_items:
+# an order's lines, with the order's coordinates)
+SILVER_ROW_TABLES = ("orders", "logs", "metrics", "quarantine", "late_records")
+_LOG_SCHEMA = ("commitInfo STRUCT<operation: STRING, userMetadata: STRING>, "
+               "add STRUCT<path: STRING, dataChange: BOOLEAN>, remove STRUCT<path: STRING, dataChange: BOOLEAN>")
+_COORD_SCHEMA = "topic STRING, partition INT, offset BIGINT"
+
+
+def _commit_batch(user_metadata: str | None) -> tuple[str, int] | None:
+    """(run, batch id) of a micro-batch commit, from its tag (``common.tables.commit_tag``:
+    ``{"batch": 7, "writer": "silver:<query id>:orders"}``); the run is the writer without its table
+    (one per checkpoint). None for an untagged commit."""
     import json
-    from datetime import datetime
+
+    try:
+        tag = json.loads(user_metadata or "")
+    except ValueError:
+        return None
+    if not isinstance(tag, dict):
+        return None
+    writer, batch = tag.get("writer"), tag.get("batch")
+    if not isinstance(writer, str) or writer.count(":") < 2 or not isinstance(batch, int) or isinstance(batch, bool):
+        return None
+    return writer.rsplit(":", 1)[0], batch
+
+
+def _delta_commits(spark, roots: dict[str, str]) -> dict[str, list[dict]]:
+    """table -> its commits in version order (``version``, ``operation``, ``batch``: the tag's (run,
+    batch) or None, ``add`` / ``remove``: [(path as in the log, dataChange)]), from the JSON
+    commit files of every table's ``_delta_log`` in one read. Every version from 0 on must be there."""
+    import re
+    from urllib.parse import unquote
+
+    from pyspark.sql import functions as F
+
+    table_of = {root.rsplit("/", 1)[-1]: table for table, root in roots.items()}
+    assert len(table_of) == len(roots), f"two silver tables end in the same folder name: {roots}"
+    rows = (spark.read.schema(_LOG_SCHEMA).option("pathGlobFilter", "*.json")
+            .json([f"{root}/_delta_log" for root in roots.values()])
+            .select(F.col("_metadata.file_path").alias("file"), F.col("commitInfo.operation").alias("operation"),
+                    F.col("commitInfo.userMetadata").alias("tag"), F.col("add.path").alias("add"),
+                    F.col("add.dataChange").alias("add_change"), F.col("remove.path").alias("remove"),
+                    F.col("remove.dataChange").alias("remove_change"))
+            .collect())
+    commits: dict[str, dict[int, dict]] = {table: {} for table in roots}
+    for r in rows:  # one row per action (metaData and protocol ones: all null here)
+        folder, _, name = unquote(r.file).rpartition("/_delta_log/")
+        m = re.fullmatch(r"(\d+)\.json", name)
+        if not m:  # e.g. a log compaction (<from>.<to>.compacted.json): the commits themselves are enough
+            continue
+        table = table_of[folder.rsplit("/", 1)[-1]]
+        version = int(m.group(1))
+        c = commits[table].setdefault(version, {"version": version, "operation": None, "batch": None,
+                                                "add": [], "remove": []})
+        if r.operation is not None:
+            c["operation"], c["batch"] = r.operation, _commit_batch(r.tag)
+        if r.add is not None:
+            c["add"].append((r.add, r.add_change))
+        if r.remove is not None:
+            c["remove"].append((r.remove, r.remove_change))
+    for table, by_version in commits.items():
+        assert sorted(by_version) == list(range(len(by_version))) and by_version, (
+            f"silver.{table}: commit files of versions {sorted(by_version)[:3]}... in {roots[table]}/_delta_log, not "
+            "every version from 0 (log files cleaned up?): its micro-batches cannot be told")
+    return {table: [by_version[v] for v in sorted(by_version)] for table, by_version in commits.items()}
+
+
+def _live_batch_files(table: str, commits: list[dict]) -> dict[str, tuple[str, int]]:
+    """The data files a micro-batch commit added whose rows the table still holds (path as in the
+    log -> (run, batch)). A commit that only rearranges files (OPTIMIZE: ``dataChange`` false on every
+    action) moves the rows of the files it removes into the files it adds, so a batch file that
+    was compacted still counts (its rows are read from it: without VACUUM it is still on storage).
+    Any other removal drops the rows (``lakehouse refresh``'s DELETE); any other commit that adds
+    files without a batch tag is an error (those rows have no batch)."""
+    origin: dict[str, tuple[str, int]] = {}   # batch file -> (run, batch)
+    live: dict[str, frozenset[str]] = {}      # file in the table now -> the batch files whose rows it holds
+    for c in commits:
+        actions = c["add"] + c["remove"]
+        where = f"silver.{table} version {c['version']} ({c['operation']})"
+        if actions and (c["operation"] == "OPTIMIZE" or not any(change for _, change in actions)):
+            held: set[str] = set()
+            for path, _ in c["remove"]:
+                assert path in live, f"{where} rearranges {path}, which the table did not hold"
+                held |= live.pop(path)
+            for path, _ in c["add"]:  # a file committed again as it is (a row-tracking backfill) keeps its rows
+                live[path] = frozenset(held) | live.get(path, frozenset())
+            continue
+        for path, _ in c["remove"]:
+            assert live.pop(path, None) is not None, f"{where} removes {path}, which the table did not hold"
+        if c["add"]:
+            assert c["batch"] is not None, f"{where} adds rows outside any tagged micro-batch commit"
+            for path, _ in c["add"]:
+                origin[path] = c["batch"]
+                live[path] = frozenset((path,))
+    return {path: origin[path] for held in live.values() for path in held}
+
+
+def silver_batch_of(spark, settings, tables=SILVER_ROW_TABLES) -> dict[tuple, tuple[str, int]]:
+    """Kafka coordinates (topic, partition, offset) of every row of the silver ``tables`` -> the
+    micro-batch that wrote it, as (run, batch id): a run is one silver checkpoint (``silver:<query
+    id>``; its batch ids start at 0, its event clock empty). Found from the lake alone, not from
+    silver's own watermark files: every micro-batch commit is tagged with its batch
+    (``commitInfo.userMetadata``, ``streams.BatchContext``), so each data file a tagged commit added
+    belongs to that batch (``_live_batch_files``, through compactions); the rows of those files are
+    read in one Spark read (the files themselves, compacted or not), and their count must be the
+    table's, so the map covers exactly the rows the table holds. Whatever the number of batches: one
+    read of the tables' commit files, one of their batch files, and a row count per table."""
+    import re
+    from urllib.parse import unquote
+
+    from pyspark.sql import functions as F
+
+    roots = {t: settings.table_path("silver", t).rstrip("/") for t in tables}
+    commits = _delta_commits(spark, roots)
+    files: dict[str, tuple[str, str, tuple[str, int]]] = {}  # file name -> (table, full path, (run, batch))
+    for table in tables:
+        for rel, batch in _live_batch_files(table, commits[table]).items():
+            path = unquote(rel)  # paths in the log are URL-encoded, relative to the table's folder
+            full = path if re.match(r"[A-Za-z][A-Za-z0-9+.-]*:|/", rel) else f"{roots[table]}/{path}"
+            name = path.rsplit("/", 1)[-1]
+            assert name not in files, f"data file {name} named by two silver commits ({files[name][0]}, {table})"
+            files[name] = (table, full, batch)
+    out: dict[tuple, tuple[str, int]] = {}
+    rows_of = {table: 0 for table in tables}
+    if files:
+        rows = (spark.read.schema(_COORD_SCHEMA).parquet(*[full for _, full, _ in files.values()])
+                .select("topic", "partition", "offset", F.col("_metadata.file_path").alias("file")).collect())
+        for r in rows:
+            table, _, batch = files[unquote(r.file).rsplit("/", 1)[-1]]
+            c = (r.topic, r.partition, r.offset)
+            assert None not in c, f"silver.{table}: a row without Kafka coordinates in {r.file}"
+            rows_of[table] += 1
+            first = out.setdefault(c, batch)
+            assert first == batch, f"{c} written by two micro-batches: {first} and {batch} ({table})"
+    for table in tables:
+        n = _table(spark, settings, table).count()
+        assert rows_of[table] == n, (f"silver.{table} holds {n} rows, its micro-batch commits' files "
+                                     f"{rows_of[table]}: the commit log does not account for its rows")
+    return out
+
+
+def check_late(spark, settings, ledger) -> set[tuple]:
+    """silver.late_records is exactly what silver's rule gives for the micro-batches it ran, both
+    ways: no late record missing (a silver marking nothing late fails), none on time (nor marking
+    too much). The batch boundaries are not deterministic, so they are read from the lake
+    (``silver_batch_of``: which batch wrote each record); lateness is then recomputed from the
+    ledger's event times alone (``tests.oracle.replay_lateness``: each batch judged by the watermark
+    the batches before it left). Each late row also records the watermark the replay gives its
+    batch, its event time (the ledger's) at or behind it, and is a record the generator sent late
+    (or a copy of an order re-sent after the watermark passed it). Returns the late coordinates
+    (the input of ``SilverOracle``)."""
+    from pyspark.sql import functions as F
 
     from common.settings import interval_seconds
-    from tests.oracle import coords
+    from tests.oracle import coords, iso_micros, late_mismatch, replay_lateness
 
-    rows = _table(spark, settings, "late_records").collect()
+    rows = (_table(spark, settings, "late_records")
+            .select("topic", "partition", "offset", F.unix_micros("event_time").alias("event_us"),
+                    F.unix_micros("watermark").alias("watermark_us")).collect())
     late = {(r.topic, r.partition, r.offset): r for r in rows}
     assert len(late) == len(rows), "a record twice in silver.late_records"
     kind_of = {src.topic: src.kind for src in settings.sources}
-    seen_max: dict[str, datetime] = {}
-    for rec in ledger:
-        kind = kind_of.get(rec["topic"])
-        if kind is None:
-            continue
-        row = late.get(coords(rec))
-        if row is not None:
-            # a generator's late record, or a copy of an order re-sent after the watermark passed it
-            assert rec["fault"] in ("late", "duplicate"), f"{coords(rec)} ({rec['fault']}) is in silver.late_records"
-            assert row.event_time <= row.watermark, f"{coords(rec)}: event time after the watermark it missed"
-            delay = interval_seconds(settings.source(kind).watermark)
-            assert kind in seen_max and (seen_max[kind] - row.watermark).total_seconds() >= delay, \
-                f"{coords(rec)}: watermark {row.watermark} was never reached by {kind}"
-        if rec["fault"] in (None, "duplicate", "late"):
-            ts = datetime.fromisoformat(json.loads(rec["value"])["timestamp"])
-            seen_max[kind] = max(seen_max.get(kind, ts), ts)
+    delays = {src.kind: interval_seconds(src.watermark) for src in settings.sources}
+    batch_of = silver_batch_of(spark, settings, ("orders", "logs", "metrics", "late_records"))
+    sent = {coords(rec): rec for rec in ledger}
+    unknown = sorted(set(batch_of) - set(sent))
+    assert not unknown, f"silver holds {len(unknown)} records the ledger does not (e.g. {unknown[:3]}): cannot replay"
+    replay = replay_lateness(ledger, batch_of, kind_of, delays)
+    recorded_ms = {c: r.watermark_us // 1000 for c, r in late.items()}
+    problem = late_mismatch(replay, set(late), recorded_ms)
+    assert not problem, problem
+    for c, row in late.items():
+        rec = sent[c]
+        # a generator's late record, or a copy of an order re-sent after the watermark passed it
+        assert rec["fault"] in ("late", "duplicate"), f"{c} ({rec['fault']}) is in silver.late_records"
+        assert row.event_us == replay.event_us[c], f"{c}: silver's event time is not the ledger's"
+        assert row.event_us <= row.watermark_us, f"{c}: event time after the watermark it missed"
+        want = replay.watermark_of(c)
+        assert want is not None and row.watermark_us == want * 1000, (
+            f"{c}: silver recorded the watermark {iso_micros(row.watermark_us)} for batch {replay.batch[c]}, the "
+            f"replay of the batches before it gives {'none' if want is None else iso_micros(want * 1000)}")
     return set(late)
 
 

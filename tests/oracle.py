@@ -4,6 +4,8 @@ from the generator's ledger alone."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 MALFORMED_REASON = {
     "orders": {"truncated_json": "malformed_json", "not_json": "malformed_json", "wrong_type": "wrong_type:total",
@@ -27,11 +29,156 @@ def coords(rec: dict) -> tuple:
     return rec["topic"], rec["partition"], rec["offset"]
 
 
+VALID_FAULTS = (None, "duplicate", "late")  # ledger faults of the records silver finds valid
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICRO = timedelta(microseconds=1)
+
+
+def event_micros(text: str) -> int:
+    """Epoch microseconds of a payload's ISO ``timestamp``, as silver's Spark session (UTC) reads it:
+    a time without an offset is UTC (the generator writes naive UTC times)."""
+    ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    return (ts - _EPOCH) // _MICRO
+
+
+def iso_micros(us: int) -> str:
+    """Epoch microseconds as a naive UTC ISO time (to the millisecond), for messages."""
+    return (_EPOCH + us * _MICRO).replace(tzinfo=None).isoformat(timespec="milliseconds")
+
+
+def _batch_key(batch) -> tuple[str, int]:
+    """(run, batch id): a run is one silver checkpoint (its writer tag ``silver:<query id>``), whose
+    batch ids start at 0 and whose event clock starts empty. A bare batch id is a batch of run ''."""
+    return (str(batch[0]), int(batch[1])) if isinstance(batch, tuple) else ("", int(batch))
+
+
+@dataclass
+class LateReplay:
+    """What ``replay_lateness`` found. Watermarks are epoch milliseconds, as silver keeps them
+    (``silver.watermarks``); event times epoch microseconds, as silver compares them."""
+
+    late: set[tuple] = field(default_factory=set)  # coordinates at or behind their batch's watermark
+    watermarks: dict[tuple, dict[str, int | None]] = field(default_factory=dict)  # (run, batch) -> kind -> ms
+    batch: dict[tuple, tuple] = field(default_factory=dict)     # coordinates -> (run, batch), valid records
+    kinds: dict[tuple, str] = field(default_factory=dict)       # coordinates -> source kind, valid records
+    event_us: dict[tuple, int] = field(default_factory=dict)    # coordinates -> event time, valid records
+    dropped: set[tuple] = field(default_factory=set)  # valid records in no batch: copies the dedup operator dropped
+
+    def watermark_of(self, c: tuple) -> int | None:
+        """The watermark (ms) the batch of record ``c`` was judged by, for its source."""
+        return self.watermarks[self.batch[c]][self.kinds[c]]
+
+
+def replay_lateness(ledger, batch_of: dict, kind_of: dict[str, str], delays_s: dict[str, float]) -> LateReplay:
+    """Which valid records silver must have found late, given the micro-batch each was read in.
+
+    ``batch_of`` maps the Kafka coordinates of the records silver wrote (to its source tables or to
+    ``silver.late_records``) to their micro-batch: a batch id or a ``(run, batch id)`` pair (a run
+    per silver checkpoint; see ``_batch_key``). ``kind_of`` maps a topic to its source kind,
+    ``delays_s`` a kind to its watermark delay in seconds (``LAKEHOUSE_WATERMARK_<SOURCE>``).
+
+    Silver's rule (``silver.job._batch_writer``, ``silver.watermarks.EventClock``), replayed per run
+    in batch order: batch b is judged, per source, by the greatest event time (truncated to the
+    millisecond, ``unix_millis``) of the source's valid records in the run's batches before b,
+    minus the delay (whole milliseconds); a valid record whose event time is at or behind it (``<=``,
+    in microseconds) is late. Before a source's first valid record it has no watermark. Valid
+    records are the ledger's ``VALID_FAULTS`` (malformed records are quarantined and never move a
+    watermark); late ones count in the maxima as silver counts them (they cannot move them).
+
+    A valid record in no batch must be a copy the dedup operator dropped (it never reaches the
+    batch, so it neither counts nor can be late): another record with its natural key has a batch.
+    Any other valid record without a batch is an error (``AssertionError``): the replay would have
+    to guess where it was read.
+    """
+    out = LateReplay()
+    runs: dict[str, dict[int, list[tuple]]] = {}
+    kept_keys: set[tuple] = set()
+    unplaced: list[tuple] = []
+    for rec in ledger:
+        kind = kind_of.get(rec["topic"])
+        if kind is None or rec["fault"] not in VALID_FAULTS:
+            continue
+        c = coords(rec)
+        payload = json.loads(rec["value"])
+        out.kinds[c] = kind
+        out.event_us[c] = event_micros(payload["timestamp"])
+        batch = batch_of.get(c)
+        if batch is None:
+            unplaced.append((c, kind, natural_key(kind, payload)))
+            continue
+        out.batch[c] = run_batch = _batch_key(batch)
+        kept_keys.add((kind, natural_key(kind, payload)))
+        runs.setdefault(run_batch[0], {}).setdefault(run_batch[1], []).append(c)
+    lost = [(c, kind) for c, kind, key in unplaced if (kind, key) not in kept_keys]
+    assert not lost, (f"{len(lost)} valid records of the ledger are in no silver table and are no dropped copy of one "
+                      f"that is (quarantined? lost?), e.g. " + "; ".join(
+                          f"{c} ({kind}, event time {iso_micros(out.event_us[c])})" for c, kind in lost[:5]))
+    out.dropped = {c for c, _, _ in unplaced}
+    delays_ms = {kind: int(s * 1000) for kind, s in delays_s.items()}  # as silver.watermarks.EventClock
+    for run, batches in runs.items():
+        max_ms: dict[str, int] = {}
+        for b in sorted(batches):
+            wm = {kind: (max_ms[kind] - d if kind in max_ms else None) for kind, d in delays_ms.items()}
+            out.watermarks[(run, b)] = wm
+            for c in batches[b]:
+                w = wm[out.kinds[c]]
+                if w is not None and out.event_us[c] <= w * 1000:
+                    out.late.add(c)
+            for c in batches[b]:
+                kind, ms = out.kinds[c], out.event_us[c] // 1000
+                max_ms[kind] = max(max_ms.get(kind, ms), ms)
+    return out
+
+
+def late_mismatch(replay: LateReplay, actual: set[tuple], recorded_ms: dict[tuple, int] | None = None,
+                  examples: int = 5) -> str:
+    """'' when ``actual`` (the coordinates in silver.late_records) is the replay's late set, else a
+    message naming a few records of each difference: found late by the replay but not in the late
+    ledger, in the late ledger but on time by the replay (``recorded_ms``: the watermark silver
+    recorded with each late row, shown beside the replay's)."""
+    missing = sorted(replay.late - actual)
+    extra = sorted(actual - replay.late)
+    if not missing and not extra:
+        return ""
+    runs = {b[0] for b in replay.batch.values()}
+
+    def batch(c):
+        run, b = replay.batch[c]
+        return f"batch {b}" + (f" of {run}" if len(runs) > 1 else "")
+
+    def wm(ms):
+        return "no watermark yet" if ms is None else f"watermark {iso_micros(ms * 1000)}"
+
+    def why_missing(c):
+        return (f"{c} {replay.kinds[c]} {batch(c)}: event time {iso_micros(replay.event_us[c])} at or behind its "
+                f"{wm(replay.watermark_of(c))}")
+
+    def why_extra(c):
+        if c not in replay.batch:
+            return f"{c}: not a valid record of the ledger read by silver"
+        seen = ("" if recorded_ms is None or c not in recorded_ms
+                else f" (silver recorded {wm(recorded_ms[c])})")
+        return (f"{c} {replay.kinds[c]} {batch(c)}: event time {iso_micros(replay.event_us[c])} after its "
+                f"{wm(replay.watermark_of(c))}{seen}")
+
+    parts = ["silver.late_records differs from the replay of silver's micro-batches (each judged by the "
+             "watermark the batches before it left):"]
+    if missing:
+        parts.append(f"{len(missing)} late records missing from it, e.g. " +
+                     "; ".join(why_missing(c) for c in missing[:examples]))
+    if extra:
+        parts.append(f"{len(extra)} records wrongly in it, e.g. " + "; ".join(why_extra(c) for c in extra[:examples]))
+    return " ".join(parts)
+
+
 class SilverOracle:
     """What silver must hold, given which records it found behind its watermark (``late``: their
     coordinates). Which records are late depends on micro-batch boundaries, as in Spark, so the
-    late set is an input: ``tests.checks.check_late`` checks it on its own (only the generator's
-    late records, each at or behind a watermark the stream had reached); everything else follows."""
+    late set is an input: ``tests.checks.check_late`` checks it on its own, both ways, against a
+    replay of silver's batches (``replay_lateness``: each batch judged by the watermark the batches
+    before it left, the boundaries read from the lake's commits); everything else follows."""
 
     def __init__(self, ledger: list[dict], settings, late=()):
         self.kind_of = {settings.topic_orders: "orders", settings.topic_logs: "logs",
