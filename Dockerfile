@@ -4,6 +4,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/lakehouse
 COPY . .
+# the jars in the image's own folder (not the build user's ~/.cache), at the path every node shares
+ENV LAKEHOUSE_CACHE_DIR=/opt/lakehouse/.cache
 RUN pip install --no-cache-dir -e . && lakehouse setup jars
 ENV SPARK_CONF_DIR=/opt/lakehouse/.cache/spark-conf \
     PYSPARK_PYTHON=python3

@@ -1,7 +1,7 @@
 """``lakehouse`` - the project's one command-line entry point.
 
-    lakehouse setup [jars|minio|all|browser|jvm]  fetch the pinned jars, build MinIO (browser: for the
-                                             tests; jvm: the class archive that speeds every start)
+    lakehouse setup [jars|minio|all|tests|jvm]  fetch the pinned jars, build MinIO (tests: Chromium and
+                                             actionlint; jvm: the class archive that speeds every start)
     lakehouse stack up|down|status           the local Kafka + MinIO stack
     lakehouse config                         effective settings, secrets redacted
     lakehouse produce [--topic T] ...        generate events into Kafka (+ ledger)
@@ -49,11 +49,15 @@ def _cmd_setup(args) -> int:
 
         path, took = build_class_archive(get_settings(), force=args.force)
         print(f"jvm class archive: {path}" + (f" (written in {took:.0f} s)" if took is not None else " (up to date)"))
-    if args.what == "browser":  # for the dashboard's test (make test), not part of `all`
+    if args.what in ("browser", "tests"):  # for the tests (make test), not part of `all`
         from devstack.browser import ensure_browser
 
         chromium, driver = ensure_browser()
         print(f"browser: {chromium}, {driver}")
+    if args.what == "tests":
+        from devstack import gotools
+
+        print(f"actionlint: {gotools.ensure('actionlint')}")
     return 0
 
 
@@ -390,9 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, **kw) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[verbose], **kw)
 
-    s = add("setup", help="fetch pinned jars from Maven Central, build MinIO (browser: Chromium for the tests; "
-                          "jvm: a class archive that cuts every later start, needs the stack)")
-    s.add_argument("what", nargs="?", default="all", choices=("jars", "minio", "all", "browser", "jvm"))
+    s = add("setup", help="fetch pinned jars from Maven Central, build MinIO (tests: Chromium and actionlint for "
+                          "the tests; jvm: a class archive that cuts every later start, needs the stack)")
+    s.add_argument("what", nargs="?", default="all", choices=("jars", "minio", "all", "browser", "tests", "jvm"))
     s.add_argument("--force", action="store_true", help="jvm: write the class archive again")
     s.set_defaults(func=_cmd_setup)
 

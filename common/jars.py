@@ -1,6 +1,8 @@
-"""Resolve the project's JVM jars from Maven Central once, into a project-local cache.
+"""Resolve the project's JVM jars from Maven Central once, into the user's cache.
 
-Two jar sets are kept under ``<cache>/jars/<name>/``:
+Two jar sets are kept under ``<cache>/jars/<name>-<fingerprint>/`` (``~/.cache/lakehouse`` unless
+``LAKEHOUSE_CACHE_DIR`` says otherwise; the fingerprint is that of the pinned coordinates, so
+clones at other pins keep their own set beside it):
 
 * ``spark`` - Delta, the Kafka connector and hadoop-aws (with their runtime dependencies),
   minus every jar pyspark already ships, put on Spark's classpath (``common.spark.jar_conf``);
@@ -41,7 +43,7 @@ def cache_root() -> Path:
 
 
 def jar_dir(name: str) -> Path:
-    return cache_root() / "jars" / name
+    return cache_root() / "jars" / f"{name}-{_fingerprint(name)}"
 
 
 def _coordinates(name: str) -> list[str]:
@@ -126,17 +128,22 @@ def fetch(name: str, *, quiet: bool = False) -> list[Path]:
         if name == "spark":
             # Spark already has these on its classpath; a second copy can only conflict.
             skip = {_artifact_name(p.name) for p in pyspark_jars_dir().glob("*.jar")}
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
+        # filled beside the target and renamed into place: a clone reading the cache meanwhile
+        # sees the whole set or none
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fresh = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
         kept = []
         for jar in sorted(out.glob("*.jar")):
             if _artifact_name(jar.name) in skip:
                 continue
-            shutil.copy2(jar, target / jar.name)
+            shutil.move(jar, fresh / jar.name)
             kept.append(jar.name)
-    (target / _MANIFEST).write_text(json.dumps(
-        {"coordinates": _coordinates(name), "fingerprint": _fingerprint(name), "jars": kept}, indent=1))
+        (fresh / _MANIFEST).write_text(json.dumps(
+            {"coordinates": _coordinates(name), "fingerprint": _fingerprint(name), "jars": kept}, indent=1))
+        if target.exists():  # a broken set (a jar missing)
+            shutil.rmtree(target)
+        fresh.chmod(0o755)
+        fresh.rename(target)
     return jars(name)
 
 

@@ -374,9 +374,15 @@ TOOLING_VARIABLES = ("LAKEHOUSE_CACHE_DIR", "LAKEHOUSE_MAVEN_URL", "LAKEHOUSE_MA
 
 @dataclass(frozen=True)
 class Tooling:
-    """Where the set-up commands keep and fetch what they download (jars, Maven's repository, the
-    Data Docs' web assets). Read apart from ``Settings``, so ``lakehouse setup jars`` works before
-    the lake is configured."""
+    """Where the set-up commands keep and fetch what they download or build (jars, Maven's
+    repository, the Data Docs' web assets, the Go tools). Read apart from ``Settings``, so
+    ``lakehouse setup jars`` works before the lake is configured.
+
+    ``cache_dir`` (``LAKEHOUSE_CACHE_DIR``, default ``$XDG_CACHE_HOME/lakehouse``, i.e.
+    ``~/.cache/lakehouse``) is the user's cache, shared by every clone like pip's and Maven's:
+    each entry is named after its version, so clones at other pins keep theirs beside it. What is
+    generated for one clone (Spark's conf folder, the JVM's class archive) stays in the clone's
+    ``.cache/`` (``project_cache``)."""
 
     cache_dir: Path
     maven_url: str
@@ -386,10 +392,16 @@ class Tooling:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Tooling":
         env = os.environ if environ is None else environ
-        return cls(cache_dir=Path(env.get("LAKEHOUSE_CACHE_DIR") or PROJECT_ROOT / ".cache").resolve(),
+        xdg = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
+        return cls(cache_dir=Path(env.get("LAKEHOUSE_CACHE_DIR") or Path(xdg) / "lakehouse").resolve(),
                    maven_url=env.get("LAKEHOUSE_MAVEN_URL") or "https://repo.maven.apache.org/maven2",
                    maven_repo=env.get("LAKEHOUSE_MAVEN_REPO") or None,
                    npm_url=env.get("LAKEHOUSE_NPM_URL") or "https://registry.npmjs.org")
+
+
+def project_cache() -> Path:
+    """What is generated for this clone (Spark's conf folder, the JVM's class archive): ``.cache/``."""
+    return PROJECT_ROOT / ".cache"
 
 
 def under_spark_submit() -> bool:

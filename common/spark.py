@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import jars
 from common.errors import SettingsError, SetupError
-from common.settings import Settings, get_settings, under_spark_submit
+from common.settings import Settings, get_settings, project_cache, under_spark_submit
 
 # Static SQL settings: must be fixed before the JVM starts, identical for every entry point.
 STATIC_CONF: dict[str, str] = {
@@ -95,7 +95,7 @@ def runtime_conf(settings: Settings) -> dict[str, str]:
 
 
 def spark_conf_dir() -> Path:
-    return jars.cache_root() / "spark-conf"
+    return project_cache() / "spark-conf"
 
 
 def is_local(master: str) -> bool:
@@ -294,14 +294,14 @@ def class_archive() -> Path:
     for jar in sorted(jars.pyspark_jars_dir().glob("*.jar")) + jars.jars("spark"):
         st = jar.stat() if jar.exists() else None
         h.update(f"{jar}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}\n".encode())
-    return jars.cache_root() / "jvm" / f"classes-{h.hexdigest()[:16]}.jsa"
+    return project_cache() / "jvm" / f"classes-{h.hexdigest()[:16]}.jsa"
 
 
 def _archive_conf_dir() -> Path:
     """spark-submit puts its conf folder on the JVM's classpath, and the JVM maps an archive only
     with no non-empty folder there: the JVMs using the archive get an empty one (this launch sets
     every setting of spark-defaults.conf itself)."""
-    d = jars.cache_root() / "jvm" / "conf"
+    d = project_cache() / "jvm" / "conf"
     d.mkdir(parents=True, exist_ok=True)
     return d
 

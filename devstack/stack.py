@@ -22,8 +22,8 @@ from typing import Callable
 from common import jars, versions
 from common.clients import kafka_admin, minio_client, pid_alive, port_open
 from common.errors import SetupError, StackError
-from common.progress import run_with_heartbeat
 from common.settings import Settings, child_env
+from devstack import gotools
 
 
 @dataclass
@@ -66,7 +66,6 @@ class Stack:
         self.root = Path(settings.stack_dir)
         self.logs = self.root / "logs"
         self.run = self.root / "run"
-        self.bin = self.root / "bin"
 
     # ---- helpers --------------------------------------------------------------------------
     def _pidfile(self, name: str) -> Path:
@@ -99,25 +98,10 @@ class Stack:
     # ---- MinIO ----------------------------------------------------------------------------
     @property
     def minio_binary(self) -> Path:
-        return self.bin / "minio"
+        return gotools.path("minio")
 
     def build_minio(self) -> Path:
-        stamp = self.bin / "minio.version"
-        if self.minio_binary.exists() and stamp.exists() and stamp.read_text() == versions.MINIO_VERSION:
-            return self.minio_binary
-        if shutil.which("go") is None:
-            raise SetupError("Go is not on PATH: install Go >= 1.24 to build MinIO (go install "
-                             f"{versions.MINIO_MODULE}@{versions.MINIO_VERSION})")
-        self.bin.mkdir(parents=True, exist_ok=True)
-        print(f"building MinIO from source ({versions.MINIO_MODULE}@{versions.MINIO_VERSION}); "
-              "the first build takes a few minutes", flush=True)
-        proc = run_with_heartbeat(["go", "install", f"{versions.MINIO_MODULE}@{versions.MINIO_VERSION}"],
-                                  "building MinIO", env=child_env(GOBIN=str(self.bin), CGO_ENABLED="0"))
-        if proc.returncode != 0 or not self.minio_binary.exists():
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise SetupError(f"building MinIO failed ({last}); check Go and access to the Go module proxy")
-        stamp.write_text(versions.MINIO_VERSION)
-        return self.minio_binary
+        return gotools.ensure("minio")
 
     def _minio_health(self) -> bool:
         try:

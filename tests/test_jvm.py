@@ -19,7 +19,7 @@ def test_the_archive_is_named_after_the_jars_and_applies_to_local_jvms_only(base
         jar.write_bytes(b"PK")
     monkeypatch.setattr(S.jars, "jars", lambda name: [jar_a, jar_b])
     name = S.class_archive()
-    assert name.parent == S.jars.cache_root() / "jvm" and name.name.startswith("classes-") and name.suffix == ".jsa"
+    assert name.parent == S.project_cache() / "jvm" and name.name.startswith("classes-") and name.suffix == ".jsa"
     assert S.class_archive() == name
     st = jar_b.stat()
     os.utime(jar_b, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
