@@ -98,14 +98,16 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
     from common.clients import check_reachable
 
     check_reachable(settings)
-    # a caller's session outlives the run and gets the tables by name; a session of its own ends with it
-    callers_session = spark is not None
+    # a missing topic is one line before a JVM starts (12-18 s here), not after
+    topics = [s.removeprefix("kafka:") for stage in stages for f in pipeline.flows(settings, stage)
+              for s in f.sources if s.startswith("kafka:")]
+    if topics:
+        streams.ensure_topics_exist(settings, topics)
+    # (the tables are not registered by name here: a caller that queries them so, the demo, does it)
     if spark is None:
         from common.spark import get_spark
 
         spark = get_spark(settings, app_name="lakehouse-" + "-".join(stages))
-    from common.catalog import register_tables
-
     streams.install_progress_logger(spark, settings)
     events = EventLog(spark, settings) if options.sink == "delta" else None
     one_shot = options.trigger.kind in ("availableNow", "once")
@@ -120,8 +122,6 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
                 streams.await_all(spark, queries)
         if not one_shot:
             streams.await_all(spark, started)
-        elif callers_session:
-            register_tables(spark, settings)
     finally:
         # every query this run started, also those of a stage that failed half-way through starting
         for q in started + list(spark.streams.active):

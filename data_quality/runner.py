@@ -88,8 +88,8 @@ def validate(spark, settings: Settings, layers=ORDER, docs: bool = True) -> list
 
 def _validate(spark, settings: Settings, layers, docs: bool) -> list[Check]:
     import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.data_context.types.resource_identifiers import ExpectationSuiteIdentifier
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network calls from CI
     register_tables(spark, settings)
@@ -97,6 +97,7 @@ def _validate(spark, settings: Settings, layers, docs: bool) -> list[Check]:
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_or_update_spark(name="lake")
     checks: list[Check] = []
+    rendered: list = []  # this run's results and their suites: Data Docs renders them once, at the end
     for layer in layers:
         for ts in LAYERS[layer](settings):
             label = f"{ts.layer}.{ts.table}" + (" (reconciliation)" if layer == "reconciliation" else "")
@@ -118,17 +119,21 @@ def _validate(spark, settings: Settings, layers, docs: bool) -> list[Check]:
             vd = context.validation_definitions.add_or_update(
                 gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
             cp = context.checkpoints.add_or_update(gx.Checkpoint(
-                name=name, validation_definitions=[vd], result_format={"result_format": "COMPLETE"},
-                actions=[UpdateDataDocsAction(name="docs")] if docs else []))
+                name=name, validation_definitions=[vd], result_format={"result_format": "COMPLETE"}, actions=[]))
             kpi = kpi_named(ts.table) if ts.layer == "gold" else None  # a KPI: its rows, not its partial rows
             df = read_kpi(spark, path, kpi) if kpi else spark.read.format("delta").load(path)
             result = cp.run(batch_parameters={"dataframe": df})
-            for run_result in result.run_results.values():
+            for result_id, run_result in result.run_results.items():
+                rendered += [result_id, ExpectationSuiteIdentifier(name=run_result.suite_name)]
                 for res in run_result.results:
                     observed, bad = _observed(res)
                     if not res.success and observed == "-":
                         observed = f"error: {_exception(res.exception_info)}"
                     checks.append(Check(label, _describe(res.expectation_config), bool(res.success), observed, bad))
+    if docs and rendered:
+        # one build for the run (as UpdateDataDocsAction does per checkpoint: this run's pages and the
+        # index; an action per table rebuilt the index once per table)
+        context.build_data_docs(resource_identifiers=rendered)
     if docs and docs_index().exists():  # styled and interactive offline too
         from data_quality.docs_assets import localize
 

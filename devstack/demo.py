@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from common import customers
+from common.catalog import register_tables
 from devstack.generator import GenOptions, produce
 from common.runner import STAGES, run
 from common.settings import Settings
@@ -74,13 +75,14 @@ def demo(settings: Settings, count: int = 2000) -> int:
     _step("run bronze -> silver -> gold with trigger availableNow (one app, each query its own checkpoint)")
     t1 = time.monotonic()
     run(STAGES, settings, "availableNow", spark=spark)
-    print(f"pipeline took {time.monotonic() - t1:.0f}s")  # run() registered the tables by name
+    print(f"pipeline took {time.monotonic() - t1:.0f}s")
     _step("one more micro-batch: 200 records per topic, 20% of them sent 10 minutes late (behind the "
           "watermark the first batch set)")
     produce(settings, GenOptions(topics=settings.source_topics, count=200, seed=int(time.time()) + 1,
                                  start_time=now - timedelta(minutes=2), event_spacing=0.3, late_pct=20,
                                  late_by=600, ledger=ledger))
     run(STAGES, settings, "availableNow", spark=spark)
+    register_tables(spark, settings)  # the queries below name them, as `lakehouse sql` does
     for title, query in queries(settings):
         _step(title)
         print(f'lakehouse sql "{query}"')

@@ -101,6 +101,7 @@ def _train(archive: Path) -> None:
     from pyspark import SparkContext
 
     from common import customers
+    from common.catalog import register_tables
     from common.runner import STAGES, run
     from common.spark import get_spark
     from devstack.demo import queries
@@ -115,6 +116,7 @@ def _train(archive: Path) -> None:
     spark = get_spark(settings, app_name="lakehouse-setup-jvm", write_class_archive=archive)
     customers.load(spark, settings)
     run(STAGES, settings, "availableNow", spark=spark)
+    register_tables(spark, settings)
     for _, query in queries(settings):
         spark.sql(query).collect()
     spark.stop()
