@@ -11,19 +11,12 @@ export PYSPARK_PYTHON := $(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup stack-up stack-down stack-status jvm demo test test-unit test-reliability bench bench-p2 soak clean
+.PHONY: setup stack-up stack-down stack-status jvm demo test-setup test test-unit test-reliability bench bench-p2 soak clean
 
-$(VENV)/.installed: pyproject.toml
-	@echo "==> virtualenv + pinned Python packages (about a minute on a fresh machine)"
-	$(PYTHON) -m venv $(VENV)
-	@$(BIN)/pip install -q --disable-pip-version-check -e ".[test]" & pid=$$!; \
-	  while sleep 15 && kill -0 $$pid 2>/dev/null; do echo "  ... still installing ($$SECONDS s)"; done; \
-	  wait $$pid
-	@touch $@
-
-setup: $(VENV)/.installed
-	@echo "==> jars from Maven Central (cached in .cache/), MinIO built from source (.stack/bin)"
-	@lakehouse setup all
+# The virtualenv, the jars and the MinIO build, side by side with one progress display
+# (devstack/bootstrap.py, the machine's Python alone); each a no-op once current.
+setup:
+	@$(PYTHON) -m devstack.bootstrap
 
 stack-up: setup
 	lakehouse stack up
@@ -44,10 +37,18 @@ jvm: stack-up
 demo: setup
 	@lakehouse demo
 
-# CI runs this: everything but the long fault scenarios (see README, "Tests").
-test: jvm
-	@lakehouse setup browser
-	pytest -q -m "not slow" --durations=20
+# Everything the tests need before the first one runs (CI times it apart from the tests).
+test-setup: jvm
+	@lakehouse setup tests
+
+# CI runs this: everything but the long fault scenarios (see README, "Tests"), on WORKERS pytest
+# workers side by side (pytest-xdist; the tests that share GX's folder on one of them). Every
+# test's duration goes to reports/junit.xml (`python -m tests.durations` summarises it);
+# DURATIONS=0 prints them all.
+DURATIONS ?= 20
+WORKERS ?= 2
+test: test-setup
+	pytest -q -m "not slow" -n $(WORKERS) --dist loadgroup --durations=$(DURATIONS) --junitxml=reports/junit.xml
 
 # The whole fault-injection suite (tests/reliability), the long scenarios included.
 test-reliability: jvm

@@ -73,3 +73,25 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if "KEY" not in k:
             env[k] = str(v)
     return env
+
+
+@pytest.fixture(scope="session")
+def pipeline_lake(base_settings, stack, spark, tmp_path_factory) -> Settings:
+    """A lake the whole pipeline filled once, for the tests that only read it (compute once, assert
+    many): the data-quality suites and the dashboard, which share a worker of make test (GX's one
+    folder). 300 records per topic with duplicates, late and malformed records, over the last 10
+    minutes of event time (2 s apart: every chart has several minutes to draw), customers loaded.
+    A test that changes a lake makes its own (``lake``)."""
+    from datetime import datetime, timedelta, timezone
+
+    from common import customers
+    from common.runner import run
+    from tests.helpers import produce_to
+
+    settings = isolated_settings(base_settings, "pipeline-lake")
+    customers.load(spark, settings)
+    produce_to(settings, tmp_path_factory.mktemp("pipeline-lake") / "ledger.jsonl", 300, seed=51,
+               duplicate_pct=10, late_pct=5, malformed_pct=5, event_spacing=2.0,
+               start_time=datetime.now(timezone.utc) - timedelta(minutes=10))
+    run(("bronze", "silver", "gold"), settings, "availableNow", spark=spark)
+    return settings

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import signal
 import subprocess
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 from devstack.generator import GenOptions, produce, read_ledger
@@ -50,7 +54,106 @@ def run_stage_to_completion(settings: Settings, stage: str, log: Path, timeout: 
     assert rc == 0, log.read_text()[-3000:]
 
 
-__all__ = ["produce_to", "delta_count", "start_stage_process", "kill_hard", "run_stage_to_completion", "wait_until"]
+def read_topic(settings: Settings, topic: str, timeout: float = 60) -> list:
+    """Every record of ``topic`` now in Kafka, read up to the partitions' end offsets taken at the
+    start (no idle timeout to wait out: the read ends when the last offset is in)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        assert parts, f"topic {topic} has no partitions"
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        records: list = []
+        wait_until(lambda: records.extend(r for batch in consumer.poll(timeout_ms=500).values() for r in batch)
+                   or all(consumer.position(tp) >= end[tp] for tp in parts), timeout, f"the records of {topic}")
+        return records
+    finally:
+        consumer.close()
+
+
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def _as_a_process_would(stdin: str):
+    """What a fresh ``python -m common.cli`` has that a test does not: Python's default warning
+    filters, its warnings printed on stderr (pytest records them instead), a root logger without
+    pytest's handlers (so the command's own logging set-up writes to stderr, as it would), and a
+    standard input that is not a terminal (here: ``stdin``'s text). All restored afterwards."""
+    import logging
+
+    from common.runner import _QUIET_LOGGERS
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    root = logging.getLogger()
+    saved_root = (root.handlers[:], root.level)
+    saved_levels = {n: logging.getLogger(n).level for n in (*_QUIET_LOGGERS, "py4j")}
+    saved_stdin = sys.stdin
+    with warnings.catch_warnings():
+        warnings.resetwarnings()
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        warnings.showwarning = show
+        sys.stdin = io.StringIO(stdin)
+        root.handlers = []
+        try:
+            yield
+        finally:
+            sys.stdin = saved_stdin
+            root.handlers, root.level = saved_root
+            for name, level in saved_levels.items():
+                logging.getLogger(name).setLevel(level)
+
+
+def lakehouse(settings: Settings, *args: str, capfd, env: dict[str, str] | None = None, stdin: str = "") -> CliResult:
+    """``lakehouse <args>`` run in this process (``common.cli.main``) with ``settings`` (and ``env``)
+    as its environment, its output captured at the file descriptors (the JVM's forwarded stderr
+    included): the command's own code, parsing and output, served by the test session's Spark
+    instead of a JVM of its own (12-18 s each here). Tests about the process itself (its start-up
+    output, an exit under a signal, spark-submit) start a real one (``lakehouse_process``)."""
+    from common import settings as settings_module
+    from common.cli import main
+
+    values = {k: v for k, v in settings_env(settings).items() if k.startswith("LAKEHOUSE_")}
+    values.update(env or {})
+    saved = {k: os.environ.get(k) for k in [*values, "LAKEHOUSE_LOG_LEVEL"]}
+    capfd.readouterr()  # what ran before is not this command's output
+    os.environ.update(values)
+    settings_module._cached = None
+    try:
+        with _as_a_process_would(stdin):
+            code = main(list(args))
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code if isinstance(e.code, int) else 2
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        settings_module._cached = None
+    out, err = capfd.readouterr()
+    return CliResult(code, out, err)
+
+
+def lakehouse_process(settings: Settings, *args: str, env: dict[str, str] | None = None,
+                      timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """``lakehouse <args>`` as a user's shell runs it: a process of its own (and a JVM of its own)."""
+    return subprocess.run([sys.executable, "-m", "common.cli", *args], env={**settings_env(settings), **(env or {})},
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+__all__ = ["produce_to", "delta_count", "start_stage_process", "kill_hard", "run_stage_to_completion", "wait_until",
+           "lakehouse", "lakehouse_process", "CliResult", "read_topic"]
 
 
 def user_lines(stderr: str) -> list[str]:

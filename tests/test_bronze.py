@@ -12,7 +12,6 @@ from tests.helpers import (
     delta_count,
     kill_hard,
     produce_to,
-    run_stage_to_completion,
     start_stage_process,
     wait_until,
 )
@@ -60,7 +59,7 @@ def test_bronze_sigkill_mid_run_loses_and_repeats_nothing(spark, lake, tmp_path)
     finally:
         kill_hard(proc)
     ledger = produce_to(lake, ledger_path, 100)
-    run_stage_to_completion(lake, "bronze", tmp_path / "bronze2.log")
+    run(("bronze",), lake, "availableNow", spark=spark)  # the restart, in this process
     got = _coords(spark, lake)
     expected = _ledger_coords(ledger)
     assert set(got) == set(expected)  # no offset missing, none duplicated (_coords asserts uniqueness)

@@ -13,17 +13,15 @@ import sys
 
 import pytest
 
-from common import customers
 from common.catalog import register_tables
 from common.clients import port_open
-from common.runner import run
 from data_quality.runner import record, validate
 from devstack.browser import ensure_browser
 from devstack.stack import wait_until
 from tests.conftest import ROOT, settings_env
-from tests.helpers import produce_to
 
-pytestmark = pytest.mark.stack
+# GX keeps its suites and Data Docs in one folder (.gx/): its users share one worker of make test
+pytestmark = [pytest.mark.stack, pytest.mark.xdist_group("gx")]
 CHARTS = 10  # sales, revenue, log levels, hosts, segments; rows/s, duration, behind, latency, late/quarantined
 # a chart's data marks: Vega draws SVG here, one path per line series or bar (axes and legends
 # are other groups)
@@ -38,15 +36,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_dashboard_shows_gold_and_health_in_a_browser(spark, lake, tmp_path):
+def test_dashboard_shows_gold_and_health_in_a_browser(spark, pipeline_lake, tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    customers.load(spark, lake)
-    produce_to(lake, tmp_path / "ledger.jsonl", 240, seed=31, event_spacing=2.0, malformed_pct=5)  # 8 minutes
-    run(("bronze", "silver", "gold"), lake, "availableNow", spark=spark)
+    lake = pipeline_lake  # filled once by the pipeline (10 minutes of event time), shared with the dq tests
     record(spark, lake, validate(spark, lake, layers=("bronze",), docs=False))
     register_tables(spark, lake)
     expected = {r.product_name: r.ca_total for r in spark.sql(

@@ -3,32 +3,18 @@ and agree with silver's in-stream verdicts (one rule declaration, three enforcem
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 from pyspark.sql import functions as F
 
-from common import customers
-from common.runner import run
 from data_quality.runner import report, validate
 from silver import transforms as T
 from silver.rules import rules_for
-from tests.conftest import ROOT, isolated_settings, settings_env
-from tests.helpers import produce_to
+from tests.conftest import isolated_settings
+from tests.helpers import lakehouse
 from tests.test_silver_transforms import _bronze, _item, order
 
-pytestmark = pytest.mark.stack
-
-
-@pytest.fixture(scope="module")
-def pipeline_lake(base_settings, stack, spark, tmp_path_factory):
-    settings = isolated_settings(base_settings, "dq-pipeline")
-    customers.load(spark, settings)
-    produce_to(settings, tmp_path_factory.mktemp("dq") / "ledger.jsonl", 300, seed=51,
-               duplicate_pct=10, late_pct=5, malformed_pct=5)
-    run(("bronze", "silver", "gold"), settings, "availableNow", spark=spark)
-    return settings
+# GX keeps its suites and Data Docs in one folder (.gx/): its users share one worker of make test
+pytestmark = [pytest.mark.stack, pytest.mark.xdist_group("gx")]
 
 
 def test_all_suites_pass_on_pipeline_output(spark, pipeline_lake):
@@ -82,16 +68,15 @@ def _corrupt_copy(spark, src, base_settings, name, layer, table, bad_rows_sql):
      "nb_commandes, total_ventes, max_commande FROM src LIMIT 1", "window_end > window_start"),
 ])
 def test_each_suite_fails_on_a_targeted_corruption(spark, base_settings, pipeline_lake, layer, table, bad_sql,
-                                                   expectation):
+                                                   expectation, capfd):
     bad = _corrupt_copy(spark, pipeline_lake, base_settings, f"dq-bad-{layer}", layer, table, bad_sql)
     label = f"{layer}.{_table_name(bad, layer, table)}"
     checks = [c for c in validate(spark, bad, layers=(layer,), docs=False) if c.table == label]
     failed = [c for c in checks if not c.success]
     assert failed and all(expectation in c.expectation for c in failed), report(checks, 0)
     assert failed[0].bad_rows  # the report shows the offending rows
-    # the runner: non-zero exit, a line naming the expectation, and the bad row
-    proc = subprocess.run([sys.executable, "-m", "common.cli", "dq", "--layer", layer], env=settings_env(bad),
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    # the command: non-zero exit, a line naming the expectation, and the bad row
+    proc = lakehouse(bad, "dq", "--layer", layer, capfd=capfd)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "FAIL" in proc.stdout and expectation in proc.stdout and "bad row:" in proc.stdout
 

@@ -1,5 +1,8 @@
 """What a user sees when something is wrong: one line on stderr naming the setting (or the table they
-meant), a non-zero exit, never a secret, never a stack trace. Each case runs the CLI as a user would."""
+meant), a non-zero exit, never a secret, never a stack trace. The cases that fail before Spark starts
+run the CLI as a user would, a process each (a second or two: no JVM); those that need Spark run its
+code in this process (``tests.helpers.lakehouse``), but one that checks a JVM's start-up prints
+nothing a user must read."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT, settings_env
+from tests.helpers import lakehouse as in_process
 from tests.helpers import user_lines
 
 WRONG_SECRET = "not-the-secret-4f2b9c"
@@ -21,7 +25,7 @@ def lakehouse(env: dict, *args: str, timeout: float = 300) -> subprocess.Complet
                           capture_output=True, text=True, timeout=timeout)
 
 
-def assert_one_line_error(proc: subprocess.CompletedProcess, *expected: str, secret: str | None = None) -> None:
+def assert_one_line_error(proc, *expected: str, secret: str | None = None) -> None:
     lines = user_lines(proc.stderr)
     assert proc.returncode != 0, proc.stdout + proc.stderr
     assert 1 <= len(lines) <= 2, proc.stderr[-3000:]
@@ -64,11 +68,12 @@ def test_kafka_listener_that_refuses_is_one_line(lake, args):
     assert_one_line_error(lakehouse(env, *args), "LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS")
 
 
-def test_unknown_table_suggests_the_closest_names_without_a_java_stack(spark, lake):
+def test_unknown_table_suggests_the_closest_names_without_a_java_stack(spark, lake, capfd):
     spark.createDataFrame([(1,)], "n INT").write.format("delta").save(lake.table_path("silver", "orders"))
-    proc = lakehouse(settings_env(lake), "sql", "SELECT * FROM silver.order")
+    proc = in_process(lake, "sql", "SELECT * FROM silver.order", capfd=capfd)
     assert_one_line_error(proc, "silver.order does not exist", "did you mean silver.orders?")
     assert len(proc.stderr) < 400, proc.stderr
+    # a process of its own: a JVM's start-up prints nothing a user must read either
     ok = lakehouse(settings_env(lake), "sql", "SELECT count(*) AS n FROM silver.orders", "--format", "json")
     assert ok.returncode == 0 and user_lines(ok.stderr) == [], ok.stderr[-3000:]
     assert '"n": 1' in ok.stdout, ok.stdout
@@ -81,13 +86,14 @@ def test_verbose_brings_the_trace_back(lake):
     assert WRONG_SECRET not in proc.stdout + proc.stderr
 
 
-def test_dq_prints_its_summary_first_and_no_library_noise(spark, lake, tmp_path):
+@pytest.mark.xdist_group("gx")  # GX's one folder (.gx/): with the other tests that use it
+def test_dq_prints_its_summary_first_and_no_library_noise(spark, lake, tmp_path, capfd):
     from common.runner import run
     from tests.helpers import produce_to
 
     produce_to(lake, tmp_path / "ledger.jsonl", 20, seed=3)
     run(("bronze",), lake, "availableNow", spark=spark)
-    proc = lakehouse(settings_env(lake), "dq", "--layer", "bronze")
+    proc = in_process(lake, "dq", "--layer", "bronze", capfd=capfd)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[0].split() == ["TABLE", "EXPECTATIONS", "PASSED", "FAILED"]

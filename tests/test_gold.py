@@ -6,11 +6,8 @@ import io
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
-from kafka import KafkaConsumer
 
 from common import customers, pipeline
 from common.clients import minio_client
@@ -18,12 +15,12 @@ from common.native import NativeLake
 from common.runner import run
 from gold.transforms import TVA_RATE
 from tests.checks import HALF_CENT, check_gold, check_late
-from tests.conftest import ROOT, settings_env
 from tests.helpers import (
     delta_count,
     kill_hard,
+    lakehouse,
     produce_to,
-    run_stage_to_completion,
+    read_topic,
     start_stage_process,
     wait_until,
 )
@@ -69,14 +66,11 @@ def test_gold_equals_recomputation_and_enrichment_follows_customer_updates(spark
             assert not r.customer_known and r.nom is None
 
     # publication: every valid order on commandes-enrichies with its TVA (at-least-once: dedupe by order_id)
-    consumer = KafkaConsumer(lake.topic_enriched, bootstrap_servers=lake.kafka_bootstrap_servers,
-                             auto_offset_reset="earliest", consumer_timeout_ms=10000)
     published = {}
-    for m in consumer:
+    for m in read_topic(lake, lake.topic_enriched):
         v = json.loads(m.value)
         assert m.key.decode() == v["customer_id"]
         published[v["order_id"]] = v
-    consumer.close()
     assert set(published) == set(valid)
     for oid, v in published.items():
         assert v["tva"] == pytest.approx(valid[oid]["total"] * TVA_RATE, abs=HALF_CENT)
@@ -98,11 +92,11 @@ def test_gold_sigkill_replay_counts_nothing_twice(spark, lake, tmp_path):
         kill_hard(proc)
     ledger = produce_to(lake, ledger_path, 100, seed=33, **FAULTS)
     run(("bronze", "silver"), lake, "availableNow", spark=spark)
-    run_stage_to_completion(lake, "gold", tmp_path / "gold2.log")
+    run(("gold",), lake, "availableNow", spark=spark)  # the restart, in this process
     check_gold(spark, lake, ledger)
 
 
-def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake, tmp_path):
+def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake, tmp_path, capfd):
     customers.load(spark, lake)
     produce_to(lake, tmp_path / "ledger.jsonl", 100, seed=41)
     proc = start_stage_process(lake, "all", "processingTime=2 seconds", tmp_path / "all.log")
@@ -110,9 +104,9 @@ def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake
         path = lake.table_path("gold", "customer_order_kpis")
         wait_until(lambda: delta_count(spark, path) > 0 or proc.poll() is not None, 400, "run all to reach gold")
         assert proc.poll() is None, (tmp_path / "all.log").read_text()[-3000:]
-        sql = subprocess.run([sys.executable, "-m", "common.cli", "sql", "--format", "json",
-                              "SELECT count(*) AS n FROM gold.customer_order_kpis"],
-                             env=settings_env(lake), cwd=ROOT, capture_output=True, text=True, timeout=300)
+        # this test's process is the second one: `lakehouse sql` in it, while run all writes
+        sql = lakehouse(lake, "sql", "--format", "json", "SELECT count(*) AS n FROM gold.customer_order_kpis",
+                        capfd=capfd)
         assert sql.returncode == 0, sql.stderr[-2000:]
         assert json.loads(sql.stdout.strip().splitlines()[-1])["n"] >= 1
         log = (tmp_path / "all.log").read_text()
@@ -135,7 +129,7 @@ def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake
             (flow.name, (tmp_path / "all.log").read_text()[-3000:])
 
 
-def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark, lake, tmp_path):
+def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark, lake, tmp_path, capfd):
     """A checkpoint offset file that is whole but names no real offsets (the start-up guard,
     ``checkpoints.check_readable``, passes it) makes one of gold's queries fail once running: the
     app reports it and stops all."""
@@ -150,14 +144,8 @@ def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark
     sources = len(pipeline.flow(lake, "gold_kpis").sources)
     broken = b"v1\n{}" + b'\n{"bogus":1}' * sources
     client.put_object(lake.bucket, last, io.BytesIO(broken), len(broken))
-    log = tmp_path / "gold.log"
-    proc = start_stage_process(lake, "gold", "processingTime=1 second", log)
-    try:
-        rc = proc.wait(timeout=300)
-    finally:
-        if proc.poll() is None:
-            kill_hard(proc)
-    text = log.read_text()
-    assert rc == 1, text[-3000:]
+    proc = lakehouse(lake, "run", "gold", "--trigger", "processingTime=1 second", capfd=capfd)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1, text[-3000:]
     assert "error: query gold_kpis failed: " in text, text[-3000:]
     assert text.count("  started ") == len(pipeline.flows(lake, "gold"))  # the others had started, and were stopped

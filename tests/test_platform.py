@@ -10,42 +10,57 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 
 from common import jars
 from common.clients import minio_client, port_open
 from devstack.stack import Stack, wait_until
 from tests.conftest import ROOT, settings_env
+from tests.helpers import read_topic
 
 pytestmark = pytest.mark.stack
 
 
-def test_stack_restart_keeps_data(base_settings, stack, lake):
-    topic = lake.topic_orders
-    producer = KafkaProducer(bootstrap_servers=lake.kafka_bootstrap_servers)
-    producer.send(topic, key=b"k", value=b"before-restart").get(timeout=10)
-    producer.close()
-    client = minio_client(lake)
-    obj = f"tests/marker-{uuid.uuid4().hex}"
-    import io
+def _free_port() -> int:
+    import socket
 
-    client.put_object(lake.bucket, obj, io.BytesIO(b"kept"), 4)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    assert all(s.healthy for s in stack.status())
-    stopped = stack.down()
-    assert set(stopped) == {"kafka", "minio"}
-    assert not any(s.pid for s in stack.status())
-    assert not port_open("127.0.0.1", lake.kafka_port)
-    stack.up()
-    stack.up()  # idempotent: nothing started twice
-    assert all(s.healthy for s in stack.status())
 
-    assert client.get_object(lake.bucket, obj).read() == b"kept"
-    consumer = KafkaConsumer(topic, bootstrap_servers=lake.kafka_bootstrap_servers,
-                             auto_offset_reset="earliest", consumer_timeout_ms=10000)
-    values = [m.value for m in consumer]
-    consumer.close()
-    assert values == [b"before-restart"]
+def test_stack_restart_keeps_data(lake, tmp_path):
+    """A stack of its own (its folder and free ports): the shared stack serves the other tests,
+    which may be running meanwhile (make test runs them side by side)."""
+    kafka_port, s3_port = _free_port(), _free_port()
+    own = lake.with_overrides(stack_dir=str(tmp_path / "stack"), kafka_bootstrap_servers=f"127.0.0.1:{kafka_port}",
+                              kafka_controller_port=_free_port(), s3_endpoint=f"http://127.0.0.1:{s3_port}",
+                              minio_console_port=_free_port())
+    stack = Stack(own)
+    try:
+        assert all(s.healthy for s in stack.up())
+        topic = own.topic_orders
+        producer = KafkaProducer(bootstrap_servers=own.kafka_bootstrap_servers)
+        producer.send(topic, key=b"k", value=b"before-restart").get(timeout=10)
+        producer.close()
+        client = minio_client(own)
+        obj = f"tests/marker-{uuid.uuid4().hex}"
+        import io
+
+        client.put_object(own.bucket, obj, io.BytesIO(b"kept"), 4)
+
+        stopped = stack.down()
+        assert set(stopped) == {"kafka", "minio"}
+        assert not any(s.pid for s in stack.status())
+        assert not port_open("127.0.0.1", kafka_port) and not port_open("127.0.0.1", s3_port)
+        stack.up()
+        stack.up()  # idempotent: nothing started twice
+        assert all(s.healthy for s in stack.status())
+
+        assert client.get_object(own.bucket, obj).read() == b"kept"
+        assert [m.value for m in read_topic(own, topic)] == [b"before-restart"]
+    finally:
+        stack.down()
 
 
 def test_port_in_use_is_one_line(base_settings, stack, tmp_path):

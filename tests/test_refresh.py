@@ -4,9 +4,6 @@ the versions before the refresh stay readable by time travel; a running query bl
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from common import customers, pipeline
@@ -16,8 +13,7 @@ from common.settings import Settings
 from devstack.stack import wait_until
 from gold.transforms import KPIS
 from silver import rules
-from tests.conftest import ROOT, settings_env
-from tests.helpers import delta_count, kill_hard, produce_to, start_stage_process
+from tests.helpers import delta_count, kill_hard, lakehouse, produce_to, start_stage_process
 
 pytestmark = pytest.mark.stack
 STAGES = ("bronze", "silver", "gold")
@@ -89,9 +85,8 @@ def _leased(spark, settings: Settings) -> bool:
     return any(live_owner(spark, f.checkpoint) for f in pipeline.graph(settings) if f.stage == "gold")
 
 
-def test_refresh_cli_says_what_it_will_do_and_needs_confirmation(lake):
-    proc = subprocess.run([sys.executable, "-m", "common.cli", "refresh", "gold"], env=settings_env(lake), cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+def test_refresh_cli_says_what_it_will_do_and_needs_confirmation(lake, capfd):
+    proc = lakehouse(lake, "refresh", "gold", capfd=capfd)  # (its standard input is not a terminal)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "refresh gold: queries gold_orders, gold_kpis start again" in proc.stdout
     assert "again: its consumers see those messages twice" in proc.stdout

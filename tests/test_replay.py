@@ -4,15 +4,12 @@ that bronze lacked, from offsets the rest; nothing is ever in bronze twice."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from bronze.job import replay
 from common.runner import run
-from tests.conftest import ROOT, settings_env
-from tests.helpers import produce_to
+from tests.helpers import lakehouse, produce_to
 
 pytestmark = pytest.mark.stack
 
@@ -21,7 +18,7 @@ def _coords(spark, path: str) -> list[tuple]:
     return sorted((r.partition, r.offset) for r in spark.read.format("delta").load(path).collect())
 
 
-def test_replay_adds_exactly_what_bronze_lacks(spark, lake, tmp_path):
+def test_replay_adds_exactly_what_bronze_lacks(spark, lake, tmp_path, capfd):
     topic = lake.topic_orders
     ledger = produce_to(lake, tmp_path / "ledger.jsonl", 90, seed=9, topics=[topic])
     run(("bronze",), lake, "availableNow", spark=spark)
@@ -41,8 +38,7 @@ def test_replay_adds_exactly_what_bronze_lacks(spark, lake, tmp_path):
     assert len(_coords(spark, path)) == len(set(_coords(spark, path)))  # nothing twice
 
     start = {topic: {str(p): 0 for p in {c[0] for c in every}}}
-    proc = subprocess.run([sys.executable, "-m", "common.cli", "replay", "bronze", "--from-offsets", json.dumps(start)],
-                          env=settings_env(lake), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = lakehouse(lake, "replay", "bronze", "--from-offsets", json.dumps(start), capfd=capfd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"{topic}: 90 records in Kafka from that point; appended {len(lost - after)} that bronze lacked" \
         in proc.stdout

@@ -15,13 +15,13 @@ import pytest
 from common.clients import port_open
 from devstack.stack import wait_until
 from tests.conftest import ROOT, settings_env
-from tests.helpers import kill_hard
+from tests.helpers import kill_hard, lakehouse
 
 pytestmark = pytest.mark.stack
 QUERY = "SELECT customer_id, nb_commandes FROM gold.customer_order_kpis ORDER BY customer_id"
 
 
-def test_sql_cli_spark_sql_shell_and_thrift_server_return_the_same_rows(spark, lake, tmp_path):
+def test_sql_cli_spark_sql_shell_and_thrift_server_return_the_same_rows(spark, lake, tmp_path, capfd):
     rows = [("CUST-001", 3), ("CUST-002", 1), ("CUST-007", 12)]
     # the KPI's table holds partial rows (CUST-001's window in two micro-batches); gold.<kpi> combines them
     partials = [("CUST-001", 2, 10.0), ("CUST-001", 1, 5.5), ("CUST-002", 1, 1.0), ("CUST-007", 12, 99.0)]
@@ -29,8 +29,7 @@ def test_sql_cli_spark_sql_shell_and_thrift_server_return_the_same_rows(spark, l
      .selectExpr("TIMESTAMP '2026-01-18 10:00:00' AS window_start", "TIMESTAMP '2026-01-18 10:02:00' AS window_end",
                  "customer_id", "nb_commandes", "total AS total_ventes", "total AS max_commande")
      .write.format("delta").save(lake.table_path("gold", "customer_order_kpis")))
-    cli = subprocess.run([sys.executable, "-m", "common.cli", "sql", "--format", "csv", QUERY],
-                         env=settings_env(lake), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    cli = lakehouse(lake, "sql", "--format", "csv", QUERY, capfd=capfd)  # (in this process: its JVM is not the point)
     assert cli.returncode == 0, cli.stderr[-2000:]
     via_cli = [(r[0], int(r[1])) for r in list(csv.reader(io.StringIO(cli.stdout)))[1:]]
     assert via_cli == rows

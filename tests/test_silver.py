@@ -15,7 +15,6 @@ from tests.helpers import (
     delta_count,
     kill_hard,
     produce_to,
-    run_stage_to_completion,
     start_stage_process,
     wait_until,
 )
@@ -63,7 +62,7 @@ def test_silver_sigkill_restart_keeps_identity(spark, lake, tmp_path):
         kill_hard(proc)
     ledger = produce_to(lake, ledger_path, 100, seed=8, **FAULTS)
     run(("bronze",), lake, "availableNow", spark=spark)
-    run_stage_to_completion(lake, "silver", tmp_path / "silver2.log")
+    run(("silver",), lake, "availableNow", spark=spark)  # the restart, in this process
     check_silver_against_ledger(spark, lake, ledger)
 
 
@@ -100,12 +99,13 @@ def test_a_copy_on_time_by_event_time_is_dropped_though_a_shorter_delay_moved_th
         spark, lake, tmp_path):
     """Silver's three dedup operators are evicted by one watermark, the greatest of theirs. With
     each at its own delay, the shortest (metrics, 1 s here) set it, and an order's key went after
-    60 + 1 s of processing: a copy sent later, still on time by event time (the orders' watermark
+    40 + 1 s of processing: a copy sent later, still on time by event time (the orders' watermark
     had not moved), landed in silver.orders twice (the hour-long soak found 11). Each key now
-    lives 2 x its source's delay (``silver.transforms.dedupe``)."""
+    lives 2 x its source's delay (``silver.transforms.dedupe``). (The orders' delay is 40 s, not
+    the default 5 minutes, so that the test waits 45 s of processing time; it was 60 s before.)"""
     from kafka import KafkaProducer
 
-    settings = lake.with_overrides(watermark_orders="60 seconds", watermark_logs="1 second",
+    settings = lake.with_overrides(watermark_orders="40 seconds", watermark_logs="1 second",
                                    watermark_metrics="1 second")
     ledger_path = tmp_path / "ledger.jsonl"
     start = datetime(2026, 1, 18, 10, 0, tzinfo=timezone.utc)
@@ -115,10 +115,10 @@ def test_a_copy_on_time_by_event_time_is_dropped_though_a_shorter_delay_moved_th
     produce_to(settings, ledger_path, 5, seed=6, topics=(settings.topic_logs, settings.topic_metrics),
                start_time=start + timedelta(seconds=30), event_spacing=1.0)  # after batch 0's: none late
     run(("bronze",), settings, "availableNow", spark=spark)
-    wait_until(lambda: time.time() > t0 + 75, 120, "75 s of processing time after silver's first batch")
+    wait_until(lambda: time.time() > t0 + 45, 120, "45 s of processing time after silver's first batch")
     run(("silver",), settings, "availableNow", spark=spark)              # batch 1: logs and metrics
     gap = _batch_time(spark, settings, 1) - t0
-    assert 61 < gap < 120, gap  # past 60 + 1 s (the keys' old lifetime), within 2 x 60 s (the new one)
+    assert 41 < gap < 80, gap  # past 40 + 1 s (the keys' old lifetime), within 2 x 40 s (the new one)
     ledger = produce_to(settings, ledger_path, 5, seed=7, topics=(settings.topic_logs,),
                         start_time=start + timedelta(seconds=40), event_spacing=1.0)
     run(("bronze", "silver"), settings, "availableNow", spark=spark)     # batch 2 evicts by batch 1's watermark

@@ -5,8 +5,6 @@ equals a count recomputed from the ledger."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
@@ -15,8 +13,7 @@ import pytest
 from common import customers
 from common.runner import run
 from common.trace import trace_kafka, trace_order
-from tests.conftest import ROOT, settings_env
-from tests.helpers import produce_to, user_lines
+from tests.helpers import lakehouse, produce_to, user_lines
 
 pytestmark = pytest.mark.stack
 T0 = datetime(2026, 1, 18, 10, 0, tzinfo=timezone.utc)
@@ -35,7 +32,7 @@ def _event_time(rec: dict) -> datetime:
     return datetime.fromisoformat(json.loads(rec["value"])["timestamp"]).replace(tzinfo=timezone.utc)
 
 
-def test_trace_follows_valid_duplicate_quarantined_and_late_records(spark, lake, tmp_path):
+def test_trace_follows_valid_duplicate_quarantined_and_late_records(spark, lake, tmp_path, capfd):
     customers.load(spark, lake)
     ledger_path = tmp_path / "ledger.jsonl"
     orders = (lake.topic_orders,)
@@ -84,8 +81,7 @@ def test_trace_follows_valid_duplicate_quarantined_and_late_records(spark, lake,
     assert not any(s["step"].startswith("gold.") for s in steps)
 
     late = next(r for r in ledger if r["fault"] == "late")
-    proc = subprocess.run([sys.executable, "-m", "common.cli", "trace", "order", str(late["order_id"])],
-                          env=settings_env(lake), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = lakehouse(lake, "trace", "order", str(late["order_id"]), capfd=capfd)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert user_lines(proc.stderr) == [], proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
