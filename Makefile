@@ -2,7 +2,10 @@
 SHELL := /bin/bash
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
-PYTHON ?= python3
+# the machine's python3 (set-up creates the virtualenv with it), found before .venv/bin goes on PATH
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(shell command -v python3)
+endif
 # The local stack's development settings; a real deployment sets LAKEHOUSE_* itself.
 export LAKEHOUSE_ENV_FILE ?= $(CURDIR)/local.env
 # spark-submit / spark-sql / the Thrift server read the generated jar list from here.

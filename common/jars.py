@@ -132,18 +132,26 @@ def fetch(name: str, *, quiet: bool = False) -> list[Path]:
         # sees the whole set or none
         target.parent.mkdir(parents=True, exist_ok=True)
         fresh = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-        kept = []
-        for jar in sorted(out.glob("*.jar")):
-            if _artifact_name(jar.name) in skip:
-                continue
-            shutil.move(jar, fresh / jar.name)
-            kept.append(jar.name)
-        (fresh / _MANIFEST).write_text(json.dumps(
-            {"coordinates": _coordinates(name), "fingerprint": _fingerprint(name), "jars": kept}, indent=1))
-        if target.exists():  # a broken set (a jar missing)
-            shutil.rmtree(target)
-        fresh.chmod(0o755)
-        fresh.rename(target)
+        try:
+            kept = []
+            for jar in sorted(out.glob("*.jar")):
+                if _artifact_name(jar.name) in skip:
+                    continue
+                shutil.move(jar, fresh / jar.name)
+                kept.append(jar.name)
+            (fresh / _MANIFEST).write_text(json.dumps(
+                {"coordinates": _coordinates(name), "fingerprint": _fingerprint(name), "jars": kept}, indent=1))
+            fresh.chmod(0o755)
+            if not _is_current(name):  # (another clone may have completed the same set meanwhile: keep it)
+                if target.exists():  # a broken set (a jar missing)
+                    shutil.rmtree(target)
+                try:
+                    fresh.rename(target)
+                except OSError:
+                    if not _is_current(name):
+                        raise
+        finally:
+            shutil.rmtree(fresh, ignore_errors=True)  # (gone already when renamed into place)
     return jars(name)
 
 

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import tarfile
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -58,8 +59,24 @@ def fetch(package: str, version: str, tooling: Tooling | None = None) -> Path:
     url = f"{tooling.npm_url.rstrip('/')}/{package}/-/{name}-{version}.tgz"
     with urllib.request.urlopen(url, timeout=60) as response:
         data = response.read()
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))  # the cache is every clone's
+    tmp.chmod(0o755)
+    try:
+        _unpack(data, tmp, url)
+        if not (target / ".complete").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not (target / ".complete").exists():
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _unpack(data: bytes, tmp: Path, url: str) -> None:
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
         members = [m for m in tar.getmembers() if m.isfile() and m.name.startswith("package/")]
         for m in members:
@@ -69,9 +86,6 @@ def fetch(package: str, version: str, tooling: Tooling | None = None) -> Path:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(tar.extractfile(m).read())
     (tmp / ".complete").write_text(url)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
 
 
 def localize(site: Path, tooling: Tooling | None = None) -> int:

@@ -2,7 +2,8 @@
 
     python3 -m devstack.bootstrap
 
-Runs with the machine's Python alone (the standard library; no virtualenv yet). Three things
+Runs with the standard library alone (the Makefile calls it with the machine's python3, found
+before the virtualenv is put on PATH). Three things
 take the time on a fresh machine and need nothing of each other: the virtualenv's pip install,
 the jars from Maven Central and MinIO's ``go install`` (the longest, ~3 minutes with empty Go
 caches). They run at once: the MinIO build and the Kafka jars from the start, the Spark jars
@@ -56,7 +57,8 @@ class Steps:
                     self.running.pop(name, None)
                 self.say(f"FAILED {name}: {e}")
                 return
-            took = time.monotonic() - self.running.pop(name)
+            with self.lock:
+                took = time.monotonic() - self.running.pop(name)
             self.say(f"done    {name} ({took:.0f} s){': ' + detail if detail else ''}")
 
         thread = threading.Thread(target=body, name=name, daemon=True)

@@ -129,7 +129,7 @@ def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake
             (flow.name, (tmp_path / "all.log").read_text()[-3000:])
 
 
-def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark, lake, tmp_path, capfd):
+def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark, lake, tmp_path):
     """A checkpoint offset file that is whole but names no real offsets (the start-up guard,
     ``checkpoints.check_readable``, passes it) makes one of gold's queries fail once running: the
     app reports it and stops all."""
@@ -144,8 +144,14 @@ def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark
     sources = len(pipeline.flow(lake, "gold_kpis").sources)
     broken = b"v1\n{}" + b'\n{"bogus":1}' * sources
     client.put_object(lake.bucket, last, io.BytesIO(broken), len(broken))
-    proc = lakehouse(lake, "run", "gold", "--trigger", "processingTime=1 second", capfd=capfd)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 1, text[-3000:]
+    log = tmp_path / "gold.log"
+    proc = start_stage_process(lake, "gold", "processingTime=1 second", log)  # the process's exit is the point
+    try:
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            kill_hard(proc)
+    text = log.read_text()
+    assert rc == 1, text[-3000:]
     assert "error: query gold_kpis failed: " in text, text[-3000:]
     assert text.count("  started ") == len(pipeline.flows(lake, "gold"))  # the others had started, and were stopped

@@ -13,7 +13,7 @@ from common.settings import Settings
 from devstack.stack import wait_until
 from gold.transforms import KPIS
 from silver import rules
-from tests.helpers import delta_count, kill_hard, lakehouse, produce_to, start_stage_process
+from tests.helpers import delta_count, kill_hard, lakehouse, produce_to, start_stage_process, user_lines
 
 pytestmark = pytest.mark.stack
 STAGES = ("bronze", "silver", "gold")
@@ -90,4 +90,4 @@ def test_refresh_cli_says_what_it_will_do_and_needs_confirmation(lake, capfd):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "refresh gold: queries gold_orders, gold_kpis start again" in proc.stdout
     assert "again: its consumers see those messages twice" in proc.stdout
-    assert proc.stderr.strip().splitlines()[-1] == "error: refresh needs confirmation: run it in a terminal or add --yes"
+    assert user_lines(proc.stderr)[-1] == "error: refresh needs confirmation: run it in a terminal or add --yes"

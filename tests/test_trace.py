@@ -13,7 +13,7 @@ import pytest
 from common import customers
 from common.runner import run
 from common.trace import trace_kafka, trace_order
-from tests.helpers import lakehouse, produce_to, user_lines
+from tests.helpers import lakehouse_process, produce_to, user_lines
 
 pytestmark = pytest.mark.stack
 T0 = datetime(2026, 1, 18, 10, 0, tzinfo=timezone.utc)
@@ -32,7 +32,7 @@ def _event_time(rec: dict) -> datetime:
     return datetime.fromisoformat(json.loads(rec["value"])["timestamp"]).replace(tzinfo=timezone.utc)
 
 
-def test_trace_follows_valid_duplicate_quarantined_and_late_records(spark, lake, tmp_path, capfd):
+def test_trace_follows_valid_duplicate_quarantined_and_late_records(spark, lake, tmp_path):
     customers.load(spark, lake)
     ledger_path = tmp_path / "ledger.jsonl"
     orders = (lake.topic_orders,)
@@ -81,7 +81,8 @@ def test_trace_follows_valid_duplicate_quarantined_and_late_records(spark, lake,
     assert not any(s["step"].startswith("gold.") for s in steps)
 
     late = next(r for r in ledger if r["fault"] == "late")
-    proc = lakehouse(lake, "trace", "order", str(late["order_id"]), capfd=capfd)
+    # a process of its own (no JVM: delta-rs): what a user's shell shows, nothing else on stderr
+    proc = lakehouse_process(lake, "trace", "order", str(late["order_id"]))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert user_lines(proc.stderr) == [], proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
