@@ -125,21 +125,19 @@ def lakehouse(settings: Settings, *args: str, capfd, env: dict[str, str] | None 
 
     values = {k: v for k, v in settings_env(settings).items() if k.startswith("LAKEHOUSE_")}
     values.update(env or {})
-    saved = {k: os.environ.get(k) for k in [*values, "LAKEHOUSE_LOG_LEVEL"]}
+    log_level = os.environ.get("LAKEHOUSE_LOG_LEVEL")  # --verbose sets it for the process
     capfd.readouterr()  # what ran before is not this command's output
-    os.environ.update(values)
     settings_module._cached = None
     try:
-        with _as_a_process_would(stdin):
+        with settings_module.environment(**values), _as_a_process_would(stdin):
             code = main(list(args))
     except SystemExit as e:  # argparse's usage errors
         code = e.code if isinstance(e.code, int) else 2
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        if log_level is None:
+            os.environ.pop("LAKEHOUSE_LOG_LEVEL", None)
+        else:
+            os.environ["LAKEHOUSE_LOG_LEVEL"] = log_level
         settings_module._cached = None
     out, err = capfd.readouterr()
     return CliResult(code, out, err)
