@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from common import versions
+from common.cache import publish
 from common.errors import SetupError
 from common.progress import run_with_heartbeat
 from common.settings import Tooling
@@ -128,30 +129,17 @@ def fetch(name: str, *, quiet: bool = False) -> list[Path]:
         if name == "spark":
             # Spark already has these on its classpath; a second copy can only conflict.
             skip = {_artifact_name(p.name) for p in pyspark_jars_dir().glob("*.jar")}
-        # filled beside the target and renamed into place: a clone reading the cache meanwhile
-        # sees the whole set or none
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fresh = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-        try:
+
+        def fill(folder: Path) -> None:
             kept = []
             for jar in sorted(out.glob("*.jar")):
-                if _artifact_name(jar.name) in skip:
-                    continue
-                shutil.move(jar, fresh / jar.name)
-                kept.append(jar.name)
-            (fresh / _MANIFEST).write_text(json.dumps(
+                if _artifact_name(jar.name) not in skip:
+                    shutil.move(jar, folder / jar.name)
+                    kept.append(jar.name)
+            (folder / _MANIFEST).write_text(json.dumps(
                 {"coordinates": _coordinates(name), "fingerprint": _fingerprint(name), "jars": kept}, indent=1))
-            fresh.chmod(0o755)
-            if not _is_current(name):  # (another clone may have completed the same set meanwhile: keep it)
-                if target.exists():  # a broken set (a jar missing)
-                    shutil.rmtree(target)
-                try:
-                    fresh.rename(target)
-                except OSError:
-                    if not _is_current(name):
-                        raise
-        finally:
-            shutil.rmtree(fresh, ignore_errors=True)  # (gone already when renamed into place)
+
+        publish(target, fill, lambda: _is_current(name))
     return jars(name)
 
 

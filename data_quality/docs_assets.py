@@ -13,10 +13,10 @@ import os
 import re
 import shutil
 import tarfile
-import tempfile
 import urllib.request
 from pathlib import Path
 
+from common.cache import publish
 from common.settings import Tooling
 
 log = logging.getLogger("lakehouse.dq")
@@ -59,21 +59,7 @@ def fetch(package: str, version: str, tooling: Tooling | None = None) -> Path:
     url = f"{tooling.npm_url.rstrip('/')}/{package}/-/{name}-{version}.tgz"
     with urllib.request.urlopen(url, timeout=60) as response:
         data = response.read()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))  # the cache is every clone's
-    tmp.chmod(0o755)
-    try:
-        _unpack(data, tmp, url)
-        if not (target / ".complete").exists():
-            shutil.rmtree(target, ignore_errors=True)
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                if not (target / ".complete").exists():
-                    raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return publish(target, lambda folder: _unpack(data, folder, url), (target / ".complete").exists)
 
 
 def _unpack(data: bytes, tmp: Path, url: str) -> None:

@@ -1,0 +1,31 @@
+"""Entries of the user's cache (``Tooling.cache_dir``, every clone's): filled beside their place
+and renamed into it, so a reader sees a whole entry or none."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+
+def publish(target: Path, fill: Callable[[Path], None], complete: Callable[[], bool]) -> Path:
+    """Fill a new folder beside ``target`` (``fill(folder)``) and rename it to ``target``. An entry
+    ``complete()`` finds whole (another clone filled it meanwhile) is kept as it is; one that is not
+    (a file missing) is replaced; a failed fill leaves nothing behind."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    fresh.chmod(0o755)
+    try:
+        fill(fresh)
+        if not complete():
+            shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.replace(fresh, target)
+            except OSError:  # another clone renamed its copy into place first
+                if not complete():
+                    raise
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)  # (gone already when renamed into place)
+    return target
