@@ -41,10 +41,11 @@ class Steps:
         with self.lock:
             print(f"[{time.monotonic() - self.t0:5.0f} s] {text}", flush=True)
 
-    def start(self, name: str, work, after: threading.Thread | None = None) -> threading.Thread:
+    def start(self, name: str, work, after: tuple[threading.Thread, ...] = ()) -> threading.Thread:
         def body():
-            if after is not None:
-                after.join()
+            if after:
+                for step in after:
+                    step.join()
                 if self.failed:
                     return  # what it needs failed: reported there
             with self.lock:
@@ -124,17 +125,10 @@ def main() -> int:
         "from common import jars; from common.spark import write_spark_defaults\n"
         "found = jars.fetch('spark', quiet=True); conf = write_spark_defaults()\n"
         "print(f'{len(found)} in {jars.jar_dir(\"spark\")}; {conf}')", "the spark jars"),
-        after=_joined(venv, kafka))
+        after=(venv, kafka))
     ok = steps.wait()
     steps.say("set-up done" if ok else "set-up failed: " + "; ".join(steps.failed))
     return 0 if ok else 1
-
-
-def _joined(*threads: threading.Thread) -> threading.Thread:
-    """A thread that ends when all of ``threads`` have."""
-    t = threading.Thread(target=lambda: [x.join() for x in threads], daemon=True)
-    t.start()
-    return t
 
 
 if __name__ == "__main__":
