@@ -289,7 +289,7 @@ def check_against_ledger(spark, s: Settings, ledger: Path) -> dict:
     """The lake against the ledger, in one pass over it (counts and every KPI to the cent)."""
     from pytest import approx
 
-    from gold.transforms import KPIS
+    from gold.transforms import KPIS, OPEN_SUFFIX
     from tests.checks import HALF_CENT, gold_rows
     from tests.oracle import RunningOracle
 
@@ -317,7 +317,11 @@ def check_against_ledger(spark, s: Settings, ledger: Path) -> dict:
     if oracle.late_not_late:
         problems.append(f"{len(oracle.late_not_late)} records in the late ledger were not sent late")
     for kpi in KPIS:
-        got, want = gold_rows(spark, s, kpi), oracle.gold(kpi.name)
+        # every window, closed (gold/<kpi>) or still open (gold/<kpi>_open), read as any Delta reader does
+        final, open_ = gold_rows(s, kpi.name, kpi), gold_rows(s, kpi.name + OPEN_SUFFIX, kpi)
+        got, want = {**final, **open_}, oracle.gold(kpi.name)
+        if set(final) & set(open_):
+            problems.append(f"gold.{kpi.name}: {len(set(final) & set(open_))} windows both closed and open")
         wrong = [k for k, v in want.items() if k not in got or got[k] != approx(v, abs=HALF_CENT)]
         extra = set(got) - set(want)
         if wrong or extra:

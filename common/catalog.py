@@ -2,8 +2,8 @@
 
 The lake itself is the source of truth: at session start every Delta table found under
 ``<lake_root>/<layer>/`` is registered (``CREATE TABLE IF NOT EXISTS ... USING DELTA
-LOCATION``) in database ``<layer>``; a gold KPI's table of partial rows is
-``gold.<kpi>_partials`` and the KPI itself the view ``gold.<kpi>`` over it. Registration only
+LOCATION``) in database ``<layer>``, under its folder's name, and each gold KPI gets the view
+``gold.<kpi>_live`` (its final rows and its open windows, ``gold.transforms.live_sql``). Registration only
 records a path, so it is cheap and any number of sessions can do it at once without a shared
 metastore lock.
 """
@@ -53,25 +53,28 @@ def list_tables(settings: Settings) -> dict[str, list[str]]:
 
 
 def catalog_name(layer: str, name: str) -> str:
-    """The catalog name of the Delta table in folder ``<layer>/<name>``: ``<layer>.<name>``, except
-    a gold KPI's table of partial rows, ``gold.<kpi>_partials`` (``gold.<kpi>`` is its view)."""
-    from gold.transforms import PARTIALS_SUFFIX, kpi_named
+    """The catalog name of the Delta table in folder ``<layer>/<name>``."""
+    return f"{layer}.{name}"
 
-    return f"{layer}.{name}{PARTIALS_SUFFIX}" if layer == "gold" and kpi_named(name) else f"{layer}.{name}"
+
+def _live_views(layer: str, names: list[str]) -> dict[str, str]:
+    """``gold.<kpi>_live`` -> its body, for every KPI whose final and open tables are both in ``names``."""
+    from gold.transforms import KPIS, LIVE_SUFFIX, OPEN_SUFFIX, live_sql
+
+    if layer != "gold":
+        return {}
+    return {f"gold.{k.name}{LIVE_SUFFIX}": live_sql(f"gold.{k.name}", f"gold.{k.name}{OPEN_SUFFIX}")
+            for k in KPIS if k.name in names and k.name + OPEN_SUFFIX in names}
 
 
 def registration_sql(settings: Settings, tables: dict[str, list[str]]) -> list[str]:
-    from gold.transforms import kpi_named
-
     out = []
     for layer, names in tables.items():
         out.append(f"CREATE DATABASE IF NOT EXISTS {layer}")
         for name in names:
             full = catalog_name(layer, name)
             out.append(f"CREATE TABLE IF NOT EXISTS {full} USING DELTA LOCATION '{settings.table_path(layer, name)}'")
-            kpi = kpi_named(name) if layer == "gold" else None
-            if kpi:
-                out.append(f"CREATE OR REPLACE VIEW {layer}.{name} AS {kpi.view_sql(full)}")
+        out += [f"CREATE OR REPLACE VIEW {view} AS {body}" for view, body in _live_views(layer, names).items()]
         events = events_view_sql([f"{layer}.{n}" for n in names]) if layer == OPS else None
         if events:
             out.append(f"CREATE OR REPLACE VIEW {OPS}.{VIEW} AS {events}")
@@ -98,7 +101,7 @@ def register_tables(spark, settings: Settings) -> dict[str, list[str]]:
     for statement in registration_sql(settings, tables):
         try:
             spark.sql(statement)
-        except Exception as e:  # a KPI table of another layout: its view only is missing
+        except Exception as e:  # a KPI table of another layout: its live view only is missing
             if not statement.startswith("CREATE OR REPLACE VIEW"):
                 raise
             log.warning("view not registered (%s): %s", statement.split(" AS ", 1)[0].rsplit(" ", 1)[-1],
@@ -107,16 +110,11 @@ def register_tables(spark, settings: Settings) -> dict[str, list[str]]:
 
 
 def catalog_names(tables: dict[str, list[str]]) -> list[str]:
-    """Every name ``register_tables`` makes queryable (tables, KPI views over their partial rows,
-    the event log's view)."""
-    from gold.transforms import kpi_named
-
+    """Every name ``register_tables`` makes queryable (tables, the KPIs' live views, the event
+    log's view)."""
     names = []
     for layer, found in tables.items():
-        for name in found:
-            names.append(catalog_name(layer, name))
-            if layer == "gold" and kpi_named(name):
-                names.append(f"{layer}.{name}")
+        names += [catalog_name(layer, name) for name in found] + list(_live_views(layer, found))
         if layer == OPS and events_view_sql([f"{layer}.{n}" for n in found]):
             names.append(f"{OPS}.{VIEW}")
     return sorted(names)

@@ -32,16 +32,16 @@ def queries(lake) -> dict[str, str | None]:
         return lake.relation(name)
 
     out = {}
-    r = rel("gold.customer_minute_totals")
+    r = rel("gold.customer_minute_totals_live")
     out["customer_sales"] = r and (f"SELECT window_start, customer_id, total_commandes FROM {r} WHERE window_start >= "
                                    f"(SELECT max(window_start) FROM {r}) - INTERVAL '30 minutes' ORDER BY window_start")
-    r = rel("gold.product_sales")
+    r = rel("gold.product_sales_live")
     out["product_revenue"] = r and (f"SELECT product_name, round(sum(ca_total), 2) AS ca_total, sum(nb_ventes) AS "
                                     f"nb_ventes FROM {r} GROUP BY product_name ORDER BY ca_total DESC, product_name")
-    r = rel("gold.log_level_counts")
+    r = rel("gold.log_level_counts_live")
     out["log_levels"] = r and (f"SELECT window_start, level, nb_logs FROM {r} WHERE window_start >= "
                                f"(SELECT max(window_start) FROM {r}) - INTERVAL '30 minutes' ORDER BY window_start")
-    r = rel("gold.host_metrics")
+    r = rel("gold.host_metrics_live")
     out["hosts"] = r and (f"SELECT host, round(avg(avg_cpu), 1) AS avg_cpu, max(max_mem) AS max_mem FROM {r} "
                           f"WHERE window_start >= (SELECT max(window_start) FROM {r}) - INTERVAL '10 minutes' "
                           f"GROUP BY host ORDER BY avg_cpu DESC, host LIMIT 10")

@@ -2,8 +2,8 @@
 DataFusion SQL engine, for the commands that must answer faster than a Spark session starts
 (``lakehouse trace``). Read only: every table keeps its single Spark writer.
 
-Tables are named as in the catalog (``silver.orders``); a gold KPI is its combined view over the
-partial rows (``Kpi.view_sql``, the same SQL as Spark's ``gold.<kpi>`` view). A lookup reads only
+Tables are named as in the catalog (``silver.orders``, ``gold.<kpi>``); ``gold.<kpi>_live`` is the
+same union of a KPI's final and open rows as Spark's view (``gold.transforms.live_sql``). A lookup reads only
 the files whose column statistics can hold the value (Delta's data skipping, done by delta-rs).
 Values are given as Python values and written into the SQL as typed literals by ``literal``.
 """
@@ -56,7 +56,7 @@ class NativeLake:
         self._tables: dict[str, object] = {}  # catalog name -> DeltaTable, or None when absent
 
     def table(self, name: str):
-        """The ``DeltaTable`` of catalog name ``layer.table`` (a KPI: its partial rows), or None."""
+        """The ``DeltaTable`` of catalog name ``layer.table``, or None."""
         if name not in self._tables:
             from deltalake import DeltaTable
             from deltalake.exceptions import TableNotFoundError
@@ -76,20 +76,23 @@ class NativeLake:
         return name.replace(".", "__")
 
     def relation(self, name: str) -> str | None:
-        """What a query reads for ``name``: the table, or for a KPI its combined view."""
+        """What a query reads for ``name``: the table, or the body of a view of the catalog."""
         from common.eventlog import SELECT_LIST, VIEW, table_name
         from common.pipeline import STAGES
-        from gold.transforms import kpi_named
+        from gold.transforms import LIVE_SUFFIX, OPEN_SUFFIX, kpi_named, live_sql
 
         if name == f"{OPS}.{VIEW}":  # the event log's view: its stage tables, one after the other
             parts = [self.relation(f"{OPS}.{table_name(stage)}") for stage in STAGES]
             union = " UNION ALL ".join(f"SELECT {SELECT_LIST} FROM {p}" for p in parts if p)
             return f"({union}) AS events" if union else None
-        if self.table(name) is None:
-            return None
         layer, table = name.split(".", 1)
-        kpi = kpi_named(table) if layer == "gold" else None
-        return f"({kpi.view_sql(self._alias(name))}) AS kpi" if kpi else self._alias(name)
+        kpi = kpi_named(table.removesuffix(LIVE_SUFFIX)) if layer == "gold" and table.endswith(LIVE_SUFFIX) else None
+        if kpi:  # a KPI's live view: its final rows and its open windows
+            final, open_ = f"gold.{kpi.name}", f"gold.{kpi.name}{OPEN_SUFFIX}"
+            if self.table(final) is None or self.table(open_) is None:
+                return None
+            return f"({live_sql(self._alias(final), self._alias(open_))}) AS kpi"
+        return self._alias(name) if self.table(name) is not None else None
 
     def sql(self, query: str) -> list[dict]:
         """Rows of a DataFusion query over registered aliases (``layer__table``)."""

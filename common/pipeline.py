@@ -15,10 +15,10 @@ and the batch id, so a replayed batch is skipped (``streams.BatchContext``):
                                              keeps its own watermark and dedup state);
 * ``gold_orders``  silver.orders         -> orders_enriched and ``commandes-enrichies`` (the
                                              latency path: a plain append and a Kafka write);
-* ``gold_kpis``    the four silver tables -> the six KPI tables (each batch's partial aggregates
-                                             appended; the ``gold.<kpi>`` views combine them), on
-                                             their own trigger, so they do not hold the enriched
-                                             orders back.
+* ``gold_kpis``    the four silver tables -> the six KPI tables, one final row per window once
+                                             silver's watermark has passed it, and their open
+                                             windows (``<kpi>_open``), on their own trigger, so they
+                                             do not hold the enriched orders back.
 
 Fixed cost per micro-batch (trigger, planning, commits) is what limits a streaming pipeline on a
 small machine, so fewer queries and fewer commits per batch buy more than faster code.
@@ -37,6 +37,7 @@ from common.settings import SOURCE_KINDS, Settings
 STAGES = ("bronze", "silver", "gold")
 SILVER_KINDS = SOURCE_KINDS  # silver parses each source into its own table
 GOLD_SOURCES = ("orders", "order_items", "logs", "metrics")  # the silver tables gold reads
+SOURCE_OF_TABLE = {"orders": "orders", "order_items": "orders", "logs": "logs", "metrics": "metrics"}  # silver table -> source
 
 
 @dataclass(frozen=True)
@@ -81,12 +82,16 @@ def _silver(s: Settings) -> tuple[Flow, ...]:
 
 
 def _gold(s: Settings) -> tuple[Flow, ...]:
-    from gold.transforms import KPIS
+    from gold.transforms import KPIS, OPEN_SUFFIX
 
     signature = tuple((f"{k.name}_window", " sliding ".join(w for w in k.window_spec(s) if w)) for k in KPIS)
+    # the KPI tables' layout: "final" (one row per closed window, its open windows apart); a
+    # checkpoint of the layout before it (partial rows per micro-batch) is refused, with how to rebuild
+    signature += (("kpi_tables", "final"),)
     return (Flow("gold_orders", "gold", ("silver.orders",), ("gold.orders_enriched", f"kafka:{s.topic_enriched}"),
                  s.checkpoint_path("gold", "orders")),
-            Flow("gold_kpis", "gold", tuple(f"silver.{t}" for t in GOLD_SOURCES), tuple(f"gold.{k.name}" for k in KPIS),
+            Flow("gold_kpis", "gold", tuple(f"silver.{t}" for t in GOLD_SOURCES),
+                 tuple(f"gold.{n}" for k in KPIS for n in (k.name, k.name + OPEN_SUFFIX)),
                  s.checkpoint_path("gold", "kpis"), signature, trigger=s.kpi_trigger))
 
 

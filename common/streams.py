@@ -287,20 +287,26 @@ class BatchContext:
             return None
         return app_id, first
 
-    def append(self, df, table: str, path: str, batch_id: int) -> None:
-        """Append the batch's rows for ``table`` unless the table already holds this batch."""
+    def holds(self, spark, table: str, path: str, batch_id: int) -> bool:
+        """The table already holds this batch (a replay after a restart)."""
+        return self._should_write(spark, table, path, batch_id) is None
+
+    def append(self, df, table: str, path: str, batch_id: int, mode: str = "append", **tag) -> None:
+        """Append the batch's rows for ``table`` (``mode="overwrite"``: replace its rows by them)
+        unless the table already holds this batch; ``tag`` goes into the commit's tag."""
         from common.tables import append_batch, compactor
 
         todo = self._should_write(df.sparkSession, table, path, batch_id)
         if todo:
             try:
-                append_batch(df, path, todo[0], batch_id, txn=todo[1])
+                append_batch(df, path, todo[0], batch_id, txn=todo[1], mode=mode, **tag)
             except BaseException:
                 self._last.pop(table, None)  # the commit may have landed: look it up again next time
                 self._new = False
                 raise
             self._last[table] = batch_id
-            compactor.committed(df.sparkSession, path, self.compact_every)
+            if mode == "append":  # an overwritten table holds one batch's files: nothing to compact
+                compactor.committed(df.sparkSession, path, self.compact_every)
 
 
 @contextmanager

@@ -66,9 +66,28 @@ def _constraints(spark, path: str) -> set[str]:
 HISTORY_DEPTH = 200
 
 
-def commit_tag(app_id: str, batch_id: int) -> str:
-    """The ``userMetadata`` of a micro-batch's commit: which writer, which batch (shown by DESCRIBE HISTORY)."""
-    return json.dumps({"writer": app_id, "batch": batch_id}, sort_keys=True)
+def commit_tag(app_id: str, batch_id: int, **extra) -> str:
+    """The ``userMetadata`` of a micro-batch's commit: which writer, which batch (shown by DESCRIBE
+    HISTORY), and what else the writer states about the commit (silver: its event-time watermark,
+    ``silver.watermarks``)."""
+    return json.dumps({"writer": app_id, "batch": batch_id, **extra}, sort_keys=True)
+
+
+def commit_metadata(spark, path: str, version: int) -> dict | None:
+    """The tag (``commit_tag``) of version ``version`` of the table at ``path``, read from its
+    commit file alone; None for an untagged commit (OPTIMIZE, DDL) or a file cleaned up."""
+    from common.checkpoints import _Fs
+
+    text = _Fs(spark).read_text(f"{path}/_delta_log/{version:020d}.json")
+    for line in (text or "").splitlines():
+        if '"commitInfo"' not in line:
+            continue
+        try:
+            tag = json.loads(json.loads(line)["commitInfo"].get("userMetadata") or "")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return tag if isinstance(tag, dict) else None
+    return None
 
 
 def last_committed_batch(spark, path: str, app_id: str, depth: int = HISTORY_DEPTH) -> int:
@@ -92,12 +111,14 @@ def last_committed_batch(spark, path: str, app_id: str, depth: int = HISTORY_DEP
     return last
 
 
-def append_batch(df, path: str, app_id: str, batch_id: int, txn: bool = False) -> None:
-    """Append one micro-batch's rows in a commit tagged with (``app_id``, ``batch_id``). With ``txn``
+def append_batch(df, path: str, app_id: str, batch_id: int, txn: bool = False, mode: str = "append",
+                 **extra) -> None:
+    """Append (or with ``mode="overwrite"`` replace the table's rows with) one micro-batch's rows
+    in a commit tagged with (``app_id``, ``batch_id``) and ``extra``. With ``txn``
     also Delta's txnAppId/txnVersion, which skips a batch that an earlier, txn-only version of the
     project committed; it costs a state reconstruction of the table (~0.7 s here), so only the
     first write of a run asks for it (see ``streams.BatchContext``)."""
-    w = df.write.format("delta").mode("append").option("userMetadata", commit_tag(app_id, batch_id))
+    w = df.write.format("delta").mode(mode).option("userMetadata", commit_tag(app_id, batch_id, **extra))
     if txn:
         w = w.option("txnAppId", app_id).option("txnVersion", str(batch_id))
     w.save(path)

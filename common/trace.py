@@ -5,7 +5,8 @@ any duplicates); ``trace kafka <topic> <partition> <offset>`` from one record of
 For each record: its Kafka coordinates and timestamp, its bronze row, then its fate in silver —
 the silver row(s), or the quarantine row and its reason, or the late-ledger row and the watermark
 it missed, or the record whose copy silver kept (a duplicate) — then every gold row that counts
-it (each KPI window and group, the enriched order) and, for an order, its message in
+it (each KPI window and group, in ``gold.<kpi>`` once closed or ``gold.<kpi>_open`` until then, the
+enriched order) and, for an order, its message in
 ``commandes-enrichies``. The tables are read without Spark (``common.native``: delta-rs, with
 data skipping on the lookup columns), so a trace answers in about a second; nothing here writes.
 Times are UTC.
@@ -93,15 +94,20 @@ def _bronze(settings: Settings, kind: str) -> str:
 
 def _gold(lake: NativeLake, kind: str, silver_row: dict) -> list[Node]:
     """The gold rows that count ``silver_row`` (a row of silver.<kind>, or of order_items)."""
+    from gold.transforms import OPEN_SUFFIX
+
     nodes = []
     for kpi, keys in GOLD_OF.get(kind, ()):
         t = literal(silver_row["event_time"])
-        rows = lake.rows(f"gold.{kpi}", where=f"window_start <= {t} AND window_end > {t}", order_by="window_start",
-                         **{k: silver_row[k] for k in keys})
-        for r in rows:
-            measures = [c for c in r if c not in ("window_start", "window_end") and c not in keys]
-            nodes.append(Node(f"gold.{kpi}", f"window {_ts(r['window_start'])} - {_ts(r['window_end'])} "
-                              f"{_fmt(r, *keys)}: {_fmt(r, *measures)}", r))
+        rows = []
+        for table in (f"gold.{kpi}", f"gold.{kpi}{OPEN_SUFFIX}"):  # its closed windows, then its open ones
+            found = lake.rows(table, where=f"window_start <= {t} AND window_end > {t}", order_by="window_start",
+                              **{k: silver_row[k] for k in keys})
+            for r in found:
+                measures = [c for c in r if c not in ("window_start", "window_end") and c not in keys]
+                nodes.append(Node(table, f"window {_ts(r['window_start'])} - {_ts(r['window_end'])} "
+                                  f"{_fmt(r, *keys)}: {_fmt(r, *measures)}", r))
+            rows += found
         if not rows:
             nodes.append(Node(f"gold.{kpi}", "no row yet (gold has not processed it)"))
     return nodes

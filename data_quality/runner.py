@@ -20,7 +20,6 @@ from common.settings import OPS, Settings
 from common.tables import is_delta_table
 from common.text import align
 from data_quality.suites import LAYERS
-from gold.transforms import kpi_named, read_kpi
 
 GX_ROOT = Path(__file__).resolve().parent.parent / ".gx"
 ORDER = ("bronze", "silver", "gold", "reconciliation")
@@ -120,8 +119,7 @@ def _validate(spark, settings: Settings, layers, docs: bool) -> list[Check]:
                 gx.ValidationDefinition(name=name, data=batch_def, suite=suite))
             cp = context.checkpoints.add_or_update(gx.Checkpoint(
                 name=name, validation_definitions=[vd], result_format={"result_format": "COMPLETE"}, actions=[]))
-            kpi = kpi_named(ts.table) if ts.layer == "gold" else None  # a KPI: its rows, not its partial rows
-            df = read_kpi(spark, path, kpi) if kpi else spark.read.format("delta").load(path)
+            df = spark.read.format("delta").load(path)
             result = cp.run(batch_parameters={"dataframe": df})
             for result_id, run_result in result.run_results.items():
                 rendered += [result_id, ExpectationSuiteIdentifier(name=run_result.suite_name)]

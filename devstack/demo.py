@@ -27,18 +27,22 @@ QUERIES: list[tuple[str, str]] = [
     ("silver: late records (sent behind the watermark that earlier micro-batches reached)",
      "SELECT target_table, count(*) AS records, min(watermark) AS watermark, round(min(lateness_seconds)) AS "
      "min_behind_s, round(max(lateness_seconds)) AS max_behind_s FROM silver.late_records GROUP BY 1 ORDER BY 1"),
-    ("gold: latest customer KPIs (sliding 2-minute windows)",
-     "SELECT * FROM gold.customer_order_kpis ORDER BY window_start DESC, total_ventes DESC LIMIT 5"),
+    ("gold: windows closed (final rows in gold.<kpi>: silver's watermark has passed them) and still open",
+     "SELECT (SELECT count(*) FROM gold.customer_minute_totals) AS final_rows, (SELECT max(window_end) FROM "
+     "gold.customer_minute_totals) AS closed_through, (SELECT count(*) FROM gold.customer_minute_totals_open) AS "
+     "open_rows"),
+    ("gold: latest customer KPIs, open windows included (sliding 2-minute windows, gold.<kpi>_live)",
+     "SELECT * FROM gold.customer_order_kpis_live ORDER BY window_start DESC, total_ventes DESC LIMIT 5"),
     ("gold: orders per minute (event time), the last five minutes",
      "SELECT window_start, sum(nb_commandes) AS orders, round(sum(total_commandes), 2) AS total "
-     "FROM gold.customer_minute_totals GROUP BY window_start ORDER BY window_start DESC LIMIT 5"),
+     "FROM gold.customer_minute_totals_live GROUP BY window_start ORDER BY window_start DESC LIMIT 5"),
     ("gold: product sales",
      "SELECT product_name, sum(nb_ventes) AS nb_ventes, sum(quantite_totale) AS quantite_totale, "
-     "round(sum(ca_total), 2) AS ca_total FROM gold.product_sales GROUP BY product_name ORDER BY ca_total DESC "
+     "round(sum(ca_total), 2) AS ca_total FROM gold.product_sales_live GROUP BY product_name ORDER BY ca_total DESC "
      "LIMIT 5"),
     ("gold: most loaded hosts",
      "SELECT host, round(avg(avg_cpu), 2) AS avg_cpu, max(max_mem) AS max_mem, sum(nb_mesures) AS nb_mesures "
-     "FROM gold.host_metrics GROUP BY host ORDER BY avg_cpu DESC"),
+     "FROM gold.host_metrics_live GROUP BY host ORDER BY avg_cpu DESC"),
     ("gold: orders enriched with customers (unknown customers keep nulls)",
      "SELECT segment, count(*) AS orders, round(sum(total), 2) AS total FROM gold.orders_enriched "
      "GROUP BY segment ORDER BY orders DESC"),

@@ -2,18 +2,24 @@
 into ``gold.orders_enriched`` and ``commandes-enrichies``; ``gold_kpis`` reads the four silver
 tables and feeds the six KPI tables from one micro-batch.
 
-KPIs are incremental: every micro-batch computes its partial aggregates per (window, group) and
-appends them to the KPI's Delta table (``gold.<kpi>_partials`` in the catalog); the KPI is the
-view ``gold.<kpi>`` that combines them (``gold.transforms.Kpi.combine``: counts and sums add, max
-takes the greatest, averages are recomputed from an exact sum and count kept beside them). A
-window and group gets one partial row per micro-batch that saw it, until silver's watermark
-passes it (about (window + watermark) / KPI trigger rows at most). Silver holds each valid record exactly once and has already routed records behind
-its event-time watermark to the late ledger, so a KPI row counts every silver record of its
-window exactly once, with no state in gold: a window stops changing once silver's watermark has
-passed it. Each append is tagged with its writer (the checkpoint's query id + table) and batch id
-(``streams.BatchContext``), so a replayed batch adds nothing twice. (The KPIs were MERGEd until
-2026-11: six MERGEs took ~40 s of a 2-core machine per micro-batch, six appends a few seconds;
-a table MERGEd then holds one row per window and group, which combines the same way.)
+KPIs are final tables: ``gold/<kpi>`` holds exactly one row per window and group, written once,
+when the window is complete; any Delta reader (DuckDB, Trino, delta-rs, Spark) gets the KPI from
+a plain scan. A window is complete when silver's watermark of its source has passed its end
+(``gold.windows``: silver tags each commit with its watermark, gold reads its own offsets to know
+which silver versions it has read in full): a later record of that window is late for silver
+and goes to ``silver.late_records``, so nothing can change a closed window. Until then the
+window's current values are in ``gold/<kpi>_open``, which every micro-batch replaces: its rows
+and the batch's partial aggregates combined (``Kpi.settle``), the closed ones appended to
+``gold/<kpi>``, the rest written back. ``gold.<kpi>_live`` (a view: ``gold.<kpi>`` UNION ALL
+``gold.<kpi>_open``) shows every window, the current minute too. No state in gold's checkpoint,
+no MERGE: per micro-batch and KPI, one small read, one overwrite, and an append when windows
+close. Exactly once: each commit is tagged with its writer (the checkpoint's query id + table)
+and batch id (``streams.BatchContext``); the closed rows are appended before ``<kpi>_open`` is
+replaced, so a batch replayed after a crash between the two appends nothing twice (its closed
+rows are in, tagged) and recomputes the same open rows from the same inputs.
+(Until 2026-12 the KPI tables held each micro-batch's partial rows and only a Spark view combined
+them: other engines read wrong KPIs. Six MERGEs per micro-batch, tried in 2026-11, took ~40 s of a
+2-core machine.)
 
 The orders query appends ``gold.orders_enriched`` (stream-static join with
 ``silver.customers``, read at every batch: a customer loaded with ``lakehouse customers load`` is
@@ -40,7 +46,8 @@ from common import pipeline, streams  # noqa: E402
 from common.customers import CUSTOMERS_SCHEMA  # noqa: E402
 from common.settings import Settings  # noqa: E402
 from common.tables import ensure_table, is_delta_table, require_table  # noqa: E402
-from gold.transforms import KPIS, enrich_orders, enriched_payload  # noqa: E402
+from gold.transforms import KPIS, OPEN_SUFFIX, enrich_orders, enriched_payload  # noqa: E402
+from gold.windows import SilverWatermarks  # noqa: E402
 
 log = logging.getLogger("lakehouse.gold")
 
@@ -58,7 +65,8 @@ def _silver(spark, settings: Settings, table: str, stream: bool = False):
 def ensure_tables(spark, settings: Settings) -> None:
     for kpi in KPIS:
         empty = kpi.aggregate(_silver(spark, settings, kpi.source).limit(0), settings)
-        ensure_table(spark, settings.table_path("gold", kpi.name), empty, not_null=kpi.row_keys)
+        for name in (kpi.name, kpi.name + OPEN_SUFFIX):
+            ensure_table(spark, settings.table_path("gold", name), empty, not_null=kpi.row_keys)
     customers = settings.table_path("silver", "customers")
     if not is_delta_table(spark, customers):
         log.warning("silver.customers is empty: every order will be enriched as unknown until "
@@ -105,16 +113,37 @@ def _orders_writer(settings: Settings, ctx: streams.BatchContext):
     return write
 
 
-def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[str, list[str]]):
+def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[str, list[str]], clock: SilverWatermarks):
+    settled_by: dict[str, int | None] = {}  # KPI -> the watermark its last micro-batch of this run closed by
+
+    def settle(kpi, batch, batch_id: int, closed_by_ms: int | None) -> None:
+        final, open_ = kpi.name, kpi.name + OPEN_SUFFIX
+        final_path, open_path = settings.table_path("gold", final), settings.table_path("gold", open_)
+        spark = batch.sparkSession
+        if ctx.holds(spark, open_, open_path, batch_id):  # replayed: written in full (closed rows first)
+            settled_by[kpi.name] = closed_by_ms
+            return
+        partials = kpi.aggregate(batch.filter(batch.source == kpi.source).select(*columns[kpi.source]), settings)
+        # computed once (a few rows per open window): read by both writes, the second of which
+        # replaces the table they were read from
+        current = kpi.combine(spark.read.format("delta").load(open_path).unionByName(partials)
+                              ).localCheckpoint(eager=True)
+        closed, still_open = kpi.settle(current, closed_by_ms)
+        if not closed.isEmpty():
+            ctx.append(closed.coalesce(1), final, final_path, batch_id)
+        ctx.append(still_open.coalesce(1), open_, open_path, batch_id, mode="overwrite")
+        settled_by[kpi.name] = closed_by_ms
+
     def write(batch, batch_id: int) -> None:
         batch = batch.persist()
         try:
+            spark = batch.sparkSession
             present = {r.source for r in batch.select("source").distinct().collect()}
-            streams.run_parallel([
-                (lambda kpi=kpi: ctx.append(
-                    kpi.aggregate(batch.filter(batch.source == kpi.source).select(*columns[kpi.source]), settings),
-                    kpi.name, settings.table_path("gold", kpi.name), batch_id))
-                for kpi in KPIS if kpi.source in present])
+            watermarks = clock.at(spark, batch_id)
+            # a KPI changes when its source has rows in the batch or its watermark moved
+            streams.run_parallel([(lambda kpi=kpi: settle(kpi, batch, batch_id, watermarks[kpi.source]))
+                                  for kpi in KPIS if kpi.source in present
+                                  or kpi.name not in settled_by or settled_by[kpi.name] != watermarks[kpi.source]])
         finally:
             batch.unpersist()
     return write
@@ -144,7 +173,9 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
         streams.flow_spec(orders, sources["orders"], options,
                           foreach_batch=_orders_writer(settings, streams.BatchContext.of(spark, orders, settings))),
         streams.flow_spec(kpis, union, options,
-                          foreach_batch=_kpis_writer(settings, streams.BatchContext.of(spark, kpis, settings), columns))])
+                          foreach_batch=_kpis_writer(settings, streams.BatchContext.of(spark, kpis, settings), columns,
+                                                     SilverWatermarks(spark, kpis.checkpoint, {
+                                                         t: settings.table_path("silver", t) for t in pipeline.GOLD_SOURCES})))])
 
 
 if __name__ == "__main__":

@@ -2,11 +2,11 @@
 the same for a batch recomputation and for each micro-batch of the streaming job.
 
 A KPI is declared once as measures (``Measure``): the aggregate a micro-batch computes over its
-rows (a partial value per window and group), and how partial values combine into the KPI
-(counts and sums add, max takes the greatest, an average is recomputed from an exact sum and
-count kept beside it). The streaming job appends each micro-batch's partial rows to the KPI's
-Delta table; the KPI itself (``Kpi.combine``, the ``gold.<kpi>`` view) groups them, so a KPI row
-counts every silver row of its window and group exactly once, whatever the micro-batch boundaries.
+rows (a partial value per window and group), and how partial values combine (counts and sums
+add, max takes the greatest, an average is recomputed from an exact sum and count kept beside
+it). Each micro-batch of the streaming job combines its partial rows with the rows of the
+windows still open (``Kpi.settle``): a window silver's watermark has passed is complete and
+goes, once, to the KPI's table; the others stay in ``<kpi>_open`` (``gold.job``).
 
 Column names keep the seed notebooks' (nb_commandes, total_ventes, max_commande, ...).
 """
@@ -97,14 +97,14 @@ class Kpi:
         """Partial rows (one per micro-batch that touched a window and group) -> the KPI's rows."""
         return partials.groupBy(*self.row_keys).agg(*[F.expr(m.combine).alias(m.name) for m in self.measures])
 
-    def view_sql(self, partials: str) -> str:
-        """``combine`` in SQL, over the table ``partials`` (the body of the ``gold.<kpi>`` view)."""
-        keys = ", ".join(self.row_keys)
-        measures = ", ".join(f"{m.combine} AS {m.name}" for m in self.measures)
-        return f"SELECT {keys}, {measures} FROM {partials} GROUP BY {keys}"
-
-    def signature(self, settings: Settings) -> dict:
-        return {"source": self.source, "keys": list(self.keys), "window": list(self.window_spec(settings))}
+    def settle(self, current: DataFrame, closed_by_ms: int | None) -> tuple[DataFrame, DataFrame]:
+        """The KPI's current rows (``combine`` of the open windows' rows and a batch's partial
+        rows) split into (closed, still open) by ``closed_by_ms`` (epoch ms): a window is closed
+        when it ends at or before it; None closes nothing."""
+        if closed_by_ms is None:
+            return current.limit(0), current
+        closed = F.col("window_end") <= F.timestamp_millis(F.lit(int(closed_by_ms)))
+        return current.filter(closed), current.filter(~closed)
 
 
 KPIS: tuple[Kpi, ...] = (
@@ -128,21 +128,18 @@ KPIS: tuple[Kpi, ...] = (
 _BY_NAME = {k.name: k for k in KPIS}
 
 
-PARTIALS_SUFFIX = "_partials"  # the catalog name of a KPI's Delta table: gold.<kpi>_partials
+OPEN_SUFFIX = "_open"  # gold/<kpi>_open: the windows silver's watermark has not passed yet
+LIVE_SUFFIX = "_live"  # gold.<kpi>_live: the view of every window, closed and open (gold.<kpi> + gold.<kpi>_open)
 
 
 def kpi_named(name: str) -> Kpi | None:
     return _BY_NAME.get(name)
 
 
-def read_kpi(spark, path: str, kpi: Kpi) -> DataFrame:
-    """The KPI's rows, from its Delta table of partial rows at ``path``."""
-    return kpi.combine(spark.read.format("delta").load(path))
-
-
-def kpis_of(source: str) -> tuple[Kpi, ...]:
-    """The KPIs computed from silver table ``source``."""
-    return tuple(k for k in KPIS if k.source == source)
+def live_sql(final: str, open_: str) -> str:
+    """The body of the ``gold.<kpi>_live`` view: the closed windows' rows, then the open ones'
+    (no window is in both: a plain union, the same in Spark SQL and in DataFusion)."""
+    return f"SELECT * FROM {final} UNION ALL SELECT * FROM {open_}"
 
 
 # The notebooks' computations, by name (batch or per-batch; the columns the notebooks show).

@@ -143,7 +143,8 @@ def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
                       for x in ("quarantine", "drop", "late")}
             # checked: the batch's records after the dedup operator (the event log's duplicates are
             # the records read minus these, whatever Spark's numDroppedDuplicateRows says)
-            streams.count_batch(ctx.query_id(spark), batch_id, describe(clock.watermarks(spark, batch_id + 1)),
+            after = clock.watermarks(spark, batch_id + 1)  # what the next batch is judged by
+            streams.count_batch(ctx.query_id(spark), batch_id, describe(after),
                                 quarantined=routes["quarantine"], dropped=routes["drop"], late=routes["late"],
                                 checked=sum(int(r["checked"] or 0) for r in counts.values()))
             counted = StructType(RULE_OUTCOMES_SCHEMA.fields[:-1])  # recorded_at: the commit's clock, below
@@ -154,13 +155,22 @@ def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
             streams.run_parallel([
                 (lambda table=table, dfs=dfs: ctx.append(
                     _one_file_if_side(table, reduce(lambda a, b: a.unionByName(b), dfs)), table,
-                    settings.table_path("silver", table), batch_id))
+                    settings.table_path("silver", table), batch_id, **_watermark_tag(table, after)))
                 for table, dfs in tables.items()])
             failing = [(rule, failed) for _, rule, action, failed, _ in outcomes if action == "fail" and failed]
             if failing:
                 raise StreamFailedError(f"rule {failing[0][0]} (action fail) broken by {failing[0][1]} rows in "
                                         f"batch {batch_id} of {flow.name}")
     return write
+
+
+def _watermark_tag(table: str, after: dict[str, int | None]) -> dict:
+    """What a commit to a source's table states: the source's watermark after this batch (epoch
+    ms; every record at or behind it from the next batch on goes to silver.late_records), so that a
+    reader of the table knows which event times are complete (gold closes its windows by it,
+    ``gold.windows``)."""
+    wm = after.get(pipeline.SOURCE_OF_TABLE.get(table, ""))
+    return {"watermark_ms": wm} if wm is not None else {}
 
 
 def _warn_if_many_late(settings: Settings, flow, kind: str, batch_id: int, late: int, seen: int, wm_ms: int) -> None:

@@ -260,6 +260,11 @@ def _fmt(ts) -> str:
     return ts.strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _fmt_ms(ts) -> str:
+    """``_fmt`` with milliseconds: compares with ``_fmt``'s window ends as text in time order."""
+    return ts.strftime("%Y-%m-%d %H:%M:%S.") + f"{ts.microsecond // 1000:03d}"
+
+
 class GoldOracle:
     """Every gold KPI recomputed in plain Python from the ledger's valid, on-time, deduplicated events.
 
@@ -275,6 +280,27 @@ class GoldOracle:
         self.slide = int(interval_seconds(settings.kpi_slide))
         self.minute = int(interval_seconds(settings.minute_window))
         self.host = int(interval_seconds(settings.host_window))
+        self.delays = {src.kind: interval_seconds(src.watermark) for src in settings.sources}
+
+    def closed_by(self, table: str) -> str:
+        """The end of the last window of KPIs over silver ``table`` that is complete, after a run
+        whose last gold batch read all of silver: silver's final watermark of the table's source,
+        its greatest valid event time (to the millisecond, as silver) less the source's delay
+        (``gold.windows``). A window ending later stays open: no later record has closed it."""
+        from datetime import timedelta
+
+        kind = "orders" if table == "order_items" else table
+        if not self.s.on_time_records(kind):
+            return ""  # no record: no watermark, nothing closed
+        last = max(self._ts(json.loads(r["value"])) for r in self.s.on_time_records(kind))
+        last = last.replace(microsecond=last.microsecond // 1000 * 1000)
+        return _fmt_ms(last - timedelta(seconds=self.delays[kind]))
+
+    def split(self, kpi) -> tuple[dict, dict]:
+        """``kpi``'s rows as (closed windows, open windows): what ``gold.<kpi>`` and ``gold.<kpi>_open`` hold."""
+        rows, by = getattr(self, kpi.name)(), self.closed_by(kpi.source)
+        closed = {k: v for k, v in rows.items() if k[1] <= by}
+        return closed, {k: v for k, v in rows.items() if k not in closed}
 
     @staticmethod
     def _ts(payload):

@@ -1,6 +1,7 @@
 """Event time on the real stack: late means behind the stream's own watermark, not behind the
 arrival time. A replay of history flows through like live data; a record sent behind the
-watermark that earlier micro-batches reached is recorded in the late ledger, with that watermark.
+watermark that earlier micro-batches reached is recorded in the late ledger, with that watermark,
+and leaves the gold window it would have counted in, closed by then, as it was.
 
 Each ``availableNow`` run below is one silver micro-batch (small inputs, one bronze commit per
 topic), so the batch boundaries, and with them which records are late, are known exactly: a
@@ -14,7 +15,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from common.runner import run
-from tests.checks import _table, check_checkpoint_sources, check_late, check_pipeline, check_silver_against_ledger
+from gold.transforms import kpi_named
+from tests.checks import (_table, check_checkpoint_sources, check_gold, check_late, check_pipeline,
+                          check_silver_against_ledger, gold_rows)
 from tests.helpers import delta_count, produce_to
 
 pytestmark = pytest.mark.stack
@@ -67,12 +70,20 @@ def test_records_sent_behind_the_watermark_go_to_the_late_ledger_with_it(spark, 
     send(20, T0 + timedelta(hours=1))                              # batch 1: 11:00:00-11:00:19, and five
     early = send(5, T0 + timedelta(hours=1, seconds=20), late_pct=100, late_by=1800)  # of 10:30:20-24:
     batch()                                        # judged by batch 0's 10:00:29 - 5 min: on time
+    run(("gold",), lake, "availableNow", spark=spark)  # closes what ends by 11:00:19 - 5 min = 10:55:19
+    closed = gold_rows(lake, "customer_minute_totals", kpi_named("customer_minute_totals"))
+    assert {k[0][11:16] for k in closed} == {"10:00", "10:30"} and sum(v[0] for v in closed.values()) == 35
     behind = send(10, T0 + timedelta(hours=1, seconds=30), late_pct=100, late_by=1800)  # 10:30:30-39
     with caplog.at_level("WARNING", logger="lakehouse.silver"):
         batch()                                    # batch 2, judged by 11:00:19 - 5 min = 10:55:19: late
     assert "10 of 10 orders records (100%) were at or behind the watermark 2026-01-18T10:55:19" in caplog.text
     ledger = send(10, T0 + timedelta(hours=1, minutes=1))         # batch 3: 11:01, on time again
     batch()
+    run(("gold",), lake, "availableNow", spark=spark)
+    # the late records' window was closed: it is as it was, once; gold holds every on-time order
+    after = gold_rows(lake, "customer_minute_totals", kpi_named("customer_minute_totals"))
+    assert {k: v for k, v in after.items() if k in closed} == closed
+    check_gold(spark, lake, ledger)
 
     def late_sent(recs):
         return {(r["topic"], r["partition"], r["offset"]) for r in recs if r["fault"] == "late"}

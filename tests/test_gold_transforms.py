@@ -100,8 +100,10 @@ def test_enriched_payload_has_tva(spark):
 
 
 def test_partials_of_any_batches_combine_into_the_kpi(spark):
-    """Each micro-batch appends its partial rows; ``Kpi.combine`` (the gold.<kpi> view) of the
-    partials of any split of the rows into batches equals the KPI computed over all rows at once."""
+    """``Kpi.combine`` of the partial rows of any split of the rows into batches equals the KPI
+    computed over all rows at once; settled batch by batch (``Kpi.settle``, as gold_kpis does),
+    every window is closed at most once and the closed and open rows together are the KPI."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     from common.settings import Settings
@@ -119,6 +121,7 @@ def test_partials_of_any_batches_combine_into_the_kpi(spark):
                                      (_ts("10:00:02"), "h1", 33.3, 10.0)],
                                     "event_time timestamp, host string, cpu_percent double, memory_percent double")
     sources = {"orders": orders, "order_items": items, "logs": logs, "metrics": metrics}
+    settled = []  # (closed, open) rows per KPI
     for kpi in G.KPIS:
         rows = sources[kpi.source].withColumn("batch", F.monotonically_increasing_id() % 3)
         partials = [kpi.aggregate(rows.filter(F.col("batch") == b).drop("batch"), settings) for b in range(3)]
@@ -126,6 +129,18 @@ def test_partials_of_any_batches_combine_into_the_kpi(spark):
         assert union.count() > kpi.aggregate(rows, settings).count() or kpi.name == "host_metrics", kpi.name
         assert_df_equality(kpi.combine(union), kpi.aggregate(rows.drop("batch"), settings), ignore_nullable=True,
                            ignore_row_order=True, ignore_column_order=False)
-        union.createOrReplaceTempView("partials")
-        assert_df_equality(spark.sql(kpi.view_sql("partials")), kpi.combine(union), ignore_nullable=True,
-                           ignore_row_order=True)
+        # settled batch by batch (gold_kpis), closing by a watermark that moves with the batches'
+        # event times: each window is closed once, and closed + open rows are the KPI
+        total = kpi.aggregate(rows.drop("batch"), settings)
+        by_time = sources[kpi.source].withColumn("batch", F.ntile(3).over(Window.partitionBy(F.lit(0)).orderBy("event_time")))
+        open_rows, final = total.limit(0), total.limit(0)
+        for b in (1, 2, 3):
+            batch = by_time.filter(F.col("batch") == b).drop("batch")
+            last_ms = batch.agg(F.max(F.unix_millis("event_time"))).collect()[0][0]
+            current = kpi.combine(open_rows.unionByName(kpi.aggregate(batch, settings))).localCheckpoint()
+            closed, open_rows = kpi.settle(current, last_ms - 30_000 if b < 3 else None)
+            final = final.unionByName(closed.localCheckpoint())
+        settled.append((final.count(), open_rows.count()))
+        assert final.select(*kpi.row_keys).distinct().count() == final.count(), f"{kpi.name}: a window closed twice"
+        assert_df_equality(final.unionByName(open_rows), total, ignore_nullable=True, ignore_row_order=True)
+    assert sum(c for c, _ in settled) > 0 and sum(o for _, o in settled) > 0, settled  # some windows closed, not all

@@ -1,6 +1,6 @@
-"""The Spark-free reader (common.native): literals, object-store options, and a gold KPI read as
-its combined view over partial rows, equal to the values computed by hand (no stack needed: a
-lake on a local path, written with delta-rs)."""
+"""The Spark-free reader (common.native): literals, object-store options, and a gold KPI's final
+table and live view, equal to the values written (no stack needed: a lake on a local path,
+written with delta-rs)."""
 
 from __future__ import annotations
 
@@ -38,26 +38,30 @@ def test_storage_options_follow_the_settings():
     assert storage_options(Settings.from_env({"LAKEHOUSE_LAKE_ROOT": "/tmp/lake"})) == {}
 
 
-def test_kpi_view_combines_partials_like_spark(tmp_path):
-    """module_stats' average is an exact sum over an exact count of integers: 2 partial rows of one
-    window and module give (100 + 251) / 3 = 117.0 -> 117.0, and the other module's 10 / 4 = 2.5
-    (an integer division would say 2)."""
+def test_kpi_tables_and_live_view_read_without_spark(tmp_path):
+    """A KPI's final table reads as it is; its live view (``gold.<kpi>_live``) is the final rows and
+    the open windows' rows together, as Spark's view."""
     settings = Settings.from_env({"LAKEHOUSE_LAKE_ROOT": str(tmp_path)})
     end = datetime(2026, 1, 18, 10, 1, tzinfo=timezone.utc)
-    partials = pa.table({
-        "window_start": pa.array([T, T, T], pa.timestamp("us", "UTC")),
-        "window_end": pa.array([end, end, end], pa.timestamp("us", "UTC")),
-        "module": ["cart", "cart", "payment"],
-        "nb_logs": pa.array([2, 1, 4], pa.int64()),
-        "duree_moyenne_ms": [50.0, 251.0, 2.5],
-        "somme_duree_ms": pa.array([100, 251, 10], pa.int64()),
-        "nb_durees": pa.array([2, 1, 4], pa.int64()),
-    })
-    write_deltalake(settings.table_path("gold", "module_stats"), partials)
+
+    def rows(starts, modules, counts, sums):
+        return pa.table({
+            "window_start": pa.array(starts, pa.timestamp("us", "UTC")),
+            "window_end": pa.array([s.replace(minute=s.minute + 1) for s in starts], pa.timestamp("us", "UTC")),
+            "module": modules, "nb_logs": pa.array(counts, pa.int64()),
+            "duree_moyenne_ms": [round(s / c, 2) for s, c in zip(sums, counts)],
+            "somme_duree_ms": pa.array(sums, pa.int64()), "nb_durees": pa.array(counts, pa.int64())})
+
+    write_deltalake(settings.table_path("gold", "module_stats"), rows([T, T], ["cart", "payment"], [3, 4], [351, 10]))
+    write_deltalake(settings.table_path("gold", "module_stats_open"), rows([end], ["cart"], [1], [7]))
     lake = NativeLake(settings)
-    rows = {r["module"]: r for r in lake.rows("gold.module_stats", order_by="module")}
-    assert (rows["cart"]["nb_logs"], rows["cart"]["duree_moyenne_ms"]) == (3, 117.0)
-    assert (rows["payment"]["nb_logs"], rows["payment"]["duree_moyenne_ms"]) == (4, 2.5)
+    found = {r["module"]: r for r in lake.rows("gold.module_stats", order_by="module")}
+    assert (found["cart"]["nb_logs"], found["cart"]["duree_moyenne_ms"]) == (3, 117.0)
+    assert (found["payment"]["nb_logs"], found["payment"]["duree_moyenne_ms"]) == (4, 2.5)
+    live = lake.rows("gold.module_stats_live", order_by="window_start, module")
+    assert [(r["window_start"].minute, r["module"], r["nb_logs"]) for r in live] == [(0, "cart", 3), (0, "payment", 4),
+                                                                                    (1, "cart", 1)]
+    assert lake.rows("gold.customer_minute_totals_live") == []  # a KPI not written yet reads as no rows
     assert lake.rows("gold.module_stats", module="payment", where=f"window_start <= {literal(T)}")[0]["nb_logs"] == 4
     assert lake.rows("silver.orders") == []  # a table not written yet reads as no rows
     assert len(lake.file_times("gold.module_stats", "nb_logs", 4)) == 1
