@@ -106,6 +106,8 @@ def run_one(spark, base: Settings, system: str, rate: float, seconds: float, war
     if system == "project":
         res["queries"] = batch_profile(open(out.name).read())
         res["kpi_customer_minute_totals"] = percentiles([(c - k) / 1000 for k, c in kpi_pairs(spark, s, MEASURED)])
+        res["kpi_final_customer_minute_totals"] = percentiles(  # closed windows only: window + watermark later
+            [(c - k) / 1000 for k, c in kpi_pairs(spark, s, MEASURED, final=True)])
     log(f"  {system} at {rate:g} orders/s: gold p50 {res['gold']['p50']} s / p99 {res['gold']['p99']} s "
         f"({len(lat)} orders), drained {res['drain_s']} s after the producer, {res['cpu_s_per_wall_s']} cores busy "
         f"(the whole machine {machine} of {os.cpu_count()})")

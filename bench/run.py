@@ -140,30 +140,30 @@ def gold_pairs(spark, s: Settings, system: str, first: int = 0) -> list[tuple[fl
     return [(r.kafka_ms, r.commit_ms) for r in df.where(f"order_id >= {first}").collect()]
 
 
-def kpi_pairs(spark, s: Settings, first: int = 0) -> list[tuple[float, float]]:
+def kpi_pairs(spark, s: Settings, first: int = 0, final: bool = False) -> list[tuple[float, float]]:
     """(Kafka timestamp ms, commit ms) per order with id >= ``first``, for the KPI
-    ``customer_minute_totals``: the commit of partial rows in which the order's window and customer
-    first count it. gold_kpis reads silver's commits in order, so the k-th order of a window and
-    customer (by silver commit) is counted by the first partials commit whose running
-    ``nb_commandes`` reaches k."""
+    ``customer_minute_totals``: the first commit in which the order's window and customer count it
+    (in ``<kpi>_open`` or, once closed, ``<kpi>``: what ``gold.<kpi>_live`` shows), or with
+    ``final`` the commit of the window's final row. Every commit of a row holds its running
+    ``nb_commandes``, and gold_kpis reads silver's commits in order, so the k-th order of a window
+    and customer (by silver commit) is counted by the first commit whose ``nb_commandes`` reaches k."""
     from pyspark.sql import functions as F
 
     window = F.window("event_time", s.minute_window).start.cast("string").alias("w")
     silver = first_visible(spark, s.table_path("silver", "orders"), ["order_id", "customer_id", "event_time",
                                                                       "kafka_timestamp"])
     orders = silver.select("order_id", "customer_id", window, _kafka_ms(), "commit_ms").collect()
-    partials = first_visible(spark, s.table_path("gold", "customer_minute_totals"),
-                             ["window_start", "customer_id", "nb_commandes"])
     counted: dict[tuple, list[tuple[float, int]]] = {}
-    for r in partials.select(F.col("window_start").cast("string").alias("w"), "customer_id", "nb_commandes",
-                             "commit_ms").orderBy("commit_ms").collect():
-        runs = counted.setdefault((r.w, r.customer_id), [])
-        runs.append((r.commit_ms, (runs[-1][1] if runs else 0) + r.nb_commandes))
+    for table in ("customer_minute_totals",) + (() if final else ("customer_minute_totals_open",)):
+        rows = first_visible(spark, s.table_path("gold", table), ["window_start", "customer_id", "nb_commandes"])
+        for r in rows.select(F.col("window_start").cast("string").alias("w"), "customer_id", "nb_commandes",
+                             "commit_ms").collect():
+            counted.setdefault((r.w, r.customer_id), []).append((r.commit_ms, r.nb_commandes))
     out, rank = [], {}
     for r in sorted(orders, key=lambda r: (r.commit_ms, r.order_id)):
         key = (r.w, r.customer_id)
         rank[key] = rank.get(key, 0) + 1
-        commit = next((c for c, total in counted.get(key, []) if total >= rank[key]), None)
+        commit = min((c for c, total in counted.get(key, []) if total >= rank[key]), default=None)
         if commit is not None and r.order_id >= first:
             out.append((r.kafka_ms, commit))
     return out

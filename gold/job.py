@@ -113,8 +113,10 @@ def _orders_writer(settings: Settings, ctx: streams.BatchContext):
     return write
 
 
-def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[str, list[str]], clock: SilverWatermarks):
+def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[str, list[str]], clock: SilverWatermarks,
+                 kpis=KPIS):
     settled_by: dict[str, int | None] = {}  # KPI -> the watermark its last micro-batch of this run closed by
+    still_open: dict[str, object] = {}  # KPI -> the open windows this run last wrote (computed, kept)
 
     def settle(kpi, batch, batch_id: int, closed_by_ms: int | None) -> None:
         final, open_ = kpi.name, kpi.name + OPEN_SUFFIX
@@ -122,17 +124,20 @@ def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[st
         spark = batch.sparkSession
         if ctx.holds(spark, open_, open_path, batch_id):  # replayed: written in full (closed rows first)
             settled_by[kpi.name] = closed_by_ms
+            still_open.pop(kpi.name, None)
             return
         partials = kpi.aggregate(batch.filter(batch.source == kpi.source).select(*columns[kpi.source]), settings)
-        # computed once (a few rows per open window): read by both writes, the second of which
-        # replaces the table they were read from
-        current = kpi.combine(spark.read.format("delta").load(open_path).unionByName(partials)
-                              ).localCheckpoint(eager=True)
-        closed, still_open = kpi.settle(current, closed_by_ms)
+        # the open windows: as this run last wrote them, kept (read from the table at a run's start)
+        before = still_open.pop(kpi.name, None)
+        if before is None:
+            before = spark.read.format("delta").load(open_path)
+        # computed once (a few rows per open window): read by both writes and kept for the next batch
+        current = kpi.combine(before.unionByName(partials)).localCheckpoint(eager=True)
+        closed, after = kpi.settle(current, closed_by_ms)
         if not closed.isEmpty():
             ctx.append(closed.coalesce(1), final, final_path, batch_id)
-        ctx.append(still_open.coalesce(1), open_, open_path, batch_id, mode="overwrite")
-        settled_by[kpi.name] = closed_by_ms
+        ctx.append(after.coalesce(1), open_, open_path, batch_id, mode="overwrite")
+        settled_by[kpi.name], still_open[kpi.name] = closed_by_ms, after
 
     def write(batch, batch_id: int) -> None:
         batch = batch.persist()
@@ -140,10 +145,16 @@ def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[st
             spark = batch.sparkSession
             present = {r.source for r in batch.select("source").distinct().collect()}
             watermarks = clock.at(spark, batch_id)
-            # a KPI changes when its source has rows in the batch or its watermark moved
+
+            def changes(kpi) -> bool:  # rows of its source in the batch, or a watermark that may close windows
+                if kpi.source in present:
+                    return True
+                if kpi.name in settled_by:
+                    return settled_by[kpi.name] != watermarks[kpi.source]
+                return watermarks[kpi.source] is not None  # a run's first batch: any watermark at all
+
             streams.run_parallel([(lambda kpi=kpi: settle(kpi, batch, batch_id, watermarks[kpi.source]))
-                                  for kpi in KPIS if kpi.source in present
-                                  or kpi.name not in settled_by or settled_by[kpi.name] != watermarks[kpi.source]])
+                                  for kpi in kpis if changes(kpi)])
         finally:
             batch.unpersist()
     return write

@@ -11,6 +11,11 @@ Spark's offsets log). Batch N is judged by the file of batch N - 1; a batch repl
 reads the same file and judges every record as the first attempt did. Only valid event times
 count: quarantined records never move a watermark.
 
+Every commit of a batch to a source's table (``orders`` and ``order_items``, ``logs``,
+``metrics``) carries in its tag the source's watermark after the batch (``watermark_ms``): a
+reader of the table knows that no row at or behind it will ever be added. Gold closes its KPI
+windows by it (``gold.windows``).
+
 Spark's own watermark is not used for this: it only bounds the dedup operator's state, and it
 follows processing time (``silver.transforms.dedupe``), so the operator never discards a record
 as late; every late record reaches the silver job, which writes it to ``silver.late_records``.

@@ -108,3 +108,75 @@ def test_a_batch_committed_by_an_earlier_txn_only_version_is_skipped(spark, lake
     assert spark.read.format("delta").load(path).count() == 1
     ctx.append(rows, "upgrade_probe", path, 5)
     assert spark.read.format("delta").load(path).count() == 2
+
+
+def test_a_crash_between_the_two_commits_of_a_kpi_batch_adds_nothing_twice_and_loses_nothing(spark, lake):
+    """gold_kpis' micro-batch per KPI: the closed windows appended to gold/<kpi>, then
+    gold/<kpi>_open replaced. A crash after the first commit: the restart replays the batch, skips
+    the append its table holds and writes the open windows; a second replay changes nothing; a
+    later watermark closes the rest. Every window ends in gold/<kpi> once, with every order."""
+    from datetime import datetime
+
+    from pyspark.sql import functions as F
+
+    from common.streams import BatchContext
+    from common.tables import ensure_table
+    from gold.job import _kpis_writer
+    from gold.transforms import OPEN_SUFFIX, kpi_named
+
+    kpi = kpi_named("customer_minute_totals")
+    final, open_ = lake.table_path("gold", kpi.name), lake.table_path("gold", kpi.name + OPEN_SUFFIX)
+    columns = ["customer_id", "event_time", "total"]
+    for path in (final, open_):
+        ensure_table(spark, path, kpi.aggregate(spark.createDataFrame([], "customer_id string, event_time timestamp, "
+                                                                          "total double"), lake), not_null=kpi.row_keys)
+
+    def orders(*rows):
+        return (spark.createDataFrame([(c, datetime.fromisoformat(f"2026-01-18T{t}"), v) for c, t, v in rows],
+                                      ", ".join(f"{c} {t}" for c, t in zip(columns, ("string", "timestamp", "double"))))
+                .withColumn("source", F.lit("orders")))
+
+    class Clock:  # silver's watermark of orders as gold read it, per batch (epoch ms)
+        marks = {0: None, 1: int(datetime.fromisoformat("2026-01-18T10:01:00+00:00").timestamp() * 1000),
+                 2: int(datetime.fromisoformat("2026-01-18T10:03:00+00:00").timestamp() * 1000)}
+
+        def at(self, spark, batch_id):
+            return {"orders": self.marks[batch_id]}
+
+    def writer(ctx):
+        return _kpis_writer(lake, ctx, {"orders": columns}, Clock(), kpis=(kpi,))
+
+    def rows(path):
+        return {(r.window_start.strftime("%H:%M"), r.customer_id): (r.nb_commandes, r.total_commandes)
+                for r in spark.read.format("delta").load(path).collect()}
+
+    batch0 = orders(("C1", "10:00:10", 10.0), ("C1", "10:00:20", 5.0), ("C2", "10:01:30", 7.0))
+    batch1 = orders(("C2", "10:01:40", 1.0), ("C1", "10:02:05", 2.0))
+    run1 = BatchContext(_Flow, query_id="q1")
+    writer(run1)(batch0, 0)
+    assert rows(final) == {} and rows(open_) == {("10:00", "C1"): (2, 15.0), ("10:01", "C2"): (1, 7.0)}
+
+    append = run1.append
+
+    def crash_before_the_open_windows(df, table, path, batch_id, mode="append", **tag):
+        if mode == "overwrite":
+            raise RuntimeError("driver killed")
+        append(df, table, path, batch_id, mode=mode, **tag)
+
+    run1.append = crash_before_the_open_windows
+    with pytest.raises(RuntimeError, match="driver killed"):
+        writer(run1)(batch1, 1)
+    assert rows(final) == {("10:00", "C1"): (2, 15.0)}  # the first commit landed
+    assert rows(open_) == {("10:00", "C1"): (2, 15.0), ("10:01", "C2"): (1, 7.0)}  # the second did not
+
+    run2 = BatchContext(_Flow, query_id="q1")  # the restart replays batch 1
+    writer(run2)(batch1, 1)
+    want_open = {("10:01", "C2"): (2, 8.0), ("10:02", "C1"): (1, 2.0)}
+    assert rows(final) == {("10:00", "C1"): (2, 15.0)} and rows(open_) == want_open
+    versions = (len(_history(spark, final)), len(_history(spark, open_)))
+    writer(BatchContext(_Flow, query_id="q1"))(batch1, 1)  # replayed again: nothing to do
+    assert (len(_history(spark, final)), len(_history(spark, open_))) == versions and rows(open_) == want_open
+
+    writer(run2)(orders(), 2)  # no orders, the watermark at 10:03: the last windows close
+    assert rows(final) == {("10:00", "C1"): (2, 15.0), **want_open} and rows(open_) == {}
+    assert spark.read.format("delta").load(final).count() == 3

@@ -1,6 +1,6 @@
 """``lakehouse dashboard`` in a real headless browser (Debian's Chromium, driven by Selenium with
 the installed chromedriver): against a lake the pipeline filled, every chart draws its data
-marks, the product revenue shown equals Spark SQL over ``gold.product_sales``, no panel is empty,
+marks, the product revenue shown equals Spark SQL over ``gold.product_sales_live`` (closed and open windows), no panel is empty,
 and a screenshot is kept in reports/ (CI uploads it)."""
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def test_dashboard_shows_gold_and_health_in_a_browser(spark, pipeline_lake, tmp_
     record(spark, lake, validate(spark, lake, layers=("bronze",), docs=False))
     register_tables(spark, lake)
     expected = {r.product_name: r.ca_total for r in spark.sql(
-        "SELECT product_name, round(sum(ca_total), 2) AS ca_total FROM gold.product_sales GROUP BY product_name"
+        "SELECT product_name, round(sum(ca_total), 2) AS ca_total FROM gold.product_sales_live GROUP BY product_name"
     ).collect()}
     assert len(expected) >= 5
 

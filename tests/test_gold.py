@@ -101,11 +101,12 @@ def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake
     produce_to(lake, tmp_path / "ledger.jsonl", 100, seed=41)
     proc = start_stage_process(lake, "all", "processingTime=2 seconds", tmp_path / "all.log")
     try:
-        path = lake.table_path("gold", "customer_order_kpis")
+        # the orders were just sent: their windows stay open (orders' watermark: 5 minutes)
+        path = lake.table_path("gold", "customer_order_kpis_open")
         wait_until(lambda: delta_count(spark, path) > 0 or proc.poll() is not None, 400, "run all to reach gold")
         assert proc.poll() is None, (tmp_path / "all.log").read_text()[-3000:]
         # this test's process is the second one: `lakehouse sql` in it, while run all writes
-        sql = lakehouse(lake, "sql", "--format", "json", "SELECT count(*) AS n FROM gold.customer_order_kpis",
+        sql = lakehouse(lake, "sql", "--format", "json", "SELECT count(*) AS n FROM gold.customer_order_kpis_live",
                         capfd=capfd)
         assert sql.returncode == 0, sql.stderr[-2000:]
         assert json.loads(sql.stdout.strip().splitlines()[-1])["n"] >= 1

@@ -23,9 +23,8 @@ QUERY = "SELECT customer_id, nb_commandes FROM gold.customer_order_kpis ORDER BY
 
 def test_sql_cli_spark_sql_shell_and_thrift_server_return_the_same_rows(spark, lake, tmp_path, capfd):
     rows = [("CUST-001", 3), ("CUST-002", 1), ("CUST-007", 12)]
-    # the KPI's table holds partial rows (CUST-001's window in two micro-batches); gold.<kpi> combines them
-    partials = [("CUST-001", 2, 10.0), ("CUST-001", 1, 5.5), ("CUST-002", 1, 1.0), ("CUST-007", 12, 99.0)]
-    (spark.createDataFrame(partials, "customer_id string, nb_commandes long, total double")
+    final = [("CUST-001", 3, 15.5), ("CUST-002", 1, 1.0), ("CUST-007", 12, 99.0)]  # one row per window and customer
+    (spark.createDataFrame(final, "customer_id string, nb_commandes long, total double")
      .selectExpr("TIMESTAMP '2026-01-18 10:00:00' AS window_start", "TIMESTAMP '2026-01-18 10:02:00' AS window_end",
                  "customer_id", "nb_commandes", "total AS total_ventes", "total AS max_commande")
      .write.format("delta").save(lake.table_path("gold", "customer_order_kpis")))
