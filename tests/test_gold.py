@@ -83,7 +83,7 @@ def test_gold_sigkill_replay_counts_nothing_twice(spark, lake, tmp_path):
     run(("bronze", "silver"), lake, "availableNow", spark=spark)
     proc = start_stage_process(lake, "gold", "processingTime=1 second", tmp_path / "gold1.log")
     try:
-        path = lake.table_path("gold", "customer_order_kpis")
+        path = lake.table_path("gold", "customer_order_kpis_open")
         wait_until(lambda: delta_count(spark, path) > 0 or proc.poll() is not None, 300, "gold to commit a batch")
         assert proc.poll() is None, (tmp_path / "gold1.log").read_text()[-3000:]
         produce_to(lake, ledger_path, 200, seed=32, **FAULTS)

@@ -97,7 +97,7 @@ def test_sigkill_of_each_stage_at_random_moments(spark, lake, tmp_path):
     produce_to(lake, ledger, 150, seed=101, **FAULTS)
     tables = {"bronze": lake.table_path("bronze", lake.bronze_table_for(lake.topic_orders)),
               "silver": lake.table_path("silver", "orders"),
-              "gold": lake.table_path("gold", "customer_order_kpis")}
+              "gold": lake.table_path("gold", "customer_order_kpis_open")}
     procs, logs = {}, {}
     for stage in STAGES:  # each stage needs the tables of the one before it
         logs[stage] = tmp_path / f"{stage}-0.log"
@@ -158,7 +158,7 @@ def test_minio_down_for_five_minutes_under_run_all_then_a_plain_restart_recovers
     ledger = tmp_path / "ledger.jsonl"
     produce_to(lake, ledger, 100, seed=301, **FAULTS)
     log = tmp_path / "all.log"
-    app = _start_live(lake, "all", log, spark, lake.table_path("gold", "customer_order_kpis"))
+    app = _start_live(lake, "all", log, spark, lake.table_path("gold", "customer_order_kpis_open"))
     producer = Producer(lake, ledger, 300, rate=10, seed=302)
     try:
         producer.start()
