@@ -28,6 +28,8 @@ def first_visible(spark, path: str, columns: list[str]):
     from pyspark.sql import functions as F
 
     log = _log(spark, path)
+    if "add" not in log.columns:  # no file added yet (a table just created)
+        return spark.createDataFrame([], "commit_ms long")
     commits = log.where("commitInfo IS NOT NULL").select("version", F.col("commitInfo.timestamp").alias("commit_ms"))
     adds = (log.where("add IS NOT NULL AND add.dataChange").select("version", F.col("add.path").alias("file"))
             .join(commits, "version"))
