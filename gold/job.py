@@ -134,7 +134,7 @@ def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[st
         # computed once (a few rows per open window): read by both writes and kept for the next batch
         current = kpi.combine(before.unionByName(partials)).localCheckpoint(eager=True)
         closed, after = kpi.settle(current, closed_by_ms)
-        if not closed.isEmpty():
+        if closed_by_ms is not None and not closed.isEmpty():  # no watermark: nothing closes, no job to ask
             ctx.append(closed.coalesce(1), final, final_path, batch_id)
         ctx.append(after.coalesce(1), open_, open_path, batch_id, mode="overwrite")
         settled_by[kpi.name], still_open[kpi.name] = closed_by_ms, after
