@@ -252,6 +252,7 @@ class BatchContext:
         self._query_id = query_id
         self._new = new_checkpoint
         self._last: dict[str, int] = {}  # table -> highest batch id known committed (after the first write)
+        self._replaced: dict[str, int] = {}  # table -> commits of this run by ``replace``
 
     @classmethod
     def of(cls, spark, flow, settings: Settings) -> "BatchContext":
@@ -291,22 +292,49 @@ class BatchContext:
         """The table already holds this batch (a replay after a restart)."""
         return self._should_write(spark, table, path, batch_id) is None
 
-    def append(self, df, table: str, path: str, batch_id: int, mode: str = "append", **tag) -> None:
-        """Append the batch's rows for ``table`` (``mode="overwrite"``: replace its rows by them)
-        unless the table already holds this batch; ``tag`` goes into the commit's tag."""
+    def append(self, df, table: str, path: str, batch_id: int, **tag) -> None:
+        """Append the batch's rows for ``table`` unless the table already holds this batch; ``tag``
+        goes into the commit's tag."""
         from common.tables import append_batch, compactor
 
         todo = self._should_write(df.sparkSession, table, path, batch_id)
         if todo:
-            try:
-                append_batch(df, path, todo[0], batch_id, txn=todo[1], mode=mode, **tag)
-            except BaseException:
-                self._last.pop(table, None)  # the commit may have landed: look it up again next time
-                self._new = False
-                raise
-            self._last[table] = batch_id
-            if mode == "append":  # an overwritten table holds one batch's files: nothing to compact
-                compactor.committed(df.sparkSession, path, self.compact_every)
+            with self._committing(table, batch_id):
+                append_batch(df, path, todo[0], batch_id, txn=todo[1], **tag)
+            compactor.committed(df.sparkSession, path, self.compact_every)
+
+    def replace(self, df, table: str, path: str, batch_id: int, settings: Settings, **tag) -> None:
+        """Replace the rows of the small table ``table`` by the batch's (``native.replace``: from
+        the driver, through delta-rs) unless it already holds this batch; every ``compact_every``
+        commits, delete the files its replaced rows left (``native.vacuum``)."""
+        from common import native
+        from common.tables import commit_tag
+
+        todo = self._should_write(df.sparkSession, table, path, batch_id)
+        if todo:
+            with self._committing(table, batch_id):
+                native.replace(df, path, settings, commit_tag(todo[0], batch_id, **tag),
+                               txn=(todo[0], batch_id) if todo[1] else None)
+            self._replaced[table] = self._replaced.get(table, 0) + 1
+            if self.compact_every and self._replaced[table] % self.compact_every == 0:
+                try:
+                    log.info("%s: %d replaced files of %s deleted", self.flow.name, native.vacuum(path, settings),
+                             table)
+                except Exception as e:  # noqa: BLE001 - housekeeping: the next one catches up
+                    log.warning("%s: the replaced files of %s not deleted this time: %s", self.flow.name, table,
+                                str(e).splitlines()[0][:200])
+
+    @contextmanager
+    def _committing(self, table: str, batch_id: int):
+        """Around the commit of ``batch_id`` to ``table``: known committed after it, unknown if it
+        failed (the commit may have landed: looked up again at the next write)."""
+        try:
+            yield
+        except BaseException:
+            self._last.pop(table, None)
+            self._new = False
+            raise
+        self._last[table] = batch_id
 
 
 @contextmanager

@@ -12,8 +12,8 @@ window's current values are in ``gold/<kpi>_open``, which every micro-batch repl
 and the batch's partial aggregates combined (``Kpi.settle``), the closed ones appended to
 ``gold/<kpi>``, the rest written back. ``gold.<kpi>_live`` (a view: ``gold.<kpi>`` UNION ALL
 ``gold.<kpi>_open``) shows every window, the current minute too. No state in gold's checkpoint,
-no MERGE: per micro-batch and KPI, one small read, one overwrite, and an append when windows
-close. Exactly once: each commit is tagged with its writer (the checkpoint's query id + table)
+no MERGE: per micro-batch and KPI, one aggregation, one replace of the open windows (a few rows,
+written from the driver by delta-rs: ``native.replace``), and an append when windows close. Exactly once: each commit is tagged with its writer (the checkpoint's query id + table)
 and batch id (``streams.BatchContext``); the closed rows are appended before ``<kpi>_open`` is
 replaced, so a batch replayed after a crash between the two appends nothing twice (its closed
 rows are in, tagged) and recomputes the same open rows from the same inputs.
@@ -136,7 +136,7 @@ def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[st
         closed, after = kpi.settle(current, closed_by_ms)
         if closed_by_ms is not None and not closed.isEmpty():  # no watermark: nothing closes, no job to ask
             ctx.append(closed.coalesce(1), final, final_path, batch_id)
-        ctx.append(after.coalesce(1), open_, open_path, batch_id, mode="overwrite")
+        ctx.replace(after, open_, open_path, batch_id, settings)
         settled_by[kpi.name], still_open[kpi.name] = closed_by_ms, after
 
     def write(batch, batch_id: int) -> None:

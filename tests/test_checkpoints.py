@@ -156,14 +156,10 @@ def test_a_crash_between_the_two_commits_of_a_kpi_batch_adds_nothing_twice_and_l
     writer(run1)(batch0, 0)
     assert rows(final) == {} and rows(open_) == {("10:00", "C1"): (2, 15.0), ("10:01", "C2"): (1, 7.0)}
 
-    append = run1.append
+    def crash_before_the_open_windows(*args, **kwargs):
+        raise RuntimeError("driver killed")
 
-    def crash_before_the_open_windows(df, table, path, batch_id, mode="append", **tag):
-        if mode == "overwrite":
-            raise RuntimeError("driver killed")
-        append(df, table, path, batch_id, mode=mode, **tag)
-
-    run1.append = crash_before_the_open_windows
+    run1.replace = crash_before_the_open_windows
     with pytest.raises(RuntimeError, match="driver killed"):
         writer(run1)(batch1, 1)
     assert rows(final) == {("10:00", "C1"): (2, 15.0)}  # the first commit landed
