@@ -61,7 +61,8 @@ def replace(df, path: str, settings: Settings, tag: str, txn: tuple[str, int] | 
 
 def vacuum(path: str, settings: Settings, retention_hours: int = 1) -> int:
     """Delete the files of the table at ``path`` that no version of the last ``retention_hours``
-    references (a replaced table's old rows); returns how many. For tables written by
+    references (a replaced table's old rows); returns how many files its tombstones name (one
+    deleted before counts again: deleting it twice is harmless). For tables written by
     ``replace``: they are not read by time travel, and a reader's snapshot lives seconds."""
     from deltalake import DeltaTable
 

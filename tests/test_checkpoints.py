@@ -176,3 +176,12 @@ def test_a_crash_between_the_two_commits_of_a_kpi_batch_adds_nothing_twice_and_l
     writer(run2)(orders(), 2)  # no orders, the watermark at 10:03: the last windows close
     assert rows(final) == {("10:00", "C1"): (2, 15.0), **want_open} and rows(open_) == {}
     assert spark.read.format("delta").load(final).count() == 3
+
+    # the files of the replaced open windows (batches 0 and 1) go at the clean-up, the table reads as it was
+    from common.native import vacuum
+    batch0 = spark.read.format("delta").option("versionAsOf", 1).load(open_)  # version 1: batch 0's open windows
+    assert batch0.count() == 2
+    assert vacuum(open_, lake, retention_hours=0) == 2
+    with pytest.raises(Exception, match="(?i)not.?found|does not exist"):
+        spark.read.format("delta").option("versionAsOf", 1).load(open_).collect()
+    assert rows(open_) == {} and spark.read.format("delta").load(open_).count() == 0
