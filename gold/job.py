@@ -13,8 +13,9 @@ and the batch's partial aggregates combined (``Kpi.settle``), the closed ones ap
 ``gold/<kpi>``, the rest written back. ``gold.<kpi>_live`` (a view: ``gold.<kpi>`` UNION ALL
 ``gold.<kpi>_open``) shows every window, the current minute too. No state in gold's checkpoint,
 no MERGE: per micro-batch and KPI, one aggregation, one replace of the open windows (a few rows,
-written from the driver by delta-rs: ``native.replace``), and an append when windows close. Exactly once: each commit is tagged with its writer (the checkpoint's query id + table)
-and batch id (``streams.BatchContext``); the closed rows are appended before ``<kpi>_open`` is
+written from the driver by delta-rs: ``native.replace``), and an append when windows close.
+Exactly once: each commit is tagged with its writer (the checkpoint's query id + table) and
+batch id (``streams.BatchContext``); the closed rows are appended before ``<kpi>_open`` is
 replaced, so a batch replayed after a crash between the two appends nothing twice (its closed
 rows are in, tagged) and recomputes the same open rows from the same inputs.
 (Until 2026-12 the KPI tables held each micro-batch's partial rows and only a Spark view combined
