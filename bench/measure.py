@@ -27,15 +27,19 @@ def first_visible(spark, path: str, columns: list[str]):
     """``columns`` of every row ever appended to the Delta table at ``path``, with ``commit_ms``."""
     from pyspark.sql import functions as F
 
+    def none():  # no file added yet (a table just created): no rows, the same columns
+        return (spark.read.format("delta").load(path).select(*columns).limit(0)
+                .withColumn("commit_ms", F.lit(None).cast("long")))
+
     log = _log(spark, path)
-    if "add" not in log.columns:  # no file added yet (a table just created)
-        return spark.createDataFrame([], "commit_ms long")
+    if "add" not in log.columns:
+        return none()
     commits = log.where("commitInfo IS NOT NULL").select("version", F.col("commitInfo.timestamp").alias("commit_ms"))
     adds = (log.where("add IS NOT NULL AND add.dataChange").select("version", F.col("add.path").alias("file"))
             .join(commits, "version"))
     files = {r.file: r.commit_ms for r in adds.collect()}
     if not files:
-        return spark.createDataFrame([], "commit_ms long")
+        return none()
     from urllib.parse import unquote
 
     full = [f"{path}/{unquote(f)}" for f in files]

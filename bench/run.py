@@ -156,8 +156,6 @@ def kpi_pairs(spark, s: Settings, first: int = 0, final: bool = False) -> list[t
     counted: dict[tuple, list[tuple[float, int]]] = {}
     for table in ("customer_minute_totals",) + (() if final else ("customer_minute_totals_open",)):
         rows = first_visible(spark, s.table_path("gold", table), ["window_start", "customer_id", "nb_commandes"])
-        if "window_start" not in rows.columns:  # nothing written to it yet
-            continue
         for r in rows.select(F.col("window_start").cast("string").alias("w"), "customer_id", "nb_commandes",
                              "commit_ms").collect():
             counted.setdefault((r.w, r.customer_id), []).append((r.commit_ms, r.nb_commandes))

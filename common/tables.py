@@ -114,8 +114,8 @@ def last_committed_batch(spark, path: str, app_id: str, depth: int = HISTORY_DEP
 def append_batch(df, path: str, app_id: str, batch_id: int, txn: bool = False, **extra) -> None:
     """Append one micro-batch's rows in a commit tagged with (``app_id``, ``batch_id``) and
     ``extra``. With ``txn`` also Delta's txnAppId/txnVersion, which skips a batch that an earlier,
-    txn-only version of the project committed; it costs a state reconstruction of the table (~0.7 s here), so only the
-    first write of a run asks for it (see ``streams.BatchContext``)."""
+    txn-only version of the project committed; it costs a state reconstruction of the table
+    (~0.7 s here), so only the first write of a run asks for it (see ``streams.BatchContext``)."""
     w = df.write.format("delta").mode("append").option("userMetadata", commit_tag(app_id, batch_id, **extra))
     if txn:
         w = w.option("txnAppId", app_id).option("txnVersion", str(batch_id))
