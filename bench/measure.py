@@ -82,7 +82,7 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process tree (from /proc)."""
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
-    for p in [pid, *_descendants(pid)]:
+    for p in _descendants(pid):  # (the process itself included)
         try:
             fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
