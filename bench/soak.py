@@ -133,7 +133,7 @@ class Lake:
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
-        from common.native import storage_options, table_uri
+        from common.deltars import storage_options, table_uri
 
         layer, table = name.split(".", 1)
         try:
@@ -172,7 +172,7 @@ class Lake:
         """Per query, from the event log: its state store's rows and memory at its last logged
         batch, and the batches logged since the last call (count, ``durationMs`` p50 and max)."""
         from common.eventlog import VIEW
-        from common.native import NativeLake
+        from serving.native import NativeLake
 
         rows = NativeLake(self.s).rows(f"{OPS}.{VIEW}", order_by="batch_id",  # a new one: the log as it is now
                                        columns="query, batch_id, duration_ms, state_rows, state_memory_bytes")

@@ -245,7 +245,7 @@ def _lake_session(app_name: str, kafka: bool = False):
 
 
 def _cmd_sql(args) -> int:
-    from common.catalog import register_tables
+    from serving.catalog import register_tables
 
     settings, spark = _lake_session("lakehouse-sql")
     tables = register_tables(spark, settings)
@@ -253,7 +253,7 @@ def _cmd_sql(args) -> int:
         df = spark.sql(args.query)
         rows = df.collect()
     except Exception as e:  # AnalysisException and friends: one line, no JVM trace
-        from common.catalog import missing_table_message
+        from serving.catalog import missing_table_message
         from common.streams import short_error
 
         if settings.log_level == "DEBUG":
@@ -273,7 +273,7 @@ def _json_value(value) -> str:
 
 def _cmd_trace(args) -> int:
     from common.clients import check_reachable
-    from common.trace import trace_kafka, trace_order
+    from serving.trace import trace_kafka, trace_order
 
     if args.what == "order" and len(args.ids) != 1:
         raise SettingsError("usage: lakehouse trace order <order_id>")
@@ -307,7 +307,7 @@ def _cmd_peek(args) -> int:
 
 def _cmd_dashboard(args) -> int:
     from common.clients import check_reachable
-    from common.dashboard import serve
+    from serving.dashboard import serve
 
     settings = get_settings()
     changes = {k: v for k, v in (("dashboard_port", args.port), ("dashboard_host", args.host)) if v is not None}
@@ -318,7 +318,7 @@ def _cmd_dashboard(args) -> int:
 
 def _cmd_status(args) -> int:
     from common.clients import check_reachable
-    from common.status import format_status, read_status
+    from serving.status import format_status, read_status
 
     settings = get_settings()
     check_reachable(settings, kafka=False)
@@ -331,13 +331,13 @@ def _cmd_status(args) -> int:
 
 
 def _cmd_sql_server(args) -> int:
-    from common.sqlserver import serve
+    from serving.sqlserver import serve
 
     return serve(get_settings(), port=args.port, refresh=args.refresh)
 
 
 def _cmd_spark_sql(args) -> int:
-    from common.sqlserver import spark_sql_shell
+    from serving.sqlserver import spark_sql_shell
 
     return spark_sql_shell(get_settings(), args.args)
 
@@ -360,7 +360,7 @@ def _cmd_customers(args) -> int:
 
 
 def _cmd_maintain(args) -> int:
-    from common.catalog import list_tables
+    from serving.catalog import list_tables
     from common.tables import maintain
 
     if args.vacuum_hours is not None and args.vacuum_hours < 168:

@@ -304,21 +304,21 @@ class BatchContext:
             compactor.committed(df.sparkSession, path, self.compact_every)
 
     def replace(self, df, table: str, path: str, batch_id: int, settings: Settings, **tag) -> None:
-        """Replace the rows of the small table ``table`` by the batch's (``native.replace``: from
+        """Replace the rows of the small table ``table`` by the batch's (``deltars.replace``: from
         the driver, through delta-rs) unless it already holds this batch; every ``compact_every``
-        commits, delete the files its replaced rows left (``native.vacuum``)."""
-        from common import native
+        commits, delete the files its replaced rows left (``deltars.vacuum``)."""
+        from common import deltars
         from common.tables import commit_tag
 
         todo = self._should_write(df.sparkSession, table, path, batch_id)
         if todo:
             with self._committing(table, batch_id):
-                native.replace(df, path, settings, commit_tag(todo[0], batch_id, **tag),
-                               txn=(todo[0], batch_id) if todo[1] else None)
+                deltars.replace(df, path, settings, commit_tag(todo[0], batch_id, **tag),
+                                txn=(todo[0], batch_id) if todo[1] else None)
             self._replaced[table] = self._replaced.get(table, 0) + 1
             if self.compact_every and self._replaced[table] % self.compact_every == 0:
                 try:
-                    log.info("%s: %d replaced files of %s deleted", self.flow.name, native.vacuum(path, settings),
+                    log.info("%s: %d replaced files of %s deleted", self.flow.name, deltars.vacuum(path, settings),
                              table)
                 except Exception as e:  # noqa: BLE001 - housekeeping: the next one catches up
                     log.warning("%s: the replaced files of %s not deleted this time: %s", self.flow.name, table,

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common.catalog import register_tables
+from serving.catalog import register_tables
 from common.settings import OPS, Settings
 from common.tables import is_delta_table
 from common.text import align

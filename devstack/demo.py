@@ -7,11 +7,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from common import customers
-from common.catalog import register_tables
+from serving.catalog import register_tables
 from devstack.generator import GenOptions, produce
 from common.runner import STAGES, run
 from common.settings import Settings
-from common.status import format_status, read_status
+from serving.status import format_status, read_status
 
 # (title, query) printed after the pipeline ran; also the examples of README's "Query gold".
 QUERIES: list[tuple[str, str]] = [

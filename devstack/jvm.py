@@ -101,7 +101,7 @@ def _train(archive: Path) -> None:
     from pyspark import SparkContext
 
     from common import customers
-    from common.catalog import register_tables
+    from serving.catalog import register_tables
     from common.runner import STAGES, run
     from common.spark import get_spark
     from devstack.demo import queries

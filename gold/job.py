@@ -13,7 +13,7 @@ and the batch's partial aggregates combined (``Kpi.settle``), the closed ones ap
 ``gold/<kpi>``, the rest written back. ``gold.<kpi>_live`` (a view: ``gold.<kpi>`` UNION ALL
 ``gold.<kpi>_open``) shows every window, the current minute too. No state in gold's checkpoint,
 no MERGE: per micro-batch and KPI, one aggregation, one replace of the open windows (a few rows,
-written from the driver by delta-rs: ``native.replace``), and an append when windows close.
+written from the driver by delta-rs: ``deltars.replace``), and an append when windows close.
 Exactly once: each commit is tagged with its writer (the checkpoint's query id + table) and
 batch id (``streams.BatchContext``); the closed rows are appended before ``<kpi>_open`` is
 replaced, so a batch replayed after a crash between the two appends nothing twice (its closed

@@ -59,7 +59,7 @@ def _max(name: str, column: str) -> Measure:
 
 def _average(name: str, total: str, count: str, column: str) -> Measure:
     return Measure(name, f"round(avg({column}), 2)",
-                   # CAST: the same division in Spark SQL and in DataFusion (common.native), which divides integers
+                   # CAST: the same division in Spark SQL and in DataFusion (serving.native), which divides integers
                    f"CASE WHEN sum({count}) > 0 THEN round(CAST(sum({total}) AS DOUBLE) / sum({count}), 2) END")
 
 

@@ -260,7 +260,7 @@ def check_silver_against_ledger(spark, settings, ledger):
 def gold_rows(settings, name: str, kpi) -> dict:
     """The rows of Delta table ``gold/<name>`` as any Delta reader finds them (delta-rs, no Spark,
     no view): (window start, window end, *group) -> the notebook's measures; a key twice fails."""
-    from common.native import NativeLake
+    from serving.native import NativeLake
 
     table = NativeLake(settings).table(f"gold.{name}")
     assert table is not None, f"no Delta table gold/{name}"

@@ -178,7 +178,7 @@ def test_a_crash_between_the_two_commits_of_a_kpi_batch_adds_nothing_twice_and_l
     assert spark.read.format("delta").load(final).count() == 3
 
     # the files of the replaced open windows (batches 0 and 1) go at the clean-up, the table reads as it was
-    from common.native import vacuum
+    from common.deltars import vacuum
     batch0 = spark.read.format("delta").option("versionAsOf", 1).load(open_)  # version 1: batch 0's open windows
     assert batch0.count() == 2
     assert vacuum(open_, lake, retention_hours=0) == 2

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from common.catalog import register_tables
+from serving.catalog import register_tables
 from common.clients import port_open
 from data_quality.runner import record, validate
 from devstack.browser import ensure_browser

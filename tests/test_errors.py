@@ -101,7 +101,7 @@ def test_dq_prints_its_summary_first_and_no_library_noise(spark, lake, tmp_path)
     assert lines[4].startswith("15 passed, 0 failed expectations") and len(lines) == 5, proc.stdout
     assert user_lines(proc.stderr) == [], proc.stderr[-3000:]
     # the run is data: one row per expectation in ops.dq_results
-    from common.native import NativeLake
+    from serving.native import NativeLake
 
     results = NativeLake(lake).rows("ops.dq_results")
     assert len(results) == 15 and len({r["run_id"] for r in results}) == 1

@@ -8,9 +8,9 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from common.native import NativeLake
+from serving.native import NativeLake
 from common.runner import run
-from common.status import format_status, read_status
+from serving.status import format_status, read_status
 from tests.helpers import delta_count, produce_to
 
 pytestmark = pytest.mark.stack

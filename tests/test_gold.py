@@ -11,7 +11,7 @@ import pytest
 
 from common import customers, pipeline
 from common.clients import minio_client
-from common.native import NativeLake
+from serving.native import NativeLake
 from common.runner import run
 from gold.transforms import TVA_RATE
 from tests.checks import HALF_CENT, check_gold, check_late

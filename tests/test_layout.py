@@ -1,4 +1,5 @@
-"""The house's rules, checked on the code itself: the pipeline runtime imports nothing of the local
+"""The house's rules, checked on the code itself: each floor imports only its own floor and those
+below it (every import, inside functions too), the pipeline runtime imports nothing of the local
 development stack (``devstack``), and only ``common/settings.py`` reads environment variables."""
 
 from __future__ import annotations
@@ -9,7 +10,22 @@ import sys
 
 from tests.conftest import ROOT
 
-RUNTIME = ("common", "bronze", "silver", "gold", "data_quality")
+RUNTIME = ("common", "serving", "bronze", "silver", "gold", "data_quality")
+
+# The floors, from the ground up: the floor every part uses; the stages; serving (what reads the
+# lake for its users); data quality; on top the app (the CLI, the runner, the pipeline's graph)
+# and the development tools.
+FLOORS = (("common",), ("bronze", "silver", "gold"), ("serving",), ("data_quality",), ("app", "devstack", "bench"))
+# The app, still in common/ (issue 33: it moves up, and the graph hands each stage its flows).
+APP = ("common.cli", "common.runner", "common.pipeline")
+# Imports that run up a floor today, each to go with that move: only ever fewer.
+STILL_UP = {
+    ("bronze.job", "common.pipeline"), ("bronze.job", "common.runner"),
+    ("silver.job", "common.pipeline"), ("silver.job", "common.runner"),
+    ("gold.job", "common.pipeline"), ("gold.job", "common.runner"),
+    ("serving.catalog", "common.pipeline"), ("serving.native", "common.pipeline"),
+    ("serving.status", "common.pipeline"),
+}
 
 
 def _modules() -> list[str]:
@@ -61,3 +77,40 @@ def test_only_settings_reads_the_environment():
              for pkg in RUNTIME + ("devstack",) for p in (ROOT / pkg).rglob("*.py")}
     assert reads["common/settings.py"]  # the one place, so the check itself looks at the right code
     assert {f: lines for f, lines in reads.items() if lines and f != "common/settings.py"} == {}
+
+
+def _floor(module: str) -> int:
+    if module in APP or module.split(".")[0] == "app":
+        return len(FLOORS) - 1
+    return next(i for i, names in enumerate(FLOORS) if module.split(".")[0] in names)
+
+
+def _imports(path) -> set[str]:
+    """Every module of the house that ``path`` imports, at any depth (functions, ``if`` blocks)."""
+    ours = {name for names in FLOORS for name in names}
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            if parts[0] in ours and len(parts) > 1:
+                module = ".".join(parts[:2])
+                if (ROOT / parts[0] / f"{parts[1]}.py").exists():
+                    found.add(module)
+    return found
+
+
+def test_no_import_runs_up_a_floor():
+    up = set()
+    for pkg in RUNTIME:
+        for path in (ROOT / pkg).rglob("*.py"):
+            module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            up |= {(module, target) for target in _imports(path) if _floor(target) > _floor(module)}
+    assert "devstack.stack" in _imports(ROOT / "common" / "cli.py")  # imported inside a function: seen
+    assert up == STILL_UP, f"new imports up a floor: {sorted(up - STILL_UP)}; gone (drop them from STILL_UP): " \
+                           f"{sorted(STILL_UP - up)}"

@@ -1,4 +1,4 @@
-"""The Spark-free reader (common.native): literals, object-store options, and a gold KPI's final
+"""The Spark-free reader (serving.native): literals, object-store options, and a gold KPI's final
 table and live view, equal to the values written (no stack needed: a lake on a local path,
 written with delta-rs)."""
 
@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
-from common.native import NativeLake, literal, storage_options
+from common.deltars import storage_options
+from serving.native import NativeLake, literal
 from common.settings import Settings
 
 CREDS = {"LAKEHOUSE_S3_ACCESS_KEY": "a", "LAKEHOUSE_S3_SECRET_KEY": "s3cr3t-value"}

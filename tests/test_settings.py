@@ -98,7 +98,7 @@ def test_kraft_cluster_ids_never_look_like_options():
 def test_a_table_is_listed_once_it_has_a_commit(tmp_path, log_files, listed):
     # another process's first commit under way: its _delta_log/ folder exists, nothing in it yet;
     # registering it then fails in Spark (DELTA_CREATE_EXTERNAL_TABLE_WITHOUT_TXN_LOG)
-    from common.catalog import list_tables
+    from serving.catalog import list_tables
     from common.settings import Settings
 
     log_dir = tmp_path / "ops" / "pipeline_events_bronze" / "_delta_log"

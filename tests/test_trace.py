@@ -12,7 +12,7 @@ import pytest
 
 from common import customers
 from common.runner import run
-from common.trace import trace_kafka, trace_order
+from serving.trace import trace_kafka, trace_order
 from tests.helpers import lakehouse_process, produce_to, user_lines
 
 pytestmark = pytest.mark.stack

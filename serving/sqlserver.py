@@ -1,7 +1,7 @@
 """``lakehouse sql-server``: Spark's Thrift JDBC/ODBC server over the lake's tables.
 
 The server's session registers every Delta table of the lake as ``<layer>.<table>`` (see
-common.catalog) at start and again every ``refresh`` seconds, so tables created later by the
+serving.catalog) at start and again every ``refresh`` seconds, so tables created later by the
 streams become visible too. Connect with any HiveServer2 client, for example the beeline that
 pyspark ships: ``beeline -u jdbc:hive2://127.0.0.1:10000 -e 'SELECT ...'``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from common.catalog import register_tables
+from serving.catalog import register_tables
 from common.settings import Settings, child_env
 
 
@@ -58,7 +58,7 @@ def spark_sql_shell(settings: Settings, args: list[str]) -> int:
 
     import pyspark
 
-    from common.catalog import list_tables, registration_sql
+    from serving.catalog import list_tables, registration_sql
     from common.spark import spark_properties, write_properties
     from common.clients import check_reachable
 

@@ -2,7 +2,7 @@
 while the streams run.
 
 Streamlit serves it (its own JavaScript and the Vega-Lite charts ship in the package: no CDN, it
-works offline); the page reads the Delta tables with the Spark-free reader (``common.native``), so
+works offline); the page reads the Delta tables with the Spark-free reader (``serving.native``), so
 it opens in about a second and never waits for a JVM. Sections: gold KPIs (sales per customer per
 minute, product revenue, log levels over time, the most loaded hosts, enriched orders by segment
 and city), then the pipeline (per query rows/s, batch duration and records behind from
@@ -63,7 +63,7 @@ def queries(lake) -> dict[str, str | None]:
 
 def load(settings: Settings) -> dict[str, list[dict] | None]:
     """Every panel's rows (None: its table does not exist yet)."""
-    from common.native import NativeLake
+    from serving.native import NativeLake
 
     lake = NativeLake(settings)
     return {name: (lake.sql(sql) if sql else None) for name, sql in queries(lake).items()}

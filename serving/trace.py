@@ -7,7 +7,7 @@ the silver row(s), or the quarantine row and its reason, or the late-ledger row 
 it missed, or the record whose copy silver kept (a duplicate) — then every gold row that counts
 it (each KPI window and group, in ``gold.<kpi>`` once closed or ``gold.<kpi>_open`` until then, the
 enriched order) and, for an order, its message in
-``commandes-enrichies``. The tables are read without Spark (``common.native``: delta-rs, with
+``commandes-enrichies``. The tables are read without Spark (``serving.native``: delta-rs, with
 data skipping on the lookup columns), so a trace answers in about a second; nothing here writes.
 Times are UTC.
 """
@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from common.native import NativeLake, literal
+from serving.native import NativeLake, literal
 from common.settings import Settings
 
 COORDS = ("topic", "partition", "offset")

@@ -1,8 +1,6 @@
-"""The lake's Delta tables without Spark: delta-rs (the ``deltalake`` package) and its DataFusion
-SQL engine, for the commands that must answer faster than a Spark session starts (``lakehouse
-trace``, the dashboard), and ``replace`` for the small tables a query replaces at every
-micro-batch (gold's open KPI windows). Every table keeps a single writer: the query that writes
-it, through Delta-Spark or, for a replaced table, through ``replace``.
+"""The lake's Delta tables without Spark: delta-rs and its DataFusion SQL engine, for the commands
+that must answer faster than a Spark session starts (``lakehouse trace``, ``lakehouse status``,
+the dashboard). It only reads.
 
 Tables are named as in the catalog (``silver.orders``, ``gold.<kpi>``); ``gold.<kpi>_live`` is the
 same union of a KPI's final and open rows as Spark's view (``gold.transforms.live_sql``). A lookup reads only
@@ -14,65 +12,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from common.deltars import storage_options, table_uri
 from common.settings import OPS, Settings
-
-
-def storage_options(settings: Settings) -> dict[str, str]:
-    """delta-rs's object-store options for the lake (empty for a local path)."""
-    if not settings.is_s3:
-        return {}
-    return {"AWS_ENDPOINT_URL": settings.s3_endpoint.rstrip("/"), "AWS_ACCESS_KEY_ID": settings.s3_access_key,
-            "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key, "AWS_REGION": settings.s3_region,
-            "AWS_ALLOW_HTTP": str(settings.s3_endpoint.startswith("http://")).lower(),
-            "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": str(not settings.s3_path_style).lower()}
-
-
-def table_uri(settings: Settings, layer: str, name: str) -> str:
-    return uri(settings.table_path(layer, name))
-
-
-def uri(path: str) -> str:
-    """delta-rs's address of a table Spark addresses as ``path`` (``s3a://`` -> ``s3://``)."""
-    return "s3://" + path[len("s3a://"):] if path.startswith("s3a://") else path
-
-
-def replace(df, path: str, settings: Settings, tag: str, txn: tuple[str, int] | None = None) -> None:
-    """Replace every row of the Delta table at ``path`` by ``df``'s, in one commit whose
-    ``userMetadata`` is ``tag`` (``tables.commit_tag``; with ``txn``, also Delta's
-    txnAppId/txnVersion). ``df`` is collected to the driver: this is for small tables (gold's open
-    windows, a few rows per window and group), and delta-rs writes it.
-
-    Why not Delta-Spark's overwrite: it lists the table's files first, a state reconstruction (3
-    Spark jobs with AQE) at every commit: 1.0 s per commit alone, 6-8 s inside a loaded
-    ``gold_kpis`` batch (six tables at once), against 0.4 s for an append; delta-rs replays the
-    log natively, 0.1 s with the collect (``bench/README.md``, 2026-12-04). The commit goes to S3
-    with a conditional put (If-None-Match: S3 and MinIO), so it can never overwrite another
-    commit; a table written this way must not also be written by Delta-Spark while its query runs
-    (one writer per table, as everywhere in the lake)."""
-    import pyarrow as pa
-    from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-
-    table = DeltaTable(uri(path), storage_options=_writer_options(settings))
-    rows = df.toArrow().cast(pa.schema(table.schema().to_arrow()))  # the table's types and NOT NULLs
-    write_deltalake(table, rows, mode="overwrite", commit_properties=CommitProperties(
-        custom_metadata={"userMetadata": tag},
-        app_transactions=[Transaction(app_id=txn[0], version=txn[1])] if txn else None))
-
-
-def vacuum(path: str, settings: Settings, retention_hours: int = 1) -> int:
-    """Delete the files of the table at ``path`` that no version of the last ``retention_hours``
-    references (a replaced table's old rows); returns how many files its tombstones name (one
-    deleted before counts again: deleting it twice is harmless). For tables written by
-    ``replace``: they are not read by time travel, and a reader's snapshot lives seconds."""
-    from deltalake import DeltaTable
-
-    table = DeltaTable(uri(path), storage_options=_writer_options(settings))
-    return len(table.vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=False))
-
-
-def _writer_options(settings: Settings) -> dict[str, str]:
-    # commits with If-None-Match (S3, MinIO): delta-rs refuses S3 writes without a safe commit
-    return dict(storage_options(settings), conditional_put="etag") if settings.is_s3 else {}
 
 
 def literal(value) -> str:

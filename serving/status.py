@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from common.checkpoints import OWNER_FILE, lease_is_live
-from common.native import NativeLake
+from serving.native import NativeLake
 from common.pipeline import graph
 from common.settings import OPS, Settings
 from common.text import align
