@@ -9,7 +9,7 @@ and city), then the pipeline (per query rows/s, batch duration and records behin
 ``ops.pipeline_events``, event -> gold latency, late and quarantined records per batch, the last data-quality run per
 layer from ``ops.dq_results``). Each empty part says what would fill it.
 
-``python -m streamlit run common/dashboard.py`` runs this file; ``lakehouse dashboard`` does that
+``python -m streamlit run serving/dashboard.py`` runs this file; ``lakehouse dashboard`` does that
 with the host, port and refresh from the settings. Importing it renders nothing.
 """
 
