@@ -6,7 +6,9 @@ settings are built, so a wrong value stops a job before Spark starts, with one l
 the variable and what would be valid. Secrets (the S3 keys) are only ever read from the
 environment or that file, and ``redacted()`` hides them for printing.
 
-Every table name, table path, checkpoint location and topic is derived here and nowhere else.
+Every table path, checkpoint location and topic name is derived here and nowhere else
+(``table_path``, ``checkpoint_path``, ``bronze_table_for``, the ``topic_*`` settings); the tables' own
+names are declared by the pipeline's graph (``common.pipeline``) and the stages that write them.
 """
 
 from __future__ import annotations

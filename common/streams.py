@@ -163,10 +163,9 @@ def read_delta(spark, settings: Settings, path: str, new_checkpoint: bool = Fals
     return reader.load(path)
 
 
-def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str | None = None,
-          foreach_batch: Callable | None = None, output_mode: str = "append",
-          partition_by: Iterable[str] = (), stateful: bool = False, sink_format: str | None = None,
-          sink_options: dict[str, str] | None = None, signature: dict | None = None, claimed: bool = False):
+def start(df, *, name: str, checkpoint: str, options: StreamOptions, foreach_batch: Callable | None = None,
+          output_mode: str = "append", stateful: bool = False, signature: dict | None = None,
+          claimed: bool = False):
     """Start one streaming query with its own name and checkpoint.
 
     ``signature`` names the settings the query's state depends on (window, watermark, dedup key):
@@ -174,7 +173,9 @@ def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str |
     of the query on the same checkpoint (``common.checkpoints``).
     ``options.sink == "console"`` replaces any sink with the console (debugging).
     """
-    sink = "console" if options.sink == "console" else (sink_format or ("foreachBatch" if foreach_batch else "delta"))
+    if options.sink != "console" and foreach_batch is None:
+        raise ValueError(f"query {name}: every sink of the pipeline is a foreachBatch function")
+    sink = "console" if options.sink == "console" else "foreachBatch"
     check_trigger(options.trigger, sink, name, stateful)
     writer = df.writeStream.queryName(name).outputMode(output_mode)
     if sink == "console":
@@ -182,23 +183,15 @@ def start(df, *, name: str, checkpoint: str, options: StreamOptions, path: str |
     else:
         if not claimed:
             _claim(df, name, checkpoint, signature)
-        writer = writer.option("checkpointLocation", checkpoint)
-        if foreach_batch is not None:
-            writer = writer.foreachBatch(foreach_batch)
-        else:
-            writer = writer.format(sink)
-            for k, v in (sink_options or {}).items():
-                writer = writer.option(k, v)
-            if partition_by:
-                writer = writer.partitionBy(*partition_by)
+        writer = writer.option("checkpointLocation", checkpoint).foreachBatch(foreach_batch)
     writer = _apply_trigger(writer, options.trigger)
     sc = df.sparkSession.sparkContext
     sc.setLocalProperty("spark.scheduler.pool", name)  # the query's own pool: FAIR between queries
     try:
-        query = writer.start(path) if (path and sink == "delta") else writer.start()
+        query = writer.start()
     finally:
         sc.setLocalProperty("spark.scheduler.pool", None)
-    log.debug("started query %s (id %s) -> %s", name, query.id, path or sink)
+    log.debug("started query %s (id %s) -> %s", name, query.id, sink)
     return query
 
 

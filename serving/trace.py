@@ -23,13 +23,6 @@ from serving.native import NativeLake, literal
 from common.settings import Settings
 
 COORDS = ("topic", "partition", "offset")
-# silver table -> the gold KPIs that count its rows, each with the columns its groups are keyed by
-GOLD_OF = {
-    "orders": (("customer_order_kpis", ("customer_id",)), ("customer_minute_totals", ("customer_id",))),
-    "order_items": (("product_sales", ("product_id",)),),
-    "logs": (("log_level_counts", ("level",)), ("module_stats", ("module",))),
-    "metrics": (("host_metrics", ("host",)),),
-}
 
 
 @dataclass
@@ -94,10 +87,10 @@ def _bronze(settings: Settings, kind: str) -> str:
 
 def _gold(lake: NativeLake, kind: str, silver_row: dict) -> list[Node]:
     """The gold rows that count ``silver_row`` (a row of silver.<kind>, or of order_items)."""
-    from gold.transforms import OPEN_SUFFIX
+    from gold.transforms import KPIS, OPEN_SUFFIX
 
     nodes = []
-    for kpi, keys in GOLD_OF.get(kind, ()):
+    for kpi, keys in ((k.name, k.keys) for k in KPIS if k.source == kind):
         t = literal(silver_row["event_time"])
         rows = []
         for table in (f"gold.{kpi}", f"gold.{kpi}{OPEN_SUFFIX}"):  # its closed windows, then its open ones
@@ -239,8 +232,9 @@ def _bronze_nodes(lake: NativeLake, settings: Settings, kind: str, bronze_rows: 
 
 
 def _kept_with_key(lake: NativeLake, kind: str, key) -> dict | None:
-    """The silver row with natural key ``key`` (orders: order_id; logs and metrics have no natural key
-    beyond their coordinates, so no duplicates are told for them)."""
+    """The silver row with natural key ``key``, for orders (``order_id``). Logs' and metrics' natural
+    keys span several fields of the record (``silver.transforms.dedup_columns``); a trace does not
+    look them up, so it tells no duplicates for them."""
     if kind != "orders" or not isinstance(key, int):
         return None
     rows = lake.rows("silver.orders", columns='topic, "partition", "offset"', limit=1, order_id=key)
