@@ -48,7 +48,7 @@ from pathlib import Path
 
 from bench.measure import cpu_seconds, first_visible, peak_rss_mib, percentiles, table_files
 from devstack.generator import GenOptions, produce
-from common.runner import run, setup_logging
+from app.runner import run, setup_logging
 from common.settings import Settings, env_var
 from devstack.stack import Stack, wait_until
 
@@ -59,7 +59,7 @@ WORKER_BLOCK = 1_000_000  # order ids of producer process j of a step start at s
 ONE_PRODUCER = 4000.0  # records/s one producer process is given at most (it sends ~5,500/s flat out)
 # Issue 11's targets (2 cores); P2 beside the peer is measured by bench.p2.
 TARGETS = {"P1_orders_per_s": 3000, "P2_e2e_p99_s": 10, "P3_ratio": 6.0, "P4_s": 20, "P5_files": 64, "P6_gib": 6}
-SYSTEMS = {"project": ["-m", "common.cli", "run", "all"], "peer": ["-m", "bench.peer"]}
+SYSTEMS = {"project": ["-m", "app.cli", "run", "all"], "peer": ["-m", "bench.peer"]}
 
 
 def log(msg: str) -> None:

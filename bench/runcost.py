@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from common import customers
     from common import spark as session
-    from common.runner import run
+    from app.runner import run
     from common.settings import Settings
     from devstack.generator import GenOptions, produce
 

@@ -54,6 +54,7 @@ from pathlib import Path
 
 from bench.measure import cpu_seconds, percentiles, rss_mib
 from bench.run import HERE, ROOT, App, app_env, bench_start, fresh, log, results_file
+from app import dataflow
 from common import pipeline
 from common.clients import kafka_consumer, minio_client
 from common.settings import OPS, Settings, interval_seconds
@@ -151,7 +152,7 @@ class Lake:
         """Kafka end offsets minus bronze's last committed batch's offsets, all source topics."""
         from kafka import TopicPartition
 
-        flow = pipeline.flow(self.s, "bronze")
+        flow = dataflow.flow(self.s, "bronze")
         cp = _key(self.s, flow.checkpoint)
         done = [int(o.object_name.rsplit("/", 1)[-1]) for o in
                 self.client.list_objects(self.s.bucket, prefix=f"{cp}/commits/")
@@ -194,7 +195,7 @@ class Lake:
 def tables_of(s: Settings) -> list[str]:
     from common.eventlog import table_name
 
-    names = [t for f in pipeline.graph(s) for t in f.tables]
+    names = [t for f in dataflow.graph(s) for t in f.tables]
     return names + [f"{OPS}.{table_name(stage)}" for stage in pipeline.STAGES]
 
 
@@ -216,7 +217,7 @@ def sample(lake: Lake, app: App, t0: float, cpu: list[float]) -> dict:
     row["tables"] = {label(lake.s, name): lake.table(name) for name in tables_of(lake.s)}
     row["queries"] = lake.queries()
     row["checkpoints"] = {}
-    for f in pipeline.graph(lake.s):
+    for f in dataflow.graph(lake.s):
         cp = _key(lake.s, f.checkpoint)
         row["checkpoints"][f.name] = {"bytes": lake.size(cp)[1], "state_bytes": lake.size(f"{cp}/state")[1]}
     return row
@@ -474,7 +475,7 @@ def main(argv=None) -> int:
         result["spark_app_peak_rss_mib"] = app.peak_mib
     # whatever a stage had not taken yet (gold_kpis runs every 30 s): a plain one-shot run, as
     # after any stop, so the check compares a finished lake with the ledger
-    finish = subprocess.run([sys.executable, "-m", "common.cli", "run", "all", "--trigger", "availableNow"],
+    finish = subprocess.run([sys.executable, "-m", "app.cli", "run", "all", "--trigger", "availableNow"],
                             env=app_env(s), cwd=ROOT, capture_output=True, text=True)
     (logdir / "soak-final-run.log").write_text(finish.stdout + finish.stderr)
     if finish.returncode != 0:

@@ -22,7 +22,7 @@ if __package__ in (None, ""):  # run as a file by spark-submit
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bronze.transforms import KAFKA_SCHEMA, PARTITION_COLUMNS, to_bronze  # noqa: E402
-from common import pipeline, streams  # noqa: E402
+from common import streams  # noqa: E402
 from common.settings import Settings  # noqa: E402
 from common.tables import ensure_table, has_data, is_delta_table  # noqa: E402
 
@@ -67,22 +67,20 @@ def resume_offsets(spark, settings: Settings) -> str | None:
     return json.dumps(offsets, sort_keys=True)
 
 
-def replay(spark, settings: Settings, from_time_ms: int | None = None, from_offsets: dict | None = None,
+def replay(spark, settings: Settings, flow, from_time_ms: int | None = None, from_offsets: dict | None = None,
            dry_run: bool = False) -> dict[str, tuple[int, int, int]]:
     """Re-read Kafka from a point (a time, or ``{topic: {partition: offset}}``) as a batch and append
     to each bronze table the records it lacks (by partition and offset). Only records before where
     bronze's own query will read on (its last committed batch; on a new checkpoint, after the
     offsets its tables hold) are replayed: the query reads the rest itself, so nothing is written
-    twice. Refuses while bronze's query runs (one writing application per table). Returns
+    twice. Refuses while bronze's query (``flow``, of the graph) runs (one writing application per table). Returns
     ``{topic: (records read from Kafka, records appended, records left to bronze's query)}``."""
     from pyspark.sql import functions as F
 
     from common import checkpoints
-    from common.runner import _refuse_if_running
     from common.clients import kafka_partitions
 
-    flow = pipeline.flow(settings, "bronze")
-    _refuse_if_running(spark, (flow,), "replay bronze")
+    checkpoints.refuse_if_running(spark, (flow,), "replay bronze")
     if not dry_run:
         ensure_tables(spark, settings)
     resume = checkpoints.committed_end_offsets(spark, flow.checkpoint)
@@ -169,8 +167,9 @@ def _writer(settings: Settings, ctx: streams.BatchContext):
     return write
 
 
-def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
-    (flow,) = pipeline.flows(settings, "bronze")
+def start(spark, settings: Settings, options: streams.StreamOptions, flows) -> list:
+    """Start bronze's query (``flows``: its one flow of the graph, ``app.dataflow``)."""
+    (flow,) = flows
     starting = None
     if options.sink == "delta":
         ensure_tables(spark, settings)
@@ -192,6 +191,6 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
 
 
 if __name__ == "__main__":
-    from common.runner import main_for_stage
+    from app.runner import main_for_stage
 
     sys.exit(main_for_stage("bronze"))

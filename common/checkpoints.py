@@ -29,6 +29,7 @@ import threading
 import time
 
 from common.errors import CheckpointError
+from common.fs import Fs
 from common.clients import pid_alive
 
 log = logging.getLogger("lakehouse.checkpoints")
@@ -40,74 +41,15 @@ RESET_HINT = ("rebuild the stage from the layer below with `lakehouse reset <sta
               "the later stages' tables and checkpoints), or put the setting back")
 
 
-class _Fs:
-    """Tiny Hadoop FileSystem wrapper (read / write / delete one small file)."""
-
-    def __init__(self, spark):
-        self.sc = spark.sparkContext
-
-    def _path(self, path: str):
-        p = self.sc._jvm.org.apache.hadoop.fs.Path(path)
-        return p, p.getFileSystem(self.sc._jsc.hadoopConfiguration())
-
-    def read_text(self, path: str) -> str | None:
-        p, fs = self._path(path)
-        if not fs.exists(p):
-            return None
-        stream = fs.open(p)
-        try:
-            return self.sc._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
-        finally:
-            stream.close()
-
-    def read_json(self, path: str) -> dict | None:
-        data = self.read_text(path)
-        if data is None:
-            return None
-        try:
-            return json.loads(data)
-        except ValueError:
-            return None
-
-    def write_json(self, path: str, value: dict) -> None:
-        p, fs = self._path(path)
-        out = fs.create(p, True)
-        try:
-            out.write(json.dumps(value, sort_keys=True).encode())
-        finally:
-            out.close()
-
-    def delete(self, path: str, recursive: bool = False) -> bool:
-        p, fs = self._path(path)
-        return bool(fs.delete(p, recursive))
-
-    def move(self, path: str, target: str) -> bool:
-        """Rename a folder (on S3: a copy of each object, then a delete); False when absent."""
-        p, fs = self._path(path)
-        if not fs.exists(p):
-            return False
-        if not fs.rename(p, self._path(target)[0]):  # Hadoop says False (target exists, ...) without raising
-            raise OSError(f"rename to {target} refused")
-        return True
-
-    def list_names(self, path: str) -> list[str]:
-        p, fs = self._path(path)
-        return [st.getPath().getName() for st in fs.listStatus(p)] if fs.exists(p) else []
-
-    def has_children(self, path: str) -> bool:
-        p, fs = self._path(path)
-        return bool(fs.exists(p)) and len(fs.listStatus(p)) > 0
-
-
 def is_new(spark, checkpoint: str) -> bool:
     """No micro-batch was ever planned on this checkpoint (Spark writes ``offsets/<n>`` first)."""
-    return not _Fs(spark).has_children(f"{checkpoint}/offsets")
+    return not Fs(spark).has_children(f"{checkpoint}/offsets")
 
 
 def query_id(spark, checkpoint: str) -> str:
     """The checkpoint's own query id (Spark's ``metadata`` file): stable across restarts of the
     checkpoint, new with a new checkpoint. Exactly-once writes key their commit tags to it."""
-    meta = _Fs(spark).read_json(f"{checkpoint}/metadata")
+    meta = Fs(spark).read_json(f"{checkpoint}/metadata")
     if not meta or "id" not in meta:
         raise CheckpointError(f"checkpoint {checkpoint} has no readable metadata file (Spark writes it when the "
                               "query starts); was the folder changed by hand?")
@@ -131,7 +73,7 @@ def check_not_orphaned(spark, checkpoint: str, query: str, tables: dict[str, str
 
 def check_signature(spark, checkpoint: str, query: str, signature: dict) -> None:
     """Record ``signature`` at first start; afterwards refuse to start with a different one."""
-    fs = _Fs(spark)
+    fs = Fs(spark)
     path = f"{checkpoint}/{SIGNATURE_FILE}"
     signature = {k: (list(v) if isinstance(v, tuple) else v) for k, v in signature.items()}
     recorded = fs.read_json(path)
@@ -158,7 +100,7 @@ class Leases:
     """The leases one application holds, with one heartbeat thread for all of them."""
 
     def __init__(self, spark):
-        self._fs = _Fs(spark)
+        self._fs = Fs(spark)
         self._app = spark.sparkContext.applicationId
         self._held: dict[str, str] = {}  # checkpoint -> query
         self._lock = threading.Lock()
@@ -256,7 +198,7 @@ def _log_problem(text: str, min_lines: int = 2) -> str | None:
     return None
 
 
-def _batch_numbers(fs: "_Fs", checkpoint: str, folder: str) -> list[int]:
+def _batch_numbers(fs: Fs, checkpoint: str, folder: str) -> list[int]:
     """The batch numbers of Spark's ``offsets/`` or ``commits/`` log of ``checkpoint``, ascending."""
     return sorted(int(n) for n in fs.list_names(f"{checkpoint}/{folder}") if n.isdigit())
 
@@ -266,7 +208,7 @@ def check_readable(spark, checkpoint: str, query: str) -> None:
     the last) are whole. A truncated one (a crash on a file system without atomic writes, a copy
     by hand) makes Spark fail with a parse error deep in its restart; this names the file and the
     way out instead."""
-    fs = _Fs(spark)
+    fs = Fs(spark)
     for folder, last_n, min_lines in (("offsets", 2, 3), ("commits", 1, 2)):
         for n in _batch_numbers(fs, checkpoint, folder)[-last_n:]:
             path = f"{checkpoint}/{folder}/{n}"
@@ -293,7 +235,7 @@ def committed_end_offsets(spark, checkpoint: str) -> dict | None:
     """Where the last committed micro-batch of ``checkpoint`` ended in its first source (Spark's
     ``offsets/<n>`` for the highest ``commits/<n>``: line 3 holds the first source's offsets), or
     None when no batch was committed. A restart of the query reads on from there."""
-    fs = _Fs(spark)
+    fs = Fs(spark)
     done = _batch_numbers(fs, checkpoint, "commits")
     if not done:
         return None
@@ -310,7 +252,7 @@ def restored_watermark_ms(spark, checkpoint: str) -> int:
     commit's ``nextBatchWatermarkMs`` or the last planned batch's ``batchWatermarkMs``
     (``offsets/<n>``), the greater; 0 for a new checkpoint, and for an unreadable file (which
     ``claim`` refuses, naming it)."""
-    fs = _Fs(spark)
+    fs = Fs(spark)
     found = [0]
     for folder, field in (("commits", "nextBatchWatermarkMs"), ("offsets", "batchWatermarkMs")):
         numbers = _batch_numbers(fs, checkpoint, folder)
@@ -325,8 +267,17 @@ def restored_watermark_ms(spark, checkpoint: str) -> int:
 
 
 def delete_tree(spark, path: str) -> bool:
-    return _Fs(spark).delete(path, recursive=True)
+    return Fs(spark).delete(path, recursive=True)
 
 
 def move_tree(spark, path: str, target: str) -> bool:
-    return _Fs(spark).move(path, target)
+    return Fs(spark).move(path, target)
+
+
+def refuse_if_running(spark, flows, command: str) -> None:
+    """Stop a command that rewrites what one of ``flows`` writes while that query runs."""
+    for f in flows:
+        owner = live_owner(spark, f.checkpoint)
+        if owner:
+            raise CheckpointError(f"query {f.name} is running (application {owner.get('app_id')}, pid "
+                                  f"{owner.get('pid')} on {owner.get('host')}); stop it before `lakehouse {command}`")

@@ -76,9 +76,9 @@ def commit_tag(app_id: str, batch_id: int, **extra) -> str:
 def commit_metadata(spark, path: str, version: int) -> dict | None:
     """The tag (``commit_tag``) of version ``version`` of the table at ``path``, read from its
     commit file alone; None for an untagged commit (OPTIMIZE, DDL) or a file cleaned up."""
-    from common.checkpoints import _Fs
+    from common.fs import Fs
 
-    text = _Fs(spark).read_text(f"{path}/_delta_log/{version:020d}.json")
+    text = Fs(spark).read_text(f"{path}/_delta_log/{version:020d}.json")
     for line in (text or "").splitlines():
         if '"commitInfo"' not in line:
             continue

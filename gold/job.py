@@ -1,4 +1,4 @@
-"""Gold job: two streaming queries (``common.pipeline``): ``gold_orders`` enriches silver orders
+"""Gold job: two streaming queries (``app.dataflow``): ``gold_orders`` enriches silver orders
 into ``gold.orders_enriched`` and ``commandes-enrichies``; ``gold_kpis`` reads the four silver
 tables and feeds the six KPI tables from one micro-batch.
 
@@ -43,11 +43,11 @@ if __package__ in (None, ""):  # run as a file by spark-submit
 
 from pyspark.sql import functions as F  # noqa: E402
 
-from common import pipeline, streams  # noqa: E402
+from common import streams  # noqa: E402
 from common.customers import CUSTOMERS_SCHEMA  # noqa: E402
 from common.settings import Settings  # noqa: E402
 from common.tables import ensure_table, is_delta_table, require_table  # noqa: E402
-from gold.transforms import KPIS, OPEN_SUFFIX, enrich_orders, enriched_payload  # noqa: E402
+from gold.transforms import KPIS, OPEN_SUFFIX, SOURCES, enrich_orders, enriched_payload  # noqa: E402
 from gold.windows import SilverWatermarks  # noqa: E402
 
 log = logging.getLogger("lakehouse.gold")
@@ -161,19 +161,21 @@ def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[st
     return write
 
 
-def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
+def start(spark, settings: Settings, options: streams.StreamOptions, flows) -> list:
+    """Start gold's queries (``flows``: gold_orders and gold_kpis of the graph, ``app.dataflow``)."""
     from functools import reduce
 
     from common.checkpoints import check_not_orphaned
     from pyspark.sql import functions as F
 
-    orders, kpis = pipeline.flow(settings, "gold_orders"), pipeline.flow(settings, "gold_kpis")
+    named = {f.name: f for f in flows}
+    orders, kpis = named["gold_orders"], named["gold_kpis"]
     if options.sink == "delta":
         # before the tables are created: on a new lake there is then nothing to look into
         for flow in (orders, kpis):
-            check_not_orphaned(spark, flow.checkpoint, flow.name, pipeline.sink_paths(settings, flow), "gold")
+            check_not_orphaned(spark, flow.checkpoint, flow.name, flow.sink_paths(settings), "gold")
         ensure_tables(spark, settings)
-    sources = {t: _silver(spark, settings, t, stream=True) for t in pipeline.GOLD_SOURCES}
+    sources = {t: _silver(spark, settings, t, stream=True) for t in SOURCES}
     if options.sink == "console":
         specs = [dict(df=kpi.aggregate(sources[kpi.source].withWatermark("event_time", "0 seconds"), settings),
                       name=f"gold_{kpi.name}", checkpoint="", options=options, output_mode="update") for kpi in KPIS]
@@ -187,10 +189,10 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
         streams.flow_spec(kpis, union, options,
                           foreach_batch=_kpis_writer(settings, streams.BatchContext.of(spark, kpis, settings), columns,
                                                      SilverWatermarks(spark, kpis.checkpoint, {
-                                                         t: settings.table_path("silver", t) for t in pipeline.GOLD_SOURCES})))])
+                                                         t: settings.table_path("silver", t) for t in SOURCES})))])
 
 
 if __name__ == "__main__":
-    from common.runner import main_for_stage
+    from app.runner import main_for_stage
 
     sys.exit(main_for_stage("gold"))

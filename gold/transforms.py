@@ -107,6 +107,8 @@ class Kpi:
         return current.filter(closed), current.filter(~closed)
 
 
+SOURCES = ("orders", "order_items", "logs", "metrics")  # the silver tables gold reads
+
 KPIS: tuple[Kpi, ...] = (
     Kpi("customer_order_kpis", "orders", ("customer_id",), lambda s: (s.kpi_window, s.kpi_slide),
         (_count("nb_commandes"), _cents("total_ventes", "total"), _max("max_commande", "total"))),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 
-from common.checkpoints import _Fs
+from common.fs import Fs
 from common.tables import commit_metadata
 
 log = logging.getLogger("lakehouse.gold")
@@ -59,7 +59,7 @@ class SilverWatermarks:
     def at(self, spark, batch_id: int) -> dict[str, int | None]:
         """Silver table -> the watermark micro-batch ``batch_id`` may close windows by (None: none)."""
         found: dict[str, int | None] = {t: None for t in self.paths}
-        text = _Fs(spark).read_text(f"{self.checkpoint}/offsets/{batch_id}") or ""
+        text = Fs(spark).read_text(f"{self.checkpoint}/offsets/{batch_id}") or ""
         for line in text.splitlines()[2:]:
             try:
                 offset = json.loads(line)

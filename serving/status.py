@@ -12,7 +12,6 @@ from pathlib import Path
 
 from common.checkpoints import OWNER_FILE, lease_is_live
 from serving.native import NativeLake
-from common.pipeline import graph
 from common.settings import OPS, Settings
 from common.text import align
 
@@ -36,9 +35,9 @@ def _owner(settings: Settings, checkpoint: str) -> dict | None:
         return None
 
 
-def read_status(settings: Settings) -> list[dict]:
-    """One entry per query of the graph that ran at least once: its last logged batch and the
-    totals of its current run, with ``active`` from its lease."""
+def read_status(settings: Settings, flows) -> list[dict]:
+    """One entry per query of ``flows`` (the graph's) that ran at least once: its last logged batch
+    and the totals of its current run, with ``active`` from its lease."""
     lake = NativeLake(settings)
     relation = lake.relation(f"{OPS}.pipeline_events")
     if relation is None:
@@ -48,7 +47,7 @@ def read_status(settings: Settings) -> list[dict]:
     totals = {(r["query"], r["run_id"]): r for r in lake.sql(
         f"SELECT query, run_id, sum(late) AS late, sum(duplicates) AS duplicates, sum(quarantined) AS quarantined, "
         f"sum(input_rows) AS input_rows FROM {relation} GROUP BY query, run_id")}
-    checkpoints = {f.name: f.checkpoint for f in graph(settings)}
+    checkpoints = {f.name: f.checkpoint for f in flows}
     out = []
     for row in sorted(latest, key=lambda r: r["query"]):
         run = totals.get((row["query"], row["run_id"]), {})

@@ -196,13 +196,14 @@ def classified_stream(spark, settings: Settings, kind: str, new_checkpoint: bool
     return T.dedupe(classified, kind, src.watermark, settings.dedup_horizon, restored_ms).withColumn("kind", F.lit(kind))
 
 
-def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
+def start(spark, settings: Settings, options: streams.StreamOptions, flows) -> list:
+    """Start silver's query (``flows``: its one flow of the graph, ``app.dataflow``)."""
     from common.checkpoints import check_not_orphaned, is_new, restored_watermark_ms
 
-    (flow,) = pipeline.flows(settings, "silver")
+    (flow,) = flows
     if options.sink == "delta":
         # before the tables are created: on a new lake there is then nothing to look into
-        check_not_orphaned(spark, flow.checkpoint, flow.name, pipeline.sink_paths(settings, flow), "silver")
+        check_not_orphaned(spark, flow.checkpoint, flow.name, flow.sink_paths(settings), "silver")
         ensure_tables(spark, settings)
     new_checkpoint = options.sink != "console" and is_new(spark, flow.checkpoint)
     restored = restored_watermark_ms(spark, flow.checkpoint) if options.sink != "console" and not new_checkpoint else 0
@@ -217,6 +218,6 @@ def start(spark, settings: Settings, options: streams.StreamOptions) -> list:
 
 
 if __name__ == "__main__":
-    from common.runner import main_for_stage
+    from app.runner import main_for_stage
 
     sys.exit(main_for_stage("silver"))

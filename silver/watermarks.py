@@ -28,7 +28,7 @@ read in other batches can be judged otherwise, as in Spark.
 
 from __future__ import annotations
 
-from common.checkpoints import _Fs
+from common.fs import Fs
 
 RETAIN = 100  # files kept (Spark keeps 100 batches of its own logs by default)
 
@@ -47,7 +47,7 @@ class EventClock:
         """Per source, the watermark (epoch ms) batch ``batch_id`` is judged by; None before the
         source's first valid record."""
         if self._last != batch_id - 1:  # the first batch of this run (or a replay): read the log
-            prev = _Fs(spark).read_json(self._path(batch_id - 1)) if batch_id > 0 else None
+            prev = Fs(spark).read_json(self._path(batch_id - 1)) if batch_id > 0 else None
             self._max = dict((prev or {}).get("max_event_ms", {}))
             self._last = batch_id - 1
         return {k: (self._max[k] - d if k in self._max else None) for k, d in self.delays_ms.items()}
@@ -58,7 +58,7 @@ class EventClock:
         for k, v in batch_max_ms.items():
             if v is not None:
                 self._max[k] = max(self._max.get(k, v), v)
-        fs = _Fs(spark)
+        fs = Fs(spark)
         fs.write_json(self._path(batch_id), {"batch": batch_id, "max_event_ms": self._max,
                                              "watermark_ms": watermarks})
         self._last = batch_id

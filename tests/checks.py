@@ -302,10 +302,10 @@ def check_checkpoint_sources(spark, settings) -> None:
     """Every query's checkpoint holds one source per source the graph declares for it: Spark
     refuses to restart a checkpoint whose query reads a different number of sources (a second
     read of one table is a second source), so a change here would break every existing lake."""
-    from common.checkpoints import _Fs
-    from common.pipeline import graph
+    from common.fs import Fs
+    from app.dataflow import graph
 
-    fs = _Fs(spark)
+    fs = Fs(spark)
     for flow in graph(settings):
         text = fs.read_text(f"{flow.checkpoint}/offsets/0")
         assert text is not None, f"{flow.name}: no offsets/0 in {flow.checkpoint}"

@@ -85,7 +85,7 @@ def pipeline_lake(base_settings, stack, spark, tmp_path_factory) -> Settings:
     from datetime import datetime, timedelta, timezone
 
     from common import customers
-    from common.runner import run
+    from app.runner import run
     from tests.helpers import produce_to
 
     settings = isolated_settings(base_settings, "pipeline-lake")

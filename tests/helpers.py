@@ -34,7 +34,7 @@ def delta_count(spark, path: str) -> int:
 
 def start_stage_process(settings: Settings, stage: str, trigger: str, log: Path) -> subprocess.Popen:
     env = {**settings_env(settings), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "common.cli", "run", stage, "--trigger", trigger],
+    return subprocess.Popen([sys.executable, "-m", "app.cli", "run", stage, "--trigger", trigger],
                             env=env, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -83,13 +83,13 @@ class CliResult:
 
 @contextlib.contextmanager
 def _as_a_process_would(stdin: str):
-    """What a fresh ``python -m common.cli`` has that a test does not: Python's default warning
+    """What a fresh ``python -m app.cli`` has that a test does not: Python's default warning
     filters, its warnings printed on stderr (pytest records them instead), a root logger without
     pytest's handlers (so the command's own logging set-up writes to stderr, as it would), and a
     standard input that is not a terminal (here: ``stdin``'s text). All restored afterwards."""
     import logging
 
-    from common.runner import _QUIET_LOGGERS
+    from app.runner import _QUIET_LOGGERS
 
     def show(message, category, filename, lineno, file=None, line=None):
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
@@ -115,13 +115,13 @@ def _as_a_process_would(stdin: str):
 
 
 def lakehouse(settings: Settings, *args: str, capfd, env: dict[str, str] | None = None, stdin: str = "") -> CliResult:
-    """``lakehouse <args>`` run in this process (``common.cli.main``) with ``settings`` (and ``env``)
+    """``lakehouse <args>`` run in this process (``app.cli.main``) with ``settings`` (and ``env``)
     as its environment, its output captured at the file descriptors (the JVM's forwarded stderr
     included): the command's own code, parsing and output, served by the test session's Spark
     instead of a JVM of its own (12-18 s each here). Tests about the process itself (its start-up
     output, an exit under a signal, spark-submit) start a real one (``lakehouse_process``)."""
     from common import settings as settings_module
-    from common.cli import main
+    from app.cli import main
 
     values = {k: v for k, v in settings_env(settings).items() if k.startswith("LAKEHOUSE_")}
     values.update(env or {})
@@ -146,7 +146,7 @@ def lakehouse(settings: Settings, *args: str, capfd, env: dict[str, str] | None 
 def lakehouse_process(settings: Settings, *args: str, env: dict[str, str] | None = None,
                       timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     """``lakehouse <args>`` as a user's shell runs it: a process of its own (and a JVM of its own)."""
-    return subprocess.run([sys.executable, "-m", "common.cli", *args], env={**settings_env(settings), **(env or {})},
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], env={**settings_env(settings), **(env or {})},
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout, **kw)
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from common.runner import run
+from app.runner import run
 from tests.checks import _bronze, _coords, _ledger_coords
 from tests.helpers import (
     delta_count,

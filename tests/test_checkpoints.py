@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from common import pipeline
+from app import dataflow
 from common.errors import CheckpointError
-from common.runner import reset, run
+from app.runner import reset, run
 from tests.checks import _coords, _ledger_coords, check_gold, check_silver_against_ledger
 from tests.helpers import produce_to
 
@@ -36,7 +36,7 @@ def test_new_checkpoint_resumes_bronze_and_refuses_then_rebuilds_silver(spark, l
     assert not spark.streams.active
 
     deleted = reset(spark, moved, "silver")
-    assert pipeline.flow(moved, "silver").checkpoint in deleted
+    assert dataflow.flow(moved, "silver").checkpoint in deleted
     assert lake.table_path("gold", "orders_enriched") in deleted  # what follows silver goes too
     assert not any("/bronze/" in p for p in deleted)  # bronze is never part of a later stage's reset
     run(("silver", "gold"), moved, "availableNow", spark=spark)

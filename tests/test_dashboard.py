@@ -52,7 +52,7 @@ def test_dashboard_shows_gold_and_health_in_a_browser(spark, pipeline_lake, tmp_
 
     chromium, chromedriver = ensure_browser()
     port = _free_port()
-    app = subprocess.Popen([sys.executable, "-m", "common.cli", "dashboard", "--port", str(port)],
+    app = subprocess.Popen([sys.executable, "-m", "app.cli", "dashboard", "--port", str(port)],
                            env=settings_env(lake), cwd=ROOT, stdout=open(tmp_path / "dashboard.log", "w"),
                            stderr=subprocess.STDOUT, start_new_session=True)
     options = webdriver.ChromeOptions()

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.stack
 
 
 def lakehouse(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "common.cli", *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -88,7 +88,7 @@ def test_verbose_brings_the_trace_back(lake):
 
 @pytest.mark.xdist_group("gx")  # GX's one folder (.gx/): with the other tests that use it
 def test_dq_prints_its_summary_first_and_no_library_noise(spark, lake, tmp_path):
-    from common.runner import run
+    from app.runner import run
     from tests.helpers import produce_to
 
     produce_to(lake, tmp_path / "ledger.jsonl", 20, seed=3)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from common.runner import run
+from app.runner import run
 from gold.transforms import kpi_named
 from tests.checks import (_table, check_checkpoint_sources, check_gold, check_late, check_pipeline,
                           check_silver_against_ledger, gold_rows)

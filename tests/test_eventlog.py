@@ -9,7 +9,8 @@ from collections import Counter, defaultdict
 import pytest
 
 from serving.native import NativeLake
-from common.runner import run
+from app import dataflow
+from app.runner import run
 from serving.status import format_status, read_status
 from tests.helpers import delta_count, produce_to
 
@@ -68,7 +69,7 @@ def test_event_log_counts_every_batch_and_survives_a_restart(spark, lake, tmp_pa
     assert sum(e["input_rows"] for e in second if e["query"] == "bronze") == len(more)  # the ledger file grew
 
     # lakehouse status reads the log: last batch and the current run's counts, nothing running
-    status = {r["query"]: r for r in read_status(lake)}
+    status = {r["query"]: r for r in read_status(lake, dataflow.graph(lake))}
     assert set(status) == QUERIES
     for q in QUERIES:
         mine = [e for e in second if e["query"] == q]

@@ -92,7 +92,7 @@ def test_bad_options(kw, msg):
     (["--count", "5", "--duration", "30"], 5, 30.0),  # both: whichever ends first
 ])
 def test_produce_count_and_duration(monkeypatch, argv, count, duration):
-    import common.cli as cli
+    import app.cli as cli
     import devstack.generator as gen
 
     seen = {}

@@ -9,10 +9,11 @@ import signal
 
 import pytest
 
-from common import customers, pipeline
+from app import dataflow
+from common import customers
 from common.clients import minio_client
 from serving.native import NativeLake
-from common.runner import run
+from app.runner import run
 from gold.transforms import TVA_RATE
 from tests.checks import HALF_CENT, check_gold, check_late
 from tests.helpers import (
@@ -111,7 +112,7 @@ def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake
         assert sql.returncode == 0, sql.stderr[-2000:]
         assert json.loads(sql.stdout.strip().splitlines()[-1])["n"] >= 1
         log = (tmp_path / "all.log").read_text()
-        assert log.count("  started ") == len(pipeline.graph(lake))  # every query of the graph listed
+        assert log.count("  started ") == len(dataflow.graph(lake))  # every query of the graph listed
         # to the whole process group, as `systemctl stop` or `kill -- -<pgid>` do: the JVM gets it
         # too, and must leave the stopping to the Python driver
         os.killpg(proc.pid, signal.SIGTERM)
@@ -120,11 +121,12 @@ def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake
         if proc.poll() is None:
             kill_hard(proc)
     # an orderly stop: the event log's last buffered rows were appended, one row per batch committed
-    from common.checkpoints import _batch_numbers, _Fs
+    from common.checkpoints import _batch_numbers
+    from common.fs import Fs
 
     events = NativeLake(lake).rows("ops.pipeline_events", order_by="query, batch_id")
-    for flow in pipeline.graph(lake):
-        committed = _batch_numbers(_Fs(spark), flow.checkpoint, "commits")
+    for flow in dataflow.graph(lake):
+        committed = _batch_numbers(Fs(spark), flow.checkpoint, "commits")
         assert committed, flow.name
         assert [e["batch_id"] for e in events if e["query"] == flow.name] == committed, \
             (flow.name, (tmp_path / "all.log").read_text()[-3000:])
@@ -137,12 +139,12 @@ def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark
     produce_to(lake, tmp_path / "ledger.jsonl", 100, seed=51)
     run(("bronze", "silver", "gold"), lake, "availableNow", spark=spark)
     client = minio_client(lake)
-    prefix = pipeline.flow(lake, "gold_kpis").checkpoint.removeprefix(f"s3a://{lake.bucket}/") + "/offsets/"
+    prefix = dataflow.flow(lake, "gold_kpis").checkpoint.removeprefix(f"s3a://{lake.bucket}/") + "/offsets/"
     offsets = [o.object_name for o in client.list_objects(lake.bucket, prefix=prefix)
                if o.object_name.rsplit("/", 1)[-1].isdigit()]
     assert offsets
     last = max(offsets, key=lambda n: int(n.rsplit("/", 1)[-1]))
-    sources = len(pipeline.flow(lake, "gold_kpis").sources)
+    sources = len(dataflow.flow(lake, "gold_kpis").sources)
     broken = b"v1\n{}" + b'\n{"bogus":1}' * sources
     client.put_object(lake.bucket, last, io.BytesIO(broken), len(broken))
     log = tmp_path / "gold.log"
@@ -155,4 +157,4 @@ def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark
     text = log.read_text()
     assert rc == 1, text[-3000:]
     assert "error: query gold_kpis failed: " in text, text[-3000:]
-    assert text.count("  started ") == len(pipeline.flows(lake, "gold"))  # the others had started, and were stopped
+    assert text.count("  started ") == len(dataflow.flows(lake, "gold"))  # the others had started, and were stopped

@@ -38,7 +38,7 @@ def test_the_archive_is_named_after_the_jars_and_applies_to_local_jvms_only(base
 @pytest.mark.stack
 def test_a_lakehouse_jvm_maps_the_class_archive(base_settings, stack):
     """make test writes the archive first (`lakehouse setup jvm`); here it is written if missing."""
-    from devstack.jvm import build_class_archive
+    from app.jvm import build_class_archive
 
     archive, _ = build_class_archive(base_settings)
     probe = ("from pyspark import SparkContext\n"

@@ -169,14 +169,14 @@ def test_same_job_on_standalone_cluster(lake, tmp_path):
 def test_unreachable_endpoints_fail_fast(lake):
     env = {**settings_env(lake), "LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "common.cli", "produce", "--count", "1"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "produce", "--count", "1"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: no Kafka broker answers at 127.0.0.1:1; start one (`lakehouse stack up`) "
                                    "or fix LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS")
     assert time.monotonic() - t0 < 30
     env = {**settings_env(lake), "LAKEHOUSE_S3_ENDPOINT": "http://127.0.0.1:1"}
-    proc = subprocess.run([sys.executable, "-m", "common.cli", "run", "bronze", "--trigger", "availableNow"],
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "run", "bronze", "--trigger", "availableNow"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
@@ -186,11 +186,11 @@ def test_unreachable_endpoints_fail_fast(lake):
 
 def test_unknown_topic_and_bad_trigger_fail_before_start(lake):
     env = {**settings_env(lake), "LAKEHOUSE_TOPIC_METRICS": "no-such-topic"}
-    proc = subprocess.run([sys.executable, "-m", "common.cli", "run", "bronze", "--trigger", "availableNow"],
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "run", "bronze", "--trigger", "availableNow"],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "error: Kafka topic 'no-such-topic' does not exist" in proc.stderr.strip().splitlines()[-1]
-    proc = subprocess.run([sys.executable, "-m", "common.cli", "run", "bronze", "--trigger", "continuous=1 second"],
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "run", "bronze", "--trigger", "continuous=1 second"],
                           env=settings_env(lake), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(

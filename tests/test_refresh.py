@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from common import checkpoints, customers, pipeline
+from app import dataflow
+from common import checkpoints, customers
 from common.errors import CheckpointError, SettingsError
-from common.runner import plan_refresh, refresh, run
+from app.runner import plan_refresh, refresh, run
 from common.settings import Settings
 from gold.transforms import KPIS
 from silver import rules
@@ -48,7 +49,7 @@ def test_refresh_silver_after_a_rule_change_equals_a_fresh_run(spark, lake, tmp_
     # a running query blocks the refresh: its checkpoint's lease, as a running gold holds it (that a
     # running stage holds a live lease: tests/reliability test_second_copy_on_the_same_checkpoint_is_refused)
     held = checkpoints.leases(spark)
-    held.acquire(pipeline.flow(lake, "gold_kpis").checkpoint, "gold_kpis")
+    held.acquire(dataflow.flow(lake, "gold_kpis").checkpoint, "gold_kpis")
     try:
         assert _leased(spark, lake)
         with pytest.raises(CheckpointError, match=r"query gold_kpis is running"):
@@ -70,7 +71,7 @@ def test_refresh_silver_after_a_rule_change_equals_a_fresh_run(spark, lake, tmp_
     fresh = lake.with_overrides(lake_root=f"{lake.lake_root}-fresh")  # same topics, a new lake
     customers.load(spark, fresh)
     run(STAGES, fresh, "availableNow", spark=spark)
-    names = sorted({t for f in pipeline.graph(lake) if f.stage != "bronze" for t in f.tables} - {"silver.rule_outcomes"})
+    names = sorted({t for f in dataflow.graph(lake) if f.stage != "bronze" for t in f.tables} - {"silver.rule_outcomes"})
     for name in names:
         assert _rows(spark, lake, name) == _rows(spark, fresh, name), name
     assert 0 < delta_count(spark, orders) < before
@@ -85,7 +86,7 @@ def test_refresh_silver_after_a_rule_change_equals_a_fresh_run(spark, lake, tmp_
 def _leased(spark, settings: Settings) -> bool:
     from common.checkpoints import live_owner
 
-    return any(live_owner(spark, f.checkpoint) for f in pipeline.graph(settings) if f.stage == "gold")
+    return any(live_owner(spark, f.checkpoint) for f in dataflow.graph(settings) if f.stage == "gold")
 
 
 def test_refresh_cli_says_what_it_will_do_and_needs_confirmation(lake, capfd):

@@ -7,8 +7,9 @@ import json
 
 import pytest
 
+from app import dataflow
 from bronze.job import replay
-from common.runner import run
+from app.runner import run
 from tests.helpers import lakehouse, produce_to
 
 pytestmark = pytest.mark.stack
@@ -19,7 +20,7 @@ def _coords(spark, path: str) -> list[tuple]:
 
 
 def test_replay_adds_exactly_what_bronze_lacks(spark, lake, tmp_path, capfd):
-    topic = lake.topic_orders
+    topic, bronze = lake.topic_orders, dataflow.flow(lake, "bronze")
     ledger = produce_to(lake, tmp_path / "ledger.jsonl", 90, seed=9, topics=[topic])
     run(("bronze",), lake, "availableNow", spark=spark)
     path = lake.table_path("bronze", lake.bronze_table_for(topic))
@@ -32,7 +33,7 @@ def test_replay_adds_exactly_what_bronze_lacks(spark, lake, tmp_path, capfd):
     after = {c for c in lost if every[c] >= cut}
     assert after and lost - after
 
-    counts = replay(spark, lake, from_time_ms=int(cut.timestamp() * 1000))  # (pyspark: naive local time)
+    counts = replay(spark, lake, bronze, from_time_ms=int(cut.timestamp() * 1000))  # (pyspark: naive local time)
     assert counts[topic][1:] == (len(after), 0)
     assert set(_coords(spark, path)) == set(every) - (lost - after)
     assert len(_coords(spark, path)) == len(set(_coords(spark, path)))  # nothing twice
@@ -43,10 +44,10 @@ def test_replay_adds_exactly_what_bronze_lacks(spark, lake, tmp_path, capfd):
     assert f"{topic}: 90 records in Kafka from that point; appended {len(lost - after)} that bronze lacked" \
         in proc.stdout
     assert _coords(spark, path) == sorted(every)  # whole again, once
-    assert replay(spark, lake, from_offsets=start)[topic] == (90, 0, 0)  # a second replay adds nothing
+    assert replay(spark, lake, bronze, from_offsets=start)[topic] == (90, 0, 0)  # a second replay adds nothing
 
     # records bronze's own query has not read yet are left to it: no record twice when it runs
     newer = produce_to(lake, tmp_path / "ledger.jsonl", 30, seed=10, topics=[topic])
-    assert replay(spark, lake, from_offsets=start)[topic] == (120, 0, 30)
+    assert replay(spark, lake, bronze, from_offsets=start)[topic] == (120, 0, 30)
     run(("bronze",), lake, "availableNow", spark=spark)
     assert _coords(spark, path) == sorted((r["partition"], r["offset"]) for r in newer)

@@ -33,14 +33,14 @@ def test_sql_cli_spark_sql_shell_and_thrift_server_return_the_same_rows(spark, l
     via_cli = [(r[0], int(r[1])) for r in list(csv.reader(io.StringIO(cli.stdout)))[1:]]
     assert via_cli == rows
 
-    shell = subprocess.run([sys.executable, "-m", "common.cli", "spark-sql", "-S", "-e", QUERY],
+    shell = subprocess.run([sys.executable, "-m", "app.cli", "spark-sql", "-S", "-e", QUERY],
                            env=settings_env(lake), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert shell.returncode == 0, shell.stderr[-2000:]
     via_shell = [(a, int(b)) for a, b in (ln.split("\t") for ln in shell.stdout.splitlines() if "\t" in ln)]
     assert via_shell == rows
 
     port = 10123
-    server = subprocess.Popen([sys.executable, "-m", "common.cli", "sql-server", "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "app.cli", "sql-server", "--port", str(port)],
                               env=settings_env(lake), cwd=ROOT, stdout=open(tmp_path / "thrift.log", "w"),
                               stderr=subprocess.STDOUT, start_new_session=True)
     try:

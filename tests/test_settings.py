@@ -78,7 +78,7 @@ def test_interval_seconds():
 
 def test_cli_bad_setting_is_one_line_and_exit_2():
     env = {"PATH": "/usr/bin:/bin", "LAKEHOUSE_TRIGGER": "whenever", **CREDS}
-    proc = subprocess.run([sys.executable, "-m", "common.cli", "config"], env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "config"], env=env, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert proc.stderr.startswith("error: LAKEHOUSE_TRIGGER='whenever' is not a trigger")

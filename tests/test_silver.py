@@ -8,8 +8,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from common import pipeline
-from common.runner import run
+from app import dataflow
+from app.runner import run
 from tests.checks import check_silver_against_ledger
 from tests.helpers import (
     delta_count,
@@ -89,9 +89,9 @@ def test_the_writing_app_compacts_its_tables_and_readers_still_get_every_row_onc
 
 def _batch_time(spark, settings, batch: int) -> float:
     """The processing time (epoch s) silver's micro-batch ``batch`` ran at, from its offset log."""
-    from common.checkpoints import _Fs
+    from common.fs import Fs
 
-    text = _Fs(spark).read_text(f"{pipeline.flow(settings, 'silver').checkpoint}/offsets/{batch}")
+    text = Fs(spark).read_text(f"{dataflow.flow(settings, 'silver').checkpoint}/offsets/{batch}")
     return json.loads(text.splitlines()[1])["batchTimestampMs"] / 1000
 
 
@@ -155,7 +155,7 @@ def test_a_checkpoint_from_before_the_shifted_clocks_loses_no_record_to_its_wate
     for i in range(2):  # the code before the shift: two batches, the second's commit holds a watermark
         produce_to(lake, ledger_path, 10, seed=70 + i, start_time=start + timedelta(minutes=i), event_spacing=1.0)
         run(("bronze", "silver"), lake, "availableNow", spark=spark)
-    restored = restored_watermark_ms(spark, pipeline.flow(lake, "silver").checkpoint)
+    restored = restored_watermark_ms(spark, dataflow.flow(lake, "silver").checkpoint)
     assert time.time() - 120 < restored / 1000 < time.time() - 60  # the last batch's time - 1 minute
     monkeypatch.undo()  # this code, on that checkpoint
     ledger = produce_to(lake, ledger_path, 10, seed=72, start_time=start + timedelta(minutes=2), event_spacing=1.0)

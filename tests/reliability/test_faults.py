@@ -27,8 +27,8 @@ from common import customers
 from common.errors import CheckpointError, StreamFailedError
 from common.settings import child_env
 from devstack.generator import read_ledger
-from common import pipeline
-from common.runner import plan_refresh, refresh, run
+from app import dataflow
+from app.runner import plan_refresh, refresh, run
 from common.clients import kafka_admin, minio_client
 from gold.transforms import KPIS
 from tests.checks import _coords, check_bronze, check_gold, check_pipeline
@@ -333,7 +333,7 @@ def test_second_copy_on_the_same_checkpoint_is_refused(spark, lake, tmp_path):
     first = _start_live(lake, "bronze", log, spark, orders)
     try:
         before = _coords(spark, lake)
-        second = subprocess.run([sys.executable, "-m", "common.cli", "run", "bronze", "--trigger", LIVE],
+        second = subprocess.run([sys.executable, "-m", "app.cli", "run", "bronze", "--trigger", LIVE],
                                 env=settings_env(lake), cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert second.returncode == CheckpointError.exit_code, second.stderr[-3000:]
         assert "is in use by application" in second.stderr and "stop that copy first" in second.stderr
@@ -389,7 +389,7 @@ def test_batch_replayed_after_its_writes_committed_counts_once(spark, lake, tmp_
     run(STAGES, lake, "availableNow", spark=spark)
     client = minio_client(lake)
     removed = []
-    for flow in pipeline.flows(lake, "gold"):
+    for flow in dataflow.flows(lake, "gold"):
         prefix = flow.checkpoint.removeprefix(f"s3a://{lake.bucket}/") + "/commits/"
         commits = sorted((o.object_name for o in client.list_objects(lake.bucket, prefix=prefix)
                           if o.object_name.rsplit("/", 1)[-1].isdigit()), key=lambda n: int(n.rsplit("/", 1)[-1]))
@@ -425,7 +425,7 @@ def test_no_s3_secret_in_logs_event_logs_or_printed_config(spark, lake, tmp_path
     outputs = []
     for args in (["config"], ["run", "bronze", "--trigger", "availableNow"], ["status"],
                  ["sql", "SELECT count(*) FROM bronze." + lake.bronze_table_for(lake.topic_orders)]):
-        r = subprocess.run([sys.executable, "-m", "common.cli", *args], env=env, cwd=ROOT, capture_output=True,
+        r = subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, cwd=ROOT, capture_output=True,
                            text=True, timeout=300)
         assert r.returncode == 0, (args, r.stderr[-2000:])
         outputs.append(r.stdout + r.stderr)
@@ -465,7 +465,7 @@ def test_stray_parquet_files_are_ignored_and_a_truncated_checkpoint_file_is_name
     run(STAGES, lake, "availableNow", spark=spark)
     check_pipeline(spark, lake, read_ledger(ledger_path))  # the stray copies are counted nowhere
 
-    offsets = key(pipeline.flow(lake, "silver").checkpoint) + "/offsets/"
+    offsets = key(dataflow.flow(lake, "silver").checkpoint) + "/offsets/"
     last = max((o.object_name for o in client.list_objects(lake.bucket, prefix=offsets)
                 if o.object_name.rsplit("/", 1)[-1].isdigit()), key=lambda n: int(n.rsplit("/", 1)[-1]))
     whole = client.get_object(lake.bucket, last).read()

@@ -45,7 +45,7 @@ def _cmd_setup(args) -> int:
     if args.what in ("minio", "all"):
         print(f"minio: {Stack(get_settings()).build_minio()}")
     if args.what == "jvm":  # runs the pipeline on the local stack, so not part of `all`
-        from devstack.jvm import build_class_archive
+        from app.jvm import build_class_archive
 
         path, took = build_class_archive(get_settings(), force=args.force)
         print(f"jvm class archive: {path}" + (f" (written in {took:.0f} s)" if took is not None else " (up to date)"))
@@ -108,21 +108,21 @@ def _cmd_produce(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from common.runner import resolve_stages, run
+    from app.runner import resolve_stages, run
 
     run(resolve_stages(args.stage), get_settings(), args.trigger, args.sink)
     return 0
 
 
 def _cmd_plan(args) -> int:
-    from common.pipeline import describe
+    from app.dataflow import describe
 
     print("\n".join(describe(get_settings())))
     return 0
 
 
 def _cmd_reset(args) -> int:
-    from common.runner import reset
+    from app.runner import reset
 
     settings, spark = _lake_session("lakehouse-reset")
     paths = reset(spark, settings, args.stage, dry_run=True)
@@ -145,7 +145,7 @@ def _confirm(question: str, yes: bool, what: str) -> bool:
 
 
 def _cmd_refresh(args) -> int:
-    from common.runner import plan_refresh, refresh, run
+    from app.runner import plan_refresh, refresh, run
 
     settings, spark = _lake_session("lakehouse-refresh", kafka=True)  # bronze's retention check, gold's topic
     plan = plan_refresh(spark, settings, args.target, args.include_bronze)
@@ -175,6 +175,7 @@ def _cmd_refresh(args) -> int:
 
 
 def _cmd_replay(args) -> int:
+    from app.dataflow import flow
     from bronze.job import replay
 
     start_ms = offsets = None
@@ -200,7 +201,8 @@ def _cmd_replay(args) -> int:
                                 + ", ".join(get_settings().source_topics))
     settings, spark = _lake_session("lakehouse-replay", kafka=True)
     added_any = False
-    for topic, (read, added, left) in replay(spark, settings, start_ms, offsets, dry_run=args.dry_run).items():
+    for topic, (read, added, left) in replay(spark, settings, flow(settings, "bronze"), start_ms, offsets,
+                                             dry_run=args.dry_run).items():
         verb = "would append" if args.dry_run else "appended"
         print(f"{topic}: {read} records in Kafka from that point; {verb} {added} that bronze lacked"
               + (f"; {left} not read by bronze's query yet are left to it" if left else ""))
@@ -322,7 +324,9 @@ def _cmd_status(args) -> int:
 
     settings = get_settings()
     check_reachable(settings, kafka=False)
-    rows = read_status(settings)
+    from app.dataflow import graph
+
+    rows = read_status(settings, graph(settings))
     if not rows:
         print("no streaming query has reported progress yet (start one with `lakehouse run ...`)")
         return 0
@@ -376,13 +380,13 @@ def _cmd_maintain(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from devstack.demo import demo
+    from app.demo import demo
 
     return demo(get_settings(), count=args.count)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from common.runner import add_run_options
+    from app.runner import add_run_options
 
     p = argparse.ArgumentParser(prog="lakehouse", description="Streaming medallion lakehouse on Spark + Delta")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -516,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from common.runner import guarded, setup_logging, verbose_requested
+    from app.runner import guarded, setup_logging, verbose_requested
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

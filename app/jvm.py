@@ -56,7 +56,7 @@ def build_class_archive(settings: Settings, force: bool = False) -> tuple[Path, 
     print("writing the JVM's class archive: the pipeline once, on a scratch lake of the local stack "
           "(about 2 minutes, once)", file=sys.stderr, flush=True)
     try:
-        proc = run_with_heartbeat([sys.executable, "-m", "devstack.jvm", str(tmp)], "writing the JVM's class archive",
+        proc = run_with_heartbeat([sys.executable, "-m", "app.jvm", str(tmp)], "writing the JVM's class archive",
                                   env=child_env(**{env_var(f): str(getattr(scratch, f)) for f in _SCRATCH_FIELDS}))
         if proc.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
@@ -102,9 +102,9 @@ def _train(archive: Path) -> None:
 
     from common import customers
     from serving.catalog import register_tables
-    from common.runner import STAGES, run
+    from app.runner import STAGES, run
     from common.spark import get_spark
-    from devstack.demo import queries
+    from app.demo import queries
     from devstack.generator import GenOptions, produce
     from devstack.stack import Stack
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from common import customers
 from serving.catalog import register_tables
 from devstack.generator import GenOptions, produce
-from common.runner import STAGES, run
+from app import dataflow
+from app.runner import STAGES, run
 from common.settings import Settings
 from serving.status import format_status, read_status
 
@@ -92,7 +93,7 @@ def demo(settings: Settings, count: int = 2000) -> int:
         print(f'lakehouse sql "{query}"')
         print(spark.sql(query).toPandas().to_string(index=False))
     _step("lakehouse status")
-    print("\n".join(format_status(read_status(settings))))
+    print("\n".join(format_status(read_status(settings, dataflow.graph(settings)))))
     _step("lakehouse dq: Great Expectations suites over every layer")
     from data_quality.runner import run_dq
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import logging
 import os
 import sys
 import time
 import traceback
 
-from common import checkpoints, pipeline, streams, tables
+from app import dataflow
+from common import checkpoints, streams, tables
 from common.eventlog import EventLog
 from common.errors import LakehouseError
 from common.pipeline import STAGES, resolve_stages
@@ -78,14 +78,11 @@ def guarded(command, verbose: bool) -> int:
         return 1
 
 
-def _starter(stage: str):
-    return importlib.import_module(f"{stage}.job").start
-
-
 def _start_stage(spark, settings: Settings, stage: str, options: streams.StreamOptions) -> list:
     """Start one stage's queries; each start line says how long the stage's set-up took."""
     t0 = time.monotonic()
-    queries = _starter(stage)(spark, settings, options)
+    flows = dataflow.flows(settings, stage)
+    queries = flows[0].build(spark, settings, options, flows)  # the stage's function, bound by the graph
     for q in queries:
         print(f"  started {q.name:<34} id={q.id} runId={q.runId} ({time.monotonic() - t0:.1f} s)",
               file=sys.stderr, flush=True)
@@ -99,7 +96,7 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
 
     check_reachable(settings)
     # a missing topic is one line before a JVM starts (12-18 s here), not after
-    topics = [s.removeprefix("kafka:") for stage in stages for f in pipeline.flows(settings, stage)
+    topics = [s.removeprefix("kafka:") for stage in stages for f in dataflow.flows(settings, stage)
               for s in f.sources if s.startswith("kafka:")]
     if topics:
         streams.ensure_topics_exist(settings, topics)
@@ -115,7 +112,7 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
     try:
         for stage in stages:
             if events:
-                streams.follow([f.name for f in pipeline.flows(settings, stage)], stage, events)
+                streams.follow([f.name for f in dataflow.flows(settings, stage)], stage, events)
             queries = _start_stage(spark, settings, stage, options)
             started += queries
             if one_shot:
@@ -136,26 +133,16 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
             checkpoints.leases(spark).release_all()
 
 
-def _refuse_if_running(spark, flows, command: str) -> None:
-    from common.errors import CheckpointError
-
-    for f in flows:
-        owner = checkpoints.live_owner(spark, f.checkpoint)
-        if owner:
-            raise CheckpointError(f"query {f.name} is running (application {owner.get('app_id')}, pid "
-                                  f"{owner.get('pid')} on {owner.get('host')}); stop it before `lakehouse {command}`")
-
-
 def reset(spark, settings: Settings, stage: str, dry_run: bool = False) -> list[str]:
     """Delete the tables and checkpoints of ``stage`` and of every later stage, so the next run
     rebuilds them from the layer below. Refuses while any affected query runs (checkpoint leases).
     Bronze (the only copy of what Kafka may no longer hold) is reset only when asked by name.
     Returns the paths deleted (or that would be, with ``dry_run``)."""
-    flows = pipeline.downstream(settings, stage)
-    _refuse_if_running(spark, flows, "reset")
+    flows = dataflow.downstream(settings, stage)
+    checkpoints.refuse_if_running(spark, flows, "reset")
     paths: list[str] = []
     for f in flows:
-        for p in pipeline.sink_paths(settings, f).values():
+        for p in f.sink_paths(settings).values():
             if p not in paths:
                 paths.append(p)
         paths.append(f.checkpoint)
@@ -196,9 +183,9 @@ def plan_refresh(spark, settings: Settings, target: str, include_bronze: bool = 
     if target in STAGES:
         stage, writer = target, None
     else:
-        writer = next((f for f in pipeline.graph(settings) if target in f.tables), None)
+        writer = next((f for f in dataflow.graph(settings) if target in f.tables), None)
         if writer is None:
-            names = sorted(t for f in pipeline.graph(settings) for t in f.tables)
+            names = sorted(t for f in dataflow.graph(settings) for t in f.tables)
             raise SettingsError(f"{target!r} is neither a stage ({', '.join(STAGES)}) nor a table of the pipeline "
                                 f"({', '.join(names)})")
         stage = writer.stage
@@ -210,12 +197,12 @@ def plan_refresh(spark, settings: Settings, target: str, include_bronze: bool = 
             raise SettingsError(f"LAKEHOUSE_STARTING_OFFSETS={settings.starting_offsets!r}: a refreshed bronze would "
                                 "not re-read the topics from their start; set it to earliest for the refresh")
         _check_kafka_holds_bronze(spark, settings)
-    flows = tuple(f for f in pipeline.downstream(settings, stage)
+    flows = tuple(f for f in dataflow.downstream(settings, stage)
                   if writer is None or f.stage != stage or f.name == writer.name)
-    _refuse_if_running(spark, flows, "refresh")
+    checkpoints.refuse_if_running(spark, flows, "refresh")
     versions = {}
     for f in flows:
-        for name, path in pipeline.sink_paths(settings, f).items():
+        for name, path in f.sink_paths(settings).items():
             if tables.is_delta_table(spark, path):
                 versions[name] = (path, int(spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").collect()[0].version))
     return RefreshPlan(flows, versions)
@@ -254,7 +241,7 @@ def refresh(spark, plan: RefreshPlan, stamp: str) -> list[str]:
     moved checkpoints."""
     from common.errors import CheckpointError
 
-    _refuse_if_running(spark, plan.flows, "refresh")  # again: a query may have started meanwhile
+    checkpoints.refuse_if_running(spark, plan.flows, "refresh")  # again: a query may have started meanwhile
     moved = []
     for cp in plan.checkpoints:
         aside = f"{cp}.before-refresh-{stamp}"
