@@ -257,7 +257,8 @@ def refresh(spark, plan: RefreshPlan, stamp: str) -> list[str]:
 
 
 def stage_parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog)
+    p = argparse.ArgumentParser(prog=prog, description="Run a stage (or all) of the pipeline as streaming queries.")
+    p.add_argument("stage", choices=(*STAGES, "all"))
     add_run_options(p)
     p.add_argument("-v", "--verbose", action="store_true", help="every log line and full stack traces")
     return p
@@ -269,13 +270,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sink", choices=streams.SINKS, help="delta (default) or console for debugging")
 
 
-def main_for_stage(stage: str, argv: list[str] | None = None) -> int:
-    """Entry point of ``spark-submit <stage>/job.py``."""
-    args = stage_parser(f"{stage}/job.py").parse_args(argv)
+def main_for_stage(argv: list[str] | None = None) -> int:
+    """Entry point of ``spark-submit app/submit.py <stage>``."""
+    args = stage_parser("spark-submit app/submit.py").parse_args(argv)
     verbose = verbose_requested(args.verbose)
     setup_logging(verbose)
 
     def command() -> int:
-        run(resolve_stages(stage), get_settings(), args.trigger, args.sink)
+        run(resolve_stages(args.stage), get_settings(), args.trigger, args.sink)
         return 0
     return guarded(command, verbose)

@@ -7,7 +7,7 @@ On a new checkpoint over a lake whose bronze tables already hold records (a move
 checkpoint, or the upgrade from the one-query-per-topic layout), bronze resumes each Kafka
 partition after the last offset its table holds instead of reading the topic again.
 
-    spark-submit bronze/job.py [--trigger availableNow] [--sink console]
+    spark-submit app/submit.py bronze [--trigger availableNow] [--sink console]
     lakehouse run bronze [--trigger ...]
 """
 
@@ -15,16 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file by spark-submit
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bronze.transforms import KAFKA_SCHEMA, PARTITION_COLUMNS, to_bronze  # noqa: E402
-from common import streams  # noqa: E402
-from common.settings import Settings  # noqa: E402
-from common.tables import ensure_table, has_data, is_delta_table  # noqa: E402
+from bronze.transforms import KAFKA_SCHEMA, PARTITION_COLUMNS, to_bronze
+from common import streams
+from common.settings import Settings
+from common.tables import ensure_table, has_data, is_delta_table
 
 NOT_NULL = ("topic", "partition", "offset")
 log = logging.getLogger("lakehouse.bronze")
@@ -189,8 +184,3 @@ def start(spark, settings: Settings, options: streams.StreamOptions, flows) -> l
     return streams.start_all([streams.flow_spec(flow, to_bronze(source), options,
                                                 foreach_batch=_writer(settings, ctx))])
 
-
-if __name__ == "__main__":
-    from app.runner import main_for_stage
-
-    sys.exit(main_for_stage("bronze"))

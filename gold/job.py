@@ -27,28 +27,23 @@ The orders query appends ``gold.orders_enriched`` (stream-static join with
 used from the next batch on) and publishes the enriched orders to ``commandes-enrichies``
 (at least once: a batch replayed after a crash may publish its records again).
 
-    spark-submit gold/job.py [--trigger availableNow] [--sink console]
+    spark-submit app/submit.py gold [--trigger availableNow] [--sink console]
     lakehouse run gold [--trigger ...]
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file by spark-submit
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pyspark.sql import functions as F
 
-from pyspark.sql import functions as F  # noqa: E402
-
-from common import streams  # noqa: E402
-from common.customers import CUSTOMERS_SCHEMA  # noqa: E402
-from common.settings import Settings  # noqa: E402
-from common.tables import ensure_table, is_delta_table, require_table  # noqa: E402
-from gold.transforms import KPIS, OPEN_SUFFIX, SOURCES, enrich_orders, enriched_payload  # noqa: E402
-from gold.windows import SilverWatermarks  # noqa: E402
+from common import streams
+from common.customers import CUSTOMERS_SCHEMA
+from common.settings import Settings
+from common.tables import ensure_table, is_delta_table, require_table
+from gold.transforms import KPIS, OPEN_SUFFIX, SOURCES, enrich_orders, enriched_payload
+from gold.windows import SilverWatermarks
 
 log = logging.getLogger("lakehouse.gold")
 
@@ -191,8 +186,3 @@ def start(spark, settings: Settings, options: streams.StreamOptions, flows) -> l
                                                      SilverWatermarks(spark, kpis.checkpoint, {
                                                          t: settings.table_path("silver", t) for t in SOURCES})))])
 
-
-if __name__ == "__main__":
-    from app.runner import main_for_stage
-
-    sys.exit(main_for_stage("gold"))

@@ -15,31 +15,26 @@ processing time, so it never discards a late record. Per source,
 bronze = silver + quarantine + dropped + late + duplicates (``route:*`` counts in
 ``silver.rule_outcomes``; duplicates in the query's progress, ``numDroppedDuplicateRows``).
 
-    spark-submit silver/job.py [--trigger availableNow] [--sink console]
+    spark-submit app/submit.py silver [--trigger availableNow] [--sink console]
     lakehouse run silver [--trigger ...]
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from functools import reduce
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a file by spark-submit
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from pyspark.sql import functions as F
+from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
-from pyspark.sql import functions as F  # noqa: E402
-from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType  # noqa: E402
-
-from bronze.transforms import KAFKA_SCHEMA, to_bronze  # noqa: E402
-from common import pipeline, streams  # noqa: E402
-from common.errors import StreamFailedError  # noqa: E402
-from common.settings import Settings, interval_seconds  # noqa: E402
-from common.tables import ensure_table, require_table  # noqa: E402
-from silver import transforms as T  # noqa: E402
-from silver.rules import rules_for  # noqa: E402
-from silver.watermarks import EventClock, describe  # noqa: E402
+from bronze.transforms import KAFKA_SCHEMA, to_bronze
+from common import pipeline, streams
+from common.errors import StreamFailedError
+from common.settings import Settings, interval_seconds
+from common.tables import ensure_table, require_table
+from silver import transforms as T
+from silver.rules import rules_for
+from silver.watermarks import EventClock, describe
 
 log = logging.getLogger("lakehouse.silver")
 COORD_NOT_NULL = ("topic", "partition", "offset")
@@ -216,8 +211,3 @@ def start(spark, settings: Settings, options: streams.StreamOptions, flows) -> l
     return streams.start_all([streams.flow_spec(flow, stream, options,
                                                 foreach_batch=_batch_writer(settings, flow, streams.BatchContext.of(spark, flow, settings)))])
 
-
-if __name__ == "__main__":
-    from app.runner import main_for_stage
-
-    sys.exit(main_for_stage("silver"))

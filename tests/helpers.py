@@ -32,10 +32,17 @@ def delta_count(spark, path: str) -> int:
         return 0
 
 
-def start_stage_process(settings: Settings, stage: str, trigger: str, log: Path) -> subprocess.Popen:
+def start_stage_process(settings: Settings, stage: str, trigger: str, log: Path,
+                        submit: bool = False) -> subprocess.Popen:
+    """``lakehouse run <stage>`` in a process group of its own; with ``submit``, the production
+    path instead: ``spark-submit app/submit.py <stage>`` (spark-submit's JVM runs the Python driver)."""
     env = {**settings_env(settings), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "app.cli", "run", stage, "--trigger", trigger],
-                            env=env, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+    if submit:
+        cmd = [str(Path(sys.executable).parent / "spark-submit"), "app/submit.py", stage, "--trigger", trigger]
+        env["PYSPARK_PYTHON"] = env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    else:
+        cmd = [sys.executable, "-m", "app.cli", "run", stage, "--trigger", trigger]
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 

@@ -50,7 +50,8 @@ def test_bronze_sigkill_mid_run_loses_and_repeats_nothing(spark, lake, tmp_path)
     ledger_path = tmp_path / "ledger.jsonl"
     produce_to(lake, ledger_path, 200)
     orders_path = lake.table_path("bronze", lake.bronze_table_for(lake.topic_orders))
-    proc = start_stage_process(lake, "bronze", "processingTime=1 second", tmp_path / "bronze1.log")
+    # started as production starts it: spark-submit app/submit.py bronze
+    proc = start_stage_process(lake, "bronze", "processingTime=1 second", tmp_path / "bronze1.log", submit=True)
     try:
         wait_until(lambda: delta_count(spark, orders_path) > 0 or proc.poll() is not None, 240,
                    "bronze to commit its first batch")

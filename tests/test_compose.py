@@ -41,7 +41,7 @@ def test_stage_services_use_only_known_settings_and_they_validate():
         for topic in (*s.source_topics, s.topic_enriched):
             assert topic in init
         cmd = SERVICES[stage]["command"]
-        assert cmd[0] == "spark-submit" and cmd[-1] == f"{stage}/job.py" and (ROOT / cmd[-1]).exists()
+        assert cmd[0] == "spark-submit" and cmd[-2:] == ["app/submit.py", stage] and (ROOT / cmd[-2]).exists()
         assert cmd[cmd.index("--master") + 1] == "spark://spark-master:7077"
 
 
