@@ -354,7 +354,7 @@ def _cmd_dq(args) -> int:
 
 
 def _cmd_customers(args) -> int:
-    from common import customers
+    from silver import customers
 
     settings, spark = _lake_session("lakehouse-customers")
     path = Path(args.file) if args.file else customers.DEFAULT_FILE

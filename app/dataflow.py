@@ -3,13 +3,16 @@ and the stage function that builds it (``Flow.build``).
 
 This is the one place that says which queries exist. ``lakehouse run`` starts them, ``lakehouse
 plan`` prints them, the checkpoint guards read their signatures, the bench and the tests name
-them from here. The runner hands each stage's ``start`` (``bronze/job.py`` ...) its flows; the stage
-supplies, per query, the DataFrame and the ``foreachBatch`` function, and writes exactly the
-flow's declared sinks; it never invents a query name, a table or a checkpoint path.
+them from here. The runner hands each stage's ``start`` (``bronze/job.py`` ...) the run (``common.run``) and its
+flows; the stage supplies, per query, the DataFrame and the ``foreachBatch`` function, and writes
+exactly the flow's declared sinks (``batches.BatchContext`` refuses any other table); it never
+invents a query name, a table or a checkpoint path. Each stage logs its batches to its own event
+log table (``Flow.event_log``); the customer dimension is the one table a command writes
+(``LOADED``).
 
 The topology: one query per stage (gold: two), each reading all of its sources (a union) and writing all of
 its tables from one ``foreachBatch``, each commit tagged with the checkpoint's own query id + table
-and the batch id, so a replayed batch is skipped (``streams.BatchContext``):
+and the batch id, so a replayed batch is skipped (``batches.BatchContext``):
 
 * ``bronze``  Kafka (every source topic)  -> one bronze table per topic;
 * ``silver``  the three bronze tables     -> silver.orders, order_items, logs, metrics,
@@ -36,15 +39,15 @@ import gold.job
 import silver.job
 import silver.transforms
 from common.errors import SettingsError
-from common.pipeline import SILVER_KINDS, STAGES, Flow
+from common.pipeline import SILVER_KINDS, STAGES, Flow, Table, Topic
 from common.settings import Settings
 from gold.transforms import KPIS, OPEN_SUFFIX
 from gold.transforms import SOURCES as GOLD_SOURCES
 
 
 def _bronze(s: Settings) -> tuple[Flow, ...]:
-    return (Flow("bronze", "bronze", tuple(f"kafka:{t}" for t in s.source_topics),
-                 tuple(f"bronze.{s.bronze_table_for(t)}" for t in s.source_topics),
+    return (Flow("bronze", "bronze", tuple(Topic(t) for t in s.source_topics),
+                 tuple(Table("bronze", s.bronze_table_for(t)) for t in s.source_topics),
                  s.checkpoint_path("bronze", "kafka"), (("topics", s.source_topics),), build=bronze.job.start),)
 
 
@@ -55,9 +58,8 @@ def _silver(s: Settings) -> tuple[Flow, ...]:
         signature += [(f"source_{kind}", s.source(kind).topic),
                       (f"dedup_key_{kind}", silver.transforms.dedup_columns(kind)),
                       (f"watermark_{kind}", s.source(kind).watermark)]
-    return (Flow("silver", "silver", tuple(f"bronze.{s.source(k).bronze_table}" for k in SILVER_KINDS),
-                 ("silver.orders", "silver.order_items", "silver.logs", "silver.metrics", "silver.quarantine",
-                  "silver.late_records", "silver.rule_outcomes"),
+    return (Flow("silver", "silver", tuple(Table("bronze", s.source(k).bronze_table) for k in SILVER_KINDS),
+                 tuple(Table("silver", t) for t in silver.job.TABLES),
                  s.checkpoint_path("silver", "bronze"), tuple(signature), stateful=True, build=silver.job.start),)
 
 
@@ -66,11 +68,18 @@ def _gold(s: Settings) -> tuple[Flow, ...]:
     # the KPI tables' layout: "final" (one row per closed window, its open windows apart); a
     # checkpoint of the layout before it (partial rows per micro-batch) is refused, with how to rebuild
     signature += (("kpi_tables", "final"),)
-    return (Flow("gold_orders", "gold", ("silver.orders",), ("gold.orders_enriched", f"kafka:{s.topic_enriched}"),
-                 s.checkpoint_path("gold", "orders"), build=gold.job.start),
-            Flow("gold_kpis", "gold", tuple(f"silver.{t}" for t in GOLD_SOURCES),
-                 tuple(f"gold.{n}" for k in KPIS for n in (k.name, k.name + OPEN_SUFFIX)),
+    return (Flow("gold_orders", "gold", (Table("silver", "orders"),),
+                 (Table("gold", "orders_enriched"), Topic(s.topic_enriched)),
+                 s.checkpoint_path("gold", "orders"), lookups=(CUSTOMERS,), build=gold.job.start),
+            Flow("gold_kpis", "gold", tuple(Table("silver", t) for t in GOLD_SOURCES),
+                 tuple(Table("gold", n) for k in KPIS for n in (k.name, k.name + OPEN_SUFFIX)),
                  s.checkpoint_path("gold", "kpis"), signature, trigger=s.kpi_trigger, build=gold.job.start))
+
+
+# Tables no streaming query writes: the customer dimension, loaded by `lakehouse customers load`
+# (``silver.customers.load``) and read by gold_orders at every micro-batch.
+CUSTOMERS = Table("silver", "customers")
+LOADED = (CUSTOMERS,)
 
 
 def graph(settings: Settings) -> tuple[Flow, ...]:
@@ -100,12 +109,17 @@ def describe(settings: Settings) -> list[str]:
     lines = []
     for f in graph(settings):
         lines.append(f"{f.name}  [{f.stage}{', stateful' if f.stateful else ''}]")
-        lines.append(f"    reads       {', '.join(f.sources)}")
-        lines.append(f"    writes      {', '.join(f.sinks)}")
+        lines.append(f"    reads       {', '.join(map(str, f.sources))}")
+        if f.lookups:
+            lines.append(f"    joins       {', '.join(map(str, f.lookups))} (read at every batch)")
+        lines.append(f"    writes      {', '.join(map(str, f.sinks))}")
+        lines.append(f"    logs to     {f.event_log}")
         lines.append(f"    checkpoint  {f.checkpoint}")
         if f.trigger:
             lines.append(f"    trigger     {f.trigger} (live runs)")
         if f.signature:
             lines.append("    depends on  " + "; ".join(f"{k}={v if not isinstance(v, tuple) else ','.join(map(str, v))}"
                                                         for k, v in f.signature))
+    lines.append("loaded by a command, not by a query:")
+    lines += [f"    {t}  (lakehouse customers load)" for t in LOADED]
     return lines

@@ -6,7 +6,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from common import customers
+from silver import customers
 from serving.catalog import register_tables
 from devstack.generator import GenOptions, produce
 from app import dataflow

@@ -100,7 +100,7 @@ def _train(archive: Path) -> None:
     """The child: the pipeline once, small, in a JVM that writes ``archive`` when it exits."""
     from pyspark import SparkContext
 
-    from common import customers
+    from silver import customers
     from serving.catalog import register_tables
     from app.runner import STAGES, run
     from common.spark import get_spark

@@ -17,9 +17,9 @@ import traceback
 
 from app import dataflow
 from common import checkpoints, streams, tables
-from common.eventlog import EventLog
 from common.errors import LakehouseError
 from common.pipeline import STAGES, resolve_stages
+from common.run import RunContext
 from common.settings import Settings, get_settings
 
 __all__ = ["STAGES", "resolve_stages", "run", "main_for_stage", "reset"]
@@ -78,11 +78,12 @@ def guarded(command, verbose: bool) -> int:
         return 1
 
 
-def _start_stage(spark, settings: Settings, stage: str, options: streams.StreamOptions) -> list:
+def _start_stage(run: RunContext, stage: str) -> list:
     """Start one stage's queries; each start line says how long the stage's set-up took."""
     t0 = time.monotonic()
-    flows = dataflow.flows(settings, stage)
-    queries = flows[0].build(spark, settings, options, flows)  # the stage's function, bound by the graph
+    flows = dataflow.flows(run.settings, stage)
+    run.follow(flows, stage)
+    queries = flows[0].build(run, flows)  # the stage's function, bound by the graph
     for q in queries:
         print(f"  started {q.name:<34} id={q.id} runId={q.runId} ({time.monotonic() - t0:.1f} s)",
               file=sys.stderr, flush=True)
@@ -96,8 +97,7 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
 
     check_reachable(settings)
     # a missing topic is one line before a JVM starts (12-18 s here), not after
-    topics = [s.removeprefix("kafka:") for stage in stages for f in dataflow.flows(settings, stage)
-              for s in f.sources if s.startswith("kafka:")]
+    topics = [t for stage in stages for f in dataflow.flows(settings, stage) for t in f.topics_read]
     if topics:
         streams.ensure_topics_exist(settings, topics)
     # (the tables are not registered by name here: a caller that queries them so, the demo, does it)
@@ -105,15 +105,12 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
         from common.spark import get_spark
 
         spark = get_spark(settings, app_name="lakehouse-" + "-".join(stages))
-    streams.install_progress_logger(spark, settings)
-    events = EventLog(spark, settings) if options.sink == "delta" else None
+    ctx = RunContext.open(spark, settings, options)
     one_shot = options.trigger.kind in ("availableNow", "once")
     started: list = []
     try:
         for stage in stages:
-            if events:
-                streams.follow([f.name for f in dataflow.flows(settings, stage)], stage, events)
-            queries = _start_stage(spark, settings, stage, options)
+            queries = _start_stage(ctx, stage)
             started += queries
             if one_shot:
                 streams.await_all(spark, queries)
@@ -123,14 +120,7 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
         # every query this run started, also those of a stage that failed half-way through starting
         for q in started + list(spark.streams.active):
             streams.stop_quietly(q)
-        try:
-            if events:
-                events.close(started)
-            # a compaction under way belongs to this run: the tables' writer until it ends
-            if not tables.compactor.wait():
-                log.warning("a compaction was still running when the run ended; the next run redoes it")
-        finally:
-            checkpoints.leases(spark).release_all()
+        ctx.close(started)
 
 
 def reset(spark, settings: Settings, stage: str, dry_run: bool = False) -> list[str]:
@@ -171,7 +161,7 @@ class RefreshPlan:
 
     @property
     def topics(self) -> tuple[str, ...]:
-        return tuple(s.removeprefix("kafka:") for f in self.flows for s in f.sinks if s.startswith("kafka:"))
+        return tuple(t for f in self.flows for t in f.topics_written)
 
 
 def plan_refresh(spark, settings: Settings, target: str, include_bronze: bool = False) -> RefreshPlan:
@@ -183,9 +173,9 @@ def plan_refresh(spark, settings: Settings, target: str, include_bronze: bool = 
     if target in STAGES:
         stage, writer = target, None
     else:
-        writer = next((f for f in dataflow.graph(settings) if target in f.tables), None)
+        writer = next((f for f in dataflow.graph(settings) if target in map(str, f.tables)), None)
         if writer is None:
-            names = sorted(t for f in dataflow.graph(settings) for t in f.tables)
+            names = sorted(str(t) for f in dataflow.graph(settings) for t in f.tables)
             raise SettingsError(f"{target!r} is neither a stage ({', '.join(STAGES)}) nor a table of the pipeline "
                                 f"({', '.join(names)})")
         stage = writer.stage

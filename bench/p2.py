@@ -59,7 +59,7 @@ MEASURED = 10_000_000  # order ids of the measured phase start here; the warm-up
 def run_one(spark, base: Settings, system: str, rate: float, seconds: float, warmup: float, logdir) -> dict:
     """Start the system, warm it up (``warmup`` seconds at ``rate``, until gold has those orders),
     then measure ``seconds`` at ``rate``: latency of the measured orders, drain time, CPU, memory."""
-    from common import customers
+    from silver import customers
 
     s = fresh(base, f"p2-{system}-{uuid.uuid4().hex[:6]}")
     customers.load(spark, s)

@@ -202,7 +202,7 @@ class App:
 
 def started(spark, base: Settings, system: str, logdir: Path, phase: str) -> App:
     """``system`` started on a fresh lake prefix and fresh topics, the customers loaded."""
-    from common import customers
+    from silver import customers
 
     s = fresh(base, f"{phase}-{system}-{uuid.uuid4().hex[:6]}")
     customers.load(spark, s)
@@ -432,7 +432,7 @@ def recovery(spark, base: Settings, args, logdir: Path) -> dict:
 
 
 def backfill_phase(spark, base: Settings, orders: int, producers: int) -> dict:
-    from common import customers
+    from silver import customers
 
     s = fresh(base, f"backfill-{uuid.uuid4().hex[:6]}")
     log(f"backfill phase: producing {orders} orders + logs + metrics ({producers} processes)")

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
 
-    from common import customers
+    from silver import customers
     from common import spark as session
     from app.runner import run
     from common.settings import Settings

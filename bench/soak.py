@@ -195,7 +195,7 @@ class Lake:
 def tables_of(s: Settings) -> list[str]:
     from common.eventlog import table_name
 
-    names = [t for f in dataflow.graph(s) for t in f.tables]
+    names = [str(t) for f in dataflow.graph(s) for t in f.tables]
     return names + [f"{OPS}.{table_name(stage)}" for stage in pipeline.STAGES]
 
 
@@ -430,7 +430,7 @@ def main(argv=None) -> int:
     def save() -> None:
         out.write_text(json.dumps(result, indent=1, default=str) + "\n")
 
-    from common import customers
+    from silver import customers
     from common.spark import get_spark
 
     spark = get_spark(base, app_name="lakehouse-soak")  # idle until the final check

@@ -2,7 +2,7 @@
 
 Each micro-batch is split by topic and appended to that topic's table (the writes run side by
 side, empty ones are skipped), each tagged with the checkpoint's query id + table and the batch id
-(``streams.BatchContext``: a replayed batch is skipped).
+(``batches.BatchContext``: a replayed batch is skipped).
 On a new checkpoint over a lake whose bronze tables already hold records (a moved or lost
 checkpoint, or the upgrade from the one-query-per-topic layout), bronze resumes each Kafka
 partition after the last offset its table holds instead of reading the topic again.
@@ -18,6 +18,8 @@ import logging
 
 from bronze.transforms import KAFKA_SCHEMA, PARTITION_COLUMNS, to_bronze
 from common import streams
+from common.batches import BatchContext, run_parallel
+from common.streams import QuerySpec
 from common.settings import Settings
 from common.tables import ensure_table, has_data, is_delta_table
 
@@ -30,10 +32,10 @@ def table_paths(settings: Settings) -> dict[str, str]:
     return {t: settings.table_path("bronze", settings.bronze_table_for(t)) for t in settings.source_topics}
 
 
-def ensure_tables(spark, settings: Settings) -> None:
-    """Create the bronze tables up front, so silver can start streaming from them at once."""
+def ensure_tables(spark, settings: Settings, flow) -> None:
+    """Create the bronze tables (``flow``'s sinks) up front, so silver can start streaming from them at once."""
     empty = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
-    for path in table_paths(settings).values():
+    for path in flow.sink_paths(settings).values():
         ensure_table(spark, path, empty, partition_by=PARTITION_COLUMNS, not_null=NOT_NULL)
 
 
@@ -77,7 +79,7 @@ def replay(spark, settings: Settings, flow, from_time_ms: int | None = None, fro
 
     checkpoints.refuse_if_running(spark, (flow,), "replay bronze")
     if not dry_run:
-        ensure_tables(spark, settings)
+        ensure_tables(spark, settings, flow)
     resume = checkpoints.committed_end_offsets(spark, flow.checkpoint)
     if resume is None:
         resume = json.loads(resume_offsets(spark, settings) or "{}")
@@ -140,8 +142,8 @@ def warn_if_records_gone(settings: Settings) -> None:
                         offset - 1)
 
 
-def _writer(settings: Settings, ctx: streams.BatchContext):
-    paths = table_paths(settings)
+def _writer(ctx: BatchContext):
+    tables = {t: f"bronze.{ctx.settings.bronze_table_for(t)}" for t in ctx.settings.source_topics}
 
     def write(batch, batch_id: int) -> None:
         # One task per micro-batch, so one file per table and batch holding every Kafka partition's
@@ -153,21 +155,21 @@ def _writer(settings: Settings, ctx: streams.BatchContext):
         batch = batch.coalesce(1).persist()
         try:
             present = {r.topic for r in batch.select("topic").distinct().collect()}
-            streams.run_parallel([
-                (lambda t=t, p=p: ctx.append(batch.filter(batch.topic == t), settings.bronze_table_for(t), p,
-                                             batch_id))
-                for t, p in paths.items() if t in present])
+            run_parallel([(lambda t=t, table=table: ctx.append(batch.filter(batch.topic == t), table, batch_id))
+                          for t, table in tables.items() if t in present])
         finally:
             batch.unpersist()
     return write
 
 
-def start(spark, settings: Settings, options: streams.StreamOptions, flows) -> list:
-    """Start bronze's query (``flows``: its one flow of the graph, ``app.dataflow``)."""
+def start(run, flows) -> list:
+    """Start bronze's query (``flows``: its one flow of the graph, ``app.dataflow``) in ``run``
+    (``common.run.RunContext``)."""
     (flow,) = flows
+    spark, settings = run.spark, run.settings
     starting = None
-    if options.sink == "delta":
-        ensure_tables(spark, settings)
+    if run.delta:
+        ensure_tables(spark, settings, flow)
         from common.checkpoints import is_new
 
         if is_new(spark, flow.checkpoint):
@@ -177,10 +179,8 @@ def start(spark, settings: Settings, options: streams.StreamOptions, flows) -> l
                             "they hold: %s", flow.checkpoint, starting)
             elif settings.starting_offsets == "earliest":
                 warn_if_records_gone(settings)
-    source = streams.read_kafka(spark, settings, settings.source_topics, starting_offsets=starting)
-    if options.sink == "console":
-        return streams.start_all([streams.flow_spec(flow, to_bronze(source), options)])
-    ctx = streams.BatchContext.of(spark, flow, settings)
-    return streams.start_all([streams.flow_spec(flow, to_bronze(source), options,
-                                                foreach_batch=_writer(settings, ctx))])
-
+    source = streams.read_kafka(spark, settings, flow.topics_read, starting_offsets=starting)
+    if not run.delta:
+        return streams.start_all(run, [QuerySpec.of(flow, to_bronze(source), run.options)])
+    return streams.start_all(run, [QuerySpec.of(flow, to_bronze(source), run.options,
+                                                foreach_batch=_writer(BatchContext.of(run, flow)))])

@@ -97,7 +97,8 @@ def lease_is_live(owner: dict) -> bool:
 
 
 class Leases:
-    """The leases one application holds, with one heartbeat thread for all of them."""
+    """The leases one run of the pipeline holds, with one heartbeat thread for all of them
+    (``common.run.RunContext``)."""
 
     def __init__(self, spark):
         self._fs = Fs(spark)
@@ -136,11 +137,13 @@ class Leases:
         with self._lock:
             self._held[checkpoint] = query
             if self._thread is None:
-                self._thread = threading.Thread(target=self._beat, name="checkpoint-leases", daemon=True)
+                self._stop = threading.Event()
+                self._thread = threading.Thread(target=self._beat, args=(self._stop,), name="checkpoint-leases",
+                                                daemon=True)
                 self._thread.start()
 
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_SECONDS):
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
             with self._lock:
                 held = dict(self._held)
             for checkpoint, query in held.items():
@@ -150,8 +153,11 @@ class Leases:
                     log.debug("lease heartbeat for %s failed: %s", query, e)
 
     def release_all(self) -> None:
+        """Give every lease back (the run ends) and stop the heartbeat."""
         with self._lock:
             held, self._held = dict(self._held), {}
+            self._stop.set()
+            self._thread = None
         for checkpoint in held:
             try:
                 path = f"{checkpoint}/{OWNER_FILE}"
@@ -162,21 +168,12 @@ class Leases:
                 log.debug("could not release lease of %s: %s", checkpoint, e)
 
 
-def leases(spark) -> Leases:
-    """The application's lease holder (one per Spark session)."""
-    holder = getattr(spark, "_lakehouse_leases", None)
-    if holder is None or holder._app != spark.sparkContext.applicationId:
-        holder = Leases(spark)
-        spark._lakehouse_leases = holder
-    return holder
-
-
-def claim(spark, checkpoint: str, query: str, signature: dict) -> None:
+def claim(leases: Leases, spark, checkpoint: str, query: str, signature: dict) -> None:
     """Before a query starts: its settings match the checkpoint, the files a restart reads are
-    whole, and no other copy runs on it."""
+    whole, and no other copy runs on it (the lease, held by the run's ``leases``)."""
     check_signature(spark, checkpoint, query, signature)
     check_readable(spark, checkpoint, query)
-    leases(spark).acquire(checkpoint, query)
+    leases.acquire(checkpoint, query)
 
 
 def _log_problem(text: str, min_lines: int = 2) -> str | None:
@@ -226,9 +223,8 @@ def check_readable(spark, checkpoint: str, query: str) -> None:
 def live_owner(spark, checkpoint: str) -> dict | None:
     """The lease of a live application on ``checkpoint``, if any (for commands that must not run
     beside the query, such as ``lakehouse reset``)."""
-    holder = leases(spark)
-    owner = holder._fs.read_json(f"{checkpoint}/{OWNER_FILE}")
-    return owner if owner and holder._is_live(owner) else None
+    owner = Fs(spark).read_json(f"{checkpoint}/{OWNER_FILE}")
+    return owner if owner and lease_is_live(owner) else None
 
 
 def committed_end_offsets(spark, checkpoint: str) -> dict | None:

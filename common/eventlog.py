@@ -27,7 +27,6 @@ import time
 from datetime import datetime, timedelta, timezone
 
 from common.settings import OPS, Settings, interval_seconds
-from common.tables import compactor
 
 log = logging.getLogger("lakehouse.eventlog")
 
@@ -45,7 +44,7 @@ COLUMNS = (
 SCHEMA_DDL = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
 # the view's select list: by name, so a stage table whose columns grew in another order still lines up
 SELECT_LIST = ", ".join(name for name, _ in COLUMNS)
-COUNTS = ("quarantined", "dropped", "late")  # what a batch reports itself (``streams.count_batch``)
+COUNTS = ("quarantined", "dropped", "late")  # what a batch reports itself (``BatchContext.count``)
 LATENCY = ("event_to_gold_p50_ms", "event_to_gold_max_ms")  # gold_orders: Kafka timestamp -> its commit
 
 
@@ -75,7 +74,7 @@ def _duplicates(progress: dict, counts: dict, operators: list) -> int:
     """Records a batch's dedup dropped: those read minus those the batch went on with, when the
     query says how many it went on with (silver's ``checked``), otherwise Spark's own
     ``numDroppedDuplicateRows`` (it was 3x in silver while a write re-ran the dedup, 51 for 17;
-    with the batch computed once it is exact, 147 for 147: ``streams.computed_once``)."""
+    with the batch computed once it is exact, 147 for 147: ``batches.computed_once``)."""
     if "checked" in counts:
         return int(progress.get("numInputRows") or 0) - int(counts["checked"])
     return sum(int((op.get("customMetrics") or {}).get("numDroppedDuplicateRows", 0)) for op in operators)
@@ -114,8 +113,8 @@ def event_row(progress: dict, stage: str, counts: dict, event_watermark: str | N
 class EventLog:
     """The buffer of one application's event rows, appended every interval and when closed."""
 
-    def __init__(self, spark, settings: Settings):
-        self._spark, self._settings = spark, settings
+    def __init__(self, spark, settings: Settings, compactor):
+        self._spark, self._settings, self._compactor = spark, settings, compactor
         self._rows: dict[str, list[tuple]] = {}  # stage -> rows not written yet
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -146,7 +145,7 @@ class EventLog:
                     (self._spark.createDataFrame(rows, SCHEMA_DDL).coalesce(1).write.format("delta").mode("append")
                      .option("mergeSchema", "true")  # a log written by an older version gains the new columns
                      .save(path))
-                    compactor.committed(self._spark, path, self._settings.compact_every)
+                    self._compactor.committed(self._spark, path, self._settings.compact_every)
                 except Exception as e:  # noqa: BLE001 - best effort, retried at the next interval
                     log.warning("event log: could not append %d rows for %s (%s); retrying in %.0f s",
                                 len(rows), stage, str(e).splitlines()[0][:200], self._interval)

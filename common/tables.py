@@ -115,7 +115,7 @@ def append_batch(df, path: str, app_id: str, batch_id: int, txn: bool = False, *
     """Append one micro-batch's rows in a commit tagged with (``app_id``, ``batch_id``) and
     ``extra``. With ``txn`` also Delta's txnAppId/txnVersion, which skips a batch that an earlier,
     txn-only version of the project committed; it costs a state reconstruction of the table
-    (~0.7 s here), so only the first write of a run asks for it (see ``streams.BatchContext``)."""
+    (~0.7 s here), so only the first write of a run asks for it (see ``batches.BatchContext``)."""
     w = df.write.format("delta").mode("append").option("userMetadata", commit_tag(app_id, batch_id, **extra))
     if txn:
         w = w.option("txnAppId", app_id).option("txnVersion", str(batch_id))
@@ -163,7 +163,8 @@ class Compactor:
     files (``dataChange=false``): it does not conflict with the stream's appends, and streaming
     readers of the table skip its commits. Files of at least
     ``spark.databricks.delta.optimize.minFileSize`` (``common.spark``) are left alone, so a
-    compaction rewrites the recent small files, not the whole table."""
+    compaction rewrites the recent small files, not the whole table. One per run
+    (``common.run.RunContext``): one background compaction at a time."""
 
     def __init__(self):
         self._counts: dict[str, int] = {}
@@ -227,5 +228,3 @@ class Compactor:
                 self._idle.wait(left)
         return True
 
-
-compactor = Compactor()  # one per process: one background compaction at a time

@@ -15,7 +15,7 @@ and the batch's partial aggregates combined (``Kpi.settle``), the closed ones ap
 no MERGE: per micro-batch and KPI, one aggregation, one replace of the open windows (a few rows,
 written from the driver by delta-rs: ``deltars.replace``), and an append when windows close.
 Exactly once: each commit is tagged with its writer (the checkpoint's query id + table) and
-batch id (``streams.BatchContext``); the closed rows are appended before ``<kpi>_open`` is
+batch id (``batches.BatchContext``); the closed rows are appended before ``<kpi>_open`` is
 replaced, so a batch replayed after a crash between the two appends nothing twice (its closed
 rows are in, tagged) and recomputes the same open rows from the same inputs.
 (Until 2026-12 the KPI tables held each micro-batch's partial rows and only a Spark view combined
@@ -39,8 +39,10 @@ import time
 from pyspark.sql import functions as F
 
 from common import streams
-from common.customers import CUSTOMERS_SCHEMA
+from common.batches import BatchContext, run_parallel
+from silver.customers import CUSTOMERS_SCHEMA
 from common.settings import Settings
+from common.streams import QuerySpec
 from common.tables import ensure_table, is_delta_table, require_table
 from gold.transforms import KPIS, OPEN_SUFFIX, SOURCES, enrich_orders, enriched_payload
 from gold.windows import SilverWatermarks
@@ -58,18 +60,41 @@ def _silver(spark, settings: Settings, table: str, stream: bool = False):
     return streams.read_delta(spark, settings, path) if stream else spark.read.format("delta").load(path)
 
 
-def ensure_tables(spark, settings: Settings) -> None:
+def ensure_tables(spark, settings: Settings, orders, kpis) -> None:
+    """Create the tables of gold's two flows (``orders``, ``kpis``: their sinks, nothing else)."""
+    made = {}
     for kpi in KPIS:
         empty = kpi.aggregate(_silver(spark, settings, kpi.source).limit(0), settings)
-        for name in (kpi.name, kpi.name + OPEN_SUFFIX):
-            ensure_table(spark, settings.table_path("gold", name), empty, not_null=kpi.row_keys)
-    customers = settings.table_path("silver", "customers")
-    if not is_delta_table(spark, customers):
-        log.warning("silver.customers is empty: every order will be enriched as unknown until "
-                    "`lakehouse customers load` runs")
-        ensure_table(spark, customers, spark.createDataFrame([], CUSTOMERS_SCHEMA), not_null=("customer_id",))
-    empty = enrich_orders(_silver(spark, settings, "orders").limit(0), spark.read.format("delta").load(customers))
-    ensure_table(spark, settings.table_path("gold", "orders_enriched"), empty, not_null=("order_id", "customer_id"))
+        made.update({f"gold.{name}": (empty, kpi.row_keys) for name in (kpi.name, kpi.name + OPEN_SUFFIX)})
+    made["gold.orders_enriched"] = (enrich_orders(_silver(spark, settings, "orders").limit(0),
+                                                  spark.createDataFrame([], CUSTOMERS_SCHEMA)),
+                                    ("order_id", "customer_id"))
+    paths = {**orders.sink_paths(settings), **kpis.sink_paths(settings)}
+    if set(paths) != set(made):
+        raise ValueError(f"gold writes {sorted(made)}, its flows declare {sorted(paths)}")
+    for table, (empty, keys) in made.items():
+        ensure_table(spark, paths[table], empty, not_null=keys)
+
+
+class _Customers:
+    """The customer dimension as each micro-batch reads it (``lakehouse customers load`` writes it,
+    at any time: a customer loaded or changed is used from the next batch on). Until it is first
+    loaded, every order is enriched as unknown, said once."""
+
+    def __init__(self, settings: Settings, table):
+        self.path = table.path(settings)
+        self._loaded = self._told = False
+
+    def read(self, spark):
+        if not self._loaded:
+            self._loaded = is_delta_table(spark, self.path)
+        if self._loaded:
+            return spark.read.format("delta").load(self.path)
+        if not self._told:
+            self._told = True
+            log.warning("silver.customers is empty: every order will be enriched as unknown until "
+                        "`lakehouse customers load` runs")
+        return spark.createDataFrame([], CUSTOMERS_SCHEMA)
 
 
 def _arrival(batch, out: list) -> None:
@@ -82,8 +107,9 @@ def _arrival(batch, out: list) -> None:
         log.warning("event -> gold latency not measured for this batch: %s", str(e).splitlines()[0][:200])
 
 
-def _orders_writer(settings: Settings, ctx: streams.BatchContext):
-    customers = settings.table_path("silver", "customers")
+def _orders_writer(ctx: BatchContext, customers: _Customers):
+    settings = ctx.settings
+    (topic,) = ctx.flow.topics_written
 
     def write(batch, batch_id: int) -> None:
         spark = batch.sparkSession
@@ -92,33 +118,31 @@ def _orders_writer(settings: Settings, ctx: streams.BatchContext):
         try:
             # Read the dimension at every micro-batch: a customer loaded or changed since the last
             # batch is used from this batch on.
-            enriched = enrich_orders(batch, spark.read.format("delta").load(customers))
-            streams.run_parallel([
-                lambda: ctx.append(enriched, "orders_enriched", settings.table_path("gold", "orders_enriched"),
-                                   batch_id),
+            enriched = enrich_orders(batch, customers.read(spark))
+            run_parallel([
+                lambda: ctx.append(enriched, "gold.orders_enriched", batch_id),
                 lambda: (enriched_payload(batch).write.format("kafka")
-                         .options(**streams.kafka_options(settings, topic=settings.topic_enriched)).save()),
+                         .options(**streams.kafka_options(settings, topic=topic)).save()),
                 lambda: _arrival(batch, arrived),
             ])
             if arrived and arrived[0] is not None:  # event -> gold: Kafka timestamp to this batch's commit
                 now_ms = int(time.time() * 1000)
-                streams.count_batch(ctx.query_id(spark), batch_id, event_to_gold_max_ms=now_ms - int(arrived[0]),
-                                    event_to_gold_p50_ms=now_ms - int(arrived[1]))
+                ctx.count(batch_id, event_to_gold_max_ms=now_ms - int(arrived[0]),
+                          event_to_gold_p50_ms=now_ms - int(arrived[1]))
         finally:
             batch.unpersist()
     return write
 
 
-def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[str, list[str]], clock: SilverWatermarks,
-                 kpis=KPIS):
+def _kpis_writer(ctx: BatchContext, columns: dict[str, list[str]], clock: SilverWatermarks, kpis=KPIS):
+    settings = ctx.settings
     settled_by: dict[str, int | None] = {}  # KPI -> the watermark its last micro-batch of this run closed by
     still_open: dict[str, object] = {}  # KPI -> the open windows this run last wrote (computed, kept)
 
     def settle(kpi, batch, batch_id: int, closed_by_ms: int | None) -> None:
-        final, open_ = kpi.name, kpi.name + OPEN_SUFFIX
-        final_path, open_path = settings.table_path("gold", final), settings.table_path("gold", open_)
+        final, open_ = f"gold.{kpi.name}", f"gold.{kpi.name}{OPEN_SUFFIX}"
         spark = batch.sparkSession
-        if ctx.holds(spark, open_, open_path, batch_id):  # replayed: written in full (closed rows first)
+        if ctx.holds(spark, open_, batch_id):  # replayed: written in full (closed rows first)
             settled_by[kpi.name] = closed_by_ms
             still_open.pop(kpi.name, None)
             return
@@ -126,13 +150,13 @@ def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[st
         # the open windows: as this run last wrote them, kept (read from the table at a run's start)
         before = still_open.pop(kpi.name, None)
         if before is None:
-            before = spark.read.format("delta").load(open_path)
+            before = spark.read.format("delta").load(ctx.path(open_))
         # computed once (a few rows per open window): read by both writes and kept for the next batch
         current = kpi.combine(before.unionByName(partials)).localCheckpoint(eager=True)
         closed, after = kpi.settle(current, closed_by_ms)
         if closed_by_ms is not None and not closed.isEmpty():  # no watermark: nothing closes, no job to ask
-            ctx.append(closed.coalesce(1), final, final_path, batch_id)
-        ctx.replace(after, open_, open_path, batch_id, settings)
+            ctx.append(closed.coalesce(1), final, batch_id)
+        ctx.replace(after, open_, batch_id)
         settled_by[kpi.name], still_open[kpi.name] = closed_by_ms, after
 
     def write(batch, batch_id: int) -> None:
@@ -149,40 +173,40 @@ def _kpis_writer(settings: Settings, ctx: streams.BatchContext, columns: dict[st
                     return settled_by[kpi.name] != watermarks[kpi.source]
                 return watermarks[kpi.source] is not None  # a run's first batch: any watermark at all
 
-            streams.run_parallel([(lambda kpi=kpi: settle(kpi, batch, batch_id, watermarks[kpi.source]))
+            run_parallel([(lambda kpi=kpi: settle(kpi, batch, batch_id, watermarks[kpi.source]))
                                   for kpi in kpis if changes(kpi)])
         finally:
             batch.unpersist()
     return write
 
 
-def start(spark, settings: Settings, options: streams.StreamOptions, flows) -> list:
-    """Start gold's queries (``flows``: gold_orders and gold_kpis of the graph, ``app.dataflow``)."""
+def start(run, flows) -> list:
+    """Start gold's queries (``flows``: gold_orders and gold_kpis of the graph, ``app.dataflow``) in
+    ``run`` (``common.run.RunContext``)."""
     from functools import reduce
 
     from common.checkpoints import check_not_orphaned
-    from pyspark.sql import functions as F
 
+    spark, settings = run.spark, run.settings
     named = {f.name: f for f in flows}
     orders, kpis = named["gold_orders"], named["gold_kpis"]
-    if options.sink == "delta":
+    if run.delta:
         # before the tables are created: on a new lake there is then nothing to look into
         for flow in (orders, kpis):
             check_not_orphaned(spark, flow.checkpoint, flow.name, flow.sink_paths(settings), "gold")
-        ensure_tables(spark, settings)
+        ensure_tables(spark, settings, orders, kpis)
     sources = {t: _silver(spark, settings, t, stream=True) for t in SOURCES}
-    if options.sink == "console":
-        specs = [dict(df=kpi.aggregate(sources[kpi.source].withWatermark("event_time", "0 seconds"), settings),
-                      name=f"gold_{kpi.name}", checkpoint="", options=options, output_mode="update") for kpi in KPIS]
-        return streams.start_all(specs)
+    if not run.delta:
+        return streams.start_all(run, [
+            QuerySpec(kpi.aggregate(sources[kpi.source].withWatermark("event_time", "0 seconds"), settings),
+                      f"gold_{kpi.name}", "", run.options, output_mode="update") for kpi in KPIS])
+    (customers,) = orders.lookups
     columns = {t: df.columns for t, df in sources.items()}  # each source's own columns, out of the union
     union = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True),
                    [df.withColumn("source", F.lit(t)) for t, df in sources.items()])
-    return streams.start_all([
-        streams.flow_spec(orders, sources["orders"], options,
-                          foreach_batch=_orders_writer(settings, streams.BatchContext.of(spark, orders, settings))),
-        streams.flow_spec(kpis, union, options,
-                          foreach_batch=_kpis_writer(settings, streams.BatchContext.of(spark, kpis, settings), columns,
-                                                     SilverWatermarks(spark, kpis.checkpoint, {
-                                                         t: settings.table_path("silver", t) for t in SOURCES})))])
-
+    clock = SilverWatermarks(spark, kpis.checkpoint, {t: settings.table_path("silver", t) for t in SOURCES})
+    return streams.start_all(run, [
+        QuerySpec.of(orders, sources["orders"], run.options,
+                     foreach_batch=_orders_writer(BatchContext.of(run, orders), _Customers(settings, customers))),
+        QuerySpec.of(kpis, union, run.options,
+                     foreach_batch=_kpis_writer(BatchContext.of(run, kpis), columns, clock))])

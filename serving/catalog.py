@@ -20,6 +20,9 @@ from common.settings import LAYERS, OPS, Settings
 from common.eventlog import SELECT_LIST, VIEW, table_name
 from common.pipeline import STAGES
 
+# the lake root the session's table names point to (a SQL conf: the session's own state, in its UI)
+ROOT_CONF = "spark.lakehouse.catalog.lakeRoot"
+
 log = logging.getLogger("lakehouse.catalog")
 
 # a commit or a checkpoint: a table whose first commit is still being written (its ``_delta_log/``
@@ -88,16 +91,18 @@ def events_view_sql(names: list[str]) -> str | None:
 
 
 def register_tables(spark, settings: Settings) -> dict[str, list[str]]:
-    """Register every Delta table of the lake; a name already pointing elsewhere (another lake
-    root used by the same session) is re-pointed. Only metadata changes: the tables are external."""
-    registered: dict[str, str] = spark.__dict__.setdefault("_lakehouse_tables", {})
+    """Register every Delta table of the lake. The session's SQL conf ``ROOT_CONF`` says which lake
+    its names point to; names registered for another lake root (the same session used for two
+    lakes: the tests) are dropped first. Only metadata changes: the tables are external."""
     tables = list_tables(settings)
-    for layer, names in tables.items():
-        for name in names:
-            full, path = catalog_name(layer, name), settings.table_path(layer, name)
-            if registered.get(full) not in (None, path):
-                spark.sql(f"DROP TABLE IF EXISTS {full}")
-            registered[full] = path
+    before = spark.conf.get(ROOT_CONF, None)
+    if before not in (None, settings.lake_root):
+        for layer in LAYERS + (OPS,):
+            if spark.catalog.databaseExists(layer):
+                for t in spark.catalog.listTables(layer):
+                    if t.tableType != "TEMPORARY":
+                        spark.sql(f"DROP {'VIEW' if t.tableType == 'VIEW' else 'TABLE'} IF EXISTS {layer}.{t.name}")
+    spark.conf.set(ROOT_CONF, settings.lake_root)
     for statement in registration_sql(settings, tables):
         try:
             spark.sql(statement)

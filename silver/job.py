@@ -29,8 +29,10 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType, Tim
 
 from bronze.transforms import KAFKA_SCHEMA, to_bronze
 from common import pipeline, streams
+from common.batches import BatchContext, computed_once, run_parallel
 from common.errors import StreamFailedError
 from common.settings import Settings, interval_seconds
+from common.streams import QuerySpec
 from common.tables import ensure_table, require_table
 from silver import transforms as T
 from silver.rules import rules_for
@@ -78,8 +80,13 @@ def _checks(table: str) -> dict[str, str]:
     return {r.name: r.sql("") for r in rules_for(table) if r.constraint and r.on_table}
 
 
-def ensure_tables(spark, settings: Settings) -> None:
-    """Create every silver table with its NOT NULL keys and CHECK constraints (from silver.rules)."""
+# the tables silver's query writes (its flow's sinks, ``app.dataflow``)
+TABLES = ("orders", "order_items", "logs", "metrics", "quarantine", "late_records", "rule_outcomes")
+
+
+def ensure_tables(spark, settings: Settings, flow) -> None:
+    """Create every silver table (``flow``'s sinks) with its NOT NULL keys and CHECK constraints
+    (from silver.rules)."""
     empty_bronze = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
     tables: dict = {}
     for kind in pipeline.SILVER_KINDS:  # quarantine and late_records: one schema for every source
@@ -87,9 +94,11 @@ def ensure_tables(spark, settings: Settings) -> None:
         for table, df in dict(_outputs(kind, classified), late_records=T.to_late(classified, 0, 0, "")).items():
             tables.setdefault(table, df)
     tables["rule_outcomes"] = spark.createDataFrame([], RULE_OUTCOMES_SCHEMA)
+    paths = flow.sink_paths(settings)
+    if set(paths) != {f"silver.{t}" for t in tables}:
+        raise ValueError(f"silver writes {sorted(tables)}, its flow declares {sorted(paths)}")
     for table, df in tables.items():
-        ensure_table(spark, settings.table_path("silver", table), df, not_null=NOT_NULL.get(table, ()),
-                     checks=_checks(table))
+        ensure_table(spark, paths[f"silver.{table}"], df, not_null=NOT_NULL.get(table, ()), checks=_checks(table))
 
 
 DROPPED_BY = "silver (event-time watermark of its source)"
@@ -103,7 +112,8 @@ def _route_expr(watermarks: dict[str, int | None]):
     return F.expr(f"CASE WHEN route = 'valid' AND ({late}) THEN 'late' ELSE route END") if late else F.col("route")
 
 
-def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
+def _batch_writer(ctx: BatchContext):
+    settings, flow = ctx.settings, ctx.flow
     delays = {src.kind: interval_seconds(src.watermark) for src in settings.sources}
     clock = EventClock(flow.checkpoint, delays)
     # built once, reused by every batch (see silver.transforms, _coords)
@@ -112,7 +122,7 @@ def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
     of_kind = {kind: F.col("kind") == kind for kind in pipeline.SILVER_KINDS}
 
     def write(batch, batch_id: int) -> None:
-        with streams.computed_once(batch) as batch:
+        with computed_once(batch) as batch:
             spark = batch.sparkSession
             watermarks = clock.watermarks(spark, batch_id)
             routed = batch.withColumn("route", _route_expr(watermarks))
@@ -139,18 +149,17 @@ def _batch_writer(settings: Settings, flow, ctx: streams.BatchContext):
             # checked: the batch's records after the dedup operator (the event log's duplicates are
             # the records read minus these, whatever Spark's numDroppedDuplicateRows says)
             after = clock.watermarks(spark, batch_id + 1)  # what the next batch is judged by
-            streams.count_batch(ctx.query_id(spark), batch_id, describe(after),
-                                quarantined=routes["quarantine"], dropped=routes["drop"], late=routes["late"],
-                                checked=sum(int(r["checked"] or 0) for r in counts.values()))
+            ctx.count(batch_id, describe(after), quarantined=routes["quarantine"], dropped=routes["drop"],
+                      late=routes["late"], checked=sum(int(r["checked"] or 0) for r in counts.values()))
             counted = StructType(RULE_OUTCOMES_SCHEMA.fields[:-1])  # recorded_at: the commit's clock, below
             recorded = (spark.createDataFrame([(flow.name, batch_id, *o) for o in outcomes], counted)
                         .withColumn("recorded_at", F.current_timestamp()))
             tables = {"rule_outcomes": [recorded]} if outcomes else {}
             tables.update(parts)
-            streams.run_parallel([
+            run_parallel([
                 (lambda table=table, dfs=dfs: ctx.append(
-                    _one_file_if_side(table, reduce(lambda a, b: a.unionByName(b), dfs)), table,
-                    settings.table_path("silver", table), batch_id, **_watermark_tag(table, after)))
+                    _one_file_if_side(table, reduce(lambda a, b: a.unionByName(b), dfs)), f"silver.{table}",
+                    batch_id, **_watermark_tag(table, after)))
                 for table, dfs in tables.items()])
             failing = [(rule, failed) for _, rule, action, failed, _ in outcomes if action == "fail" and failed]
             if failing:
@@ -178,36 +187,38 @@ def _warn_if_many_late(settings: Settings, flow, kind: str, batch_id: int, late:
                     kind, 100 * late / seen, wm, settings.late_warn_pct)
 
 
-def classified_stream(spark, settings: Settings, kind: str, new_checkpoint: bool = False, restored_ms: int = 0):
-    """One source's bronze stream, classified and deduplicated (``silver.transforms.dedupe``). On a
-    new checkpoint it reads bronze commit by commit from where bronze was last empty
-    (``streams.commit_order_start``), so a backlog's micro-batches follow Kafka's order."""
+def classified_stream(spark, settings: Settings, kind: str, bronze, new_checkpoint: bool = False,
+                      restored_ms: int = 0):
+    """One source's bronze stream (``bronze``: its table), classified and deduplicated
+    (``silver.transforms.dedupe``). On a new checkpoint it reads bronze commit by commit from where
+    bronze was last empty (``streams.commit_order_start``), so a backlog's micro-batches follow
+    Kafka's order."""
     src = settings.source(kind)
-    topic = src.topic
-    bronze_path = settings.table_path("bronze", src.bronze_table)
-    require_table(spark, bronze_path, f"bronze table for {topic}", "run bronze first (`lakehouse run bronze`)")
+    bronze_path = bronze.path(settings)
+    require_table(spark, bronze_path, f"bronze table for {src.topic}", "run bronze first (`lakehouse run bronze`)")
     classified = T.classify(streams.read_delta(spark, settings, bronze_path, new_checkpoint), kind,
                             interval_seconds(settings.max_event_time_ahead))
     return T.dedupe(classified, kind, src.watermark, settings.dedup_horizon, restored_ms).withColumn("kind", F.lit(kind))
 
 
-def start(spark, settings: Settings, options: streams.StreamOptions, flows) -> list:
-    """Start silver's query (``flows``: its one flow of the graph, ``app.dataflow``)."""
+def start(run, flows) -> list:
+    """Start silver's query (``flows``: its one flow of the graph, ``app.dataflow``) in ``run``
+    (``common.run.RunContext``)."""
     from common.checkpoints import check_not_orphaned, is_new, restored_watermark_ms
 
     (flow,) = flows
-    if options.sink == "delta":
+    spark, settings = run.spark, run.settings
+    if run.delta:
         # before the tables are created: on a new lake there is then nothing to look into
         check_not_orphaned(spark, flow.checkpoint, flow.name, flow.sink_paths(settings), "silver")
-        ensure_tables(spark, settings)
-    new_checkpoint = options.sink != "console" and is_new(spark, flow.checkpoint)
-    restored = restored_watermark_ms(spark, flow.checkpoint) if options.sink != "console" and not new_checkpoint else 0
+        ensure_tables(spark, settings, flow)
+    new_checkpoint = run.delta and is_new(spark, flow.checkpoint)
+    restored = restored_watermark_ms(spark, flow.checkpoint) if run.delta and not new_checkpoint else 0
+    bronze = dict(zip(pipeline.SILVER_KINDS, flow.sources))  # the flow reads one bronze table per source
     stream = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True),
-                    [classified_stream(spark, settings, kind, new_checkpoint, restored)
+                    [classified_stream(spark, settings, kind, bronze[kind], new_checkpoint, restored)
                      for kind in pipeline.SILVER_KINDS])
-    if options.sink == "console":
-        return streams.start_all([dict(df=stream.drop("value", "key"), name=flow.name, checkpoint="",
-                                       options=options)])
-    return streams.start_all([streams.flow_spec(flow, stream, options,
-                                                foreach_batch=_batch_writer(settings, flow, streams.BatchContext.of(spark, flow, settings)))])
-
+    if not run.delta:
+        return streams.start_all(run, [QuerySpec(stream.drop("value", "key"), flow.name, "", run.options)])
+    return streams.start_all(run, [QuerySpec.of(flow, stream, run.options,
+                                                foreach_batch=_batch_writer(BatchContext.of(run, flow)))])

@@ -141,7 +141,7 @@ def silver_batch_of(spark, settings, tables=SILVER_ROW_TABLES) -> dict[tuple, tu
     micro-batch that wrote it, as (run, batch id): a run is one silver checkpoint (``silver:<query
     id>``; its batch ids start at 0, its event clock empty). Found from the lake alone, not from
     silver's own watermark files: every micro-batch commit is tagged with its batch
-    (``commitInfo.userMetadata``, ``streams.BatchContext``), so each data file a tagged commit added
+    (``commitInfo.userMetadata``, ``batches.BatchContext``), so each data file a tagged commit added
     belongs to that batch (``_live_batch_files``, through compactions); the rows of those files are
     read in one Spark read (the files themselves, compacted or not), and their count must be the
     table's, so the map covers exactly the rows the table holds. Whatever the number of batches: one
@@ -310,6 +310,6 @@ def check_checkpoint_sources(spark, settings) -> None:
         text = fs.read_text(f"{flow.checkpoint}/offsets/0")
         assert text is not None, f"{flow.name}: no offsets/0 in {flow.checkpoint}"
         lines = text.strip().splitlines()[2:]  # "v1", the batch metadata, then one line per source
-        kafka = [s for s in flow.sources if s.startswith("kafka:")]  # one subscription to all its topics
+        kafka = flow.topics_read  # one subscription to all its topics
         expected = len(flow.sources) - len(kafka) + (1 if kafka else 0)
         assert len(lines) == expected, f"{flow.name}: {len(lines)} sources in its checkpoint, graph says {expected}"

@@ -84,7 +84,7 @@ def pipeline_lake(base_settings, stack, spark, tmp_path_factory) -> Settings:
     A test that changes a lake makes its own (``lake``)."""
     from datetime import datetime, timedelta, timezone
 
-    from common import customers
+    from silver import customers
     from app.runner import run
     from tests.helpers import produce_to
 

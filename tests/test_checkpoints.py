@@ -44,8 +44,18 @@ def test_new_checkpoint_resumes_bronze_and_refuses_then_rebuilds_silver(spark, l
     check_gold(spark, moved, ledger)
 
 
-class _Flow:
-    name = "probe"
+def _probe(spark, lake, *tables: str):
+    """The contexts of runs of a flow that writes ``tables`` (``layer.table``), on ``lake``."""
+    from common.batches import BatchContext
+    from common.pipeline import Flow, Table
+    from common.run import RunContext
+
+    flow = Flow("probe", "gold", (), tuple(Table.parse(t) for t in tables), "")
+    run = RunContext(spark, lake)
+
+    def ctx(query_id: str, new_checkpoint: bool = False) -> BatchContext:
+        return BatchContext(flow, run, query_id=query_id, new_checkpoint=new_checkpoint)
+    return ctx
 
 
 def _history(spark, path):
@@ -53,35 +63,34 @@ def _history(spark, path):
 
 
 def test_a_restart_skips_the_batch_its_table_already_holds(spark, lake):
-    """The exactly-once rule of every foreachBatch write (streams.BatchContext): a new run of the
+    """The exactly-once rule of every foreachBatch write (batches.BatchContext): a new run of the
     same checkpoint (same query id) skips a batch the table already holds, writes the next one; a
     new checkpoint (new query id) is never taken for a replay; only a run's first write looks up."""
-    from common.streams import BatchContext
-
     path = lake.table_path("gold", "replay_probe")
     schema = "grp string, n int"
     spark.createDataFrame([("g", 1)], schema).write.format("delta").save(path)
+    BatchContext = _probe(spark, lake, "gold.replay_probe")
 
     def append(ctx, rows, batch_id):
-        ctx.append(spark.createDataFrame(rows, schema), "replay_probe", path, batch_id)
+        ctx.append(spark.createDataFrame(rows, schema), "gold.replay_probe", batch_id)
 
     def table():
         return sorted((r.grp, r.n) for r in spark.read.format("delta").load(path).collect())
 
-    run1 = BatchContext(_Flow, query_id="q1")
+    run1 = BatchContext("q1")
     append(run1, [("g", 5), ("h", 1)], 7)
     append(run1, [("i", 2)], 8)
     assert table() == [("g", 1), ("g", 5), ("h", 1), ("i", 2)]
     versions = len(_history(spark, path))
 
-    run2 = BatchContext(_Flow, query_id="q1")  # a restart replays batch 8, then goes on with 9
+    run2 = BatchContext("q1")  # a restart replays batch 8, then goes on with 9
     append(run2, [("i", 99)], 8)
     assert len(_history(spark, path)) == versions and table() == [("g", 1), ("g", 5), ("h", 1), ("i", 2)]
     append(run2, [("j", 3)], 9)
     assert table() == [("g", 1), ("g", 5), ("h", 1), ("i", 2), ("j", 3)]
 
     # a new checkpoint's batch 0: nothing carries its id yet, so it is written without a lookup
-    append(BatchContext(_Flow, query_id="q2", new_checkpoint=True), [("k", 4)], 0)
+    append(BatchContext("q2", new_checkpoint=True), [("k", 4)], 0)
     assert ("k", 4) in table()
 
     tags = [r.userMetadata for r in _history(spark, path)][1:]
@@ -97,16 +106,15 @@ def test_a_restart_skips_the_batch_its_table_already_holds(spark, lake):
 
 def test_a_batch_committed_by_an_earlier_txn_only_version_is_skipped(spark, lake):
     """Upgrade: a table whose last batch was committed with Delta's txnAppId alone (no tag)."""
-    from common.streams import BatchContext
-
     path = lake.table_path("silver", "upgrade_probe")
+    BatchContext = _probe(spark, lake, "silver.upgrade_probe")
     rows = spark.createDataFrame([(1,)], "x int")
     (rows.write.format("delta").mode("append").option("txnAppId", "probe:q1:upgrade_probe")
      .option("txnVersion", "4").save(path))
-    ctx = BatchContext(_Flow, query_id="q1")
-    ctx.append(rows, "upgrade_probe", path, 4)  # the replay of batch 4
+    ctx = BatchContext("q1")
+    ctx.append(rows, "silver.upgrade_probe", 4)  # the replay of batch 4
     assert spark.read.format("delta").load(path).count() == 1
-    ctx.append(rows, "upgrade_probe", path, 5)
+    ctx.append(rows, "silver.upgrade_probe", 5)
     assert spark.read.format("delta").load(path).count() == 2
 
 
@@ -119,7 +127,6 @@ def test_a_crash_between_the_two_commits_of_a_kpi_batch_adds_nothing_twice_and_l
 
     from pyspark.sql import functions as F
 
-    from common.streams import BatchContext
     from common.tables import ensure_table
     from gold.job import _kpis_writer
     from gold.transforms import OPEN_SUFFIX, kpi_named
@@ -127,6 +134,7 @@ def test_a_crash_between_the_two_commits_of_a_kpi_batch_adds_nothing_twice_and_l
     kpi = kpi_named("customer_minute_totals")
     final, open_ = lake.table_path("gold", kpi.name), lake.table_path("gold", kpi.name + OPEN_SUFFIX)
     columns = ["customer_id", "event_time", "total"]
+    BatchContext = _probe(spark, lake, f"gold.{kpi.name}", f"gold.{kpi.name}{OPEN_SUFFIX}")
     for path in (final, open_):
         ensure_table(spark, path, kpi.aggregate(spark.createDataFrame([], "customer_id string, event_time timestamp, "
                                                                           "total double"), lake), not_null=kpi.row_keys)
@@ -144,7 +152,7 @@ def test_a_crash_between_the_two_commits_of_a_kpi_batch_adds_nothing_twice_and_l
             return {"orders": self.marks[batch_id]}
 
     def writer(ctx):
-        return _kpis_writer(lake, ctx, {"orders": columns}, Clock(), kpis=(kpi,))
+        return _kpis_writer(ctx, {"orders": columns}, Clock(), kpis=(kpi,))
 
     def rows(path):
         return {(r.window_start.strftime("%H:%M"), r.customer_id): (r.nb_commandes, r.total_commandes)
@@ -152,7 +160,7 @@ def test_a_crash_between_the_two_commits_of_a_kpi_batch_adds_nothing_twice_and_l
 
     batch0 = orders(("C1", "10:00:10", 10.0), ("C1", "10:00:20", 5.0), ("C2", "10:01:30", 7.0))
     batch1 = orders(("C2", "10:01:40", 1.0), ("C1", "10:02:05", 2.0))
-    run1 = BatchContext(_Flow, query_id="q1")
+    run1 = BatchContext("q1")
     writer(run1)(batch0, 0)
     assert rows(final) == {} and rows(open_) == {("10:00", "C1"): (2, 15.0), ("10:01", "C2"): (1, 7.0)}
 
@@ -165,12 +173,12 @@ def test_a_crash_between_the_two_commits_of_a_kpi_batch_adds_nothing_twice_and_l
     assert rows(final) == {("10:00", "C1"): (2, 15.0)}  # the first commit landed
     assert rows(open_) == {("10:00", "C1"): (2, 15.0), ("10:01", "C2"): (1, 7.0)}  # the second did not
 
-    run2 = BatchContext(_Flow, query_id="q1")  # the restart replays batch 1
+    run2 = BatchContext("q1")  # the restart replays batch 1
     writer(run2)(batch1, 1)
     want_open = {("10:01", "C2"): (2, 8.0), ("10:02", "C1"): (1, 2.0)}
     assert rows(final) == {("10:00", "C1"): (2, 15.0)} and rows(open_) == want_open
     versions = (len(_history(spark, final)), len(_history(spark, open_)))
-    writer(BatchContext(_Flow, query_id="q1"))(batch1, 1)  # replayed again: nothing to do
+    writer(BatchContext("q1"))(batch1, 1)  # replayed again: nothing to do
     assert (len(_history(spark, final)), len(_history(spark, open_))) == versions and rows(open_) == want_open
 
     writer(run2)(orders(), 2)  # no orders, the watermark at 10:03: the last windows close

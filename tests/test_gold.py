@@ -10,7 +10,7 @@ import signal
 import pytest
 
 from app import dataflow
-from common import customers
+from silver import customers
 from common.clients import minio_client
 from serving.native import NativeLake
 from app.runner import run

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from app import dataflow
-from common import checkpoints, customers
+from common import checkpoints
+from silver import customers
 from common.errors import CheckpointError, SettingsError
 from app.runner import plan_refresh, refresh, run
 from common.settings import Settings
@@ -48,7 +49,7 @@ def test_refresh_silver_after_a_rule_change_equals_a_fresh_run(spark, lake, tmp_
         plan_refresh(spark, lake, "bronze")
     # a running query blocks the refresh: its checkpoint's lease, as a running gold holds it (that a
     # running stage holds a live lease: tests/reliability test_second_copy_on_the_same_checkpoint_is_refused)
-    held = checkpoints.leases(spark)
+    held = checkpoints.Leases(spark)
     held.acquire(dataflow.flow(lake, "gold_kpis").checkpoint, "gold_kpis")
     try:
         assert _leased(spark, lake)
@@ -71,7 +72,7 @@ def test_refresh_silver_after_a_rule_change_equals_a_fresh_run(spark, lake, tmp_
     fresh = lake.with_overrides(lake_root=f"{lake.lake_root}-fresh")  # same topics, a new lake
     customers.load(spark, fresh)
     run(STAGES, fresh, "availableNow", spark=spark)
-    names = sorted({t for f in dataflow.graph(lake) if f.stage != "bronze" for t in f.tables} - {"silver.rule_outcomes"})
+    names = sorted({t for f in dataflow.graph(lake) if f.stage != "bronze" for t in map(str, f.tables)} - {"silver.rule_outcomes"})
     for name in names:
         assert _rows(spark, lake, name) == _rows(spark, fresh, name), name
     assert 0 < delta_count(spark, orders) < before

@@ -44,11 +44,12 @@ def test_lease_refuses_a_live_owner_and_takes_over_a_dead_one(spark, tmp_path):
     live = {"app_id": "other-app", "host": socket.gethostname(), "pid": 1, "query": "q", "heartbeat": time.time()}
     owner.write_text(json.dumps(live))  # pid 1 is alive: a live copy
     with pytest.raises(CheckpointError, match=r"checkpoint .* is in use by application other-app"):
-        checkpoints.leases(spark).acquire(f"file://{cp}", "q")
+        checkpoints.Leases(spark).acquire(f"file://{cp}", "q")
     owner.write_text(json.dumps({**live, "pid": 2 ** 22 + 12345}))  # no such process: taken over at once
-    checkpoints.leases(spark).acquire(f"file://{cp}", "q")
+    leases = checkpoints.Leases(spark)
+    leases.acquire(f"file://{cp}", "q")
     assert json.loads(owner.read_text())["app_id"] == spark.sparkContext.applicationId
-    checkpoints.leases(spark).release_all()
+    leases.release_all()
     assert not owner.exists()
 
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from common import customers
+from silver import customers
 from app.runner import run
 from serving.trace import trace_kafka, trace_order
 from tests.helpers import lakehouse_process, produce_to, user_lines

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from common import customers
+from silver import customers
 from common.errors import CheckpointError, StreamFailedError
 from common.settings import child_env
 from devstack.generator import read_ledger
@@ -384,7 +384,7 @@ def test_incompatible_change_on_an_old_checkpoint_fails_at_start(spark, lake, tm
 def test_batch_replayed_after_its_writes_committed_counts_once(spark, lake, tmp_path):
     """The crash window of foreachBatch: the batch's appends committed to Delta, the checkpoint did
     not. Removing the last commit marker makes Spark replay that batch; the run's first write finds
-    the batch's tag in each table and skips it (``streams.BatchContext``)."""
+    the batch's tag in each table and skips it (``batches.BatchContext``)."""
     ledger = produce_to(lake, tmp_path / "ledger.jsonl", 200, seed=61, **FAULTS)
     run(STAGES, lake, "availableNow", spark=spark)
     client = minio_client(lake)

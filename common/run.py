@@ -1,0 +1,81 @@
+"""One run of the pipeline: what lives as long as it, made by the runner and handed to each
+stage's ``start`` (``RunContext``), instead of module globals or attributes on the Spark session.
+
+* the session, the settings and the run's options (trigger, sink);
+* the checkpoint leases the run holds (``checkpoints.Leases``), given back when it ends;
+* the progress listener (``listener.ProgressLogger``), registered for the run, and the event log
+  it feeds (``eventlog.EventLog``), flushed when the run ends;
+* the compactor of the tables the run writes (``tables.Compactor``), waited for when it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.checkpoints import Leases
+from common.eventlog import EventLog
+from common.listener import ProgressLogger
+from common.settings import Settings
+from common.streams import StreamOptions
+from common.tables import Compactor
+
+log = logging.getLogger("lakehouse.run")
+
+
+@dataclass
+class RunContext:
+    spark: Any
+    settings: Settings
+    options: StreamOptions | None = None
+    leases: Leases | None = None             # default: the run's own (made from ``spark``)
+    compactor: Compactor = field(default_factory=Compactor)
+    listener: ProgressLogger | None = None   # None: batches' own counts go nowhere
+    events: EventLog | None = None           # None: no event log (``--sink console``, a test's writer)
+
+    def __post_init__(self):
+        if self.leases is None:
+            self.leases = Leases(self.spark)
+
+    @classmethod
+    def open(cls, spark, settings: Settings, options: StreamOptions) -> "RunContext":
+        """A run of the pipeline: its listener registered, its event log open (Delta sinks)."""
+        run = cls(spark, settings, options, listener=ProgressLogger(spark, settings))
+        if options.sink == "delta":
+            run.events = EventLog(spark, settings, run.compactor)
+        spark.streams.addListener(run.listener)
+        return run
+
+    @property
+    def delta(self) -> bool:
+        """The run writes the lake (not ``--sink console``)."""
+        return self.options is None or self.options.sink == "delta"
+
+    def follow(self, flows, stage: str) -> None:
+        """Log the progress of ``flows`` (one stage's) to the event log; called before they start,
+        so that no batch can finish unlogged."""
+        if self.listener is not None and self.events is not None:
+            for f in flows:
+                self.listener.follow(f.name, stage, self.events)
+
+    def count(self, query_id: str, batch_id: int, event_watermark: str | None = None, **counts) -> None:
+        """A batch's own counts, logged with its progress (``batches.BatchContext.count``)."""
+        if self.listener is not None:
+            self.listener.add_counts(query_id, batch_id, counts, event_watermark)
+
+    def close(self, started=()) -> None:
+        """The run ends (its queries stopped): the event log written, every compaction under way
+        finished (the tables' writer until it ends), the leases given back, the listener removed."""
+        try:
+            if self.events is not None:
+                self.events.close(started)
+            if not self.compactor.wait():
+                log.warning("a compaction was still running when the run ended; the next run redoes it")
+        finally:
+            self.leases.release_all()
+            if self.listener is not None:
+                try:
+                    self.spark.streams.removeListener(self.listener)
+                except Exception as e:  # noqa: BLE001 - a session already stopped
+                    log.debug("progress listener not removed: %s", e)
