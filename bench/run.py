@@ -333,7 +333,7 @@ def ceiling_from_json_explode(spark, s: Settings) -> dict:
            .option("subscribe", s.topic_orders).option("startingOffsets", "earliest").load())
     raw.select("value").write.format("noop").mode("overwrite").save()  # warm the connection
     t = time.monotonic()
-    parsed = raw.select(F.from_json(F.col("value").cast("string"), KINDS["orders"]["raw"]).alias("o"))
+    parsed = raw.select(F.from_json(F.col("value").cast("string"), KINDS["orders"].raw).alias("o"))
     parsed.select("o.order_id", F.explode("o.items").alias("item")).write.format("noop").mode("overwrite").save()
     seconds = time.monotonic() - t
     n = raw.count()

@@ -53,42 +53,54 @@ ITEM_FIELDS = (Field("product_id", "product_id", "int"), Field("product_name", "
                Field("quantity", "quantity", "int"), Field("unit_price", "unit_price", "double"),
                Field("subtotal", "subtotal", "double"))
 
+@dataclass(frozen=True)
+class ParseSpec:
+    """How silver parses one source's JSON: the all-string schema it reads the payload with
+    (``raw``: a wrong type is a reason, never a null), the typed fields it keeps, the natural key
+    duplicates are recognised by, and the silver table it feeds."""
+
+    raw: StructType
+    fields: tuple[Field, ...]
+    key: tuple[str, ...]
+    table: str
+
+
 KINDS = {
-    "orders": {
-        "raw": StructType(_strings("order_id", "customer_id", "timestamp")
-                          + [StructField("items", ArrayType(StructType(_strings(*(f.name for f in ITEM_FIELDS)))))]
-                          + _strings("total", "status", CORRUPT)),
-        "fields": (Field("order_id", "raw.order_id", "int"), Field("customer_id", "raw.customer_id", "string"),
-                   Field("event_time", "raw.timestamp", "timestamp", json="timestamp"), Field("total", "raw.total", "double"),
-                   Field("status", "raw.status", "string")),
-        "key": ("order_id",),
-        "table": "orders",
-    },
-    "logs": {
-        "raw": StructType(_strings("timestamp", "level", "module", "service", "message", "request_id", "user_id",
-                                   "duration_ms", CORRUPT)),
-        "fields": (Field("event_time", "raw.timestamp", "timestamp", json="timestamp"), Field("level", "raw.level", "string"),
-                   Field("module", "coalesce(raw.module, raw.service)", "string"),
-                   Field("message", "raw.message", "string"),
-                   Field("request_id", "raw.request_id", "string", required=False),
-                   Field("user_id", "raw.user_id", "string", required=False),
-                   Field("duration_ms", "raw.duration_ms", "int", required=False)),
-        "key": ("request_id", "event_time", "level", "module"),
-        "table": "logs",
-    },
-    "metrics": {
-        "raw": StructType(_strings("timestamp", "host")
-                          + [StructField("metrics", StructType(_strings(
-                              "cpu_percent", "memory_percent", "disk_percent", "response_time_ms")))]
-                          + _strings(CORRUPT)),
-        "fields": (Field("event_time", "raw.timestamp", "timestamp", json="timestamp"), Field("host", "raw.host", "string"),
-                   Field("cpu_percent", "raw.metrics.cpu_percent", "double"),
-                   Field("memory_percent", "raw.metrics.memory_percent", "double"),
-                   Field("disk_percent", "raw.metrics.disk_percent", "double"),
-                   Field("response_time_ms", "raw.metrics.response_time_ms", "double")),
-        "key": ("host", "event_time"),
-        "table": "metrics",
-    },
+    "orders": ParseSpec(
+        raw=StructType(_strings("order_id", "customer_id", "timestamp")
+                       + [StructField("items", ArrayType(StructType(_strings(*(f.name for f in ITEM_FIELDS)))))]
+                       + _strings("total", "status", CORRUPT)),
+        fields=(Field("order_id", "raw.order_id", "int"), Field("customer_id", "raw.customer_id", "string"),
+                Field("event_time", "raw.timestamp", "timestamp", json="timestamp"), Field("total", "raw.total", "double"),
+                Field("status", "raw.status", "string")),
+        key=("order_id",),
+        table="orders",
+    ),
+    "logs": ParseSpec(
+        raw=StructType(_strings("timestamp", "level", "module", "service", "message", "request_id", "user_id",
+                                "duration_ms", CORRUPT)),
+        fields=(Field("event_time", "raw.timestamp", "timestamp", json="timestamp"), Field("level", "raw.level", "string"),
+                Field("module", "coalesce(raw.module, raw.service)", "string"),
+                Field("message", "raw.message", "string"),
+                Field("request_id", "raw.request_id", "string", required=False),
+                Field("user_id", "raw.user_id", "string", required=False),
+                Field("duration_ms", "raw.duration_ms", "int", required=False)),
+        key=("request_id", "event_time", "level", "module"),
+        table="logs",
+    ),
+    "metrics": ParseSpec(
+        raw=StructType(_strings("timestamp", "host")
+                       + [StructField("metrics", StructType(_strings(
+                           "cpu_percent", "memory_percent", "disk_percent", "response_time_ms")))]
+                       + _strings(CORRUPT)),
+        fields=(Field("event_time", "raw.timestamp", "timestamp", json="timestamp"), Field("host", "raw.host", "string"),
+                Field("cpu_percent", "raw.metrics.cpu_percent", "double"),
+                Field("memory_percent", "raw.metrics.memory_percent", "double"),
+                Field("disk_percent", "raw.metrics.disk_percent", "double"),
+                Field("response_time_ms", "raw.metrics.response_time_ms", "double")),
+        key=("host", "event_time"),
+        table="metrics",
+    ),
 }
 
 
@@ -143,11 +155,11 @@ def classify(bronze: DataFrame, kind: str, max_ahead_seconds: float) -> DataFram
     rules = record_rules(kind)
     df = bronze.select(
         "key", "value", "topic", "partition", "offset", F.col("timestamp").alias("kafka_timestamp"),
-        F.from_json(F.col("value").cast("string"), spec["raw"], {"mode": "PERMISSIVE"}).alias("raw"))
+        F.from_json(F.col("value").cast("string"), spec.raw, {"mode": "PERMISSIVE"}).alias("raw"))
     checks = [(F.col("value").isNull(), "empty_value"),
               (F.col("raw").isNull() | F.col(f"raw.{CORRUPT}").isNotNull(), "malformed_json")]
-    checks += _field_checks(spec["fields"])
-    typed = [_convert(f.source, f.type).alias(f.name) for f in spec["fields"]]
+    checks += _field_checks(spec.fields)
+    typed = [_convert(f.source, f.type).alias(f.name) for f in spec.fields]
     if kind == "orders":
         checks += _item_checks()
         typed += [_typed_items().alias("items")]
@@ -170,12 +182,12 @@ def classify(bronze: DataFrame, kind: str, max_ahead_seconds: float) -> DataFram
         dropped = dropped | c
     route = F.when(reason.isNotNull(), "quarantine").when(dropped, "drop").otherwise("valid")
     return (df.withColumn("reason", reason).withColumn("route", route)
-              .withColumn("target_table", F.lit(spec["table"])).drop("raw", "parse_error"))
+              .withColumn("target_table", F.lit(spec.table)).drop("raw", "parse_error"))
 
 
 def dedup_columns(kind: str) -> tuple[str, ...]:
     """The natural key duplicates are recognised by (part of the query's checkpoint signature)."""
-    return tuple(KINDS[kind]["key"])
+    return KINDS[kind].key
 
 
 def dedupe(classified: DataFrame, kind: str, delay: str, horizon: str | None = None,
@@ -239,7 +251,7 @@ def _table_columns(kind: str) -> tuple[Column, ...]:
         named = [F.col(c) for c in ("order_id", "customer_id", "event_time", "total", "status")]
         named.append(F.col("item_count").cast("int").alias("item_count"))
     else:
-        named = [F.col(f.name) for f in KINDS[kind]["fields"]]
+        named = [F.col(f.name) for f in KINDS[kind].fields]
     return (*named, *_coords())
 
 
@@ -312,7 +324,7 @@ def outcomes(row, kind: str) -> list[tuple]:
     ``outcome_columns``."""
     checked = int(row["checked"] or 0)
     out = [(r.table, r.name, r.action, int(row[f"r_{r.name}"] or 0), checked) for r in record_rules(kind)]
-    out += [(KINDS[kind]["table"], f"route:{x}", "count", int(row[f"route_{x}"] or 0), checked) for x in ROUTES]
+    out += [(KINDS[kind].table, f"route:{x}", "count", int(row[f"route_{x}"] or 0), checked) for x in ROUTES]
     return out
 
 
