@@ -25,7 +25,8 @@ Backfill phase:
   P3 - ``--orders`` (300,000) orders (+ as many logs and metrics) from Kafka to gold with
      availableNow, against a raw Spark Kafka -> noop read of the same topics.
 
-Writes ``bench/results/<date>.json`` and appends a Markdown table to ``bench/README.md``.
+Writes ``bench/results/<date>.json`` and adds a Markdown table to ``bench/README.md`` (at the end of
+its "Runs" section).
 """
 
 from __future__ import annotations
@@ -518,6 +519,18 @@ def markdown(result: dict) -> str:
     return head + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
 
 
+def add_run_table(readme: Path, table: str) -> None:
+    """Add a run's table at the end of the README's "## Runs" section (before the next section),
+    or at its end when it has no such section."""
+    text = readme.read_text() if readme.exists() else ""
+    runs = text.find("\n## Runs\n")
+    after = text.find("\n## ", runs + 1) if runs >= 0 else -1
+    if after < 0:
+        readme.write_text(text + table)
+    else:
+        readme.write_text(text[:after].rstrip("\n") + "\n\n" + table.strip("\n") + "\n" + text[after:])
+
+
 def main(argv=None) -> int:
     from common.spark import get_spark
 
@@ -568,8 +581,7 @@ def main(argv=None) -> int:
     if args.skip:  # a partial run: its table is printed, bench/README.md keeps full runs only
         print(markdown(result))
     else:
-        with open(HERE / "README.md", "a") as f:
-            f.write(markdown(result))
+        add_run_table(HERE / "README.md", markdown(result))
     print(json.dumps(result["summary"], indent=1))
     log(f"wrote {out.relative_to(ROOT)}{'' if args.skip else ' and a table in bench/README.md'}; app logs in {logdir.relative_to(ROOT)}")
     return 0
