@@ -79,10 +79,29 @@ def _exception(info) -> str:
 def validate(spark, settings: Settings, layers=ORDER, docs: bool = True) -> list[Check]:
     """Run the suites of ``layers``; GX's own prints (one per query without a ``{batch}``, by design
     for the reconciliation checks) are swallowed unless LAKEHOUSE_LOG_LEVEL=DEBUG."""
-    if settings.log_level == "DEBUG":
-        return _validate(spark, settings, layers, docs)
-    with contextlib.redirect_stdout(io.StringIO()):
-        return _validate(spark, settings, layers, docs)
+    with _gx_project():
+        if settings.log_level == "DEBUG":
+            return _validate(spark, settings, layers, docs)
+        with contextlib.redirect_stdout(io.StringIO()):
+            return _validate(spark, settings, layers, docs)
+
+
+@contextlib.contextmanager
+def _gx_project():
+    """GX's project folder, for one validation at a time: GX rewrites ``great_expectations.yml`` in
+    place (truncate, then write) on every change of its context, so two runs side by side (two
+    `lakehouse dq`, or a test beside another) can leave it with every key twice, which the next
+    run refuses to load (seen once in CI, 2026-12-05). An exclusive lock on ``.gx/lock`` (flock:
+    released when the process ends, however it ends) serialises them."""
+    import fcntl
+
+    GX_ROOT.mkdir(parents=True, exist_ok=True)
+    with open(GX_ROOT / "lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _validate(spark, settings: Settings, layers, docs: bool) -> list[Check]:
