@@ -28,6 +28,7 @@ from common.settings import interval_seconds
 from silver.rules import record_predicate, record_rules
 
 CORRUPT = "_corrupt_record"
+RESCUED = "_rescued_data"  # per row: the fields its payload had that the schema does not know, as JSON
 FUTURE_REASON = "event_time_in_future"
 COORDINATES = ("topic", "partition", "offset", "kafka_timestamp")
 
@@ -63,6 +64,55 @@ class ParseSpec:
     fields: tuple[Field, ...]
     key: tuple[str, ...]
     table: str
+
+    @property
+    def known(self) -> tuple[str, ...]:
+        """The payload's top-level field names the schema knows."""
+        return tuple(f.name for f in self.raw.fields if f.name != CORRUPT)
+
+    def unknown(self) -> list[Column]:
+        """Step 1 of the rescue, over ``fields`` (the payload read as a map of variants: every
+        top-level field, typed as sent): per level, the map of the fields the schema does not know
+        (``unknown``, ``unknown_<object>``; ``unknown_<array>``: one map per element), each built
+        once (step 2 reads them several times)."""
+        cols = [F.expr(_unknown("fields", self.raw)).alias("unknown")]
+        for f in self.raw.fields:
+            if isinstance(f.dataType, StructType):
+                cols.append(F.expr(_unknown(f"try_variant_get(fields['{f.name}'], '$', 'map<string,variant>')",
+                                            f.dataType)).alias(f"unknown_{f.name}"))
+            elif _is_object_array(f.dataType):
+                cols.append(F.expr(f"transform({_object_array(f)}, x -> {_unknown('x', f.dataType.elementType)})")
+                            .alias(f"unknown_{f.name}"))
+        return cols
+
+    def rescued(self) -> list[Column]:
+        """Step 2: ``_rescued_data``, the unknown fields as JSON (a nested object's under its
+        name: ``{"region": "eu", "metrics": {"gpu_percent": 9.5}}``), and ``rescued_fields``, their
+        paths (``metrics.gpu_percent``), both null when there are none. An array of objects (an
+        order's ``items``) is rescued per element (``rescued_<array>``: JSON per element), into the
+        rows it is exploded to."""
+        rescued, paths, cols = "unknown", ["map_keys(unknown)"], []
+        for f in self.raw.fields:
+            u = f"unknown_{f.name}"
+            if isinstance(f.dataType, StructType):
+                rescued = (f"CASE WHEN cardinality({u}) > 0 THEN map_concat({rescued}, "
+                           f"map('{f.name}', to_variant_object({u}))) ELSE {rescued} END")
+                paths.append(f"transform(coalesce(map_keys({u}), array()), k -> '{f.name}.' || k)")
+            elif _is_object_array(f.dataType):
+                cols.append(F.expr(f"transform({u}, m -> CASE WHEN cardinality(m) > 0 THEN to_json(m) END)")
+                            .alias(f"rescued_{f.name}"))
+                paths.append(f"flatten(transform(coalesce({u}, array()), m -> transform(map_keys(m), "
+                             f"k -> '{f.name}.' || k)))")
+        path_sql = f"array_distinct(concat({', '.join(paths)}))" if len(paths) > 1 else paths[0]
+        return [F.expr(f"CASE WHEN cardinality({rescued}) > 0 THEN to_json({rescued}) END").alias(RESCUED),
+                F.expr(f"CASE WHEN size({path_sql}) > 0 THEN {path_sql} END").alias("rescued_fields"), *cols]
+
+    @property
+    def rescue_columns(self) -> tuple[str, ...]:
+        """The rescue's intermediate columns, dropped once the rows are typed."""
+        return ("fields", "unknown", *(f"unknown_{f.name}" for f in self.raw.fields
+                                       if isinstance(f.dataType, StructType) or _is_object_array(f.dataType)),
+                *(f"rescued_{f.name}" for f in self.raw.fields if _is_object_array(f.dataType)))
 
 
 KINDS = {
@@ -104,6 +154,23 @@ KINDS = {
 }
 
 
+def _known_sql(struct: StructType) -> str:
+    return "array(" + ", ".join(f"'{f.name}'" for f in struct.fields if f.name != CORRUPT) + ")"
+
+
+def _unknown(map_sql: str, struct: StructType) -> str:
+    """The entries of the map ``map_sql`` (name -> variant) that ``struct`` has no field for."""
+    return f"map_filter({map_sql}, (k, v) -> NOT array_contains({_known_sql(struct)}, k))"
+
+
+def _is_object_array(typ) -> bool:
+    return isinstance(typ, ArrayType) and isinstance(typ.elementType, StructType)
+
+
+def _object_array(f: StructField) -> str:
+    return f"try_variant_get(fields['{f.name}'], '$', 'array<map<string,variant>>')"
+
+
 def _convert(source: str, typ: str) -> Column:
     if typ == "string":
         return F.expr(source)
@@ -139,7 +206,8 @@ def _item_checks() -> list[tuple[Column, str]]:
 def _typed_items() -> Column:
     parts = ", ".join(f"'{f.name}', " + (f"x.{f.name}" if f.type == "string" else f"try_cast(x.{f.name} AS {f.type})")
                       for f in ITEM_FIELDS)
-    return F.expr(f"transform(raw.items, x -> named_struct({parts}))")
+    return F.expr(f"transform(raw.items, (x, i) -> named_struct({parts}, "
+                  f"'{RESCUED}', element_at(rescued_items, i + 1)))")  # per item (ParseSpec.rescued)
 
 
 def _first_match(checks: list[tuple[Column, str]]) -> Column:
@@ -153,13 +221,16 @@ def classify(bronze: DataFrame, kind: str, max_ahead_seconds: float) -> DataFram
     """Bronze rows -> typed rows with ``route`` and ``reason`` (and one ``rule_<name>`` flag per rule)."""
     spec = KINDS[kind]
     rules = record_rules(kind)
+    text = F.col("value").cast("string")
     df = bronze.select(
         "key", "value", "topic", "partition", "offset", F.col("timestamp").alias("kafka_timestamp"),
-        F.from_json(F.col("value").cast("string"), spec.raw, {"mode": "PERMISSIVE"}).alias("raw"))
+        F.from_json(text, spec.raw, {"mode": "PERMISSIVE"}).alias("raw"),
+        F.from_json(text, "map<string,variant>").alias("fields"))  # for the fields the schema does not know
     checks = [(F.col("value").isNull(), "empty_value"),
               (F.col("raw").isNull() | F.col(f"raw.{CORRUPT}").isNotNull(), "malformed_json")]
     checks += _field_checks(spec.fields)
     typed = [_convert(f.source, f.type).alias(f.name) for f in spec.fields]
+    df = df.select("*", *spec.unknown()).select("*", *spec.rescued())
     if kind == "orders":
         checks += _item_checks()
         typed += [_typed_items().alias("items")]
@@ -182,7 +253,7 @@ def classify(bronze: DataFrame, kind: str, max_ahead_seconds: float) -> DataFram
         dropped = dropped | c
     route = F.when(reason.isNotNull(), "quarantine").when(dropped, "drop").otherwise("valid")
     return (df.withColumn("reason", reason).withColumn("route", route)
-              .withColumn("target_table", F.lit(spec.table)).drop("raw", "parse_error"))
+              .withColumn("target_table", F.lit(spec.table)).drop("raw", "parse_error", *spec.rescue_columns))
 
 
 def dedup_columns(kind: str) -> tuple[str, ...]:
@@ -252,7 +323,7 @@ def _table_columns(kind: str) -> tuple[Column, ...]:
         named.append(F.col("item_count").cast("int").alias("item_count"))
     else:
         named = [F.col(f.name) for f in KINDS[kind].fields]
-    return (*named, *_coords())
+    return (*named, F.col(RESCUED), *_coords())
 
 
 @functools.cache
@@ -260,7 +331,8 @@ def _item_columns() -> tuple[tuple[Column, ...], tuple[Column, ...]]:
     head = tuple(F.col(c) for c in ("order_id", "customer_id", "event_time"))
     exploded = (*head, *_coords(), F.posexplode("items").alias("pos", "item"))
     line = (F.col("order_id"), (F.col("pos") + 1).alias("line"), F.col("customer_id"), F.col("event_time"),
-            *[F.col(f"item.{f.name}").alias(f.name) for f in ITEM_FIELDS], *_coords())
+            *[F.col(f"item.{f.name}").alias(f.name) for f in ITEM_FIELDS], F.col(f"item.{RESCUED}").alias(RESCUED),
+            *_coords())
     return exploded, line
 
 

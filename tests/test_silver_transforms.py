@@ -188,3 +188,38 @@ def test_each_source_clock_runs_behind_by_the_horizon_less_its_delay(spark):
     assert 240 <= behind < 300
     with pytest.raises(ValueError, match="shorter than the delay"):
         T.dedupe(T.classify(_bronze(spark, [order()]), "orders", 300), "orders", "5 minutes", "1 minute")
+
+
+def _rescued(row) -> dict | None:
+    return None if row[T.RESCUED] is None else json.loads(row[T.RESCUED])
+
+
+def test_fields_the_schema_does_not_know_are_rescued_with_their_values_as_sent(spark):
+    """Nothing a producer sends is lost: unknown fields, top-level or inside ``metrics``, reach the
+    row's ``_rescued_data`` with their JSON types; a record without any keeps it null."""
+    extra = {"region": "eu", "tags": ["a", 1], "coupon": None, "nested": {"x": 1.5}}
+    rows = _classify(spark, "metrics", [METRIC, {**METRIC, **extra,
+                                                  "metrics": {**METRIC["metrics"], "gpu_percent": 9.5}}]).collect()
+    assert [r.route for r in rows] == ["valid", "valid"]
+    assert _rescued(rows[0]) is None and rows[0].rescued_fields is None
+    assert _rescued(rows[1]) == {**extra, "metrics": {"gpu_percent": 9.5}}
+    assert sorted(rows[1].rescued_fields) == ["coupon", "metrics.gpu_percent", "nested", "region", "tags"]
+    assert rows[1].cpu_percent == 10.5  # the known fields are parsed as before
+    log = _classify(spark, "logs", [{**LOG, "trace_id": "abc"}]).collect()[0]
+    assert (log.route, _rescued(log), log.rescued_fields) == ("valid", {"trace_id": "abc"}, ["trace_id"])
+
+
+def test_an_items_unknown_fields_are_rescued_into_its_own_order_item(spark):
+    df = _classify(spark, "orders", [order(order_id=7, channel="web", total=1399.96,
+                                           items=[_item(color="red"), _item(product_id=5)])])
+    row = df.collect()[0]
+    assert row.route == "valid" and _rescued(row) == {"channel": "web"}
+    assert sorted(row.rescued_fields) == ["channel", "items.color"]
+    assert [_rescued(r) for r in T.to_table(df, "orders").collect()] == [{"channel": "web"}]
+    items = T.to_order_items(df).orderBy("line").collect()
+    assert [(r.product_id, _rescued(r)) for r in items] == [(4, {"color": "red"}), (5, None)]
+
+
+def test_a_type_change_still_goes_to_quarantine_and_is_not_rescued(spark):
+    row = _classify(spark, "orders", [order(order_id=2 ** 40)]).collect()[0]
+    assert (row.route, row.reason, row[T.RESCUED]) == ("quarantine", "wrong_type:order_id", None)
