@@ -101,10 +101,27 @@ def _cmd_produce(args) -> int:
         duration=args.duration, rate=args.rate, seed=args.seed, customers=args.customers,
         duplicate_pct=args.duplicate_pct, late_pct=args.late_pct, late_by=args.late_by,
         malformed_pct=args.malformed_pct, start_time=start, event_spacing=args.event_spacing,
+        extra_fields=_extra_fields(args.extra_field),
         ledger=Path(args.ledger) if args.ledger else Path(settings.stack_dir) / "ledger.jsonl",
         progress=not args.quiet)
     produce(settings, opts)
     return 0
+
+
+def _extra_fields(items: list[str]) -> dict:
+    """``--extra-field PATH=VALUE`` (VALUE as JSON if it parses, else a string)."""
+    import json
+
+    out = {}
+    for item in items or ():
+        path, sep, value = item.partition("=")
+        if not sep or not path:
+            raise SettingsError(f"--extra-field {item!r}: use PATH=VALUE, e.g. channel=web or metrics.gpu_percent=9.5")
+        try:
+            out[path] = json.loads(value)
+        except ValueError:
+            out[path] = value
+    return out
 
 
 def _cmd_run(args) -> int:
@@ -428,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "sent now, with the send time as their Kafka timestamp")
     s.add_argument("--event-spacing", type=float, default=0.001,
                    help="seconds of event time between records when --rate is 0 (default 0.001)")
+    s.add_argument("--extra-field", action="append", metavar="PATH=VALUE",
+                   help="a field a producer added, in every record that has PATH's object (schema drift): "
+                        "channel=web, metrics.gpu_percent=9.5, items.color=red; repeatable")
     s.add_argument("--ledger", help="ledger file (default <stack_dir>/ledger.jsonl)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_produce)

@@ -108,14 +108,34 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
     ctx = RunContext.open(spark, settings, options)
     one_shot = options.trigger.kind in ("availableNow", "once")
     started: list = []
+    stage_of: dict = {}  # query -> its stage
+
+    def restart(failed) -> dict:
+        """Start ``failed``'s stage again (its other queries stopped first): old query -> new."""
+        stage = stage_of[failed]
+        old = [q for q, s in stage_of.items() if s == stage and q in live]
+        for q in old:
+            streams.stop_quietly(q)
+        new = _start_stage(ctx, stage)
+        by_name = {q.name: q for q in new}
+        for q in new:
+            stage_of[q] = stage
+        started.extend(new)
+        live.difference_update(old)
+        live.update(new)
+        return {q: by_name[q.name] for q in old if q.name in by_name}
+
+    live: set = set()
     try:
         for stage in stages:
             queries = _start_stage(ctx, stage)
             started += queries
+            stage_of.update({q: stage for q in queries})
+            live.update(queries)
             if one_shot:
-                streams.await_all(spark, queries)
+                streams.await_all(spark, queries, restart=restart)
         if not one_shot:
-            streams.await_all(spark, started)
+            streams.await_all(spark, list(started), restart=restart)
     finally:
         # every query this run started, also those of a stage that failed half-way through starting
         for q in started + list(spark.streams.active):

@@ -89,16 +89,17 @@ class BatchContext:
         """The table already holds this batch (a replay after a restart)."""
         return self._should_write(spark, table, batch_id) is None
 
-    def append(self, df, table: str, batch_id: int, **tag) -> None:
+    def append(self, df, table: str, batch_id: int, merge_schema: bool = False, **tag) -> None:
         """Append the batch's rows for ``table`` (``layer.table``) unless the table already holds
-        this batch; ``tag`` goes into the commit's tag."""
+        this batch; ``tag`` goes into the commit's tag; ``merge_schema``: the rows' new columns are
+        added to the table (Delta schema evolution)."""
         from common.tables import append_batch
 
         todo = self._should_write(df.sparkSession, table, batch_id)
         if todo:
             path, app_id, first = todo
             with self._committing(table, batch_id):
-                append_batch(df, path, app_id, batch_id, txn=first, **tag)
+                append_batch(df, path, app_id, batch_id, txn=first, merge_schema=merge_schema, **tag)
             self.run.compactor.committed(df.sparkSession, path, self.settings.compact_every)
 
     def replace(self, df, table: str, batch_id: int, **tag) -> None:

@@ -38,6 +38,10 @@ class StreamFailedError(LakehouseError):
     exit_code = 1
 
 
+class SchemaDriftError(StreamFailedError):
+    """A source's records changed shape and its setting says stop (LAKEHOUSE_SCHEMA_EVOLUTION_<KIND>=fail)."""
+
+
 class CheckpointError(LakehouseError):
     """A checkpoint is in use by another copy of the query, or was built with other settings."""
 

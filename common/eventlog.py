@@ -14,6 +14,8 @@ A row: the query, its stage, ids, batch id, start and end time, duration and the
 (every phase in ``durations``, JSON), input rows and rates, records (Kafka) or files (Delta) still
 behind the source, Spark's watermark and silver's per-source event-time watermarks, state rows
 and memory, the batch's data-quality counts: duplicates dropped, quarantined, dropped by a rule, late;
+silver's schema drift: records with fields the schema does not know (``rescued``) and, per source,
+their names, the fields every record lacked and the columns added (``schema_drift``, JSON);
 and for gold_orders, event -> gold latency: from the Kafka timestamp of the batch's median and
 oldest order to the batch's commit.
 """
@@ -38,13 +40,14 @@ COLUMNS = (
     ("processed_rows_per_second", "double"), ("records_behind", "bigint"), ("files_behind", "bigint"),
     ("sources", "string"), ("watermark", "timestamp"), ("event_watermark", "string"), ("state_rows", "bigint"),
     ("state_memory_bytes", "bigint"), ("duplicates", "bigint"), ("quarantined", "bigint"), ("dropped", "bigint"),
-    ("late", "bigint"), ("event_to_gold_p50_ms", "bigint"), ("event_to_gold_max_ms", "bigint"),
+    ("late", "bigint"), ("rescued", "bigint"), ("schema_drift", "string"), ("event_to_gold_p50_ms", "bigint"),
+    ("event_to_gold_max_ms", "bigint"),
     ("app_id", "string"), ("logged_at", "timestamp"),
 )
 SCHEMA_DDL = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
 # the view's select list: by name, so a stage table whose columns grew in another order still lines up
 SELECT_LIST = ", ".join(name for name, _ in COLUMNS)
-COUNTS = ("quarantined", "dropped", "late")  # what a batch reports itself (``BatchContext.count``)
+COUNTS = ("quarantined", "dropped", "late", "rescued")  # what a batch reports itself (``BatchContext.count``)
 LATENCY = ("event_to_gold_p50_ms", "event_to_gold_max_ms")  # gold_orders: Kafka timestamp -> its commit
 
 
@@ -105,7 +108,7 @@ def event_row(progress: dict, stage: str, counts: dict, event_watermark: str | N
         sum(int(op.get("numRowsTotal") or 0) for op in operators) if operators else None,
         sum(int(op.get("memoryUsedBytes") or 0) for op in operators) if operators else None,
         _duplicates(progress, counts, operators),
-        *(int(counts.get(k, 0)) for k in COUNTS), *(counts.get(k) for k in LATENCY), app_id,
+        *(int(counts.get(k, 0)) for k in COUNTS), counts.get("schema_drift"), *(counts.get(k) for k in LATENCY), app_id,
         datetime.now(timezone.utc),
     )
 

@@ -51,11 +51,11 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
         with self._lock:
             self._followed[name] = (stage, events)
 
-    def add_counts(self, key: str, batch_id: int, counts: dict[str, int], event_watermark: str | None = None) -> None:
+    def add_counts(self, key: str, batch_id: int, counts: dict[str, int | str], event_watermark: str | None = None) -> None:
         with self._lock:
             pending = self._counts.setdefault((key, batch_id), {})
             for k, v in counts.items():
-                pending[k] = pending.get(k, 0) + v
+                pending[k] = v if isinstance(v, str) else pending.get(k, 0) + v  # a text (JSON) is not summed
             if event_watermark:
                 self._watermarks[key] = event_watermark
 

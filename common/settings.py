@@ -86,6 +86,10 @@ class Source:
     topic: str         # LAKEHOUSE_TOPIC_<KIND>
     watermark: str     # LAKEHOUSE_WATERMARK_<KIND>: silver's event-time delay; a key is deduped for 2x it
     bronze_table: str  # the bronze table's name (the topic, with - and . as _)
+    evolution: str = "rescue"  # LAKEHOUSE_SCHEMA_EVOLUTION_<KIND>: what silver does with fields it does not know
+
+
+SCHEMA_EVOLUTION_MODES = ("rescue", "addNewColumns", "fail")
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,13 @@ class Settings:
     watermark_metrics: str = "1 minute"
     max_event_time_ahead: str = "5 minutes"  # an event time further ahead of its Kafka timestamp is quarantined
     late_warn_pct: int = 10  # a silver batch sending more than this % of a source's records to the late ledger warns
+    # schema drift, per source (silver): rescue = unknown fields kept in the row's _rescued_data;
+    # addNewColumns = a new top-level field becomes a (string) column of the silver table;
+    # fail = the stage stops before writing the batch that brought a new field or lost a required one
+    schema_evolution_orders: str = "rescue"
+    schema_evolution_logs: str = "rescue"
+    schema_evolution_metrics: str = "rescue"
+    rescued_max_pct: int = 5  # data quality: at most this % of a silver table's rows with _rescued_data
     event_log_interval: str = "30 seconds"  # how often an app appends its buffered rows to ops.pipeline_events
     compact_every: int = 100  # commits to a table between its writing app's compactions (OPTIMIZE); 0 = never
     # gold windows
@@ -220,6 +231,13 @@ class Settings:
         for name in ("topic_partitions", "shuffle_partitions"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{env_var(name)} must be >= 1")
+        for kind in SOURCE_KINDS:
+            mode = getattr(self, f"schema_evolution_{kind}")
+            if mode not in SCHEMA_EVOLUTION_MODES:
+                raise SettingsError(f"LAKEHOUSE_SCHEMA_EVOLUTION_{kind.upper()}={mode!r}; valid: "
+                                    + ", ".join(SCHEMA_EVOLUTION_MODES))
+        if not 0 <= self.rescued_max_pct <= 100:
+            raise SettingsError(f"LAKEHOUSE_RESCUED_MAX_PCT={self.rescued_max_pct} must be between 0 and 100")
         if not 0 <= self.late_warn_pct <= 100:
             raise SettingsError(f"LAKEHOUSE_LATE_WARN_PCT={self.late_warn_pct} must be between 0 and 100")
         if self.compact_every < 0:
@@ -268,7 +286,7 @@ class Settings:
         if kind not in fields:
             raise SettingsError(f"unknown source {kind!r}; valid: {', '.join(SOURCE_KINDS)}")
         topic, watermark = fields[kind]
-        return Source(kind, topic, watermark, self.bronze_table_for(topic))
+        return Source(kind, topic, watermark, self.bronze_table_for(topic), getattr(self, f"schema_evolution_{kind}"))
 
     def source_of_topic(self, topic: str) -> "Source | None":
         """The source whose Kafka topic is ``topic`` (None: not a source topic)."""

@@ -272,9 +272,26 @@ def stop_quietly(query) -> None:
                     query.name, short_error(e))
 
 
-def await_all(spark, queries: list, poll_seconds: float = 0.5) -> None:
-    """Wait until every query ends; stop all on SIGINT/SIGTERM or as soon as one fails."""
+# Delta's streaming source stops a query whose table's schema changed after the query was
+# planned, a column added included ("additive schema changes MUST be taken into account"): a
+# restart plans it again with the new schema and resumes from its checkpoint.
+SCHEMA_CHANGED = "DELTA_SCHEMA_CHANGED"
+MAX_RESTARTS = 5  # per query and run: a schema change that a restart does not cure fails the run
+
+
+def schema_changed(exc: BaseException) -> bool:
+    """``exc`` is Delta's retryable 'the source table's schema changed' (a restart cures it)."""
+    text = "\n".join(str(x or "") for x in (exc, getattr(exc, "_desc", None), getattr(exc, "_stackTrace", None)))
+    return SCHEMA_CHANGED in text
+
+
+def await_all(spark, queries: list, poll_seconds: float = 0.5, restart: Callable | None = None) -> None:
+    """Wait until every query ends; stop all on SIGINT/SIGTERM or as soon as one fails. A query
+    stopped by a schema change of the Delta table it reads (``schema_changed``) is started again by
+    ``restart(query) -> {old query: new query}`` (its stage's queries, planned again), at most
+    ``MAX_RESTARTS`` times."""
     stop = threading.Event()
+    restarts: dict[str, int] = {}
 
     def _handler(signum, _frame):
         log.warning("signal %d received: stopping %d queries", signum, len(queries))
@@ -292,6 +309,15 @@ def await_all(spark, queries: list, poll_seconds: float = 0.5) -> None:
             # exception before the query stops being active.
             ended = [q for q in queries if not q.isActive]
             failed = [q for q in ended if q.exception() is not None]
+            if failed and restart is not None and schema_changed(failed[0].exception()) \
+                    and restarts.get(failed[0].name, 0) < MAX_RESTARTS:
+                q = failed[0]
+                restarts[q.name] = restarts.get(q.name, 0) + 1
+                log.warning("query %s: %s; restarting it with the table's new schema (it resumes from its "
+                            "checkpoint: nothing lost, nothing twice)", q.name, short_error(q.exception()))
+                replaced = restart(q)
+                queries = [replaced.get(x, x) for x in queries]
+                continue
             if failed:
                 q = failed[0]
                 err = short_error(q.exception())

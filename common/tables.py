@@ -111,7 +111,8 @@ def last_committed_batch(spark, path: str, app_id: str, depth: int = HISTORY_DEP
     return last
 
 
-def append_batch(df, path: str, app_id: str, batch_id: int, txn: bool = False, **extra) -> None:
+def append_batch(df, path: str, app_id: str, batch_id: int, txn: bool = False, merge_schema: bool = False,
+                 **extra) -> None:
     """Append one micro-batch's rows in a commit tagged with (``app_id``, ``batch_id``) and
     ``extra``. With ``txn`` also Delta's txnAppId/txnVersion, which skips a batch that an earlier,
     txn-only version of the project committed; it costs a state reconstruction of the table
@@ -119,6 +120,8 @@ def append_batch(df, path: str, app_id: str, batch_id: int, txn: bool = False, *
     w = df.write.format("delta").mode("append").option("userMetadata", commit_tag(app_id, batch_id, **extra))
     if txn:
         w = w.option("txnAppId", app_id).option("txnVersion", str(batch_id))
+    if merge_schema:
+        w = w.option("mergeSchema", "true")
     w.save(path)
 
 

@@ -58,6 +58,9 @@ class GenOptions:
     event_spacing: float = 0.001     # seconds of event time between records when rate is 0
     first_order_id: int | None = None
     ledger: Path | None = None
+    # fields a producer added (schema drift): path -> value in every valid record of a topic that
+    # has the path's object (``channel``, ``metrics.gpu_percent``, ``items.color``: in each item)
+    extra_fields: dict | None = None
     progress: bool = True
 
     def validate(self) -> None:
@@ -112,6 +115,16 @@ class EventFactory:
         return f"CUST-{self.rng.randint(1, self.o.customers):03d}"
 
     def valid(self, event_time: datetime) -> tuple[str | None, dict]:
+        key, payload = self._valid(event_time)
+        for path, value in (self.o.extra_fields or {}).items():
+            head, _, leaf = path.rpartition(".")
+            targets = [payload] if not head else payload.get(head)
+            for target in targets if isinstance(targets, list) else [targets]:
+                if isinstance(target, dict):
+                    target[leaf] = value
+        return key, payload
+
+    def _valid(self, event_time: datetime) -> tuple[str | None, dict]:
         r = self.rng
         if self.kind == "orders":
             items = []

@@ -21,7 +21,9 @@ bronze = silver + quarantine + dropped + late + duplicates (``route:*`` counts i
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from functools import reduce
 
 from pyspark.sql import functions as F
@@ -30,7 +32,7 @@ from pyspark.sql.types import LongType, StringType, StructField, StructType, Tim
 from bronze.transforms import KAFKA_SCHEMA, to_bronze
 from common import pipeline, streams
 from common.batches import BatchContext, computed_once, run_parallel
-from common.errors import StreamFailedError
+from common.errors import SchemaDriftError, StreamFailedError
 from common.settings import Settings, interval_seconds
 from common.streams import QuerySpec
 from common.tables import ensure_table, require_table
@@ -56,10 +58,11 @@ RULE_OUTCOMES_SCHEMA = StructType([
 ])
 
 
-def _outputs(kind: str, kept) -> dict:
-    """silver table name -> rows, for one batch of one source's classified, deduplicated rows."""
+def _outputs(kind: str, kept, promoted: tuple[str, ...] = ()) -> dict:
+    """silver table name -> rows, for one batch of one source's classified, deduplicated rows
+    (``promoted``: the fields its table has a column for beyond the schema, ``addNewColumns``)."""
     valid = kept.filter(T.route_is("valid"))
-    out = {kind: T.to_table(valid, kind)}
+    out = {kind: T.promote(valid, kind, promoted) if promoted else T.to_table(valid, kind)}
     if kind == "orders":
         out["order_items"] = T.to_order_items(valid)
     out["quarantine"] = T.to_quarantine(kept.filter(T.route_is("quarantine")))
@@ -112,12 +115,77 @@ def _route_expr(watermarks: dict[str, int | None]):
     return F.expr(f"CASE WHEN route = 'valid' AND ({late}) THEN 'late' ELSE route END") if late else F.col("route")
 
 
+# a field becomes a column (addNewColumns) when its name is one Delta and SQL take as is
+COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+class Evolution:
+    """Schema drift, per source, as its setting says (LAKEHOUSE_SCHEMA_EVOLUTION_<KIND>): what a
+    batch's drift (``transforms.Drift``) means for its writes.
+
+    * ``rescue``: unknown fields stay in each row's ``_rescued_data``; reported only.
+    * ``addNewColumns``: a new top-level field (a name Delta takes as is) becomes a string column
+      of the source's silver table, in the batch that first brings it (Delta schema evolution on
+      that append); later batches fill it. Picked up by the running silver at once; a Delta stream
+      reading the table (gold) stops with a retryable schema change and is restarted by the run
+      (``streams.await_all``). The columns a table gained are read from it at start.
+    * ``fail``: a batch with an unknown field, or whose every record lacks a required one, stops the
+      stage before it writes anything (``check``); it resumes at that batch once the setting changes.
+    """
+
+    def __init__(self, spark, settings: Settings, paths: dict[str, str]):
+        self.settings = settings
+        self.modes = {src.kind: src.evolution for src in settings.sources}
+        empty = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
+        self.base = {kind: {c.lower() for c in T.to_table(T.classify(empty, kind, 0), kind).columns}
+                     for kind in self.modes}
+        self.added = {kind: tuple(f.name for f in spark.read.format("delta").load(paths[f"silver.{kind}"]).schema.fields
+                                  if f.name.lower() not in self.base[kind])
+                      for kind, mode in self.modes.items() if mode == "addNewColumns"}
+        self._warned: set[tuple[str, str]] = set()
+
+    def new_columns(self, kind: str, drift: "T.Drift") -> tuple[str, ...]:
+        """The top-level fields of ``drift`` that become columns of ``kind``'s table in this batch."""
+        if self.modes[kind] != "addNewColumns":
+            return ()
+        have = self.base[kind] | {c.lower() for c in self.added[kind]}
+        return tuple(n for n in drift.unknown if "." not in n and COLUMN_NAME.match(n) and n.lower() not in have)
+
+    def promoted(self, kind: str, new: tuple[str, ...]) -> tuple[str, ...]:
+        return self.added.get(kind, ()) + new
+
+    def committed(self, kind: str, new: tuple[str, ...]) -> None:
+        if new:
+            self.added[kind] = self.added[kind] + new
+
+    def check(self, flow_name: str, batch_id: int, drifts: dict) -> None:
+        """Stop before the batch's writes if a source set to ``fail`` drifted; warn once per run
+        and field otherwise."""
+        for kind, drift in drifts.items():
+            src, setting = self.settings.source(kind), f"LAKEHOUSE_SCHEMA_EVOLUTION_{kind.upper()}"
+            if self.modes[kind] == "fail" and (drift.unknown or drift.gone):
+                what = (f"a field the schema of silver.{kind} does not know: {', '.join(drift.unknown)}" if drift.unknown
+                        else f"records without {', '.join(drift.gone)} (every record of the batch lacks it)")
+                raise SchemaDriftError(
+                    f"{flow_name} batch {batch_id}: topic {src.topic} sent {what}; nothing of the batch was written "
+                    f"({setting}=fail). Set {setting}=rescue (keep unknown fields in _rescued_data) or addNewColumns "
+                    f"(make them columns) and restart: the stage resumes at this batch")
+            for name in drift.unknown + drift.gone:
+                if (kind, name) not in self._warned:  # once per run and field
+                    self._warned.add((kind, name))
+                    what = ("records no longer have the field" if name in drift.gone
+                            else "sends a field the schema does not know:")
+                    log.warning("%s batch %d: topic %s %s %s (%s=%s)", flow_name, batch_id, src.topic, what, name,
+                                setting, self.modes[kind])
+
+
 def _batch_writer(ctx: BatchContext):
     settings, flow = ctx.settings, ctx.flow
     delays = {src.kind: interval_seconds(src.watermark) for src in settings.sources}
     clock = EventClock(flow.checkpoint, delays)
+    evolution = Evolution(ctx.run.spark, settings, flow.sink_paths(settings))
     # built once, reused by every batch (see silver.transforms, _coords)
-    per_source = (*T.outcome_columns(pipeline.SILVER_KINDS),
+    per_source = (*T.outcome_columns(pipeline.SILVER_KINDS), *T.drift_columns(),
                   F.max(F.when(F.col("route").isin("valid", "late"), F.unix_millis("event_time"))).alias("max_ms"))
     of_kind = {kind: F.col("kind") == kind for kind in pipeline.SILVER_KINDS}
 
@@ -129,6 +197,9 @@ def _batch_writer(ctx: BatchContext):
             # one pass over the cached batch: every rule and route per source, and its greatest valid
             # event time (late ones included: at or behind the watermark, they cannot move it)
             counts = {r["kind"]: r for r in routed.groupBy("kind").agg(*per_source).collect()}
+            drifts = {k: d for k, d in ((k, T.Drift.of(r)) for k, r in counts.items()) if d}
+            evolution.check(flow.name, batch_id, drifts)  # before anything of the batch is written
+            new_columns = {k: evolution.new_columns(k, d) for k, d in drifts.items()}
             clock.record(spark, batch_id, {k: r["max_ms"] for k, r in counts.items()})
             outcomes, parts = [], {}
             for kind, row in counts.items():
@@ -141,7 +212,7 @@ def _batch_writer(ctx: BatchContext):
                         T.to_late(rows.filter(T.route_is("late")), watermarks[kind], delays[kind], DROPPED_BY))
                     _warn_if_many_late(settings, flow, kind, batch_id, routed_n["late"], int(row["checked"]),
                                        watermarks[kind])
-                for table, df in _outputs(kind, rows).items():
+                for table, df in _outputs(kind, rows, evolution.promoted(kind, new_columns.get(kind, ()))).items():
                     if routed_n.get("quarantine" if table == "quarantine" else "valid", 0):  # an empty write is a commit
                         parts.setdefault(table, []).append(df)
             routes = {x: sum(n for _, rule, _, n, _ in outcomes if rule == f"route:{x}")
@@ -149,8 +220,12 @@ def _batch_writer(ctx: BatchContext):
             # checked: the batch's records after the dedup operator (the event log's duplicates are
             # the records read minus these, whatever Spark's numDroppedDuplicateRows says)
             after = clock.watermarks(spark, batch_id + 1)  # what the next batch is judged by
+            drift_log = {k: {**d.as_json(), **({"new_columns": list(new_columns[k])} if new_columns.get(k) else {})}
+                         for k, d in drifts.items()}
             ctx.count(batch_id, describe(after), quarantined=routes["quarantine"], dropped=routes["drop"],
-                      late=routes["late"], checked=sum(int(r["checked"] or 0) for r in counts.values()))
+                      late=routes["late"], checked=sum(int(r["checked"] or 0) for r in counts.values()),
+                      rescued=sum(d.rescued for d in drifts.values()),
+                      **({"schema_drift": json.dumps(drift_log, sort_keys=True)} if drifts else {}))
             counted = StructType(RULE_OUTCOMES_SCHEMA.fields[:-1])  # recorded_at: the commit's clock, below
             recorded = (spark.createDataFrame([(flow.name, batch_id, *o) for o in outcomes], counted)
                         .withColumn("recorded_at", F.current_timestamp()))
@@ -159,8 +234,10 @@ def _batch_writer(ctx: BatchContext):
             run_parallel([
                 (lambda table=table, dfs=dfs: ctx.append(
                     _one_file_if_side(table, reduce(lambda a, b: a.unionByName(b), dfs)), f"silver.{table}",
-                    batch_id, **_watermark_tag(table, after)))
+                    batch_id, merge_schema=bool(new_columns.get(table)), **_watermark_tag(table, after)))
                 for table, dfs in tables.items()])
+            for kind, new in new_columns.items():
+                evolution.committed(kind, new)
             failing = [(rule, failed) for _, rule, action, failed, _ in outcomes if action == "fail" and failed]
             if failing:
                 raise StreamFailedError(f"rule {failing[0][0]} (action fail) broken by {failing[0][1]} rows in "

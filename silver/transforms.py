@@ -356,6 +356,18 @@ def to_table(valid: DataFrame, kind: str) -> DataFrame:
     return valid.select(*_table_columns(kind))
 
 
+def promote(valid: DataFrame, kind: str, names: tuple[str, ...]) -> DataFrame:
+    """``to_table`` of a source whose table gained a string column per top-level field of
+    ``names`` (schema evolution, ``addNewColumns``): each taken from the payload as sent (a string
+    as is, anything else as JSON), and no longer in ``_rescued_data``."""
+    known = "array(" + ", ".join(f"'{n}'" for n in names) + ")"
+    kept = f"map_filter(from_json({RESCUED}, 'map<string,variant>'), (k, v) -> NOT array_contains({known}, k))"
+    rows = (valid.withColumn("_fields", F.from_json(F.col("value").cast("string"), "map<string,variant>"))
+                 .withColumn(RESCUED, F.expr(f"CASE WHEN cardinality({kept}) > 0 THEN to_json({kept}) END")))
+    return rows.select(*_table_columns(kind),
+                       *[F.expr(f"try_variant_get(_fields['{n}'], '$', 'string')").alias(n) for n in names])
+
+
 def to_quarantine(rows: DataFrame) -> DataFrame:
     return rows.select(*_quarantine_columns())
 
@@ -389,6 +401,41 @@ def _outcome_columns(rules: tuple[str, ...]) -> tuple[Column, ...]:
     aggs += [F.sum(F.col(f"rule_{name}").cast("long")).alias(f"r_{name}") for name in rules]
     aggs += [F.sum(route_is(x).cast("long")).alias(f"route_{x}") for x in ROUTES]
     return tuple(aggs)
+
+
+@functools.cache
+def drift_columns() -> tuple[Column, ...]:
+    """Aggregates over classified rows (beside ``outcome_columns``): what the schema did not expect."""
+    missing = F.col("reason").startswith("missing_field:")
+    return (F.count("rescued_fields").alias("rescued"),
+            F.array_sort(F.array_distinct(F.flatten(F.collect_set("rescued_fields")))).alias("rescued_names"),
+            F.collect_set(F.when(missing, F.col("reason"))).alias("missing_reasons"),
+            F.count(F.when(missing, 1)).alias("missing"))
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One batch's schema drift in one source: ``rescued`` records had fields the schema does not
+    know (``unknown``: their paths, ``metrics.gpu_percent``); ``gone``: the fields every record of
+    the batch lacked (each of them quarantined as ``missing_field:<field>``)."""
+
+    rescued: int
+    unknown: tuple[str, ...]
+    gone: tuple[str, ...]
+
+    @classmethod
+    def of(cls, row) -> "Drift":
+        """From a row of ``drift_columns`` and ``outcome_columns`` (``checked``)."""
+        reasons = sorted(row["missing_reasons"] or ())
+        checked, missing = int(row["checked"] or 0), int(row["missing"] or 0)
+        gone = tuple(r.split(":", 1)[1] for r in reasons) if checked and missing == checked and len(reasons) == 1 else ()
+        return cls(int(row["rescued"] or 0), tuple(row["rescued_names"] or ()), gone)
+
+    def __bool__(self) -> bool:
+        return bool(self.rescued or self.gone)
+
+    def as_json(self) -> dict:
+        return {"rescued": self.rescued, "unknown_fields": list(self.unknown), "gone_fields": list(self.gone)}
 
 
 def outcomes(row, kind: str) -> list[tuple]:
