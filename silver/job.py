@@ -159,8 +159,7 @@ class Evolution:
             self.added[kind] = self.added[kind] + new
 
     def check(self, flow_name: str, batch_id: int, drifts: dict) -> None:
-        """Stop before the batch's writes if a source set to ``fail`` drifted; warn once per run
-        and field otherwise."""
+        """Stop before the batch's writes if a source set to ``fail`` drifted."""
         for kind, drift in drifts.items():
             src, setting = self.settings.source(kind), f"LAKEHOUSE_SCHEMA_EVOLUTION_{kind.upper()}"
             if self.modes[kind] == "fail" and (drift.unknown or drift.gone):
@@ -170,13 +169,24 @@ class Evolution:
                     f"{flow_name} batch {batch_id}: topic {src.topic} sent {what}; nothing of the batch was written "
                     f"({setting}=fail). Set {setting}=rescue (keep unknown fields in _rescued_data) or addNewColumns "
                     f"(make them columns) and restart: the stage resumes at this batch")
+
+    def report(self, flow_name: str, batch_id: int, drifts: dict, new_columns: dict) -> None:
+        """One warning per run, source and field: what came, and where it went."""
+        for kind, drift in drifts.items():
+            src = self.settings.source(kind)
             for name in drift.unknown + drift.gone:
-                if (kind, name) not in self._warned:  # once per run and field
-                    self._warned.add((kind, name))
-                    what = ("records no longer have the field" if name in drift.gone
-                            else "sends a field the schema does not know:")
-                    log.warning("%s batch %d: topic %s %s %s (%s=%s)", flow_name, batch_id, src.topic, what, name,
-                                setting, self.modes[kind])
+                if (kind, name) in self._warned:
+                    continue
+                self._warned.add((kind, name))
+                if name in drift.gone:
+                    what, where = "records no longer have the field", "quarantined as missing it"
+                else:
+                    what = "sends a field the schema does not know:"
+                    where = (f"now a column of silver.{kind}" if name in new_columns.get(kind, ())
+                             else f"a column of silver.{kind}" if name in self.added.get(kind, ())
+                             else "kept in _rescued_data")
+                log.warning("%s batch %d: topic %s %s %s (%s; LAKEHOUSE_SCHEMA_EVOLUTION_%s=%s)", flow_name, batch_id,
+                            src.topic, what, name, where, kind.upper(), self.modes[kind])
 
 
 def _batch_writer(ctx: BatchContext):
@@ -200,6 +210,7 @@ def _batch_writer(ctx: BatchContext):
             drifts = {k: d for k, d in ((k, T.Drift.of(r)) for k, r in counts.items()) if d}
             evolution.check(flow.name, batch_id, drifts)  # before anything of the batch is written
             new_columns = {k: evolution.new_columns(k, d) for k, d in drifts.items()}
+            evolution.report(flow.name, batch_id, drifts, new_columns)
             clock.record(spark, batch_id, {k: r["max_ms"] for k, r in counts.items()})
             outcomes, parts = [], {}
             for kind, row in counts.items():

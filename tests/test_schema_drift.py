@@ -62,7 +62,7 @@ def test_a_new_field_mid_stream_is_rescued_reported_and_changes_nothing_else(spa
     items = _table(spark, lake, "order_items").filter(f"{RESCUED} IS NOT NULL").collect()
     assert items and {json.loads(r[RESCUED])["color"] for r in items} == {"red"}
     metrics = _table(spark, lake, "metrics").filter(f"{RESCUED} IS NOT NULL").collect()
-    assert metrics and {r[RESCUED] for r in metrics} == {'{"region":"eu-west","metrics":{"gpu_percent":9.5}}'}
+    assert metrics and {r[RESCUED] for r in metrics} == {'{"channel":"web","region":"eu-west","metrics":{"gpu_percent":9.5}}'}
     for table, topic in (("logs", lake.topic_logs), ("metrics", lake.topic_metrics)):
         rows = _table(spark, lake, table).collect()
         got = {(r.topic, r.partition, r.offset) for r in rows if r[RESCUED] is not None}
@@ -72,12 +72,13 @@ def test_a_new_field_mid_stream_is_rescued_reported_and_changes_nothing_else(spa
     assert events, "the event log names no drift"
     named = {f for e in events for src in ("orders", "logs", "metrics") for f in e.get(src, {}).get("unknown_fields", [])}
     assert named == {"channel", "region", "items.color", "metrics.gpu_percent"}
+    assert {f for e in events for f in e.get("logs", {}).get("unknown_fields", [])} == {"channel", "region"}
     total = sum(e["rescued"] for e in events)
     assert total >= len(rescued) + len(metrics)
 
 
 def test_add_new_columns_makes_a_column_and_gold_keeps_running_across_it_and_a_restart(spark, lake, tmp_path):
-    lake = lake.with_overrides(schema_evolution_orders="addNewColumns")
+    lake = lake.with_overrides(schema_evolution_orders="addNewColumns", event_log_interval="2 seconds")
     ledger_path = tmp_path / "ledger.jsonl"
     produce_to(lake, ledger_path, 100, seed=31, **FAULTS)
     run(("bronze", "silver", "gold"), lake, "availableNow", spark=spark)
@@ -91,9 +92,13 @@ def test_add_new_columns_makes_a_column_and_gold_keeps_running_across_it_and_a_r
         # silver adds the column while gold's stream reads the table: gold restarts and goes on
         wait_until(lambda: proc.poll() is not None or delta_count(spark, enriched) >= expected, 300,
                    "gold to enrich the orders sent after the new field")
+        wait_until(lambda: proc.poll() is not None or any(
+            "channel" in e.get("orders", {}).get("new_columns", []) for e in _drift_events(spark, lake)), 60,
+            "the event log to name the column silver added")
         log = (tmp_path / "run.log").read_text()
         assert proc.poll() is None, log[-3000:]
         assert "restarting it with the table's new schema" in log
+        assert "sends a field the schema does not know: channel (now a column of silver.orders" in log
     finally:
         kill_hard(proc)
     assert delta_count(spark, enriched) > before
@@ -108,7 +113,6 @@ def test_add_new_columns_makes_a_column_and_gold_keeps_running_across_it_and_a_r
         {(r.topic, r.partition, r.offset) for r in orders.collect()} & _drifted(ledger, lake.topic_orders, "channel"))
     assert {r.channel for r in orders.filter("channel IS NOT NULL").collect()} == {"web", "shop"}
     assert orders.filter(f"{RESCUED} IS NOT NULL").count() == 0  # a column now, not rescued
-    assert any("channel" in e.get("orders", {}).get("new_columns", []) for e in _drift_events(spark, lake))
 
 
 def test_fail_stops_before_the_batch_and_resumes_there_once_the_setting_changes(spark, lake, tmp_path):
