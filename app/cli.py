@@ -337,7 +337,7 @@ def _cmd_dashboard(args) -> int:
 
 def _cmd_status(args) -> int:
     from common.clients import check_reachable
-    from serving.status import format_status, read_status
+    from serving.status import format_drift, format_status, read_status
 
     settings = get_settings()
     check_reachable(settings, kafka=False)
@@ -347,7 +347,7 @@ def _cmd_status(args) -> int:
     if not rows:
         print("no streaming query has reported progress yet (start one with `lakehouse run ...`)")
         return 0
-    print("\n".join(format_status(rows)))
+    print("\n".join(format_status(rows) + format_drift(rows)))
     return 0
 
 

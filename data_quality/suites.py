@@ -14,6 +14,7 @@ import great_expectations.expectations as gxe
 from common.settings import Settings
 from gold.transforms import KPIS
 from silver.rules import LOG_LEVELS, ORDER_STATUSES, rules_for
+from silver.transforms import RESCUED
 
 COORDS = ("topic", "partition", "offset")
 
@@ -50,10 +51,18 @@ def bronze_suites(settings: Settings) -> list[TableSuite]:
     return [TableSuite("bronze", settings.bronze_table_for(t), exps) for t in settings.source_topics]
 
 
+def _rescued_share(settings: Settings):
+    """Schema drift bounded: at most LAKEHOUSE_RESCUED_MAX_PCT % of a table's rows carry fields the
+    schema does not know (``_rescued_data``, silver.transforms)."""
+    return gxe.ExpectColumnValuesToBeNull(
+        column=RESCUED, mostly=1 - settings.rescued_max_pct / 100,
+        description=f"at most {settings.rescued_max_pct} % of rows with {RESCUED} (LAKEHOUSE_RESCUED_MAX_PCT)")
+
+
 def silver_suites(settings: Settings) -> list[TableSuite]:
     pct = [gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=100)
            for c in ("cpu_percent", "memory_percent", "disk_percent")]
-    return [
+    suites = [
         TableSuite("silver", "orders", (*_not_null("order_id", "customer_id", "event_time", *COORDS),
                                         gxe.ExpectColumnValuesToBeUnique(column="order_id"),
                                         gxe.ExpectColumnValuesToBeInSet(column="status", value_set=list(ORDER_STATUSES)),
@@ -67,6 +76,7 @@ def silver_suites(settings: Settings) -> list[TableSuite]:
         TableSuite("silver", "metrics", (*_not_null("event_time", "host"), *pct, _plausible_time(),
                                          *rule_expectations("metrics"))),
     ]
+    return [TableSuite(s.layer, s.table, (*s.expectations, _rescued_share(settings))) for s in suites]
 
 
 def gold_suites(settings: Settings) -> list[TableSuite]:

@@ -6,8 +6,8 @@ works offline); the page reads the Delta tables with the Spark-free reader (``se
 it opens in about a second and never waits for a JVM. Sections: gold KPIs (sales per customer per
 minute, product revenue, log levels over time, the most loaded hosts, enriched orders by segment
 and city), then the pipeline (per query rows/s, batch duration and records behind from
-``ops.pipeline_events``, event -> gold latency, late and quarantined records per batch, the last data-quality run per
-layer from ``ops.dq_results``). Each empty part says what would fill it.
+``ops.pipeline_events``, event -> gold latency, late, quarantined and rescued records per batch, the last
+data-quality run per layer from ``ops.dq_results``, the last silver batches with schema drift). Each empty part says what would fill it.
 
 ``python -m streamlit run serving/dashboard.py`` runs this file; ``lakehouse dashboard`` does that
 with the host, port and refresh from the settings. Importing it renders nothing.
@@ -24,6 +24,7 @@ from common.settings import OPS, Settings, interval_seconds
 EMPTY_GOLD = "no gold data yet: run `lakehouse run all` (or `lakehouse demo`)"
 EMPTY_EVENTS = "no micro-batch logged yet: the event log fills as `lakehouse run ...` runs"
 EMPTY_DQ = "no data-quality run yet: run `lakehouse dq`"
+NO_DRIFT = "no schema drift: every field the producers sent is in silver's schemas"
 
 
 def queries(lake) -> dict[str, str | None]:
@@ -51,9 +52,11 @@ def queries(lake) -> dict[str, str | None]:
                              f"ORDER BY orders DESC, segment, ville")
     r = rel(f"{OPS}.pipeline_events")
     out["events"] = r and (f"SELECT query, ended_at, processed_rows_per_second, duration_ms, records_behind, "
-                           f"files_behind, late, quarantined, event_to_gold_p50_ms / 1000.0 AS p50_s, "
+                           f"files_behind, late, quarantined, rescued, event_to_gold_p50_ms / 1000.0 AS p50_s, "
                            f"event_to_gold_max_ms / 1000.0 AS max_s FROM {r} WHERE ended_at >= "
                            f"(SELECT max(ended_at) FROM {r}) - INTERVAL '1 hour' ORDER BY ended_at")
+    out["drift"] = r and (f"SELECT ended_at, batch_id, rescued, schema_drift FROM {r} WHERE query = 'silver' AND "
+                          f"schema_drift IS NOT NULL ORDER BY ended_at DESC LIMIT 20")
     r = rel(f"{OPS}.dq_results")
     out["dq"] = r and (f"SELECT d.layer, d.run_at, sum(CAST(d.success AS INT)) AS passed, count(*) AS expectations "
                        f"FROM {r} d JOIN (SELECT layer, max(run_at) AS last FROM {r} GROUP BY layer) l "
@@ -129,9 +132,12 @@ def render(settings: Settings) -> None:  # pragma: no cover - exercised in a rea
                 st.subheader("Event -> gold latency (s): median and oldest order of each batch")
                 st.line_chart(events[events["query"] == "gold_orders"], x="ended_at", y=["p50_s", "max_s"])
             with right:
-                st.subheader("Late and quarantined records per silver batch")
-                st.bar_chart(events[events["query"] == "silver"], x="ended_at", y=["late", "quarantined"])
+                st.subheader("Late, quarantined and rescued records per silver batch")
+                st.bar_chart(events[events["query"] == "silver"], x="ended_at", y=["late", "quarantined", "rescued"])
         panel("Last data-quality run per layer", "dq", lambda df: st.table(df.set_index("layer")), EMPTY_DQ)
+        panel("Schema drift: the last silver batches with fields the schema does not know", "drift",
+              lambda df: st.table(df.set_index("ended_at")),
+              EMPTY_EVENTS if data.get("drift") is None else NO_DRIFT)
 
     page()
 

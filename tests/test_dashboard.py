@@ -76,6 +76,7 @@ def test_dashboard_shows_gold_and_health_in_a_browser(spark, pipeline_lake, tmp_
         text = driver.find_element(By.TAG_NAME, "body").text
         assert "no gold data yet" not in text and "no micro-batch logged yet" not in text
         assert "no data-quality run yet" not in text
+        assert "no schema drift" in text  # the pipeline's producers sent nothing the schemas do not know
 
         # the product revenue table: the same values as Spark SQL over the same table
         tables = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stTable"] table')

@@ -62,14 +62,17 @@ def _corrupt_copy(spark, src, base_settings, name, layer, table, bad_rows_sql):
 @pytest.mark.parametrize("layer,table,bad_sql,expectation", [
     ("bronze", "commandes_json", "SELECT * FROM src LIMIT 1", "expect_compound_columns_to_be_unique"),
     ("silver", "order_items", "SELECT order_id, line + 1000 AS line, customer_id, event_time, product_id, product_name, "
-     "-quantity AS quantity, unit_price, -subtotal AS subtotal, topic, partition, offset + 100000 AS offset, "
-     "kafka_timestamp FROM src LIMIT 1", "rule quantity_not_positive"),
+     "-quantity AS quantity, unit_price, -subtotal AS subtotal, _rescued_data, topic, partition, "
+     "offset + 100000 AS offset, kafka_timestamp FROM src LIMIT 1", "rule quantity_not_positive"),
+    # a producer's new field in half the rows: more than LAKEHOUSE_RESCUED_MAX_PCT (5 %)
+    ("silver", "logs", "SELECT * EXCEPT (offset, _rescued_data), offset + 100000 AS offset, "
+     "'{\"trace_id\":\"abc\"}' AS _rescued_data FROM src", "_rescued_data"),
     ("gold", "customer_order_kpis", "SELECT window_end AS window_start, window_start AS window_end, customer_id, "
      "nb_commandes, total_ventes, max_commande FROM src LIMIT 1", "window_end > window_start"),
 ])
 def test_each_suite_fails_on_a_targeted_corruption(spark, base_settings, pipeline_lake, layer, table, bad_sql,
                                                    expectation, capfd):
-    bad = _corrupt_copy(spark, pipeline_lake, base_settings, f"dq-bad-{layer}", layer, table, bad_sql)
+    bad = _corrupt_copy(spark, pipeline_lake, base_settings, f"dq-bad-{layer}-{table}", layer, table, bad_sql)
     label = f"{layer}.{_table_name(bad, layer, table)}"
     checks = [c for c in validate(spark, bad, layers=(layer,), docs=False) if c.table == label]
     failed = [c for c in checks if not c.success]

@@ -8,9 +8,11 @@ import json
 
 import pytest
 
+from app import dataflow
 from app.runner import run
 from common.errors import StreamFailedError
 from devstack.generator import read_ledger
+from serving.status import format_drift, read_status
 from silver.transforms import RESCUED
 from tests.checks import check_pipeline
 from tests.helpers import delta_count, kill_hard, produce_to, start_stage_process, wait_until
@@ -75,6 +77,11 @@ def test_a_new_field_mid_stream_is_rescued_reported_and_changes_nothing_else(spa
     assert {f for e in events for f in e.get("logs", {}).get("unknown_fields", [])} == {"channel", "region"}
     total = sum(e["rescued"] for e in events)
     assert total >= len(rescued) + len(metrics)
+    # lakehouse status says it too
+    status = [r for r in read_status(lake, dataflow.graph(lake)) if r["query"] == "silver"]
+    assert status[0]["run_rescued"] == total
+    lines = format_drift(status)
+    assert any("(orders, this run)" in line and "channel, items.color, region" in line for line in lines), lines
 
 
 def test_add_new_columns_makes_a_column_and_gold_keeps_running_across_it_and_a_restart(spark, lake, tmp_path):
