@@ -142,3 +142,23 @@ def test_fail_stops_before_the_batch_and_resumes_there_once_the_setting_changes(
     check_pipeline(spark, lake, ledger)
     logs = _table(spark, lake, "logs").filter(f"{RESCUED} IS NOT NULL").collect()
     assert logs and {r[RESCUED] for r in logs} == {'{"trace_id":"abc"}'}
+
+
+def test_a_field_every_record_lacks_is_reported_and_stops_a_source_set_to_fail(spark, lake, tmp_path):
+    from kafka import KafkaProducer
+
+    ledger = produce_to(lake, tmp_path / "ledger.jsonl", 40, seed=51, topics=[lake.topic_metrics])
+    run(("bronze", "silver"), lake, "availableNow", spark=spark)
+    producer = KafkaProducer(bootstrap_servers=lake.kafka_bootstrap_servers, acks="all")
+    sample = json.loads(next(r["value"] for r in ledger if r.get("fault") is None))
+    for i in range(3):  # the producer stopped sending host
+        producer.send(lake.topic_metrics, json.dumps({k: v for k, v in sample.items() if k != "host"}).encode())
+    producer.flush()
+    producer.close()
+    with pytest.raises(StreamFailedError, match=r"sent records without host \(every record of the batch lacks it\)"
+                       r".*LAKEHOUSE_SCHEMA_EVOLUTION_METRICS=fail"):
+        run(("bronze", "silver"), lake.with_overrides(schema_evolution_metrics="fail"), "availableNow", spark=spark)
+    run(("bronze", "silver"), lake, "availableNow", spark=spark)  # rescue: quarantined, reported
+    reasons = [r.reason for r in _table(spark, lake, "quarantine").collect()]
+    assert reasons == ["missing_field:host"] * 3
+    assert any(e.get("metrics", {}).get("gone_fields") == ["host"] for e in _drift_events(spark, lake))

@@ -223,3 +223,16 @@ def test_an_items_unknown_fields_are_rescued_into_its_own_order_item(spark):
 def test_a_type_change_still_goes_to_quarantine_and_is_not_rescued(spark):
     row = _classify(spark, "orders", [order(order_id=2 ** 40)]).collect()[0]
     assert (row.route, row.reason, row[T.RESCUED]) == ("quarantine", "wrong_type:order_id", None)
+
+
+@pytest.mark.parametrize("missing,checked,expected", [
+    ({"missing_field:host": 3}, 3, ("host",)),                          # every record lacks it: gone
+    ({"missing_field:host": 2}, 3, ()),                                 # some records only
+    ({"missing_field:host": 1, "missing_field:timestamp": 2}, 3, ()),   # mixed: no single field gone
+    ({}, 0, ()),
+])
+def test_a_field_is_gone_when_every_record_of_the_batch_lacks_it(missing, checked, expected):
+    row = {"rescued": 0, "rescued_names": [], "missing_reasons": list(missing), "missing": sum(missing.values()),
+           "checked": checked}
+    drift = T.Drift.of(row)
+    assert drift.gone == expected and bool(drift) == bool(expected)
