@@ -47,6 +47,16 @@ COLUMNS = (
 SCHEMA_DDL = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
 # the view's select list: by name, so a stage table whose columns grew in another order still lines up
 SELECT_LIST = ", ".join(name for name, _ in COLUMNS)
+
+
+def select_list(present) -> str:
+    """``SELECT_LIST`` over a stage table with the columns ``present``: a column the table does not
+    have yet (a stage not run since an upgrade added it; each stage's table gains new columns at
+    its own next append) reads as null."""
+    have = set(present)
+    sql_type = {"string": "VARCHAR"}  # the Spark-free reader's (DataFusion) names of the types
+    return ", ".join(name if name in have else f"CAST(NULL AS {sql_type.get(kind, kind.upper())}) AS {name}"
+                     for name, kind in COLUMNS)
 COUNTS = ("quarantined", "dropped", "late", "rescued")  # what a batch reports itself (``BatchContext.count``)
 LATENCY = ("event_to_gold_p50_ms", "event_to_gold_max_ms")  # gold_orders: Kafka timestamp -> its commit
 

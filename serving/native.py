@@ -63,13 +63,15 @@ class NativeLake:
 
     def relation(self, name: str) -> str | None:
         """What a query reads for ``name``: the table, or the body of a view of the catalog."""
-        from common.eventlog import SELECT_LIST, VIEW, table_name
+        from common.eventlog import VIEW, select_list, table_name
         from common.pipeline import STAGES
         from gold.transforms import LIVE_SUFFIX, OPEN_SUFFIX, kpi_named, live_sql
 
         if name == f"{OPS}.{VIEW}":  # the event log's view: its stage tables, one after the other
-            parts = [self.relation(f"{OPS}.{table_name(stage)}") for stage in STAGES]
-            union = " UNION ALL ".join(f"SELECT {SELECT_LIST} FROM {p}" for p in parts if p)
+            names = [f"{OPS}.{table_name(stage)}" for stage in STAGES]
+            union = " UNION ALL ".join(
+                f"SELECT {select_list(f.name for f in self.table(n).schema().fields)} FROM {self.relation(n)}"
+                for n in names if self.relation(n))
             return f"({union}) AS events" if union else None
         layer, table = name.split(".", 1)
         kpi = kpi_named(table.removesuffix(LIVE_SUFFIX)) if layer == "gold" and table.endswith(LIVE_SUFFIX) else None

@@ -136,12 +136,14 @@ class Evolution:
     def __init__(self, spark, settings: Settings, paths: dict[str, str]):
         self.settings = settings
         self.modes = {src.kind: src.evolution for src in settings.sources}
-        empty = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
+        evolving = [kind for kind, mode in self.modes.items() if mode == "addNewColumns"]
+        empty = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA)) if evolving else None
+        # the columns silver's code writes, and those the table gained (only where they can grow)
         self.base = {kind: {c.lower() for c in T.to_table(T.classify(empty, kind, 0), kind).columns}
-                     for kind in self.modes}
+                     for kind in evolving}
         self.added = {kind: tuple(f.name for f in spark.read.format("delta").load(paths[f"silver.{kind}"]).schema.fields
                                   if f.name.lower() not in self.base[kind])
-                      for kind, mode in self.modes.items() if mode == "addNewColumns"}
+                      for kind in evolving}
         self._warned: set[tuple[str, str]] = set()
 
     def new_columns(self, kind: str, drift: "T.Drift") -> tuple[str, ...]:

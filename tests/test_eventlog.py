@@ -80,3 +80,25 @@ def test_event_log_counts_every_batch_and_survives_a_restart(spark, lake, tmp_pa
     assert status["silver"]["run_duplicates"] == sum(e["duplicates"] for e in latest_silver)
     lines = format_status(list(status.values()))
     assert lines[0].split()[:3] == ["QUERY", "STAGE", "ACTIVE"] and len(lines) == 1 + len(QUERIES)
+
+
+def test_the_log_view_reads_a_stage_table_from_before_an_upgrade(tmp_path):
+    """A stage not run since an upgrade added columns to the log: its table lacks them, and the
+    view (status, dashboard) reads them as null instead of failing."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from common.eventlog import table_path
+    from common.settings import Settings
+
+    lake = Settings(lake_root=str(tmp_path / "lake"))
+    old = pa.table({"query": ["bronze"], "stage": ["bronze"], "batch_id": pa.array([0], pa.int64())})
+    new = pa.table({"query": ["silver"], "stage": ["silver"], "batch_id": pa.array([0], pa.int64()),
+                    "rescued": pa.array([4], pa.int64()), "schema_drift": ['{"logs": {"rescued": 4}}']})
+    write_deltalake(table_path(lake, "bronze"), old)
+    write_deltalake(table_path(lake, "silver"), new)
+    native = NativeLake(lake)
+    rows = {r["query"]: r for r in native.rows("ops.pipeline_events")}
+    assert (rows["bronze"]["rescued"], rows["silver"]["rescued"]) == (None, 4)
+    relation = native.relation("ops.pipeline_events")
+    assert native.sql(f"SELECT sum(rescued) AS n FROM {relation}") == [{"n": 4}]
