@@ -68,10 +68,10 @@ class NativeLake:
         from gold.transforms import LIVE_SUFFIX, OPEN_SUFFIX, kpi_named, live_sql
 
         if name == f"{OPS}.{VIEW}":  # the event log's view: its stage tables, one after the other
-            names = [f"{OPS}.{table_name(stage)}" for stage in STAGES]
+            tables = {n: self.table(n) for n in (f"{OPS}.{table_name(stage)}" for stage in STAGES)}
             union = " UNION ALL ".join(
-                f"SELECT {select_list(f.name for f in self.table(n).schema().fields)} FROM {self.relation(n)}"
-                for n in names if self.relation(n))
+                f"SELECT {select_list(f.name for f in t.schema().fields)} FROM {self._alias(n)}"
+                for n, t in tables.items() if t is not None)
             return f"({union}) AS events" if union else None
         layer, table = name.split(".", 1)
         kpi = kpi_named(table.removesuffix(LIVE_SUFFIX)) if layer == "gold" and table.endswith(LIVE_SUFFIX) else None
