@@ -21,7 +21,7 @@ from common import streams
 from common.batches import BatchContext, run_parallel
 from common.streams import QuerySpec
 from common.settings import Settings
-from common.tables import ensure_table, has_data, is_delta_table
+from common.tables import ensure_all, has_data, is_delta_table
 
 NOT_NULL = ("topic", "partition", "offset")
 log = logging.getLogger("lakehouse.bronze")
@@ -35,8 +35,8 @@ def table_paths(settings: Settings) -> dict[str, str]:
 def ensure_tables(spark, settings: Settings, flow) -> None:
     """Create the bronze tables (``flow``'s sinks) up front, so silver can start streaming from them at once."""
     empty = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
-    for path in flow.sink_paths(settings).values():
-        ensure_table(spark, path, empty, partition_by=PARTITION_COLUMNS, not_null=NOT_NULL)
+    ensure_all(spark, [(path, empty, {"partition_by": PARTITION_COLUMNS, "not_null": NOT_NULL})
+                       for path in flow.sink_paths(settings).values()])
 
 
 def resume_offsets(spark, settings: Settings) -> str | None:

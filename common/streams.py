@@ -66,13 +66,23 @@ def _apply_trigger(writer, trigger: Trigger):
     return writer.trigger(processingTime=trigger.interval)
 
 
+# How long the broker may hold a fetch of Spark's Kafka consumer that finds too little data
+# (Kafka's default: 500 ms). Spark reads an offset range it knows exists, yet measured here each
+# partition's read still waited about that long: a one-shot read of 3 topics x 3 partitions with
+# 150 records each took 4.4 s, 0.5 s with 10 ms; a live query over the same topics in one task,
+# addBatch 540-1,270 ms against 260-350 ms (bench/README.md, 2026-12-05). A consumer at a
+# partition's end asks again no sooner than Spark polls, so a short wait costs no busy loop.
+FETCH_MAX_WAIT_MS = "10"
+
+
 def kafka_options(settings: Settings, topics: Iterable[str] | None = None, **extra: str) -> dict[str, str]:
     """Spark's Kafka options from settings: the brokers and, for a source (``topics``), the
     subscription, the headers and LAKEHOUSE_FAIL_ON_DATA_LOSS; ``extra`` adds or overrides."""
     options = {"kafka.bootstrap.servers": settings.kafka_bootstrap_servers}
     if topics is not None:
         options.update({"subscribe": ",".join(topics), "includeHeaders": "true",
-                        "failOnDataLoss": str(settings.fail_on_data_loss).lower()})
+                        "failOnDataLoss": str(settings.fail_on_data_loss).lower(),
+                        "kafka.fetch.max.wait.ms": FETCH_MAX_WAIT_MS})
     return {**options, **extra}
 
 
@@ -285,6 +295,16 @@ def schema_changed(exc: BaseException) -> bool:
     return SCHEMA_CHANGED in text
 
 
+def _await_one(running: list, seconds: float) -> None:
+    """Wait up to ``seconds`` for the first of ``running`` to end: returns as soon as it does (a
+    one-shot run's last query is seen to end at once, not at the next poll). A failure is not
+    raised here: the caller reads each query's exception."""
+    try:
+        running[0].awaitTermination(seconds)
+    except Exception as e:  # noqa: BLE001 - the query failed: reported by await_all's next look
+        log.debug("query %s ended with an error: %s", running[0].name, str(e).splitlines()[0][:200])
+
+
 def await_all(spark, queries: list, poll_seconds: float = 0.5, restart: Callable | None = None) -> None:
     """Wait until every query ends; stop all on SIGINT/SIGTERM or as soon as one fails. A query
     stopped by a schema change of the Delta table it reads (``schema_changed``) is started again by
@@ -326,7 +346,7 @@ def await_all(spark, queries: list, poll_seconds: float = 0.5, restart: Callable
                 raise StreamFailedError(f"query {q.name} failed: {err}")
             if len(ended) == len(queries):
                 return
-            stop.wait(poll_seconds)
+            _await_one([q for q in queries if q not in ended], poll_seconds)
         for q in queries:
             stop_quietly(q)
     finally:

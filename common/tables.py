@@ -56,6 +56,15 @@ def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
             spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({predicate})")
 
 
+def ensure_all(spark, specs) -> None:
+    """``ensure_table`` for each ``(path, empty_df, options)`` of ``specs``, side by side: each is a
+    few MinIO round trips and one small commit, so a stage's dozen tables on a new lake take about
+    the time of the slowest instead of the sum (gold's 14: 3.5 s one after the other here)."""
+    from common.batches import run_parallel
+
+    run_parallel([lambda p=path, df=df, kw=options: ensure_table(spark, p, df, **kw) for path, df, options in specs])
+
+
 def _constraints(spark, path: str) -> set[str]:
     props = spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()
     return {r.key[len("delta.constraints."):].lower() for r in props if r.key.startswith("delta.constraints.")}

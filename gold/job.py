@@ -43,7 +43,7 @@ from common.batches import BatchContext, run_parallel
 from silver.customers import CUSTOMERS_SCHEMA
 from common.settings import Settings
 from common.streams import QuerySpec
-from common.tables import ensure_table, is_delta_table, require_table
+from common.tables import ensure_all, is_delta_table, require_table
 from gold.transforms import KPIS, OPEN_SUFFIX, SOURCES, enrich_orders, enriched_payload
 from gold.windows import SilverWatermarks
 
@@ -72,8 +72,7 @@ def ensure_tables(spark, settings: Settings, orders, kpis) -> None:
     paths = {**orders.sink_paths(settings), **kpis.sink_paths(settings)}
     if set(paths) != set(made):
         raise ValueError(f"gold writes {sorted(made)}, its flows declare {sorted(paths)}")
-    for table, (empty, keys) in made.items():
-        ensure_table(spark, paths[table], empty, not_null=keys)
+    ensure_all(spark, [(paths[table], empty, {"not_null": keys}) for table, (empty, keys) in made.items()])
 
 
 class _Customers:

@@ -35,7 +35,7 @@ from common.batches import BatchContext, computed_once, run_parallel
 from common.errors import SchemaDriftError, StreamFailedError
 from common.settings import Settings, interval_seconds
 from common.streams import QuerySpec
-from common.tables import ensure_table, require_table
+from common.tables import ensure_all, require_table
 from silver import transforms as T
 from silver.rules import rules_for
 from silver.watermarks import EventClock, describe
@@ -100,8 +100,8 @@ def ensure_tables(spark, settings: Settings, flow) -> None:
     paths = flow.sink_paths(settings)
     if set(paths) != {f"silver.{t}" for t in tables}:
         raise ValueError(f"silver writes {sorted(tables)}, its flow declares {sorted(paths)}")
-    for table, df in tables.items():
-        ensure_table(spark, paths[f"silver.{table}"], df, not_null=NOT_NULL.get(table, ()), checks=_checks(table))
+    ensure_all(spark, [(paths[f"silver.{table}"], df, {"not_null": NOT_NULL.get(table, ()), "checks": _checks(table)})
+                       for table, df in tables.items()])
 
 
 DROPPED_BY = "silver (event-time watermark of its source)"
