@@ -164,6 +164,13 @@ def maintain(spark, path: str, vacuum_hours: float | None = None) -> dict[str, i
     return {"files_before": before, "files_after": files()}
 
 
+def _phase(k: int, every: int) -> int:
+    """Where the count of the ``k``-th table (0, 1, ...) of a ``Compactor`` starts: the fractional
+    parts of k x the golden ratio, scaled to ``every`` (0, 61, 23, 85, 47, 9, 70, 32, 94, ... for
+    100), so no two of a stage's tables reach ``every`` in the same batch while ``every`` is large."""
+    return int(every * ((k * 0.6180339887498949) % 1.0))
+
+
 class Compactor:
     """In-app compaction: the application that writes a table OPTIMIZEs it every ``every`` of its
     commits, in one background thread (one table at a time, in its own scheduler pool), so a
@@ -176,7 +183,15 @@ class Compactor:
     readers of the table skip its commits. Files of at least
     ``spark.databricks.delta.optimize.minFileSize`` (``common.spark``) are left alone, so a
     compaction rewrites the recent small files, not the whole table. One per run
-    (``common.run.RunContext``): one background compaction at a time."""
+    (``common.run.RunContext``): one background compaction at a time.
+
+    Spread over time: a stage writes most of its tables in every batch, so with one counter each
+    starting at 0 they all reached ``every`` in the same batch and were compacted back to back
+    (issue 35's soak at 800 orders/s: ~110 s of OPTIMIZE of nine tables on 2 cores, silver's
+    batches 9-18 s -> 52 s). The k-th table a run writes starts its count at
+    ``every * frac(k * phi)`` (``_phase``: the golden-ratio sequence, evenly spread for any
+    number of tables), so its first compaction comes that much earlier and later ones every
+    ``every`` commits after it: one table at a time, about ``every / tables`` commits apart."""
 
     def __init__(self):
         self._counts: dict[str, int] = {}
@@ -193,7 +208,9 @@ class Compactor:
         if every <= 0:
             return
         with self._lock:
-            n = self._counts.get(path, 0) + 1
+            if path not in self._counts:
+                self._counts[path] = _phase(len(self._counts), every)
+            n = self._counts[path] + 1
             self._counts[path] = 0 if n >= every else n
             if n < every or path in self._pending:
                 return
