@@ -28,8 +28,9 @@ from common.progress import Progress
 from common.settings import Settings
 
 # A paced producer sends in bursts of this many seconds' records, not one record per sleep: each
-# sleep and each wake of kafka-python's sender thread costs more than a record (measured at
-# 800 orders/s + logs + metrics: 0.75 of a core with a sleep per record, 0.34 in 20 ms bursts).
+# sleep and each wake of kafka-python's sender thread costs more than a record (`python -m
+# bench.gencost`, 800 orders/s + logs + metrics: 0.81 of a core with a sleep per record, 0.35 in
+# 20 ms bursts; bench/README.md, 2026-12-05). Kafka timestamps move by less than a burst.
 PACE_SECONDS = 0.02
 
 PRODUCTS = [  # (product_id, name, unit price) from the seed notebooks
