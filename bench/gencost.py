@@ -11,21 +11,20 @@ from __future__ import annotations
 
 import argparse
 import io
-import resource
+import os
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from bench.measure import cpu_seconds
 from bench.run import fresh
-
-FAULTS = dict(duplicate_pct=5, late_pct=2, malformed_pct=2)  # the soak's mix
+from bench.soak import FAULTS  # the soak's mix of duplicates, late and malformed records
 
 
 def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)  # every thread: kafka-python's sender too
-    return r.ru_utime + r.ru_stime
+    return cpu_seconds(os.getpid())  # every thread: kafka-python's sender too
 
 
 def main(argv: list[str] | None = None) -> int:
