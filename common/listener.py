@@ -33,14 +33,22 @@ def source_lag(progress: dict) -> str:
     return ", ".join(parts) or "-"
 
 
+def progress_event(jprogress):
+    """pyspark's ``QueryProgressEvent`` of a Java ``StreamingQueryProgress``, through its JSON."""
+    from pyspark.sql.streaming.listener import QueryProgressEvent
+
+    return QueryProgressEvent.fromJson({"progress": json.loads(jprogress.json())})
+
+
 class _ProgressAsJson:
     """The Java side of a ``StreamingQueryListener`` (py4j calls it on Spark's listener thread) that
     hands a progress event over as its JSON, one py4j call, instead of pyspark's field-by-field
     copy: that copy iterates a dozen Java maps and lists, and the end of each iteration is a Java
     exception that pyspark's error conversion inspects through ~28 failing class lookups (a scan of
-    every jar on the class path each): 25 ms for one map, 0.1-0.3 s of CPU per progress event, a
-    core's 8 % on the listener thread alone at 200 orders/s (a JFR profile, bench/README.md).
-    The other events are rare and pass through pyspark's own conversion."""
+    every jar on the class path each): 25 ms for one map; a three-source stateful query's event
+    228-253 ms against 1-2 ms (``python -m bench.listener``), and 8.5 % of the driver JVM's CPU
+    samples on the listener thread alone at 200 orders/s (bench/README.md, 2026-12-05). The other
+    events are rare and pass through pyspark's own conversion."""
 
     def __init__(self, pylistener):
         from pyspark.sql.streaming.listener import JStreamingQueryListener
@@ -52,9 +60,7 @@ class _ProgressAsJson:
         self._default.onQueryStarted(jevent)
 
     def onQueryProgress(self, jevent):
-        from pyspark.sql.streaming.listener import QueryProgressEvent
-
-        self.pylistener.onQueryProgress(QueryProgressEvent.fromJson({"progress": json.loads(jevent.progress().json())}))
+        self.pylistener.onQueryProgress(progress_event(jevent.progress()))
 
     def onQueryIdle(self, jevent):
         self._default.onQueryIdle(jevent)

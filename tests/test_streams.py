@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from common import checkpoints, streams
@@ -90,3 +92,24 @@ def test_a_query_failing_between_two_polls_is_reported_not_taken_for_done():
     query = _EndsWhenAsked()
     with pytest.raises(StreamFailedError, match=r"query bronze failed: records were deleted"):
         streams.await_all(None, [query], poll_seconds=0.01)
+
+
+def test_a_progress_event_crosses_py4j_as_its_json_with_what_pyspark_gives(spark, tmp_path):
+    """The progress listener reads an event through its JSON (``common.listener.progress_event``),
+    not pyspark's field-by-field copy: the same values for everything the listener and the event
+    log read, state operators and sources included."""
+    from pyspark.sql.streaming.listener import StreamingQueryProgress
+
+    from bench.listener import stateful_progress
+    from common.listener import progress_event
+
+    jprogress = stateful_progress(spark, str(tmp_path))
+    ours, theirs = progress_event(jprogress).progress, StreamingQueryProgress.fromJObject(jprogress)
+    assert ours.numInputRows == theirs.numInputRows == 900  # 300 rows read by each of three sources
+    for field in ("id", "runId", "name", "batchId", "durationMs"):
+        assert getattr(ours, field) == getattr(theirs, field), field
+    assert ours.processedRowsPerSecond == pytest.approx(theirs.processedRowsPerSecond, abs=0.05)  # JSON: 0.1
+    assert [s.numRowsTotal for s in ours.stateOperators] == [s.numRowsTotal for s in theirs.stateOperators] \
+        == [200, 200, 200]
+    assert [s.numInputRows for s in ours.sources] == [s.numInputRows for s in theirs.sources] == [300] * 3
+    assert json.loads(ours.json) == json.loads(theirs.json)  # what the listener reads: offsets, lag, rates
