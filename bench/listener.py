@@ -49,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     from pyspark.sql.streaming.listener import StreamingQueryProgress
 
     from common.listener import progress_event
-
     from common.settings import Settings
     from common.spark import get_spark
 
