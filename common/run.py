@@ -5,7 +5,8 @@ stage's ``start`` (``RunContext``), instead of module globals or attributes on t
 * the checkpoint leases the run holds (``checkpoints.Leases``), given back when it ends;
 * the progress listener (``listener.ProgressLogger``), registered for the run, and the event log
   it feeds (``eventlog.EventLog``), flushed when the run ends;
-* the compactor of the tables the run writes (``tables.Compactor``), waited for when it ends.
+* the compactor of the tables the run writes (``tables.Compactor``), waited for when it ends;
+* what a stage opened for the run's length (``on_close``: gold's Kafka producer), closed when it ends.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class RunContext:
     compactor: Compactor = field(default_factory=Compactor)
     listener: ProgressLogger | None = None   # None: batches' own counts go nowhere
     events: EventLog | None = None           # None: no event log (``--sink console``, a test's writer)
+    closers: list = field(default_factory=list)  # ``on_close``: called when the run ends, last first
 
     def __post_init__(self):
         if self.leases is None:
@@ -64,9 +66,19 @@ class RunContext:
         if self.listener is not None:
             self.listener.add_counts(query_id, batch_id, counts, event_watermark)
 
+    def on_close(self, close) -> None:
+        """Call ``close()`` when the run ends (after its queries stopped)."""
+        self.closers.append(close)
+
     def close(self, started=()) -> None:
-        """The run ends (its queries stopped): the event log written, every compaction under way
-        finished (the tables' writer until it ends), the leases given back, the listener removed."""
+        """The run ends (its queries stopped): what its stages opened closed, the event log written,
+        every compaction under way finished (the tables' writer until it ends), the leases given back,
+        the listener removed."""
+        while self.closers:
+            try:
+                self.closers.pop()()
+            except Exception as e:  # noqa: BLE001 - the rest of the run's end still happens
+                log.warning("at the run's end: %s", str(e).splitlines()[0][:200] if str(e) else type(e).__name__)
         try:
             if self.events is not None:
                 self.events.close(started)

@@ -24,8 +24,9 @@ them: other engines read wrong KPIs. Six MERGEs per micro-batch, tried in 2026-1
 
 The orders query appends ``gold.orders_enriched`` (stream-static join with
 ``silver.customers``, read at every batch: a customer loaded with ``lakehouse customers load`` is
-used from the next batch on) and publishes the enriched orders to ``commandes-enrichies``
-(at least once: a batch replayed after a crash may publish its records again).
+used from the next batch on) and publishes the enriched orders to ``commandes-enrichies``,
+exactly once for ``read_committed`` consumers: after the append, one Kafka transaction per
+micro-batch that also commits the batch id to a ledger (``gold.publish``).
 
     spark-submit app/submit.py gold [--trigger availableNow] [--sink console]
     lakehouse run gold [--trigger ...]
@@ -44,6 +45,7 @@ from silver.customers import CUSTOMERS_SCHEMA
 from common.settings import Settings
 from common.streams import QuerySpec
 from common.tables import ensure_all, is_delta_table, require_table
+from gold.publish import Publisher
 from gold.transforms import KPIS, OPEN_SUFFIX, SOURCES, enrich_orders, enriched_payload
 from gold.windows import SilverWatermarks
 
@@ -106,25 +108,33 @@ def _arrival(batch, out: list) -> None:
         log.warning("event -> gold latency not measured for this batch: %s", str(e).splitlines()[0][:200])
 
 
-def _orders_writer(ctx: BatchContext, customers: _Customers):
+def _orders_writer(ctx: BatchContext, customers: _Customers, publisher: Publisher | None = None):
+    """``publisher``: the run's transactional producer (``gold.publish``); made at the first batch
+    (its ids come from the checkpoint's query id) and closed when the run ends."""
     settings = ctx.settings
     (topic,) = ctx.flow.topics_written
 
     def write(batch, batch_id: int) -> None:
+        nonlocal publisher
         spark = batch.sparkSession
+        if publisher is None:
+            publisher = Publisher(settings, topic, ctx.flow.name, ctx.query_id(spark))
+            ctx.run.on_close(publisher.close)
         batch = batch.persist()  # read once: the enriched rows, the Kafka payload and the latency
         arrived: list = []
+        payload: list = []
         try:
             # Read the dimension at every micro-batch: a customer loaded or changed since the last
             # batch is used from this batch on.
             enriched = enrich_orders(batch, customers.read(spark))
             run_parallel([
                 lambda: ctx.append(enriched, "gold.orders_enriched", batch_id),
-                lambda: (enriched_payload(batch).write.format("kafka")
-                         .options(**streams.kafka_options(settings, topic=topic)).save()),
+                lambda: payload.extend(enriched_payload(batch).collect() if publisher.pending(batch_id) else ()),
                 lambda: _arrival(batch, arrived),
             ])
-            if arrived and arrived[0] is not None:  # event -> gold: Kafka timestamp to this batch's commit
+            # the table first, then the messages: one Kafka transaction with the batch id (``gold.publish``)
+            publisher.publish(batch_id, [(r.key, r.value) for r in payload])
+            if arrived and arrived[0] is not None:  # event -> gold: Kafka timestamp to this batch's publication
                 now_ms = int(time.time() * 1000)
                 ctx.count(batch_id, event_to_gold_max_ms=now_ms - int(arrived[0]),
                           event_to_gold_p50_ms=now_ms - int(arrived[1]))

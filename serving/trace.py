@@ -110,9 +110,10 @@ PUBLISH_MARGIN_S = 120  # a published message is within this of the commit of it
 
 
 def _published(settings: Settings, lake: NativeLake, order: dict, since: datetime) -> list[Node]:
-    """The order's messages in the enriched topic: the partition its key (customer_id) hashes to,
-    read around the time its gold.orders_enriched row was committed (gold publishes a batch and
-    appends it together), never before the order reached Kafka."""
+    """The order's committed messages in the enriched topic (read as a ``read_committed`` consumer:
+    a copy from an aborted transaction is not one), in the partition its key (customer_id) hashes
+    to, read around the time its gold.orders_enriched row was committed (gold appends a batch, then
+    publishes it), never before the order reached Kafka."""
     from kafka import TopicPartition
     from kafka.partitioner.default import murmur2
 
@@ -124,7 +125,7 @@ def _published(settings: Settings, lake: NativeLake, order: dict, since: datetim
     if written:
         start_ms = max(start_ms, int(written[0].timestamp() * 1000) - PUBLISH_MARGIN_S * 1000)
         end_ms = int(written[-1].timestamp() * 1000) + PUBLISH_MARGIN_S * 1000
-    consumer = kafka_consumer(settings, "lakehouse-trace", consumer_timeout_ms=3000)
+    consumer = kafka_consumer(settings, "lakehouse-trace", consumer_timeout_ms=3000, isolation_level="read_committed")
     try:
         partitions = sorted(consumer.partitions_for_topic(settings.topic_enriched) or ())
         if not partitions:

@@ -313,3 +313,27 @@ def check_checkpoint_sources(spark, settings) -> None:
         kafka = flow.topics_read  # one subscription to all its topics
         expected = len(flow.sources) - len(kafka) + (1 if kafka else 0)
         assert len(lines) == expected, f"{flow.name}: {len(lines)} sources in its checkpoint, graph says {expected}"
+
+
+def check_published(spark, settings, aborted: bool | None = None) -> None:
+    """A ``read_committed`` consumer of the enriched topic gets every order of
+    ``gold.orders_enriched`` exactly once, keyed by its customer, and nothing else. ``aborted``:
+    a ``read_uncommitted`` consumer also gets copies from aborted transactions (True: the crash
+    under test left some; False: none)."""
+    import json
+    from collections import Counter
+
+    from tests.helpers import read_topic
+
+    table = {r.order_id: r.customer_id for r in spark.read.format("delta").load(
+        settings.table_path("gold", "orders_enriched")).select("order_id", "customer_id").collect()}
+    messages = read_topic(settings, settings.topic_enriched)
+    seen = Counter(json.loads(m.value)["order_id"] for m in messages)
+    twice = sorted(o for o, n in seen.items() if n > 1)
+    assert not twice, f"published more than once: {twice[:5]} ({len(twice)} orders)"
+    assert set(seen) == set(table), (f"published != gold.orders_enriched: missing {sorted(set(table) - set(seen))[:3]}, "
+                                     f"extra {sorted(set(seen) - set(table))[:3]}")
+    assert all(m.key.decode() == table[json.loads(m.value)["order_id"]] for m in messages)
+    if aborted is not None:
+        everything = read_topic(settings, settings.topic_enriched, committed=False)
+        assert (len(everything) > len(messages)) == aborted, (len(everything), len(messages))

@@ -61,12 +61,14 @@ def run_stage_to_completion(settings: Settings, stage: str, log: Path, timeout: 
     assert rc == 0, log.read_text()[-3000:]
 
 
-def read_topic(settings: Settings, topic: str, timeout: float = 60) -> list:
+def read_topic(settings: Settings, topic: str, timeout: float = 60, committed: bool = True) -> list:
     """Every record of ``topic`` now in Kafka, read up to the partitions' end offsets taken at the
-    start (no idle timeout to wait out: the read ends when the last offset is in)."""
+    start (no idle timeout to wait out: the read ends when the last offset is in); as a
+    ``read_committed`` consumer (``committed=False``: ``read_uncommitted``, aborted records too)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
+                             isolation_level="read_committed" if committed else "read_uncommitted")
     try:
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         assert parts, f"topic {topic} has no partitions"

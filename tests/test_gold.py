@@ -15,7 +15,7 @@ from common.clients import minio_client
 from serving.native import NativeLake
 from app.runner import run
 from gold.transforms import TVA_RATE
-from tests.checks import HALF_CENT, check_gold, check_late
+from tests.checks import HALF_CENT, check_gold, check_late, check_published
 from tests.helpers import (
     delta_count,
     kill_hard,
@@ -66,11 +66,12 @@ def test_gold_equals_recomputation_and_enrichment_follows_customer_updates(spark
         else:
             assert not r.customer_known and r.nom is None
 
-    # publication: every valid order on commandes-enrichies with its TVA (at-least-once: dedupe by order_id)
+    # publication: every valid order on commandes-enrichies once (read_committed), with its TVA
     published = {}
     for m in read_topic(lake, lake.topic_enriched):
         v = json.loads(m.value)
         assert m.key.decode() == v["customer_id"]
+        assert v["order_id"] not in published, v
         published[v["order_id"]] = v
     assert set(published) == set(valid)
     for oid, v in published.items():
@@ -95,6 +96,7 @@ def test_gold_sigkill_replay_counts_nothing_twice(spark, lake, tmp_path):
     run(("bronze", "silver"), lake, "availableNow", spark=spark)
     run(("gold",), lake, "availableNow", spark=spark)  # the restart, in this process
     check_gold(spark, lake, ledger)
+    check_published(spark, lake)  # wherever the kill hit: each order once for read_committed
 
 
 def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake, tmp_path, capfd):
@@ -158,3 +160,36 @@ def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark
     assert rc == 1, text[-3000:]
     assert "error: query gold_kpis failed: " in text, text[-3000:]
     assert text.count("  started ") == len(dataflow.flows(lake, "gold"))  # the others had started, and were stopped
+
+
+def test_two_drivers_on_one_checkpoint_cannot_both_publish(lake):
+    """Two publishers of one query (same checkpoint, so the same transactional id): the one started
+    last fences the other, whose next transaction fails with one line; the ledger (batch ids in the
+    transactions) lets neither send a batch twice, and read_committed sees each record once."""
+    from gold.publish import PublicationFencedError, Publisher
+
+    records = [(f"CUST-{i:03d}", json.dumps({"order_id": f"ORD-{b}-{i}"})) for b in range(3) for i in range(4)]
+    batch = lambda b: records[4 * b:4 * b + 4]  # noqa: E731
+    first = Publisher(lake, lake.topic_enriched, "gold_orders", "query-1")
+    try:
+        assert first.publish(0, batch(0)) == 4
+        second = Publisher(lake, lake.topic_enriched, "gold_orders", "query-1")  # a second driver starts
+        try:
+            assert not second.pending(0) and second.pending(1)  # the ledger: batch 0 is out
+            with pytest.raises(PublicationFencedError, match="another driver now publishes for this checkpoint"):
+                first.publish(1, batch(1))
+            assert second.publish(0, batch(0)) == 0  # a replay of batch 0: not sent again
+            assert second.publish(1, batch(1)) == 4
+        finally:
+            second.close()
+        other = Publisher(lake, lake.topic_enriched, "gold_orders", "query-2")  # a new checkpoint: its own ledger
+        try:
+            assert other.pending(0)
+        finally:
+            other.close()
+    finally:
+        first.close()
+    got = [json.loads(m.value)["order_id"] for m in read_topic(lake, lake.topic_enriched)]
+    assert sorted(got) == sorted(json.loads(v)["order_id"] for _, v in batch(0) + batch(1))
+    # the fenced driver's batch 1 did not even reach the log: the broker refused its transaction
+    assert len(read_topic(lake, lake.topic_enriched, committed=False)) == 8

@@ -31,7 +31,7 @@ from app import dataflow
 from app.runner import plan_refresh, refresh, run
 from common.clients import kafka_admin, minio_client
 from gold.transforms import KPIS
-from tests.checks import _coords, check_bronze, check_gold, check_pipeline
+from tests.checks import _coords, check_bronze, check_gold, check_pipeline, check_published
 from tests.conftest import ROOT, settings_env
 from tests.helpers import (
     delta_count,
@@ -398,9 +398,40 @@ def test_batch_replayed_after_its_writes_committed_counts_once(spark, lake, tmp_
         removed.append(commits[-1])
     run(("gold",), lake, "availableNow", spark=spark)
     check_gold(spark, lake, ledger)
+    check_published(spark, lake, aborted=False)  # the ledger says published: not sent again
     for name in removed:  # the replayed batches committed again
         assert client.stat_object(lake.bucket, name)
 
+
+
+@pytest.mark.parametrize("point", ["before-commit", pytest.param("after-commit", marks=pytest.mark.slow)])
+def test_a_sigkill_around_the_publication_commit_publishes_each_order_once(spark, lake, tmp_path, point):
+    """The crash points exactly-once publication adds (``gold.publish``): gold's batch appended to
+    gold.orders_enriched, then the process group SIGKILLed with the batch's Kafka transaction open
+    (before-commit) or committed (after-commit), the checkpoint without the batch either way
+    (``tests/jobs/crash_at.py``). After a plain restart a read_committed consumer gets each order once.
+    (The test after-commit's in-process twin, without a kill: the replay above.)"""
+    ledger = produce_to(lake, tmp_path / "ledger.jsonl", 60, seed=71, **FAULTS)
+    run(("bronze", "silver"), lake, "availableNow", spark=spark)
+    log = tmp_path / "gold.log"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.jobs.crash_at", point, "run", "gold", "--trigger",
+                             "availableNow"], env={**settings_env(lake), "PYTHONUNBUFFERED": "1"}, cwd=ROOT,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert proc.wait(timeout=600) == -signal.SIGKILL, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            kill_hard(proc)
+    assert f"crash_at: SIGKILL of the process group at {point}" in log.read_text()
+    appended = delta_count(spark, lake.table_path("gold", "orders_enriched"))
+    assert appended > 0  # the table first: the batch was in it when the kill came
+    from tests.helpers import read_topic
+
+    visible = len(read_topic(lake, lake.topic_enriched))
+    assert visible == (appended if point == "after-commit" else 0)
+    run(("gold",), lake, "availableNow", spark=spark)  # the restart, in this process
+    check_gold(spark, lake, ledger)
+    check_published(spark, lake, aborted=point == "before-commit")
 
 # 8 -------------------------------------------------------------------------------------------
 def _event_log_text(spark, path) -> str:
