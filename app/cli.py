@@ -315,7 +315,9 @@ def _cmd_peek(args) -> int:
     settings = get_settings()
     ensure_topics_exist(settings, [args.topic])
     spark = get_spark(settings, app_name="lakehouse-peek")
-    df = (spark.read.format("kafka").options(**kafka_options(settings, [args.topic], startingOffsets="earliest")).load()
+    # read_committed: the records of aborted transactions (gold's publication after a crash) are not shown
+    df = (spark.read.format("kafka").options(**kafka_options(settings, [args.topic], startingOffsets="earliest",
+                                                             **{"kafka.isolation.level": "read_committed"})).load()
           .selectExpr("CAST(key AS STRING) AS key", "CAST(value AS STRING) AS value", "topic", "partition",
                       "offset", "timestamp")
           .orderBy("timestamp", "partition", "offset").limit(args.limit))
