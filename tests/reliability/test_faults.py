@@ -411,7 +411,7 @@ def test_a_sigkill_around_the_publication_commit_publishes_each_order_once(spark
     (before-commit) or committed (after-commit), the checkpoint without the batch either way
     (``tests/jobs/crash_at.py``). After a plain restart a read_committed consumer gets each order once.
     (The test after-commit's in-process twin, without a kill: the replay above.)"""
-    ledger = produce_to(lake, tmp_path / "ledger.jsonl", 60, seed=71, **FAULTS)
+    ledger = produce_to(lake, tmp_path / "ledger.jsonl", 60, seed=71, topics=[lake.topic_orders], **FAULTS)
     run(("bronze", "silver"), lake, "availableNow", spark=spark)
     log = tmp_path / "gold.log"
     proc = subprocess.Popen([sys.executable, "-m", "tests.jobs.crash_at", point, "run", "gold", "--trigger",
