@@ -223,10 +223,17 @@ _JVM_NOISE = (b"WARNING: Using incubator modules", b"SLF4J: ")
 _JVM_STACK = (b"\tat ", b"\t... ", b"Caused by: ", b"\tSuppressed: ")
 
 
-def _launch_quiet_gateway(builder) -> None:
-    """Start the JVM as pyspark would, with its stderr passed through a filter that drops
-    ``_JVM_NOISE`` and stack frames (everything else, log4j's console included, goes on to our
-    stderr)."""
+# Keys never given to the JVM on its command line (``ps`` shows it to every user of the machine):
+# they reach it through py4j when the session is created, after the JVM has started.
+_OFF_THE_COMMAND_LINE = ("spark.hadoop.fs.s3a.access.key", "spark.hadoop.fs.s3a.secret.key")
+
+
+def _launch_gateway(builder, quiet: bool = True) -> None:
+    """Start the JVM as pyspark would, but without the credentials on its command line
+    (``_OFF_THE_COMMAND_LINE``: ``getOrCreate`` then sets them in the new SparkContext's conf
+    through py4j; Spark's redaction hides them in the UI and the event log). ``quiet``: its stderr
+    goes through a filter that drops ``_JVM_NOISE`` and stack frames (everything else, log4j's
+    console included, goes on to our stderr)."""
     import subprocess
     import sys
     import threading
@@ -239,9 +246,12 @@ def _launch_quiet_gateway(builder) -> None:
             return
         conf = SparkConf(loadDefaults=False)
         for k, v in builder._options.items():
-            conf.set(k, v)
-        gateway = launch_gateway(conf, popen_kwargs={"stderr": subprocess.PIPE})
+            if k not in _OFF_THE_COMMAND_LINE:
+                conf.set(k, v)
+        gateway = launch_gateway(conf, popen_kwargs={"stderr": subprocess.PIPE} if quiet else None)
         SparkContext._gateway, SparkContext._jvm = gateway, gateway.jvm
+    if not quiet:
+        return
 
     def forward(stream) -> None:
         # keeps draining the pipe whatever happens to our stderr (closed, a pipe gone): a full pipe
@@ -333,8 +343,8 @@ def get_spark(settings: Settings | None = None, app_name: str = "lakehouse", wri
         options = builder._options.get("spark.driver.extraJavaOptions", "")
         builder = builder.config("spark.driver.extraJavaOptions", f"{options} {archive}".strip())
     with environment(SPARK_CONF_DIR=str(_archive_conf_dir())) if archive else nullcontext():
-        if not under_spark_submit() and settings.log_level != "DEBUG":
-            _launch_quiet_gateway(builder)
+        if not under_spark_submit():  # (spark-submit's JVM is already there, started by the user)
+            _launch_gateway(builder, quiet=settings.log_level != "DEBUG")
         spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("INFO" if settings.log_level == "DEBUG" else "WARN")
     jvm = spark.sparkContext._jvm

@@ -468,6 +468,23 @@ def test_no_s3_secret_in_logs_event_logs_or_printed_config(spark, lake, tmp_path
     leaks = [t[max(0, t.find(secret) - 80): t.find(secret)] for t in texts if secret in t]
     assert not leaks, f"S3 secret printed after: {leaks}"  # ...its value never is
     assert any("redacted" in json.dumps(e) for e in event_logs)
+    # nor on any process's command line (`ps -eo args` shows them to every user of the machine), this
+    # test session's JVM included: it reads the lake with the key, which reached it through py4j
+    from pathlib import Path
+
+    from pyspark import SparkContext
+
+    ours = Path(f"/proc/{SparkContext._gateway.proc.pid}/cmdline").read_bytes()
+    assert b"fs.s3a.endpoint=" in ours and b"fs.s3a.secret.key" not in ours
+    assert spark.sparkContext._jsc.hadoopConfiguration().get("fs.s3a.secret.key") == secret
+    on_a_command_line = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if secret.encode() in cmdline.read_bytes():
+                on_a_command_line.append(cmdline.parent.name)
+        except OSError:  # a process that just ended
+            pass
+    assert not on_a_command_line, f"S3 secret on the command line of processes {on_a_command_line}"
 
 
 # 9 -------------------------------------------------------------------------------------------
