@@ -269,6 +269,15 @@ def _launch_gateway(builder, quiet: bool = True) -> None:
     threading.Thread(target=forward, args=(gateway.proc.stderr,), name="jvm-stderr", daemon=True).start()
 
 
+def create_session(builder, settings: Settings):
+    """``builder.getOrCreate()`` (``builder``: ``configure``'s) with the JVM started by
+    ``_launch_gateway``: no credentials on its command line, its stderr quiet unless DEBUG. Under
+    spark-submit the JVM is already there, started by the user."""
+    if not under_spark_submit():
+        _launch_gateway(builder, quiet=settings.log_level != "DEBUG")
+    return builder.getOrCreate()
+
+
 def _leave_sigterm_to_python(jvm) -> None:
     """Make the JVM this process launched ignore SIGTERM, as pyspark's own launch makes it ignore
     SIGINT. A SIGTERM sent to the whole process group (``systemctl stop``, ``kill -- -<pgid>``, a
@@ -343,9 +352,7 @@ def get_spark(settings: Settings | None = None, app_name: str = "lakehouse", wri
         options = builder._options.get("spark.driver.extraJavaOptions", "")
         builder = builder.config("spark.driver.extraJavaOptions", f"{options} {archive}".strip())
     with environment(SPARK_CONF_DIR=str(_archive_conf_dir())) if archive else nullcontext():
-        if not under_spark_submit():  # (spark-submit's JVM is already there, started by the user)
-            _launch_gateway(builder, quiet=settings.log_level != "DEBUG")
-        spark = builder.getOrCreate()
+        spark = create_session(builder, settings)
     spark.sparkContext.setLogLevel("INFO" if settings.log_level == "DEBUG" else "WARN")
     jvm = spark.sparkContext._jvm
     if not under_spark_submit():

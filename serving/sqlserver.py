@@ -23,13 +23,13 @@ def serve(settings: Settings, port: int = 10000, host: str = "127.0.0.1", refres
         raise StackError(f"port {port} is already in use; choose another with --port")
     from pyspark.sql import SparkSession
 
-    from common.spark import configure
+    from common.spark import configure, create_session
 
     builder = (configure(SparkSession.builder, settings, app_name="lakehouse-sql-server")
                .config("spark.hive.server2.thrift.port", str(port))
                .config("spark.hive.server2.thrift.bind.host", host)
                .config("spark.sql.hive.thriftServer.singleSession", "true"))
-    spark = builder.getOrCreate()
+    spark = create_session(builder, settings)  # (no S3 key on the JVM's command line)
     spark.sparkContext.setLogLevel("WARN")
     tables = register_tables(spark, settings)
     jvm = spark.sparkContext._jvm

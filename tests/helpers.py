@@ -61,6 +61,19 @@ def run_stage_to_completion(settings: Settings, stage: str, log: Path, timeout: 
     assert rc == 0, log.read_text()[-3000:]
 
 
+def command_lines_with(text: str) -> list[int]:
+    """The pids of the processes whose command line holds ``text`` (``ps -eo args`` shows command
+    lines to every user of the machine)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:  # a process that just ended
+            pass
+    return found
+
+
 def read_topic(settings: Settings, topic: str, timeout: float = 60, committed: bool = True) -> list:
     """Every record of ``topic`` now in Kafka, read up to the partitions' end offsets taken at the
     start (no idle timeout to wait out: the read ends when the last offset is in); as a
@@ -160,7 +173,7 @@ def lakehouse_process(settings: Settings, *args: str, env: dict[str, str] | None
 
 
 __all__ = ["produce_to", "delta_count", "start_stage_process", "kill_hard", "run_stage_to_completion", "wait_until",
-           "lakehouse", "lakehouse_process", "CliResult", "read_topic"]
+           "lakehouse", "lakehouse_process", "CliResult", "read_topic", "command_lines_with"]
 
 
 def user_lines(stderr: str) -> list[str]:

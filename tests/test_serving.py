@@ -15,7 +15,7 @@ import pytest
 from common.clients import port_open
 from devstack.stack import wait_until
 from tests.conftest import ROOT, settings_env
-from tests.helpers import kill_hard, lakehouse
+from tests.helpers import command_lines_with, kill_hard, lakehouse
 
 pytestmark = pytest.mark.stack
 QUERY = "SELECT customer_id, nb_commandes FROM gold.customer_order_kpis ORDER BY customer_id"
@@ -48,6 +48,7 @@ def test_sql_cli_spark_sql_shell_and_thrift_server_return_the_same_rows(spark, l
                    180, "the Thrift server")
         assert server.poll() is None, (tmp_path / "thrift.log").read_text()[-2000:]
         assert port_open("127.0.0.1", port)
+        assert not command_lines_with(lake.s3_secret_key), "S3 secret on a process's command line"
         import pyspark
 
         beeline = Path(pyspark.__file__).parent / "bin" / "beeline"

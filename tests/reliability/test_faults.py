@@ -34,6 +34,7 @@ from gold.transforms import KPIS
 from tests.checks import _coords, check_bronze, check_gold, check_pipeline, check_published
 from tests.conftest import ROOT, settings_env
 from tests.helpers import (
+    command_lines_with,
     delta_count,
     kill_hard,
     produce_to,
@@ -477,14 +478,7 @@ def test_no_s3_secret_in_logs_event_logs_or_printed_config(spark, lake, tmp_path
     ours = Path(f"/proc/{SparkContext._gateway.proc.pid}/cmdline").read_bytes()
     assert b"fs.s3a.endpoint=" in ours and b"fs.s3a.secret.key" not in ours
     assert spark.sparkContext._jsc.hadoopConfiguration().get("fs.s3a.secret.key") == secret
-    on_a_command_line = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if secret.encode() in cmdline.read_bytes():
-                on_a_command_line.append(cmdline.parent.name)
-        except OSError:  # a process that just ended
-            pass
-    assert not on_a_command_line, f"S3 secret on the command line of processes {on_a_command_line}"
+    assert not command_lines_with(secret), "S3 secret on a process's command line"
 
 
 # 9 -------------------------------------------------------------------------------------------
