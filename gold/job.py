@@ -108,11 +108,12 @@ def _arrival(batch, out: list) -> None:
         log.warning("event -> gold latency not measured for this batch: %s", str(e).splitlines()[0][:200])
 
 
-def _orders_writer(ctx: BatchContext, customers: _Customers, publisher: Publisher | None = None):
-    """``publisher``: the run's transactional producer (``gold.publish``); made at the first batch
-    (its ids come from the checkpoint's query id) and closed when the run ends."""
+def _orders_writer(ctx: BatchContext, customers: _Customers):
     settings = ctx.settings
     (topic,) = ctx.flow.topics_written
+    # the run's transactional producer (``gold.publish``): made at the first batch (its ids come
+    # from the checkpoint's query id), closed when the run ends
+    publisher: Publisher | None = None
 
     def write(batch, batch_id: int) -> None:
         nonlocal publisher
