@@ -19,9 +19,9 @@ class BatchContext:
     checkpoint's own query id (read once from the checkpoint) and the table - and the batch id.
     Within one run Spark executes each batch id once, in increasing order; only the first batch a
     run executes can be a replay of one the previous run was writing when it stopped. So the first
-    write of a run to each table looks up the last batch this writer committed there (the tags of
-    the table's recent commits, plus Delta's txnAppId for commits of earlier versions of the project)
-    and skips a batch already there; later writes need no lookup (a txnAppId lookup on every commit
+    write of a run to each table looks up the last batch this writer committed there (the tag of
+    its last commit; when the table holds none from this writer, Delta's txnAppId too, for commits
+    of earlier, txn-only versions of the project) and skips a batch already there; later writes need no lookup (a txnAppId lookup on every commit
     reconstructed the table's state: ~0.7 s per table per batch). A new checkpoint gets a new query
     id, so its batch 0 is never mistaken for a replay of the old checkpoint's batch 0; and a run
     that started on a new checkpoint has nothing to look up (no commit carries the new id yet),
@@ -70,7 +70,9 @@ class BatchContext:
         return f"{self.flow.name}:{self.query_id(spark)}:{table.split('.', 1)[1]}"
 
     def _should_write(self, spark, table: str, batch_id: int) -> tuple[str, str, bool] | None:
-        """(path, app id, first write of the run) for a batch the table does not hold yet, else None."""
+        """(path, app id, ask Delta's txnAppId too) for a batch the table does not hold yet, else None:
+        Delta's check costs a state reconstruction of the table (~0.7 s here), needed only at a run's
+        first write to a table that holds no tagged commit of this writer."""
         from common.tables import last_committed_batch
 
         path = self.path(table)
@@ -83,7 +85,7 @@ class BatchContext:
             log.info("%s batch %d: already in %s (a replay after a restart), skipped", self.flow.name, batch_id,
                      table)
             return None
-        return path, app_id, first
+        return path, app_id, first and self._last[table] < 0
 
     def holds(self, spark, table: str, batch_id: int) -> bool:
         """The table already holds this batch (a replay after a restart)."""
@@ -97,9 +99,9 @@ class BatchContext:
 
         todo = self._should_write(df.sparkSession, table, batch_id)
         if todo:
-            path, app_id, first = todo
+            path, app_id, txn = todo
             with self._committing(table, batch_id):
-                append_batch(df, path, app_id, batch_id, txn=first, merge_schema=merge_schema, **tag)
+                append_batch(df, path, app_id, batch_id, txn=txn, merge_schema=merge_schema, **tag)
             self.run.compactor.committed(df.sparkSession, path, self.settings.compact_every)
 
     def replace(self, df, table: str, batch_id: int, **tag) -> None:
@@ -111,10 +113,10 @@ class BatchContext:
 
         todo = self._should_write(df.sparkSession, table, batch_id)
         if todo:
-            path, app_id, first = todo
+            path, app_id, txn = todo
             with self._committing(table, batch_id):
                 deltars.replace(df, path, self.settings, commit_tag(app_id, batch_id, **tag),
-                                txn=(app_id, batch_id) if first else None)
+                                txn=(app_id, batch_id) if txn else None)
             self._replaced[table] = self._replaced.get(table, 0) + 1
             every = self.settings.compact_every
             if every and self._replaced[table] % every == 0:

@@ -26,7 +26,7 @@ import json
 import logging
 
 from common.fs import Fs
-from common.tables import commit_metadata
+from common.tables import commit_metadata, table_id
 
 log = logging.getLogger("lakehouse.gold")
 
@@ -48,12 +48,9 @@ class SilverWatermarks:
 
     def __init__(self, spark, checkpoint: str, tables: dict[str, str]):
         """``tables``: silver table -> path (the query's sources)."""
-        from delta.tables import DeltaTable
-
         self.checkpoint = checkpoint
         self.paths = tables
-        self.by_id = {DeltaTable.forPath(spark, path).detail().collect()[0].id: table
-                      for table, path in tables.items()}
+        self.by_id = {table_id(spark, path): table for table, path in tables.items()}
         self._last: dict[str, tuple[int, int | None]] = {}  # table -> (version, its watermark), last answer
 
     def at(self, spark, batch_id: int) -> dict[str, int | None]:
