@@ -31,7 +31,8 @@ def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
     from delta.tables import DeltaTable
     from pyspark.sql.types import StructField, StructType
 
-    if not is_delta_table(spark, path):
+    current = snapshot(spark, path)  # one listing of its log: does it exist, its columns, its constraints
+    if current.version() < 0:
         required = set(not_null)
         schema = StructType([StructField(f.name, f.dataType, f.nullable and f.name not in required)
                              for f in empty_df.schema.fields])
@@ -44,13 +45,13 @@ def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
         except Exception as e:  # another process may have created it first
             if not is_delta_table(spark, path):
                 raise SetupError(f"cannot create Delta table {path}: {str(e).splitlines()[0]}") from None
-    else:
-        have = {f.name for f in spark.read.format("delta").load(path).schema.fields}
-        new = [f for f in empty_df.schema.fields if f.name not in have]
-        if new:
-            spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ("
-                      + ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new) + ")")
-    existing = _constraints(spark, path) if checks else set()
+            current = snapshot(spark, path)
+    have = set(current.schema().fieldNames())
+    new = [f for f in empty_df.schema.fields if f.name not in have]
+    if new:
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ("
+                  + ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new) + ")")
+    existing = _constraints(spark, current) if checks else set()
     for name, predicate in (checks or {}).items():
         if name.lower() not in existing:
             spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({predicate})")
@@ -65,9 +66,10 @@ def ensure_all(spark, specs) -> None:
     run_parallel([lambda p=path, df=df, kw=options: ensure_table(spark, p, df, **kw) for path, df, options in specs])
 
 
-def _constraints(spark, path: str) -> set[str]:
-    props = spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()
-    return {r.key[len("delta.constraints."):].lower() for r in props if r.key.startswith("delta.constraints.")}
+def _constraints(spark, current) -> set[str]:
+    """The CHECK constraints of a table's snapshot (``snapshot``), lower case."""
+    config = spark._jvm.scala.jdk.javaapi.CollectionConverters.asJava(current.metadata().configuration())
+    return {k[len("delta.constraints."):].lower() for k in config.keySet() if k.startswith("delta.constraints.")}
 
 
 # How far back a restart looks for the batch its previous run was writing: that writer's last
