@@ -28,6 +28,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
+from common.batches import run_parallel
 from common.settings import OPS, Settings, interval_seconds
 
 log = logging.getLogger("lakehouse.eventlog")
@@ -147,23 +148,25 @@ class EventLog:
             self.flush()
 
     def flush(self) -> None:
-        """Append the buffered rows, one commit per stage table. A failed append keeps its rows for
-        the next try (storage briefly down); the log never stops a query."""
+        """Append the buffered rows, one commit per stage table, side by side. A failed append keeps
+        its rows for the next try (storage briefly down); the log never stops a query."""
+        def append(stage: str, rows: list) -> None:
+            try:
+                path = table_path(self._settings, stage)
+                (self._spark.createDataFrame(rows, SCHEMA_DDL).coalesce(1).write.format("delta").mode("append")
+                 .option("mergeSchema", "true")  # a log written by an older version gains the new columns
+                 .save(path))
+                self._compactor.committed(self._spark, path, self._settings.compact_every)
+            except Exception as e:  # noqa: BLE001 - best effort, retried at the next interval
+                log.warning("event log: could not append %d rows for %s (%s); retrying in %.0f s",
+                            len(rows), stage, str(e).splitlines()[0][:200], self._interval)
+                with self._lock:
+                    self._rows[stage] = rows + self._rows.get(stage, [])
+
         with self._flushing:
             with self._lock:
                 pending, self._rows = self._rows, {}
-            for stage, rows in pending.items():
-                try:
-                    path = table_path(self._settings, stage)
-                    (self._spark.createDataFrame(rows, SCHEMA_DDL).coalesce(1).write.format("delta").mode("append")
-                     .option("mergeSchema", "true")  # a log written by an older version gains the new columns
-                     .save(path))
-                    self._compactor.committed(self._spark, path, self._settings.compact_every)
-                except Exception as e:  # noqa: BLE001 - best effort, retried at the next interval
-                    log.warning("event log: could not append %d rows for %s (%s); retrying in %.0f s",
-                                len(rows), stage, str(e).splitlines()[0][:200], self._interval)
-                    with self._lock:
-                        self._rows[stage] = rows + self._rows.get(stage, [])
+            run_parallel([lambda stage=stage, rows=rows: append(stage, rows) for stage, rows in pending.items()])
 
     def close(self, queries=(), wait_s: float = 10.0) -> None:
         """Stop the interval writer and append what is buffered, once the last batch of each of
