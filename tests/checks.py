@@ -223,19 +223,21 @@ def check_late(spark, settings, ledger) -> set[tuple]:
     return set(late)
 
 
-def check_silver_against_ledger(spark, settings, ledger):
-    oracle = SilverOracle(ledger, settings, check_late(spark, settings, ledger))
-    orders = _table(spark, settings, "orders")
-    order_ids = [r.order_id for r in orders.select("order_id").collect()]
+def check_silver_against_ledger(spark, settings, ledger, late: set[tuple] | None = None):
+    """silver against the ledger's oracle; ``late``: ``check_late``'s result when the caller has
+    it already (it is checked here otherwise)."""
+    oracle = SilverOracle(ledger, settings, check_late(spark, settings, ledger) if late is None else late)
+    orders = _table(spark, settings, "orders").select("order_id", "total", "customer_id").collect()
+    order_ids = [r.order_id for r in orders]
     assert len(order_ids) == len(set(order_ids)), "duplicate order in silver.orders"
     assert set(order_ids) == set(oracle.valid_orders())
-    for r in orders.select("order_id", "total", "customer_id").collect():
+    for r in orders:
         o = oracle.valid_orders()[r.order_id]
         assert (r.total, r.customer_id) == (o["total"], o["customer_id"])
-    items = {(r.order_id, r.line, r.product_id, r.quantity, round(r.subtotal, 2))
-             for r in _table(spark, settings, "order_items").collect()}
+    rows = _table(spark, settings, "order_items").collect()
+    items = {(r.order_id, r.line, r.product_id, r.quantity, round(r.subtotal, 2)) for r in rows}
     assert items == oracle.items()
-    assert _table(spark, settings, "order_items").count() == len(oracle.items())
+    assert len(rows) == len(oracle.items())
 
     q = {(r.topic, r.partition, r.offset): r.reason for r in _table(spark, settings, "quarantine").collect()}
     assert q == oracle.quarantine()
@@ -244,7 +246,7 @@ def check_silver_against_ledger(spark, settings, ledger):
     # accounting identity, per source: bronze = silver + quarantine + duplicates dropped + late
     for kind, topic, table in (("orders", settings.topic_orders, "orders"), ("logs", settings.topic_logs, "logs"),
                                ("metrics", settings.topic_metrics, "metrics")):
-        silver_n = _table(spark, settings, table).count()
+        silver_n = len(orders) if table == "orders" else _table(spark, settings, table).count()
         assert silver_n == oracle.valid_count(kind), (kind, silver_n, oracle.valid_count(kind))
         q_n = sum(1 for c in q if c[0] == topic)
         late_n = sum(1 for c in late if c[0] == topic)
@@ -273,10 +275,12 @@ def gold_rows(settings, name: str, kpi) -> dict:
     return out
 
 
-def check_gold(spark, settings, ledger):
+def check_gold(spark, settings, ledger, late: set[tuple] | None = None):
     """Each KPI's folder holds one final row per window silver's watermark has passed, and its
-    ``_open`` folder the other windows, each equal to the oracle's to the cent."""
-    oracle = GoldOracle(SilverOracle(ledger, settings, check_late(spark, settings, ledger)), settings)
+    ``_open`` folder the other windows, each equal to the oracle's to the cent (``late``: as in
+    ``check_silver_against_ledger``)."""
+    late = check_late(spark, settings, ledger) if late is None else late
+    oracle = GoldOracle(SilverOracle(ledger, settings, late), settings)
     for kpi in KPIS:
         for name, want in zip((kpi.name, kpi.name + OPEN_SUFFIX), oracle.split(kpi)):
             got = gold_rows(settings, name, kpi)
@@ -294,8 +298,9 @@ def check_bronze(spark, settings, ledger):
 
 def check_pipeline(spark, settings, ledger):
     check_bronze(spark, settings, ledger)
-    check_silver_against_ledger(spark, settings, ledger)
-    check_gold(spark, settings, ledger)
+    late = check_late(spark, settings, ledger)  # once: both layers' oracles start from it
+    check_silver_against_ledger(spark, settings, ledger, late)
+    check_gold(spark, settings, ledger, late)
 
 
 def check_checkpoint_sources(spark, settings) -> None:
