@@ -13,7 +13,7 @@ import pytest
 from app import dataflow
 from common.errors import CheckpointError
 from app.runner import reset, run
-from tests.checks import _coords, _ledger_coords, check_gold, check_silver_against_ledger
+from tests.checks import _coords, _ledger_coords, check_gold, check_late, check_silver_against_ledger
 from tests.helpers import produce_to
 
 pytestmark = pytest.mark.stack
@@ -40,8 +40,9 @@ def test_new_checkpoint_resumes_bronze_and_refuses_then_rebuilds_silver(spark, l
     assert lake.table_path("gold", "orders_enriched") in deleted  # what follows silver goes too
     assert not any("/bronze/" in p for p in deleted)  # bronze is never part of a later stage's reset
     run(("silver", "gold"), moved, "availableNow", spark=spark)
-    check_silver_against_ledger(spark, moved, ledger)
-    check_gold(spark, moved, ledger)
+    late = check_late(spark, moved, ledger)
+    check_silver_against_ledger(spark, moved, ledger, late)
+    check_gold(spark, moved, ledger, late)
 
 
 def _probe(spark, lake, *tables: str):

@@ -83,18 +83,19 @@ def test_records_sent_behind_the_watermark_go_to_the_late_ledger_with_it(spark, 
     # the late records' window was closed: it is as it was, once; gold holds every on-time order
     after = gold_rows(lake, "customer_minute_totals", kpi_named("customer_minute_totals"))
     assert {k: v for k, v in after.items() if k in closed} == closed
-    check_gold(spark, lake, ledger)
+    late = check_late(spark, lake, ledger)
+    check_gold(spark, lake, ledger, late)
 
     def late_sent(recs):
         return {(r["topic"], r["partition"], r["offset"]) for r in recs if r["fault"] == "late"}
 
     assert len(late_sent(early)) == 5 and len(late_sent(behind)) == 15
-    assert check_late(spark, lake, ledger) == late_sent(behind) - late_sent(early)
+    assert late == late_sent(behind) - late_sent(early)
     watermark = (T0 + timedelta(hours=1, seconds=19) - timedelta(minutes=5)).replace(tzinfo=None)
     rows = _table(spark, lake, "late_records").collect()
     assert {r.watermark for r in rows} == {watermark}
     assert all(r.dropped_by.startswith("silver") and 24 * 60 < r.lateness_seconds < 25 * 60 for r in rows)
-    check_silver_against_ledger(spark, lake, ledger)  # everything else in silver, the counts add up
+    check_silver_against_ledger(spark, lake, ledger, late)  # everything else in silver, the counts add up
     outcomes = {(r.batch_id, r.rule): r.failed for r in _table(spark, lake, "rule_outcomes").collect()
                 if r.table == "orders"}
     assert [outcomes.get((b, "route:late"), 0) for b in range(4)] == [0, 0, 10, 0]

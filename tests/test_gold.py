@@ -47,9 +47,9 @@ def test_gold_equals_recomputation_and_enrichment_follows_customer_updates(spark
     customers.load(spark, lake, second)
     ledger = produce_to(lake, ledger_path, 200, seed=22, customers=4, **FAULTS)
     run(("bronze", "silver", "gold"), lake, "availableNow", spark=spark)
-    check_gold(spark, lake, ledger)
-
     late = check_late(spark, lake, ledger)  # the second batch is judged by the first one's watermark
+    check_gold(spark, lake, ledger, late)
+
     valid1 = set(SilverOracle(ledger1, lake, late).valid_orders())
     valid = SilverOracle(ledger, lake, late).valid_orders()
     enriched = {r.order_id: r for r in spark.read.format("delta").load(lake.table_path("gold", "orders_enriched")).collect()}

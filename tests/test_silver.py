@@ -101,11 +101,11 @@ def test_a_copy_on_time_by_event_time_is_dropped_though_a_shorter_delay_moved_th
     each at its own delay, the shortest (metrics, 1 s here) set it, and an order's key went after
     50 + 1 s of processing: a copy sent later, still on time by event time (the orders' watermark
     had not moved), landed in silver.orders twice (the hour-long soak found 11). Each key now
-    lives 2 x its source's delay (``silver.transforms.dedupe``). (The orders' delay is 50 s, not
-    the default 5 minutes, so that the test waits 55 s of processing time; it was 60 s and 75 s before.)"""
+    lives 2 x its source's delay (``silver.transforms.dedupe``). (The orders' delay is 30 s, not
+    the default 5 minutes, so that the test waits 35 s of processing time; it was 55, 60 and 75 s before.)"""
     from kafka import KafkaProducer
 
-    settings = lake.with_overrides(watermark_orders="50 seconds", watermark_logs="1 second",
+    settings = lake.with_overrides(watermark_orders="30 seconds", watermark_logs="1 second",
                                    watermark_metrics="1 second")
     ledger_path = tmp_path / "ledger.jsonl"
     start = datetime(2026, 1, 18, 10, 0, tzinfo=timezone.utc)
@@ -115,10 +115,10 @@ def test_a_copy_on_time_by_event_time_is_dropped_though_a_shorter_delay_moved_th
     produce_to(settings, ledger_path, 5, seed=6, topics=(settings.topic_logs, settings.topic_metrics),
                start_time=start + timedelta(seconds=30), event_spacing=1.0)  # after batch 0's: none late
     run(("bronze",), settings, "availableNow", spark=spark)
-    wait_until(lambda: time.time() > t0 + 55, 120, "55 s of processing time after silver's first batch")
+    wait_until(lambda: time.time() > t0 + 35, 120, "35 s of processing time after silver's first batch")
     run(("silver",), settings, "availableNow", spark=spark)              # batch 1: logs and metrics
     gap = _batch_time(spark, settings, 1) - t0
-    assert 51 < gap < 100, gap  # past 50 + 1 s (the keys' old lifetime), within 2 x 50 s (the new one)
+    assert 31 < gap < 60, gap  # past 30 + 1 s (the keys' old lifetime), within 2 x 30 s (the new one)
     ledger = produce_to(settings, ledger_path, 5, seed=7, topics=(settings.topic_logs,),
                         start_time=start + timedelta(seconds=40), event_spacing=1.0)
     run(("bronze", "silver"), settings, "availableNow", spark=spark)     # batch 2 evicts by batch 1's watermark
