@@ -89,8 +89,15 @@ def commit_metadata(spark, path: str, version: int) -> dict | None:
     commit file alone; None for an untagged commit (OPTIMIZE, DDL) or a file cleaned up."""
     from common.fs import Fs
 
-    text = Fs(spark).read_text(f"{path}/_delta_log/{version:020d}.json")
-    for line in (text or "").splitlines():
+    return _tag_of(Fs(spark).read_text(_commit_file(path, version)))
+
+
+def _commit_file(path: str, version: int) -> str:
+    return f"{path}/_delta_log/{version:020d}.json"
+
+
+def _tag_of(commit_text: str | None) -> dict | None:
+    for line in (commit_text or "").splitlines():
         if '"commitInfo"' not in line:
             continue
         try:
@@ -120,14 +127,29 @@ def last_committed_batch(spark, path: str, app_id: str, depth: int = HISTORY_DEP
     writer's last commit, looked for from the table's latest version back, at most ``depth``
     commits, one commit file each (a writer's batch ids only grow, so its last commit holds the
     highest; usually the latest version: one read, where the history of 200 commits read them all,
-    ~1 s per table at a restart)."""
+    ~1 s per table at a restart). The walk also stops, with -1, at a commit file cleaned up (Delta
+    removes the oldest first: none older is left) and at a commit of an earlier checkpoint of the
+    same query and table (``<flow>:<other query id>:<table>``: a checkpoint replaces another, never
+    runs between its commits, so this writer has none before it) - a writer that never wrote a
+    table reads a few commit files, not ``depth``."""
+    from common.fs import Fs
+
+    fs = Fs(spark)
+    flow, _, rest = app_id.partition(":")
+    table = rest.rpartition(":")[2]
     latest = int(snapshot(spark, path).version())
     for version in range(latest, max(-1, latest - depth), -1):
-        tag = commit_metadata(spark, path, version)
-        if tag and tag.get("writer") == app_id:
+        text = fs.read_text(_commit_file(path, version))
+        if text is None:
+            return -1
+        tag = _tag_of(text) or {}
+        writer = tag.get("writer")
+        if writer == app_id:
             batch = tag.get("batch")
             if isinstance(batch, int) and not isinstance(batch, bool):
                 return batch
+        elif isinstance(writer, str) and writer.startswith(f"{flow}:") and writer.endswith(f":{table}"):
+            return -1
     if latest + 1 > depth:
         log.warning("%s: none of its last %d commits is from writer %s; if that writer committed before them, "
                     "a batch it replays now is written again", path, depth, app_id)

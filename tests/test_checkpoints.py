@@ -63,7 +63,7 @@ def _history(spark, path):
     return spark.sql(f"DESCRIBE HISTORY delta.`{path}`").orderBy("version").collect()
 
 
-def test_a_restart_skips_the_batch_its_table_already_holds(spark, lake):
+def test_a_restart_skips_the_batch_its_table_already_holds(spark, lake, monkeypatch):
     """The exactly-once rule of every foreachBatch write (batches.BatchContext): a new run of the
     same checkpoint (same query id) skips a batch the table already holds, writes the next one; a
     new checkpoint (new query id) is never taken for a replay; only a run's first write looks up."""
@@ -103,6 +103,19 @@ def test_a_restart_skips_the_batch_its_table_already_holds(spark, lake):
     txn = (spark.read.option("pathGlobFilter", "*.json").json(f"{path}/_delta_log").where("txn IS NOT NULL")
            .select("txn.version").collect())
     assert sorted(r.version for r in txn) == [7]
+
+    # the look-up reads commit files from the latest back, and stops at the first of another
+    # checkpoint of the same query and table (checkpoints replace each other): a writer that never
+    # wrote the table reads one file here, not 200
+    from common.fs import Fs
+    from common.tables import last_committed_batch
+
+    reads: list[str] = []
+    read_text = Fs.read_text
+    monkeypatch.setattr(Fs, "read_text", lambda self, p: reads.append(p) or read_text(self, p))
+    assert last_committed_batch(spark, path, "probe:q2:replay_probe") == 0 and len(reads) == 1
+    assert last_committed_batch(spark, path, "probe:q3:replay_probe") == -1 and len(reads) == 2
+    assert last_committed_batch(spark, path, "other:q9:replay_probe") == -1 and len(reads) == 2 + versions + 2
 
 
 def test_a_batch_committed_by_an_earlier_txn_only_version_is_skipped(spark, lake):
