@@ -21,8 +21,9 @@ class BatchContext:
     run executes can be a replay of one the previous run was writing when it stopped. So the first
     write of a run to each table looks up the last batch this writer committed there (the tag of
     its last commit; when the table holds none from this writer, Delta's txnAppId too, for commits
-    of earlier, txn-only versions of the project) and skips a batch already there; later writes need no lookup (a txnAppId lookup on every commit
-    reconstructed the table's state: ~0.7 s per table per batch). A new checkpoint gets a new query
+    of earlier, txn-only versions of the project) and skips a batch already there; later writes
+    need no lookup (a txnAppId lookup on every commit reconstructed the table's state: ~0.7 s per
+    table per batch). A new checkpoint gets a new query
     id, so its batch 0 is never mistaken for a replay of the old checkpoint's batch 0; and a run
     that started on a new checkpoint has nothing to look up (no commit carries the new id yet),
     which spares a new lake's first batch one history read and one state reconstruction per table.
