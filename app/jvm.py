@@ -44,6 +44,7 @@ def build_class_archive(settings: Settings, force: bool = False) -> tuple[Path, 
 
     target = class_archive()
     if target.exists() and not force:
+        _prune(target)
         return target, None
     if not settings.is_s3:
         raise SetupError("`lakehouse setup jvm` runs the pipeline on the local stack: LAKEHOUSE_LAKE_ROOT "
@@ -69,12 +70,37 @@ def build_class_archive(settings: Settings, force: bool = False) -> tuple[Path, 
         except Exception as e:  # noqa: BLE001 - leftovers of a scratch run are no reason to fail
             log.warning("the scratch lake or topics of `lakehouse setup jvm` (%s*) are left: %s",
                         _SCRATCH, str(e).splitlines()[0] if str(e) else type(e).__name__)
-    for old in target.parent.glob("classes-*"):  # archives of earlier jars or JDKs, a killed run's file
-        writer = re.search(r"\.(\d+)\.tmp$", old.name)
-        stale_tmp = writer is not None and not pid_alive(int(writer.group(1)))
-        if old != target and (old.suffix == ".jsa" or stale_tmp):
-            old.unlink(missing_ok=True)
+    _prune(target)
     return target, time.monotonic() - t0
+
+
+# An archive or Spark home of the user's cache that no `lakehouse setup jvm` asked for in this long
+# belongs to pins or a JDK no clone uses any more (clones at other pins keep theirs meanwhile).
+_UNUSED_DAYS = 14
+
+
+def _prune(target: Path) -> None:
+    """Mark ``target`` and its Spark home as in use; delete the archives and Spark homes of the user's
+    cache unused for ``_UNUSED_DAYS`` days, and the file of a killed archive run."""
+    import shutil
+
+    from common.jars import _MANIFEST, spark_home
+
+    home = spark_home()
+    now = time.time()
+    for used in (target, home / _MANIFEST):
+        os.utime(used)
+    for old in target.parent.glob("classes-*"):
+        writer = re.search(r"\.(\d+)\.tmp$", old.name)
+        if writer is not None:
+            if not pid_alive(int(writer.group(1))):
+                old.unlink(missing_ok=True)
+        elif old.suffix == ".jsa" and now - old.stat().st_mtime > _UNUSED_DAYS * 86400:
+            old.unlink(missing_ok=True)
+    for old in home.parent.iterdir():
+        marker = old / _MANIFEST
+        if old != home and marker.exists() and now - marker.stat().st_mtime > _UNUSED_DAYS * 86400:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _drop_scratch(settings: Settings) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -91,6 +92,39 @@ def pyspark_jars_dir() -> Path:
     import pyspark
 
     return Path(pyspark.__file__).parent / "jars"
+
+
+def spark_home() -> Path:
+    """pyspark's launch layout (``bin/`` and ``jars/``) in the user's cache, one per pyspark build:
+    the Spark home of the local JVMs that map the class archive (``common.spark.class_archive``).
+    JDK 17 maps an archive only under the classpath it was written with, path for path, with each
+    jar's size and mtime (an archive cannot move before JDK 20, JDK-8279366), and each clone's
+    virtualenv holds its own pyspark under its own path with its own mtimes; from here every clone
+    launches with one classpath and maps one archive, written once per machine. The jars are hard
+    links to the first clone's where the file system allows (copies elsewhere), so the entry
+    outlives that clone and costs no space while it lives."""
+    import pyspark
+
+    src = pyspark_jars_dir().parent
+    jars_ = sorted(pyspark_jars_dir().glob("*.jar"))
+    key = hashlib.sha256("\n".join(f"{j.name}:{j.stat().st_size}" for j in jars_).encode()).hexdigest()[:16]
+    home = cache_root() / "spark-home" / f"pyspark-{pyspark.__version__}-{key}"
+    marker = home / _MANIFEST
+
+    def fill(folder: Path) -> None:
+        shutil.copytree(src / "bin", folder / "bin")  # (modes kept: the launch scripts stay executable)
+        (folder / "jars").mkdir()
+        for jar in jars_:
+            try:
+                os.link(jar, folder / "jars" / jar.name)
+            except OSError:  # another file system
+                shutil.copy2(jar, folder / "jars" / jar.name)
+        (folder / _MANIFEST).write_text(json.dumps({"pyspark": pyspark.__version__, "from": str(src),
+                                                    "jars": len(jars_)}) + "\n")
+
+    if not marker.exists():
+        publish(home, fill, marker.exists)
+    return home
 
 
 def fetch(name: str, *, quiet: bool = False) -> list[Path]:

@@ -300,6 +300,9 @@ def _leave_sigterm_to_python(jvm) -> None:
 # JVM this process launches with a local master: under spark-submit the JVM already runs, and a
 # cluster's executors have their own. The JVM checks the archive against its own build and
 # classpath and, should they differ, loads the classes as usual, silently (the -Xlog options).
+# The archive, and the Spark home and conf folder of the JVMs that map it, live in the user's cache:
+# one per machine and pins, not one per clone (JDK 17 compares the classpath's paths; see
+# `jars.spark_home`).
 _QUIET_CDS = "-Xlog:cds=off -Xlog:cds+dynamic=off"
 
 
@@ -310,19 +313,20 @@ def class_archive() -> Path:
     import shutil
 
     h = hashlib.sha256(os.path.realpath(shutil.which("java") or "java").encode())
-    for jar in sorted(jars.pyspark_jars_dir().glob("*.jar")) + jars.jars("spark"):
+    for jar in sorted((jars.spark_home() / "jars").glob("*.jar")) + jars.jars("spark"):
         st = jar.stat() if jar.exists() else None
         h.update(f"{jar}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}\n".encode())
-    return project_cache() / "jvm" / f"classes-{h.hexdigest()[:16]}.jsa"
+    return jars.cache_root() / "jvm" / f"classes-{h.hexdigest()[:16]}.jsa"
 
 
-def _archive_conf_dir() -> Path:
-    """spark-submit puts its conf folder on the JVM's classpath, and the JVM maps an archive only
-    with no non-empty folder there: the JVMs using the archive get an empty one (this launch sets
+def _archive_launch() -> dict[str, str]:
+    """The environment of a launch that maps (or writes) the archive: the Spark home in the user's
+    cache, and an empty conf folder there too - spark-submit puts its conf folder on the JVM's
+    classpath, and the JVM maps an archive only with no non-empty folder there (this launch sets
     every setting of spark-defaults.conf itself)."""
-    d = project_cache() / "jvm" / "conf"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    conf = jars.cache_root() / "jvm" / "conf"
+    conf.mkdir(parents=True, exist_ok=True)
+    return {"SPARK_HOME": str(jars.spark_home()), "SPARK_CONF_DIR": str(conf)}
 
 
 def _archive_options(settings: Settings, write_to: Path | None) -> str:
@@ -351,7 +355,7 @@ def get_spark(settings: Settings | None = None, app_name: str = "lakehouse", wri
     if archive:
         options = builder._options.get("spark.driver.extraJavaOptions", "")
         builder = builder.config("spark.driver.extraJavaOptions", f"{options} {archive}".strip())
-    with environment(SPARK_CONF_DIR=str(_archive_conf_dir())) if archive else nullcontext():
+    with environment(**_archive_launch()) if archive else nullcontext():
         spark = create_session(builder, settings)
     spark.sparkContext.setLogLevel("INFO" if settings.log_level == "DEBUG" else "WARN")
     jvm = spark.sparkContext._jvm

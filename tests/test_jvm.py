@@ -18,8 +18,9 @@ def test_the_archive_is_named_after_the_jars_and_applies_to_local_jvms_only(base
     for jar in (jar_a, jar_b):
         jar.write_bytes(b"PK")
     monkeypatch.setattr(S.jars, "jars", lambda name: [jar_a, jar_b])
+    monkeypatch.setattr(S.jars, "spark_home", lambda: tmp_path / "home")
     name = S.class_archive()
-    assert name.parent == S.project_cache() / "jvm" and name.name.startswith("classes-") and name.suffix == ".jsa"
+    assert name.parent == S.jars.cache_root() / "jvm" and name.name.startswith("classes-") and name.suffix == ".jsa"
     assert S.class_archive() == name
     st = jar_b.stat()
     os.utime(jar_b, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
@@ -49,3 +50,31 @@ def test_a_lakehouse_jvm_maps_the_class_archive(base_settings, stack):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert str(archive) in out.stdout  # the JVM checked it against its build and classpath and mapped it
+
+
+def test_every_clone_launches_from_one_spark_home_in_the_users_cache(monkeypatch, tmp_path):
+    """JDK 17 maps an archive only under the classpath it was written with: two clones' pyspark
+    (same jars, their own paths and times) get one Spark home, its jars linked, its scripts runnable."""
+    from common import jars
+
+    monkeypatch.setenv("LAKEHOUSE_CACHE_DIR", str(tmp_path / "cache"))
+    homes = []
+    for clone, mtime in (("a", 1_000_000_000), ("b", 2_000_000_000)):
+        pyspark = tmp_path / clone / "pyspark"
+        (pyspark / "bin").mkdir(parents=True)
+        (pyspark / "jars").mkdir()
+        (pyspark / "bin" / "spark-submit").write_text("#!/bin/sh\n")
+        (pyspark / "bin" / "spark-submit").chmod(0o755)
+        for name in ("spark-core.jar", "delta.jar"):
+            (pyspark / "jars" / name).write_bytes(b"PK" + name.encode())
+            os.utime(pyspark / "jars" / name, (mtime, mtime))
+        monkeypatch.setattr(jars, "pyspark_jars_dir", lambda p=pyspark: p / "jars")
+        homes.append(jars.spark_home())
+    home = homes[0]
+    assert homes[1] == home and home.parent == tmp_path / "cache" / "spark-home"
+    assert sorted(p.name for p in (home / "jars").iterdir()) == ["delta.jar", "spark-core.jar"]
+    assert (home / "jars" / "delta.jar").stat().st_mtime == 1_000_000_000  # the first clone's, kept
+    assert (home / "jars" / "delta.jar").stat().st_ino == (tmp_path / "a" / "pyspark" / "jars" / "delta.jar").stat().st_ino
+    assert os.access(home / "bin" / "spark-submit", os.X_OK)
+    (tmp_path / "b" / "pyspark" / "jars" / "delta.jar").write_bytes(b"PK another build")
+    assert jars.spark_home() != home  # another pyspark build: another home, never a mixed one
