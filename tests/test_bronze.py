@@ -9,7 +9,7 @@ import pytest
 from app.runner import run
 from tests.checks import _bronze, _coords, _ledger_coords
 from tests.helpers import (
-    delta_count,
+    committed_rows,
     kill_hard,
     produce_to,
     start_stage_process,
@@ -53,7 +53,7 @@ def test_bronze_sigkill_mid_run_loses_and_repeats_nothing(spark, lake, tmp_path)
     # started as production starts it: spark-submit app/submit.py bronze
     proc = start_stage_process(lake, "bronze", "processingTime=1 second", tmp_path / "bronze1.log", submit=True)
     try:
-        wait_until(lambda: delta_count(spark, orders_path) > 0 or proc.poll() is not None, 240,
+        wait_until(lambda: committed_rows(lake, orders_path) > 0 or proc.poll() is not None, 240,
                    "bronze to commit its first batch")
         assert proc.poll() is None, (tmp_path / "bronze1.log").read_text()[-3000:]
         produce_to(lake, ledger_path, 300)  # more data while the stream runs

@@ -17,7 +17,7 @@ from app.runner import run
 from gold.transforms import TVA_RATE
 from tests.checks import HALF_CENT, check_gold, check_late, check_published
 from tests.helpers import (
-    delta_count,
+    committed_rows,
     kill_hard,
     lakehouse,
     produce_to,
@@ -86,7 +86,7 @@ def test_gold_sigkill_replay_counts_nothing_twice(spark, lake, tmp_path):
     proc = start_stage_process(lake, "gold", "processingTime=1 second", tmp_path / "gold1.log")
     try:
         path = lake.table_path("gold", "customer_order_kpis_open")
-        wait_until(lambda: delta_count(spark, path) > 0 or proc.poll() is not None, 300, "gold to commit a batch")
+        wait_until(lambda: committed_rows(lake, path) > 0 or proc.poll() is not None, 300, "gold to commit a batch")
         assert proc.poll() is None, (tmp_path / "gold1.log").read_text()[-3000:]
         produce_to(lake, ledger_path, 200, seed=32, **FAULTS)
         run(("bronze", "silver"), lake, "availableNow", spark=spark)
@@ -106,7 +106,7 @@ def test_run_all_serves_sql_to_a_second_process_and_stops_on_sigterm(spark, lake
     try:
         # the orders were just sent: their windows stay open (orders' watermark: 5 minutes)
         path = lake.table_path("gold", "customer_order_kpis_open")
-        wait_until(lambda: delta_count(spark, path) > 0 or proc.poll() is not None, 400, "run all to reach gold")
+        wait_until(lambda: committed_rows(lake, path) > 0 or proc.poll() is not None, 400, "run all to reach gold")
         assert proc.poll() is None, (tmp_path / "all.log").read_text()[-3000:]
         # this test's process is the second one: `lakehouse sql` in it, while run all writes
         sql = lakehouse(lake, "sql", "--format", "json", "SELECT count(*) AS n FROM gold.customer_order_kpis_live",

@@ -15,7 +15,7 @@ from devstack.generator import read_ledger
 from serving.status import format_drift, read_status
 from silver.transforms import RESCUED
 from tests.checks import check_pipeline
-from tests.helpers import delta_count, kill_hard, produce_to, start_stage_process, wait_until
+from tests.helpers import committed_rows, delta_count, kill_hard, produce_to, start_stage_process, wait_until
 
 pytestmark = pytest.mark.stack
 FAULTS = dict(duplicate_pct=5, late_pct=0, malformed_pct=5)
@@ -97,7 +97,7 @@ def test_add_new_columns_makes_a_column_and_gold_keeps_running_across_it_and_a_r
         ledger = read_ledger(ledger_path)
         expected = sum(1 for r in ledger if r["topic"] == lake.topic_orders and r.get("fault") is None)
         # silver adds the column while gold's stream reads the table: gold restarts and goes on
-        wait_until(lambda: proc.poll() is not None or delta_count(spark, enriched) >= expected, 300,
+        wait_until(lambda: proc.poll() is not None or committed_rows(lake, enriched) >= expected, 300,
                    "gold to enrich the orders sent after the new field")
         wait_until(lambda: proc.poll() is not None or any(
             "channel" in e.get("orders", {}).get("new_columns", []) for e in _drift_events(spark, lake)), 60,

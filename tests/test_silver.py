@@ -12,6 +12,7 @@ from app import dataflow
 from app.runner import run
 from tests.checks import check_silver_against_ledger
 from tests.helpers import (
+    committed_rows,
     delta_count,
     kill_hard,
     produce_to,
@@ -53,7 +54,7 @@ def test_silver_sigkill_restart_keeps_identity(spark, lake, tmp_path):
     proc = start_stage_process(lake, "silver", "processingTime=1 second", tmp_path / "silver1.log")
     try:
         orders_path = lake.table_path("silver", "orders")
-        wait_until(lambda: delta_count(spark, orders_path) > 0 or proc.poll() is not None, 240,
+        wait_until(lambda: committed_rows(lake, orders_path) > 0 or proc.poll() is not None, 240,
                    "silver to commit a batch")
         assert proc.poll() is None, (tmp_path / "silver1.log").read_text()[-3000:]
         produce_to(lake, ledger_path, 300, seed=6, **FAULTS)

@@ -35,6 +35,7 @@ from tests.checks import _coords, check_bronze, check_gold, check_pipeline, chec
 from tests.conftest import ROOT, settings_env
 from tests.helpers import (
     command_lines_with,
+    committed_rows,
     delta_count,
     kill_hard,
     produce_to,
@@ -79,7 +80,7 @@ def _tail(path) -> str:
 def _start_live(settings, stage, log, spark, table):
     """Start a stage in its own process and wait until it has committed to ``table``."""
     proc = start_stage_process(settings, stage, LIVE, log)
-    wait_until(lambda: delta_count(spark, table) > 0 or proc.poll() is not None, 300, f"{stage} to commit")
+    wait_until(lambda: committed_rows(settings, table) > 0 or proc.poll() is not None, 300, f"{stage} to commit")
     assert proc.poll() is None, _tail(log)
     return proc
 
