@@ -78,3 +78,18 @@ def test_every_clone_launches_from_one_spark_home_in_the_users_cache(monkeypatch
     assert os.access(home / "bin" / "spark-submit", os.X_OK)
     (tmp_path / "b" / "pyspark" / "jars" / "delta.jar").write_bytes(b"PK another build")
     assert jars.spark_home() != home  # another pyspark build: another home, never a mixed one
+
+
+def test_every_driver_jvm_gets_the_jit_setting(base_settings, tmp_path, monkeypatch):
+    """The JIT setting reaches a driver whether its JVM is launched here (with or without the log4j
+    file of ``lakehouse setup jars``) or by spark-submit (spark-defaults.conf)."""
+    from pyspark.sql import SparkSession
+
+    for conf_dir in (tmp_path / "none", tmp_path / "conf"):
+        monkeypatch.setattr(S, "spark_conf_dir", lambda d=conf_dir: d)
+        if conf_dir.name == "conf":
+            conf_dir.mkdir()
+            (conf_dir / "log4j2.properties").write_text("")
+        options = S.configure(SparkSession.builder, base_settings)._options["spark.driver.extraJavaOptions"]
+        assert S.DRIVER_JIT in options.split()
+    assert S.DRIVER_JIT in S.spark_properties()["spark.driver.extraJavaOptions"].split()
