@@ -40,8 +40,10 @@ def _scratch(settings: Settings) -> Settings:
 def build_class_archive(settings: Settings, force: bool = False) -> tuple[Path, float | None]:
     """Write the archive unless it exists; (its path, seconds taken or None when it was there)."""
     from common.clients import check_reachable
+    from common.jars import spark_home
     from common.spark import class_archive
 
+    spark_home()  # (the archive is named after its jars)
     target = class_archive()
     if target.exists() and not force:
         _prune(target)
@@ -81,26 +83,37 @@ _UNUSED_DAYS = 14
 
 def _prune(target: Path) -> None:
     """Mark ``target`` and its Spark home as in use; delete the archives and Spark homes of the user's
-    cache unused for ``_UNUSED_DAYS`` days, and the file of a killed archive run."""
+    cache unused for ``_UNUSED_DAYS`` days, what a killed run left (an archive's file, a home's
+    unfinished folder), and the clone's own archive of the versions before the shared one."""
+    import contextlib
     import shutil
 
     from common.jars import _MANIFEST, spark_home
+    from common.settings import project_cache
 
     home = spark_home()
-    now = time.time()
+    unused_since = time.time() - _UNUSED_DAYS * 86400
+
+    def unused(path: Path) -> bool:
+        try:
+            return path.stat().st_mtime < unused_since
+        except OSError:  # gone meanwhile (another clone's prune), or never finished
+            return False
+
     for used in (target, home / _MANIFEST):
-        os.utime(used)
+        with contextlib.suppress(OSError):
+            os.utime(used)
     for old in target.parent.glob("classes-*"):
         writer = re.search(r"\.(\d+)\.tmp$", old.name)
-        if writer is not None:
-            if not pid_alive(int(writer.group(1))):
-                old.unlink(missing_ok=True)
-        elif old.suffix == ".jsa" and now - old.stat().st_mtime > _UNUSED_DAYS * 86400:
+        if (not pid_alive(int(writer.group(1)))) if writer else (old.suffix == ".jsa" and unused(old)):
             old.unlink(missing_ok=True)
     for old in home.parent.iterdir():
-        marker = old / _MANIFEST
-        if old != home and marker.exists() and now - marker.stat().st_mtime > _UNUSED_DAYS * 86400:
-            shutil.rmtree(old, ignore_errors=True)
+        if old != home and unused(old if old.name.startswith(".") else old / _MANIFEST):
+            aside = home.parent / f".{old.name.lstrip('.')}-old-{os.getpid()}"
+            with contextlib.suppress(OSError):  # moved aside first: no launch finds it half deleted
+                os.replace(old, aside)
+                shutil.rmtree(aside, ignore_errors=True)
+    shutil.rmtree(project_cache() / "jvm", ignore_errors=True)
 
 
 def _drop_scratch(settings: Settings) -> None:

@@ -12,20 +12,26 @@ from typing import Callable
 
 def publish(target: Path, fill: Callable[[Path], None], complete: Callable[[], bool]) -> Path:
     """Fill a new folder beside ``target`` (``fill(folder)``) and rename it to ``target``. An entry
-    ``complete()`` finds whole (another clone filled it meanwhile) is kept as it is; one that is not
-    (a file missing) is replaced; a failed fill leaves nothing behind."""
+    ``complete()`` finds whole (another clone filled it meanwhile) is kept as it is, never deleted
+    under a process using it; one that is not (a file missing) is replaced; a failed fill leaves
+    nothing behind."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     fresh.chmod(0o755)
     try:
         fill(fresh)
-        if not complete():
-            shutil.rmtree(target, ignore_errors=True)
-            try:
-                os.replace(fresh, target)
-            except OSError:  # another clone renamed its copy into place first
-                if not complete():
-                    raise
+        if complete():
+            return target
+        try:
+            os.replace(fresh, target)  # (refused while target is a folder with files in it)
+        except OSError:
+            if complete():  # another clone renamed its copy into place first: theirs is kept, maybe in use
+                return target
+            # a partial entry (a killed fill or delete): moved aside first, so no reader sees it half gone
+            aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-old-"))
+            os.replace(target, aside / "entry")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(fresh, target)
     finally:
         shutil.rmtree(fresh, ignore_errors=True)  # (gone already when renamed into place)
     return target

@@ -94,35 +94,42 @@ def pyspark_jars_dir() -> Path:
     return Path(pyspark.__file__).parent / "jars"
 
 
-def spark_home() -> Path:
-    """pyspark's launch layout (``bin/`` and ``jars/``) in the user's cache, one per pyspark build:
-    the Spark home of the local JVMs that map the class archive (``common.spark.class_archive``).
+# What a Spark home in the cache holds: pyspark's launch scripts, its jars (the JVM's classpath) and
+# the Python side its Python workers import when they are not the driver's interpreter
+# (``$SPARK_HOME/python/lib``, which Spark puts on their PYTHONPATH). Another layout is another entry.
+_HOME_PARTS = ("bin", "jars", "python/lib")
+
+
+def spark_home(create: bool = True) -> Path:
+    """pyspark's launch layout (``_HOME_PARTS``) in the user's cache, one per pyspark build: the
+    Spark home of the local JVMs that map the class archive (``common.spark.class_archive``).
     JDK 17 maps an archive only under the classpath it was written with, path for path, with each
     jar's size and mtime (an archive cannot move before JDK 20, JDK-8279366), and each clone's
     virtualenv holds its own pyspark under its own path with its own mtimes; from here every clone
-    launches with one classpath and maps one archive, written once per machine. The jars are hard
+    launches with one classpath and maps one archive, written once per machine. Files are hard
     links to the first clone's where the file system allows (copies elsewhere), so the entry
-    outlives that clone and costs no space while it lives."""
+    outlives that clone and costs no space while it lives. ``create=False``: its path only."""
     import pyspark
 
     src = pyspark_jars_dir().parent
-    jars_ = sorted(pyspark_jars_dir().glob("*.jar"))
-    key = hashlib.sha256("\n".join(f"{j.name}:{j.stat().st_size}" for j in jars_).encode()).hexdigest()[:16]
+    files = sorted(f for part in _HOME_PARTS[1:] for f in (src / part).glob("*") if f.is_file())
+    key = hashlib.sha256("\n".join([repr(_HOME_PARTS)] + [f"{f.relative_to(src)}:{f.stat().st_size}" for f in files])
+                         .encode()).hexdigest()[:16]
     home = cache_root() / "spark-home" / f"pyspark-{pyspark.__version__}-{key}"
     marker = home / _MANIFEST
 
     def fill(folder: Path) -> None:
         shutil.copytree(src / "bin", folder / "bin")  # (modes kept: the launch scripts stay executable)
-        (folder / "jars").mkdir()
-        for jar in jars_:
+        for f in files:
+            (folder / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
             try:
-                os.link(jar, folder / "jars" / jar.name)
+                os.link(f, folder / f.relative_to(src))
             except OSError:  # another file system
-                shutil.copy2(jar, folder / "jars" / jar.name)
+                shutil.copy2(f, folder / f.relative_to(src))
         (folder / _MANIFEST).write_text(json.dumps({"pyspark": pyspark.__version__, "from": str(src),
-                                                    "jars": len(jars_)}) + "\n")
+                                                    "files": len(files)}) + "\n")
 
-    if not marker.exists():
+    if create and not marker.exists():
         publish(home, fill, marker.exists)
     return home
 

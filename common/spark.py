@@ -25,7 +25,7 @@ from common.settings import Settings, get_settings, project_cache, under_spark_s
 # code a lot (each micro-batch plans its queries anew, Janino's generated classes, py4j calls): on
 # 2 cores the C1/C2 compiler threads took ~half of its CPU, compiling much that ran a few times
 # only. Measured (bench/README.md, 2026-12-06): one-shot runs in a warm session (`bench.runcost`,
-# 2 alternating rounds) -13 % wall, -19 % of the JVM's CPU; cold `lakehouse run all` no slower.
+# alternating rounds) -13 % wall, -19 % of the JVM's CPU; a cold `lakehouse run all` no slower.
 DRIVER_JIT = "-XX:CompileThresholdScaling=4"
 
 # Static SQL settings: must be fixed before the JVM starts, identical for every entry point.
@@ -212,7 +212,8 @@ def configure(builder, settings: Settings | None = None, app_name: str = "lakeho
         log4j = spark_conf_dir() / ("log4j2-verbose.properties" if settings.log_level == "DEBUG"
                                     else "log4j2.properties")
         if log4j.exists():
-            static = {**STATIC_CONF, "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j} {DRIVER_JIT}"}
+            static = {**STATIC_CONF,
+                      "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j} {DRIVER_JIT}"}
         else:
             static = STATIC_CONF
         for k, v in static.items():
@@ -315,14 +316,18 @@ _QUIET_CDS = "-Xlog:cds=off -Xlog:cds+dynamic=off"
 
 def class_archive() -> Path:
     """The archive for the current JDK, pyspark jars and cached jars: another of any of them is
-    another file (`lakehouse setup jvm` writes it), never a stale one."""
+    another file (`lakehouse setup jvm` writes it), never a stale one. The JDK counts by its runtime
+    image too (``lib/modules``: a patch update of the JDK in place keeps the path of ``java``)."""
     import hashlib
     import shutil
 
-    h = hashlib.sha256(os.path.realpath(shutil.which("java") or "java").encode())
-    for jar in sorted((jars.spark_home() / "jars").glob("*.jar")) + jars.jars("spark"):
-        st = jar.stat() if jar.exists() else None
-        h.update(f"{jar}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}\n".encode())
+    java = Path(os.path.realpath(shutil.which("java") or "java"))
+    h = hashlib.sha256(str(java).encode())
+    # (until the Spark home exists, no archive can be named after its jars: `setup jvm` makes it first)
+    for f in [java.parent.parent / "lib" / "modules"] + sorted((jars.spark_home(create=False) / "jars").glob("*.jar")) \
+            + jars.jars("spark"):
+        st = f.stat() if f.exists() else None
+        h.update(f"{f}:{st.st_size if st else 0}:{st.st_mtime_ns if st else 0}\n".encode())
     return jars.cache_root() / "jvm" / f"classes-{h.hexdigest()[:16]}.jsa"
 
 
@@ -330,10 +335,17 @@ def _archive_launch() -> dict[str, str]:
     """The environment of a launch that maps (or writes) the archive: the Spark home in the user's
     cache, and an empty conf folder there too - spark-submit puts its conf folder on the JVM's
     classpath, and the JVM maps an archive only with no non-empty folder there (this launch sets
-    every setting of spark-defaults.conf itself)."""
+    every setting of spark-defaults.conf itself). The home and the archive are marked as in use
+    (``lakehouse setup jvm`` deletes those unused for two weeks)."""
+    import contextlib
+
+    home = jars.spark_home()
     conf = jars.cache_root() / "jvm" / "conf"
     conf.mkdir(parents=True, exist_ok=True)
-    return {"SPARK_HOME": str(jars.spark_home()), "SPARK_CONF_DIR": str(conf)}
+    for used in (home / jars._MANIFEST, class_archive()):
+        with contextlib.suppress(OSError):
+            os.utime(used)
+    return {"SPARK_HOME": str(home), "SPARK_CONF_DIR": str(conf)}
 
 
 def _archive_options(settings: Settings, write_to: Path | None) -> str:

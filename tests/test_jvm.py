@@ -18,7 +18,7 @@ def test_the_archive_is_named_after_the_jars_and_applies_to_local_jvms_only(base
     for jar in (jar_a, jar_b):
         jar.write_bytes(b"PK")
     monkeypatch.setattr(S.jars, "jars", lambda name: [jar_a, jar_b])
-    monkeypatch.setattr(S.jars, "spark_home", lambda: tmp_path / "home")
+    monkeypatch.setattr(S.jars, "spark_home", lambda create=True: tmp_path / "home")
     name = S.class_archive()
     assert name.parent == S.jars.cache_root() / "jvm" and name.name.startswith("classes-") and name.suffix == ".jsa"
     assert S.class_archive() == name
@@ -65,14 +65,19 @@ def test_every_clone_launches_from_one_spark_home_in_the_users_cache(monkeypatch
         (pyspark / "jars").mkdir()
         (pyspark / "bin" / "spark-submit").write_text("#!/bin/sh\n")
         (pyspark / "bin" / "spark-submit").chmod(0o755)
+        (pyspark / "python" / "lib").mkdir(parents=True)
+        (pyspark / "python" / "lib" / "pyspark.zip").write_bytes(b"PK zip")
         for name in ("spark-core.jar", "delta.jar"):
             (pyspark / "jars" / name).write_bytes(b"PK" + name.encode())
             os.utime(pyspark / "jars" / name, (mtime, mtime))
         monkeypatch.setattr(jars, "pyspark_jars_dir", lambda p=pyspark: p / "jars")
+        assert jars.spark_home(create=False).exists() == (clone == "b")  # (create=False: its path only)
         homes.append(jars.spark_home())
     home = homes[0]
     assert homes[1] == home and home.parent == tmp_path / "cache" / "spark-home"
     assert sorted(p.name for p in (home / "jars").iterdir()) == ["delta.jar", "spark-core.jar"]
+    # Spark puts $SPARK_HOME/python/lib on the PYTHONPATH of Python workers that are not the driver's
+    assert (home / "python" / "lib" / "pyspark.zip").read_bytes() == b"PK zip"
     assert (home / "jars" / "delta.jar").stat().st_mtime == 1_000_000_000  # the first clone's, kept
     assert (home / "jars" / "delta.jar").stat().st_ino == (tmp_path / "a" / "pyspark" / "jars" / "delta.jar").stat().st_ino
     assert os.access(home / "bin" / "spark-submit", os.X_OK)
@@ -93,3 +98,29 @@ def test_every_driver_jvm_gets_the_jit_setting(base_settings, tmp_path, monkeypa
         options = S.configure(SparkSession.builder, base_settings)._options["spark.driver.extraJavaOptions"]
         assert S.DRIVER_JIT in options.split()
     assert S.DRIVER_JIT in S.spark_properties()["spark.driver.extraJavaOptions"].split()
+
+
+def test_a_cache_entry_in_use_is_never_replaced_and_a_partial_one_is(tmp_path):
+    """``common.cache.publish``: an entry another clone published whole stays as it is (a JVM may be
+    running from it); one a killed run left without its last file is replaced, never read half."""
+    from common.cache import publish
+
+    target = tmp_path / "entry"
+
+    def fill(label):
+        def write(folder):
+            (folder / "data").write_text(label)
+            (folder / "done").write_text("")
+        return write
+
+    def complete():
+        return (target / "done").exists()
+
+    publish(target, fill("first"), complete)
+    views = iter([False, True])  # another clone found no entry, filled its own, then found the first one
+    publish(target, fill("second"), lambda: next(views))
+    assert (target / "data").read_text() == "first"
+    (target / "done").unlink()  # a partial entry
+    publish(target, fill("third"), complete)
+    assert (target / "data").read_text() == "third" and complete()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]  # nothing left beside it
