@@ -43,10 +43,10 @@ def build_class_archive(settings: Settings, force: bool = False) -> tuple[Path, 
     from common.jars import spark_home
     from common.spark import class_archive
 
-    spark_home()  # (the archive is named after its jars)
+    home = spark_home()  # (the archive is named after its jars)
     target = class_archive()
     if target.exists() and not force:
-        _prune(target)
+        _prune(target, home)
         return target, None
     if not settings.is_s3:
         raise SetupError("`lakehouse setup jvm` runs the pipeline on the local stack: LAKEHOUSE_LAKE_ROOT "
@@ -72,26 +72,26 @@ def build_class_archive(settings: Settings, force: bool = False) -> tuple[Path, 
         except Exception as e:  # noqa: BLE001 - leftovers of a scratch run are no reason to fail
             log.warning("the scratch lake or topics of `lakehouse setup jvm` (%s*) are left: %s",
                         _SCRATCH, str(e).splitlines()[0] if str(e) else type(e).__name__)
-    _prune(target)
+    _prune(target, home)
     return target, time.monotonic() - t0
 
 
-# An archive or Spark home of the user's cache that no `lakehouse setup jvm` asked for in this long
-# belongs to pins or a JDK no clone uses any more (clones at other pins keep theirs meanwhile).
+# An archive or Spark home of the user's cache that no launch has used in this long belongs to pins
+# or a JDK no clone uses any more (clones at other pins keep theirs meanwhile).
 _UNUSED_DAYS = 14
 
 
-def _prune(target: Path) -> None:
-    """Mark ``target`` and its Spark home as in use; delete the archives and Spark homes of the user's
-    cache unused for ``_UNUSED_DAYS`` days, what a killed run left (an archive's file, a home's
-    unfinished folder), and the clone's own archive of the versions before the shared one."""
+def _prune(target: Path, home: Path) -> None:
+    """Delete the archives and Spark homes of the user's cache that no launch has used for
+    ``_UNUSED_DAYS`` days (``common.spark._archive_launch`` marks them) but ``target`` and its ``home``,
+    what a killed run left (an archive's file, a home's unfinished folder), and the clone's own
+    archive of the versions before the shared one."""
     import contextlib
     import shutil
 
-    from common.jars import _MANIFEST, spark_home
+    from common.jars import _MANIFEST
     from common.settings import project_cache
 
-    home = spark_home()
     unused_since = time.time() - _UNUSED_DAYS * 86400
 
     def unused(path: Path) -> bool:
@@ -100,12 +100,13 @@ def _prune(target: Path) -> None:
         except OSError:  # gone meanwhile (another clone's prune), or never finished
             return False
 
-    for used in (target, home / _MANIFEST):
-        with contextlib.suppress(OSError):
-            os.utime(used)
     for old in target.parent.glob("classes-*"):
         writer = re.search(r"\.(\d+)\.tmp$", old.name)
-        if (not pid_alive(int(writer.group(1)))) if writer else (old.suffix == ".jsa" and unused(old)):
+        if writer:  # a run's unfinished file: left by a run no longer alive
+            stale = not pid_alive(int(writer.group(1)))
+        else:
+            stale = old != target and old.suffix == ".jsa" and unused(old)
+        if stale:
             old.unlink(missing_ok=True)
     for old in home.parent.iterdir():
         if old != home and unused(old if old.name.startswith(".") else old / _MANIFEST):

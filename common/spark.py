@@ -331,20 +331,21 @@ def class_archive() -> Path:
     return jars.cache_root() / "jvm" / f"classes-{h.hexdigest()[:16]}.jsa"
 
 
-def _archive_launch() -> dict[str, str]:
-    """The environment of a launch that maps (or writes) the archive: the Spark home in the user's
-    cache, and an empty conf folder there too - spark-submit puts its conf folder on the JVM's
-    classpath, and the JVM maps an archive only with no non-empty folder there (this launch sets
-    every setting of spark-defaults.conf itself). The home and the archive are marked as in use
-    (``lakehouse setup jvm`` deletes those unused for two weeks)."""
+def _archive_launch(mapped: Path | None) -> dict[str, str]:
+    """The environment of a launch that maps the archive ``mapped`` (or, with None, writes one): the
+    Spark home in the user's cache, and an empty conf folder there too - spark-submit puts its conf
+    folder on the JVM's classpath, and the JVM maps an archive only with no non-empty folder there
+    (this launch sets every setting of spark-defaults.conf itself). The home, and the archive it
+    maps, are marked as in use (``lakehouse setup jvm`` deletes those unused for two weeks)."""
     import contextlib
 
     home = jars.spark_home()
     conf = jars.cache_root() / "jvm" / "conf"
     conf.mkdir(parents=True, exist_ok=True)
-    for used in (home / jars._MANIFEST, class_archive()):
-        with contextlib.suppress(OSError):
-            os.utime(used)
+    for used in (home / jars._MANIFEST, mapped):
+        if used is not None:
+            with contextlib.suppress(OSError):
+                os.utime(used)
     return {"SPARK_HOME": str(home), "SPARK_CONF_DIR": str(conf)}
 
 
@@ -371,10 +372,12 @@ def get_spark(settings: Settings | None = None, app_name: str = "lakehouse", wri
     settings = settings or get_settings()
     builder = configure(SparkSession.builder, settings, app_name)
     archive = _archive_options(settings, write_class_archive)
+    launch = nullcontext()
     if archive:
         options = builder._options.get("spark.driver.extraJavaOptions", "")
         builder = builder.config("spark.driver.extraJavaOptions", f"{options} {archive}".strip())
-    with environment(**_archive_launch()) if archive else nullcontext():
+        launch = environment(**_archive_launch(None if write_class_archive is not None else class_archive()))
+    with launch:
         spark = create_session(builder, settings)
     spark.sparkContext.setLogLevel("INFO" if settings.log_level == "DEBUG" else "WARN")
     jvm = spark.sparkContext._jvm
