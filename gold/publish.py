@@ -51,6 +51,18 @@ class PublicationFencedError(CheckpointError):
     """Another driver publishes for the same checkpoint: this one was fenced (its transactions fail)."""
 
 
+def fenced(error: BaseException) -> bool:
+    """``error`` says a newer producer with the same transactional id fenced this one. kafka-python
+    raises the fencing itself (at the commit), or a ``KafkaError`` that carries it (a ``send`` after
+    the sender thread saw it: "Cannot perform send because ... failed", the fencing as its second
+    argument) or names it (a transactional call in the error state): which one depends on when the
+    broker's answer arrives."""
+    from kafka.errors import ProducerFencedError
+
+    return (isinstance(error, ProducerFencedError) or any(isinstance(a, ProducerFencedError) for a in error.args)
+            or ProducerFencedError.__name__ in str(error))
+
+
 class Publisher:
     """One query's transactional producer for one run (``publish`` per micro-batch, ``close`` at
     the run's end)."""
@@ -104,7 +116,7 @@ class Publisher:
         ``batch_id + 1``; nothing when the ledger says the batch is already published (a replay).
         Returns the number of records sent."""
         from kafka import TopicPartition
-        from kafka.errors import KafkaError, ProducerFencedError
+        from kafka.errors import KafkaError
         from kafka.structs import OffsetAndMetadata
 
         if not self.pending(batch_id):
@@ -126,14 +138,14 @@ class Publisher:
                 {TopicPartition(self.topic, LEDGER_PARTITION): OffsetAndMetadata(batch_id + 1, f"batch {batch_id}", -1)},
                 self.ledger_group)
             self._commit()
-        except ProducerFencedError:
+        except KafkaError as e:
+            if not fenced(e):
+                self._abort()
+                raise
             self._discard()
             raise PublicationFencedError(
                 f"{self.flow}: another driver now publishes for this checkpoint (transactional id "
                 f"{self.transactional_id}); this one was fenced and stops") from None
-        except KafkaError:
-            self._abort()
-            raise
         self._next = batch_id + 1
         log.debug("%s batch %d: %d records published in %.0f ms", self.flow, batch_id, len(records),
                   (time.monotonic() - started) * 1000)

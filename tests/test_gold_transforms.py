@@ -144,3 +144,21 @@ def test_partials_of_any_batches_combine_into_the_kpi(spark):
         assert final.select(*kpi.row_keys).distinct().count() == final.count(), f"{kpi.name}: a window closed twice"
         assert_df_equality(final.unionByName(open_rows), total, ignore_nullable=True, ignore_row_order=True)
     assert sum(c for c, _ in settled) > 0 and sum(o for _, o in settled) > 0, settled  # some windows closed, not all
+
+
+def test_fencing_is_recognised_in_each_shape_kafka_python_reports_it():
+    """kafka-python reports a fenced producer three ways, depending on when the broker's answer
+    arrives: the error itself (at the commit), a refused ``send`` carrying it, or an error-state
+    message naming it. Each is the other driver's takeover; another Kafka error is not."""
+    from kafka.errors import KafkaError, KafkaTimeoutError, ProducerFencedError
+
+    from gold.publish import fenced
+
+    assert fenced(ProducerFencedError())
+    assert fenced(KafkaError("Cannot perform send because at least one previous transactional or idempotent "
+                             "request has failed with errors.", ProducerFencedError()))
+    assert fenced(KafkaError("Cannot execute transactional method because we are in an error state: "
+                             f"{ProducerFencedError()}"))
+    assert not fenced(KafkaTimeoutError("Failed to update metadata after 60.0 secs."))
+    assert not fenced(KafkaError("Cannot perform send because at least one previous transactional or idempotent "
+                                 "request has failed with errors.", KafkaTimeoutError()))
