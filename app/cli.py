@@ -82,8 +82,10 @@ def _cmd_stack(args) -> int:
 
 
 def _cmd_config(args) -> int:
-    for k, v in get_settings().redacted().items():
+    settings = get_settings()
+    for k, v in settings.redacted().items():
         print(f"{k}={v}")
+    print(f"# Kafka clients: {settings.kafka_identities}")
     return 0
 
 
@@ -164,7 +166,7 @@ def _confirm(question: str, yes: bool, what: str) -> bool:
 def _cmd_refresh(args) -> int:
     from app.runner import plan_refresh, refresh, run
 
-    settings, spark = _lake_session("lakehouse-refresh", kafka=True)  # bronze's retention check, gold's topic
+    settings, spark = _lake_session("lakehouse-refresh", kafka="reader")  # bronze's retention check, gold's topic
     plan = plan_refresh(spark, settings, args.target, args.include_bronze)
     print(f"refresh {args.target}: queries {', '.join(f.name for f in plan.flows)} start again from the layer below")
     for name, (path, version) in plan.versions.items():
@@ -216,7 +218,7 @@ def _cmd_replay(args) -> int:
         if unknown:
             raise SettingsError(f"--from-offsets names {unknown[0]!r}, not a source topic; valid: "
                                 + ", ".join(get_settings().source_topics))
-    settings, spark = _lake_session("lakehouse-replay", kafka=True)
+    settings, spark = _lake_session("lakehouse-replay", kafka="bronze")
     added_any = False
     for topic, (read, added, left) in replay(spark, settings, flow(settings, "bronze"), start_ms, offsets,
                                              dry_run=args.dry_run).items():
@@ -252,8 +254,8 @@ def _print_rows(columns: list[str], rows: list[list], fmt: str) -> None:
         print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
 
 
-def _lake_session(app_name: str, kafka: bool = False):
-    """(settings, spark) for a command that reads the lake (and Kafka, with ``kafka``): a down or
+def _lake_session(app_name: str, kafka: str | None = None):
+    """(settings, spark) for a command that reads the lake (and Kafka as role ``kafka``): a down or
     refusing endpoint is one line, fast, before Spark starts."""
     from common.spark import get_spark
     from common.clients import check_reachable
@@ -299,7 +301,7 @@ def _cmd_trace(args) -> int:
     if args.what == "kafka" and (len(args.ids) != 3 or not all(x.isdigit() for x in args.ids[1:])):
         raise SettingsError("usage: lakehouse trace kafka <topic> <partition> <offset>")
     settings = get_settings()
-    check_reachable(settings, kafka=True)
+    check_reachable(settings, kafka="reader")
     if args.what == "order":
         root = trace_order(settings, args.ids[0])
     else:
@@ -313,10 +315,10 @@ def _cmd_peek(args) -> int:
     from common.streams import ensure_topics_exist, kafka_options
 
     settings = get_settings()
-    ensure_topics_exist(settings, [args.topic])
+    ensure_topics_exist(settings, [args.topic], role="reader")
     spark = get_spark(settings, app_name="lakehouse-peek")
     # read_committed: the records of aborted transactions (gold's publication after a crash) are not shown
-    df = (spark.read.format("kafka").options(**kafka_options(settings, [args.topic], startingOffsets="earliest",
+    df = (spark.read.format("kafka").options(**kafka_options(settings, [args.topic], role="reader", startingOffsets="earliest",
                                                              **{"kafka.isolation.level": "read_committed"})).load()
           .selectExpr("CAST(key AS STRING) AS key", "CAST(value AS STRING) AS value", "topic", "partition",
                       "offset", "timestamp")
@@ -333,7 +335,7 @@ def _cmd_dashboard(args) -> int:
     settings = get_settings()
     changes = {k: v for k, v in (("dashboard_port", args.port), ("dashboard_host", args.host)) if v is not None}
     settings = settings.with_overrides(**changes) if changes else settings
-    check_reachable(settings, kafka=False)
+    check_reachable(settings, kafka=None)
     return serve(settings)
 
 
@@ -342,7 +344,7 @@ def _cmd_status(args) -> int:
     from serving.status import format_drift, format_status, read_status
 
     settings = get_settings()
-    check_reachable(settings, kafka=False)
+    check_reachable(settings, kafka=None)
     from app.dataflow import graph
 
     rows = read_status(settings, graph(settings))

@@ -33,8 +33,7 @@ _SCRATCH_FIELDS = ("lake_root", "checkpoint_root") + _TOPICS  # what the child's
 
 def _scratch(settings: Settings) -> Settings:
     """The child's settings: its own lake root and topics, the rest as configured."""
-    topics = {field: f"{_SCRATCH}-{field.removeprefix('topic_')}" for field in _TOPICS}
-    return settings.with_overrides(lake_root=f"s3a://{settings.bucket}/{_SCRATCH}", checkpoint_root="", **topics)
+    return settings.with_topic_scope(_SCRATCH, lake_root=f"s3a://{settings.bucket}/{_SCRATCH}", checkpoint_root="")
 
 
 def build_class_archive(settings: Settings, force: bool = False) -> tuple[Path, float | None]:
@@ -51,7 +50,7 @@ def build_class_archive(settings: Settings, force: bool = False) -> tuple[Path, 
     if not settings.is_s3:
         raise SetupError("`lakehouse setup jvm` runs the pipeline on the local stack: LAKEHOUSE_LAKE_ROOT "
                          "must be an s3a:// lake (the stack's MinIO)")
-    check_reachable(settings)
+    check_reachable(settings, kafka="admin")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp")
     t0 = time.monotonic()
@@ -129,7 +128,7 @@ def _drop_scratch(settings: Settings) -> None:
         raise SetupError(f"could not delete the scratch lake s3a://{settings.bucket}/{_SCRATCH}: {error}")
     admin = kafka_admin(settings)
     try:
-        topics = [t for t in admin.list_topics() if t.startswith(f"{_SCRATCH}-")]
+        topics = sorted(set(admin.list_topics()) & {*settings.source_topics, settings.topic_enriched})
         if topics:
             admin.delete_topics(topics)
     finally:

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -34,9 +35,24 @@ log = logging.getLogger("lakehouse.runner")
 _QUIET_LOGGERS = ("kafka", "great_expectations", "urllib3", "SQLQueryContextLogger", "DataFrameQueryContextLogger")
 
 
+# kafka-python logs each client's whole configuration at DEBUG (--verbose), its SASL password too
+_PASSWORD = re.compile(r"""(password['"]?\s*[:=]\s*)(['"])[^'"]*\2""", re.I)
+
+
+class _NoPasswords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "password" in message.lower():
+            record.msg, record.args = _PASSWORD.sub(r"\1\2****\2", message), None
+        return True
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _NoPasswords) for f in handler.filters):
+            handler.addFilter(_NoPasswords())
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.CRITICAL)
     # py4j logs a foreachBatch function's exception with its whole traceback ("an exception while
@@ -95,11 +111,11 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
     options = streams.StreamOptions.from_args(settings, trigger, sink)
     from common.clients import check_reachable
 
-    check_reachable(settings)
+    check_reachable(settings, kafka=next((role for role in ("bronze", "gold") if role in stages), None))
     # a missing topic is one line before a JVM starts (12-18 s here), not after
     topics = [t for stage in stages for f in dataflow.flows(settings, stage) for t in f.topics_read]
     if topics:
-        streams.ensure_topics_exist(settings, topics)
+        streams.ensure_topics_exist(settings, topics, role="bronze")
     # (the tables are not registered by name here: a caller that queries them so, the demo, does it)
     if spark is None:
         from common.spark import get_spark

@@ -39,6 +39,7 @@ def paths(settings) -> dict[str, str]:
 def main() -> int:
     from common.settings import get_settings
     from common.spark import get_spark
+    from common.streams import kafka_options
 
     settings = get_settings()
     spark = get_spark(settings, app_name="bench-peer")
@@ -48,7 +49,7 @@ def main() -> int:
     customers = spark.read.format("delta").load(settings.table_path("silver", "customers"))
     trigger = {"processingTime": "0 seconds"}
 
-    kafka = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", settings.kafka_bootstrap_servers)
+    kafka = (spark.readStream.format("kafka").options(**kafka_options(settings))
              .option("subscribe", settings.topic_orders).option("startingOffsets", "earliest").load())
     bronze = (kafka.select("key", "value", "topic", "partition", "offset", "timestamp")
               .writeStream.format("delta").option("checkpointLocation", p["_ck_bronze"]).trigger(**trigger)

@@ -37,9 +37,9 @@ def _until_visible(consumer, tp, target: int, timeout: float = 60) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kafka import KafkaProducer, TopicPartition
+    from kafka import TopicPartition
 
-    from common.clients import kafka_consumer
+    from common.clients import kafka_consumer, kafka_producer
     from common.settings import Settings
     from common.spark import get_spark
     from common.streams import kafka_options
@@ -53,13 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(x) for x in args.sizes.split(",")]
     base = Settings.from_env().with_overrides(spark_master="local[2]", shuffle_partitions=2)
     tag = f"bench-publish-{int(time.time())}"
-    topics = {k: f"{tag}-{k}" for k in ("txn", "sink", "plain")}
+    topics = {k: f"{base.topic_enriched}.{tag}-{k}" for k in ("txn", "sink", "plain")}
     for t in topics.values():
         Stack(base.with_overrides(topic_enriched=t)).ensure_topics()
     spark = get_spark(base, app_name="bench-publish")
     publisher = Publisher(base, topics["txn"], "bench", tag)
-    plain = KafkaProducer(bootstrap_servers=base.kafka_bootstrap_servers.split(","), acks="all", linger_ms=5,
-                          batch_size=256 * 1024)
+    plain = kafka_producer(base, "bench-publish", role="gold", acks="all", linger_ms=5, batch_size=256 * 1024)
     consumer = kafka_consumer(base, "bench-publish", isolation_level="read_committed")
     partitions = sorted(consumer.partitions_for_topic(topics["txn"]))
     tps = [TopicPartition(topics["txn"], p) for p in partitions]
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 for tp in tps:
                     visible = max(visible, _until_visible(consumer, tp, ends[tp]))
                 t0 = time.perf_counter()
-                df.write.format("kafka").options(**kafka_options(base, topic=topics["sink"])).save()
+                df.write.format("kafka").options(**kafka_options(base, role="gold", topic=topics["sink"])).save()
                 sink = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 futures = [plain.send(topics["plain"], key=k.encode(), value=v.encode()) for k, v in recs]

@@ -51,6 +51,7 @@ from bench.measure import cpu_seconds, first_visible, peak_rss_mib, percentiles,
 from devstack.generator import GenOptions, produce
 from app.runner import run, setup_logging
 from common.settings import Settings, env_var
+from common.streams import kafka_options
 from devstack.stack import Stack, wait_until
 
 HERE = Path(__file__).resolve().parent
@@ -87,9 +88,7 @@ def results_file(date: datetime, suffix: str = "") -> Path:
 
 
 def fresh(base: Settings, tag: str) -> Settings:
-    s = base.with_overrides(lake_root=f"{base.lake_root.rstrip('/')}/bench/{tag}",
-                            topic_orders=f"{tag}-commandes-json", topic_logs=f"{tag}-logs-application",
-                            topic_metrics=f"{tag}-metrics", topic_enriched=f"{tag}-commandes-enrichies")
+    s = base.with_topic_scope(tag, lake_root=f"{base.lake_root.rstrip('/')}/bench/{tag}")
     Stack(s).ensure_topics()
     return s
 
@@ -330,7 +329,7 @@ def ceiling_from_json_explode(spark, s: Settings) -> dict:
 
     from silver.transforms import KINDS
 
-    raw = (spark.read.format("kafka").option("kafka.bootstrap.servers", s.kafka_bootstrap_servers)
+    raw = (spark.read.format("kafka").options(**kafka_options(s))
            .option("subscribe", s.topic_orders).option("startingOffsets", "earliest").load())
     raw.select("value").write.format("noop").mode("overwrite").save()  # warm the connection
     t = time.monotonic()
@@ -442,7 +441,7 @@ def backfill_phase(spark, base: Settings, orders: int, producers: int) -> dict:
                                                       rate=producers * ONE_PRODUCER / 3, first_order_id=1)))
     produce_s = time.monotonic() - t
     customers.load(spark, s)
-    raw = (spark.readStream.format("kafka").option("kafka.bootstrap.servers", s.kafka_bootstrap_servers)
+    raw = (spark.readStream.format("kafka").options(**kafka_options(s))
            .option("subscribe", ",".join(s.source_topics)).option("startingOffsets", "earliest").load())
     t = time.monotonic()
     q = (raw.writeStream.format("noop").trigger(availableNow=True)

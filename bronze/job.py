@@ -59,7 +59,7 @@ def resume_offsets(spark, settings: Settings) -> str | None:
 
     for topic in settings.source_topics:
         parts = offsets.setdefault(topic, {})
-        for p in kafka_partitions(settings, topic):
+        for p in kafka_partitions(settings, topic, role="bronze"):
             parts.setdefault(str(p), default)
     return json.dumps(offsets, sort_keys=True)
 
@@ -89,7 +89,7 @@ def replay(spark, settings: Settings, flow, from_time_ms: int | None = None, fro
             continue
         reader = spark.read.format("kafka").options(**streams.kafka_options(settings, [topic], endingOffsets="latest"))
         if from_offsets is not None:  # Spark wants every partition: the others from their end (nothing)
-            start = {str(p): -1 for p in kafka_partitions(settings, topic)}
+            start = {str(p): -1 for p in kafka_partitions(settings, topic, role="bronze")}
             start.update({str(p): int(o) for p, o in from_offsets[topic].items()})
             reader = reader.option("startingOffsets", json.dumps({topic: start}))
         else:  # each partition from its first record at or after the time; none after it: nothing
@@ -124,7 +124,7 @@ def warn_if_records_gone(settings: Settings) -> None:
     from common.clients import kafka_consumer
 
     try:
-        consumer = kafka_consumer(settings, "lakehouse-bronze", request_timeout_ms=10000,
+        consumer = kafka_consumer(settings, "lakehouse-bronze", role="bronze", request_timeout_ms=10000,
                                   api_version_auto_timeout_ms=5000)
         try:
             parts = [TopicPartition(t, p) for t in settings.source_topics

@@ -4,6 +4,8 @@ a production ``spark-submit`` uses them; the local stack (``devstack``) does too
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 
@@ -33,31 +35,113 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def kafka_admin(settings: Settings, timeout_ms: int = 10000):
+def kafka_config(settings: Settings, role: str) -> dict[str, object]:
+    """kafka-python's connection options for a client of ``role`` (``KAFKA_ROLES``): the brokers
+    and, with SASL, the role's identity."""
+    config: dict[str, object] = {"bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+                                 "security_protocol": settings.kafka_security_protocol}
+    identity = settings.kafka_identity(role)
+    if identity:
+        config.update(sasl_mechanism=settings.kafka_sasl_mechanism, sasl_plain_username=identity[0],
+                      sasl_plain_password=identity[1])
+    return config
+
+
+def jaas_config(mechanism: str, user: str, password: str, **entries: str) -> str:
+    """A ``sasl.jaas.config`` value: the login module of ``mechanism`` with ``user`` and ``password``
+    (and ``entries``, e.g. a PLAIN server's ``user_<name>=<password>``), each value quoted."""
+    module = ("org.apache.kafka.common.security.plain.PlainLoginModule" if mechanism == "PLAIN"
+              else "org.apache.kafka.common.security.scram.ScramLoginModule")
+    values = {"username": user, "password": password, **entries}
+    quoted = " ".join(f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+                      for k, v in values.items())
+    return f"{module} required {quoted};"
+
+
+def kafka_jaas(settings: Settings, role: str) -> dict[str, str]:
+    """The same for a Kafka client in a JVM (Spark's ``kafka.``-prefixed options, a properties
+    file): the password is in ``sasl.jaas.config``, which Kafka logs as [hidden] and Spark redacts
+    (its value matches ``spark.redaction.regex``)."""
+    config = {"security.protocol": settings.kafka_security_protocol}
+    identity = settings.kafka_identity(role)
+    if identity:
+        config.update({"sasl.mechanism": settings.kafka_sasl_mechanism,
+                       "sasl.jaas.config": jaas_config(settings.kafka_sasl_mechanism, *identity)})
+    return config
+
+
+@contextlib.contextmanager
+def _sasl_refusals():
+    """The broker's refusals of a SASL login while a client connects. kafka-python retries a
+    refused login until its bootstrap times out and then says only "Unable to bootstrap": the
+    refusal itself is in its log (``kafka.net.manager``), caught here even when that log is quiet."""
+    seen: list[str] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "SaslAuthenticationFailed" in record.getMessage():
+                seen.append(record.getMessage())
+
+    logger, handler = logging.getLogger("kafka.net.manager"), Catch(logging.WARNING)
+    level, propagate = logger.level, logger.propagate
+    if not logger.isEnabledFor(logging.WARNING):  # quiet: the refusal reaches only our handler
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def kafka_admin(settings: Settings, timeout_ms: int = 10000, role: str = "admin"):
+    """An admin client of Kafka role ``role``; one line when no broker answers, when it answers
+    another protocol, or when it refuses the role's identity."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    try:
-        return KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-                                request_timeout_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms,
-                                client_id="lakehouse-admin")
-    except KafkaError:
-        raise UnreachableError(f"no Kafka broker answers at {settings.kafka_bootstrap_servers}; start one "
-                               "(`lakehouse stack up`) or fix LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS") from None
+    with _sasl_refusals() as refusals:
+        try:
+            return KafkaAdminClient(**kafka_config(settings, role), request_timeout_ms=timeout_ms,
+                                    bootstrap_timeout_ms=timeout_ms, client_id=f"lakehouse-{role}")
+        except KafkaError:
+            pass
+    servers = settings.kafka_bootstrap_servers
+    if refusals:
+        suffix = role.upper()
+        raise SettingsError(
+            f"Kafka at {servers} refused the {role} identity {settings.kafka_identity(role)[0]!r} "
+            f"({settings.kafka_sasl_mechanism}): fix LAKEHOUSE_KAFKA_USER_{suffix} / LAKEHOUSE_KAFKA_PASSWORD_{suffix} "
+            "(or LAKEHOUSE_KAFKA_USER / LAKEHOUSE_KAFKA_PASSWORD)")
+    host, _, port = servers.split(",")[0].strip().rpartition(":")
+    if port_open(host, int(port)):
+        raise SettingsError(
+            f"Kafka at {servers} takes connections but does not answer a {settings.kafka_security_protocol} client: "
+            "fix LAKEHOUSE_KAFKA_SECURITY_PROTOCOL (the local stack's listener: SASL_PLAINTEXT)")
+    raise UnreachableError(f"no Kafka broker answers at {servers}; start one "
+                           "(`lakehouse stack up`) or fix LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS")
 
 
-def kafka_consumer(settings: Settings, client_id: str, **options):
+def kafka_consumer(settings: Settings, client_id: str, role: str = "reader", **options):
     """A consumer that joins no group and commits nothing (the pipeline's reads of Kafka outside
     Spark: offsets, the trace's search); ``options`` are kafka-python's."""
     from kafka import KafkaConsumer
 
-    return KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), enable_auto_commit=False,
-                         client_id=client_id, **options)
+    return KafkaConsumer(**kafka_config(settings, role), enable_auto_commit=False, client_id=client_id, **options)
 
 
-def kafka_partitions(settings: Settings, topic: str) -> list[int]:
+def kafka_producer(settings: Settings, client_id: str, role: str = "producer", **options):
+    """A producer of Kafka role ``role``; ``options`` are kafka-python's."""
+    from kafka import KafkaProducer
+
+    return KafkaProducer(**kafka_config(settings, role), client_id=client_id, **options)
+
+
+def kafka_partitions(settings: Settings, topic: str, role: str = "reader") -> list[int]:
     """The partition numbers of ``topic``."""
-    admin = kafka_admin(settings, timeout_ms=5000)
+    admin = kafka_admin(settings, timeout_ms=5000, role=role)
     try:
         described = admin.describe_topics([topic])
     finally:
@@ -75,8 +159,9 @@ def minio_client(settings: Settings, http_client=None):
                  secure=secure, region=settings.s3_region, http_client=http_client)
 
 
-def check_reachable(settings: Settings, kafka: bool = True) -> None:
-    """Fail in seconds, with one line, when the lake's S3 endpoint or Kafka does not answer."""
+def check_reachable(settings: Settings, kafka: str | None = "reader") -> None:
+    """Fail in seconds, with one line, when the lake's S3 endpoint or Kafka does not answer or
+    refuses the identity of Kafka role ``kafka`` (None: Kafka is not checked)."""
     if settings.is_s3:
         host_port = settings.s3_endpoint.split("://", 1)[1].rstrip("/")
         host = host_port.rsplit(":", 1)[0] if ":" in host_port else host_port
@@ -85,7 +170,7 @@ def check_reachable(settings: Settings, kafka: bool = True) -> None:
                                    "(`lakehouse stack up`) or fix LAKEHOUSE_S3_ENDPOINT")
         check_s3_access(settings)
     if kafka:
-        admin = kafka_admin(settings, timeout_ms=5000)
+        admin = kafka_admin(settings, timeout_ms=5000, role=kafka)
         admin.close()
 
 

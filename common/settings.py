@@ -27,6 +27,12 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LAYERS = ("bronze", "silver", "gold")
 OPS = "ops"  # the pipeline's own tables: its event log (common.eventlog), the data-quality results
 LOG_LEVELS = ("INFO", "DEBUG")
+# Kafka clients by what they may do (the local stack's ACLs, devstack.kafka_acls): admin = the
+# super user; producer writes the input topics; bronze reads them; gold writes the enriched topic
+# (transactions); reader reads every topic.
+KAFKA_ROLES = ("admin", "producer", "bronze", "gold", "reader")
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 _INTERVAL = re.compile(
     r"^\s*(\d+(\.\d+)?)\s*(ms|millisecond|milliseconds|s|sec|second|seconds|min|minute|minutes|"
     r"h|hour|hours)\s*$", re.I)
@@ -104,6 +110,24 @@ class Settings:
     s3_region: str = "us-east-1"
     # kafka
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    # Kafka's client security: PLAINTEXT (no authentication: a broker of your own on loopback only),
+    # SASL_PLAINTEXT (loopback only: passwords are hashed by SCRAM, the records are not encrypted)
+    # or SASL_SSL. Each client authenticates as the identity of its role (KAFKA_ROLES): a role
+    # without one of its own uses kafka_user / kafka_password.
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_user: str = ""
+    kafka_password: str = field(default="", repr=False)
+    kafka_user_admin: str = ""      # the stack's super user: topics, SCRAM users, ACLs
+    kafka_password_admin: str = field(default="", repr=False)
+    kafka_user_producer: str = ""   # writes the three input topics (the generator, your producers)
+    kafka_password_producer: str = field(default="", repr=False)
+    kafka_user_bronze: str = ""     # reads the input topics
+    kafka_password_bronze: str = field(default="", repr=False)
+    kafka_user_gold: str = ""       # writes the enriched topic, in transactions
+    kafka_password_gold: str = field(default="", repr=False)
+    kafka_user_reader: str = ""     # reads every topic (trace, refresh, your consumers)
+    kafka_password_reader: str = field(default="", repr=False)
     topic_orders: str = "commandes-json"
     topic_logs: str = "logs-application"
     topic_metrics: str = "metrics"
@@ -206,6 +230,17 @@ class Settings:
                 raise SettingsError(
                     f"LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS={self.kafka_bootstrap_servers!r} is not valid; "
                     "use host:port[,host:port]")
+        if self.kafka_security_protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise SettingsError(f"LAKEHOUSE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol!r}; valid: "
+                                + ", ".join(KAFKA_SECURITY_PROTOCOLS))
+        if self.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+            raise SettingsError(f"LAKEHOUSE_KAFKA_SASL_MECHANISM={self.kafka_sasl_mechanism!r}; valid: "
+                                + ", ".join(KAFKA_SASL_MECHANISMS))
+        for suffix in ("",) + tuple(f"_{role}" for role in KAFKA_ROLES):
+            user, password = getattr(self, f"kafka_user{suffix}"), getattr(self, f"kafka_password{suffix}")
+            if bool(user) != bool(password):
+                raise SettingsError(f"LAKEHOUSE_KAFKA_USER{suffix.upper()} and LAKEHOUSE_KAFKA_PASSWORD{suffix.upper()} "
+                                    "go together: set both or neither")
         Trigger.parse(self.trigger, variable="LAKEHOUSE_TRIGGER")
         if Trigger.parse(self.kpi_trigger, variable="LAKEHOUSE_KPI_TRIGGER").kind != "processingTime":
             raise SettingsError(f"LAKEHOUSE_KPI_TRIGGER={self.kpi_trigger!r}: use processingTime=<interval> (a run "
@@ -263,6 +298,16 @@ class Settings:
     def bucket(self) -> str | None:
         return self.lake_root[len("s3a://"):].split("/", 1)[0] if self.is_s3 else None
 
+    def with_topic_scope(self, scope: str, **changes) -> "Settings":
+        """These settings with topics of their own, ``<topic>.<scope>`` (a test's, a benchmark's,
+        set-up's scratch run), and ``changes``. The suffix keeps each name under its configured one:
+        the local stack's ACLs grant each role its topics by that prefix."""
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,100}", scope):
+            raise SettingsError(f"topic scope {scope!r}: use letters, digits, '.', '_' or '-'")
+        topics = {f: f"{getattr(self, f)}.{scope}" for f in ("topic_orders", "topic_logs", "topic_metrics",
+                                                              "topic_enriched")}
+        return self.with_overrides(**{**topics, **changes})
+
     @property
     def source_topics(self) -> tuple[str, ...]:
         return tuple(src.topic for src in self.sources)
@@ -309,6 +354,37 @@ class Settings:
         return f"{self.checkpoints}/{layer}/{query}"
 
     @property
+    def kafka_sasl(self) -> bool:
+        return self.kafka_security_protocol.startswith("SASL_")
+
+    def kafka_identity(self, role: str) -> tuple[str, str] | None:
+        """The (user, password) Kafka clients of ``role`` authenticate with; None without SASL.
+        A role without an identity of its own uses LAKEHOUSE_KAFKA_USER / LAKEHOUSE_KAFKA_PASSWORD."""
+        if role not in KAFKA_ROLES:
+            raise SettingsError(f"unknown Kafka role {role!r}; valid: {', '.join(KAFKA_ROLES)}")
+        if not self.kafka_sasl:
+            return None
+        user = getattr(self, f"kafka_user_{role}") or self.kafka_user
+        password = getattr(self, f"kafka_password_{role}") or self.kafka_password
+        if not user:
+            raise SettingsError(
+                f"LAKEHOUSE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs an identity for the {role} "
+                f"role: set LAKEHOUSE_KAFKA_USER_{role.upper()} and LAKEHOUSE_KAFKA_PASSWORD_{role.upper()} "
+                "(or LAKEHOUSE_KAFKA_USER and LAKEHOUSE_KAFKA_PASSWORD for every role)")
+        return user, password
+
+    @property
+    def kafka_identities(self) -> str:
+        """How Kafka clients authenticate, for ``lakehouse config`` (never a secret)."""
+        if not self.kafka_sasl:
+            return f"{self.kafka_security_protocol} (no authentication)"
+        own = [role for role in KAFKA_ROLES if getattr(self, f"kafka_user_{role}")]
+        mode = ("one identity per role" if len(own) == len(KAFKA_ROLES) else
+                "one identity for every role" if not own else
+                f"own identities for {', '.join(own)}; LAKEHOUSE_KAFKA_USER for the rest")
+        return f"{self.kafka_security_protocol} with {self.kafka_sasl_mechanism}, {mode}"
+
+    @property
     def kafka_port(self) -> int:
         return int(self.kafka_bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
 
@@ -331,7 +407,8 @@ class Settings:
         return out
 
 
-SECRET_FIELDS = frozenset({"s3_access_key", "s3_secret_key"})
+SECRET_FIELDS = frozenset({"s3_access_key", "s3_secret_key", "kafka_password"}
+                          | {f"kafka_password_{role}" for role in KAFKA_ROLES})
 
 
 def env_var(field_name: str) -> str:

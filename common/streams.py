@@ -75,10 +75,15 @@ def _apply_trigger(writer, trigger: Trigger):
 FETCH_MAX_WAIT_MS = "10"
 
 
-def kafka_options(settings: Settings, topics: Iterable[str] | None = None, **extra: str) -> dict[str, str]:
-    """Spark's Kafka options from settings: the brokers and, for a source (``topics``), the
-    subscription, the headers and LAKEHOUSE_FAIL_ON_DATA_LOSS; ``extra`` adds or overrides."""
-    options = {"kafka.bootstrap.servers": settings.kafka_bootstrap_servers}
+def kafka_options(settings: Settings, topics: Iterable[str] | None = None, role: str = "bronze",
+                  **extra: str) -> dict[str, str]:
+    """Spark's Kafka options from settings: the brokers, the identity of Kafka role ``role`` and,
+    for a source (``topics``), the subscription, the headers and LAKEHOUSE_FAIL_ON_DATA_LOSS;
+    ``extra`` adds or overrides."""
+    from common.clients import kafka_jaas
+
+    options = {"kafka.bootstrap.servers": settings.kafka_bootstrap_servers,
+               **{f"kafka.{k}": v for k, v in kafka_jaas(settings, role).items()}}
     if topics is not None:
         options.update({"subscribe": ",".join(topics), "includeHeaders": "true",
                         "failOnDataLoss": str(settings.fail_on_data_loss).lower(),
@@ -98,10 +103,11 @@ def read_kafka(spark, settings: Settings, topics: Iterable[str], starting_offset
     return reader.load()
 
 
-def ensure_topics_exist(settings: Settings, topics: Iterable[str]) -> None:
+def ensure_topics_exist(settings: Settings, topics: Iterable[str], role: str = "reader") -> None:
+    """Each of ``topics`` exists (and Kafka role ``role`` may see it), or one line naming it."""
     from common.clients import kafka_admin
 
-    admin = kafka_admin(settings, timeout_ms=5000)
+    admin = kafka_admin(settings, timeout_ms=5000, role=role)
     try:
         existing = set(admin.list_topics())
     finally:

@@ -252,16 +252,15 @@ def generate(settings: Settings, opts: GenOptions) -> Iterator[tuple[str, dict]]
 
 def produce(settings: Settings, opts: GenOptions, out=sys.stderr) -> dict[str, int]:
     """Send generated records to Kafka and append them to the ledger; return counts per topic."""
-    from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
+    from common.clients import kafka_producer
     from common.streams import ensure_topics_exist
 
-    ensure_topics_exist(settings, opts.topics)  # unreachable broker / unknown topic: one line, fast
+    ensure_topics_exist(settings, opts.topics, role="producer")  # unreachable broker / unknown topic: one line, fast
     try:
-        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","),
-                                 acks="all", enable_idempotence=True, linger_ms=5,
-                                 max_block_ms=60000, bootstrap_timeout_ms=5000, compression_type=None)
+        producer = kafka_producer(settings, "lakehouse-generator", acks="all", enable_idempotence=True, linger_ms=5,
+                                  max_block_ms=60000, bootstrap_timeout_ms=5000, compression_type=None)
     except KafkaError as e:
         raise UnreachableError(f"cannot connect a producer to {settings.kafka_bootstrap_servers}: {e}") from None
     ledger_f = None

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from common import jars, versions
-from common.clients import kafka_admin, minio_client, pid_alive, port_open
-from common.errors import SetupError, StackError
+from common.clients import jaas_config, kafka_admin, minio_client, pid_alive, port_open
+from common.errors import SettingsError, SetupError, StackError
 from common.settings import Settings, child_env
 from devstack import gotools
 
@@ -58,6 +58,51 @@ def new_cluster_id() -> str:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not cluster_id.startswith("-"):
             return cluster_id
+
+
+def _private(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path``, readable by this user only (it holds a password)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)  # an older file keeps its mode through O_TRUNC
+    return path
+
+
+def _quoted(arg: str) -> str:
+    """One argument of a ``java @file``: in double quotes, with backslashes and quotes escaped."""
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def kafka_acls(settings: Settings) -> list:
+    """What each Kafka role may do on the local stack (the admin is a super user, beyond ACLs).
+    Topic grants are PREFIXED by the configured names, so that topics scoped to a test or a
+    benchmark (``Settings.with_topic_scope``: ``<topic>.<scope>``) are covered, and nothing else
+    is: the producer writes the input topics, bronze reads them (as Spark's Kafka source, whose
+    consumer groups are named ``spark-kafka-source-*``), gold writes the enriched topic in
+    transactions (ids ``lakehouse:*``) whose ledger is a consumer group (``lakehouse-ledger:*``),
+    the reader reads every topic. Nobody but the admin creates or deletes a topic (Kafka's
+    operations and what they check: docs/security.html, "Authorization and ACLs")."""
+    from kafka.admin import ACL, ACLOperation, ACLPermissionType, ACLResourcePatternType, ResourcePattern, ResourceType
+
+    def grant(role: str, operation, kind, name: str, prefixed: bool = True):
+        user = settings.kafka_identity(role)[0]
+        pattern = ACLResourcePatternType.PREFIXED if prefixed else ACLResourcePatternType.LITERAL
+        return ACL(f"User:{user}", "*", operation, ACLPermissionType.ALLOW, ResourcePattern(kind, name, pattern))
+
+    inputs = settings.source_topics
+    return [
+        *(grant("producer", ACLOperation.WRITE, ResourceType.TOPIC, t) for t in inputs),
+        *(grant("bronze", ACLOperation.READ, ResourceType.TOPIC, t) for t in inputs),
+        grant("bronze", ACLOperation.READ, ResourceType.GROUP, "spark-kafka-source"),
+        grant("gold", ACLOperation.WRITE, ResourceType.TOPIC, settings.topic_enriched),
+        # the ledger's offset is committed on the topic it publishes to (TxnOffsetCommit checks READ)
+        grant("gold", ACLOperation.READ, ResourceType.TOPIC, settings.topic_enriched),
+        grant("gold", ACLOperation.WRITE, ResourceType.TRANSACTIONAL_ID, "lakehouse:"),
+        grant("gold", ACLOperation.READ, ResourceType.GROUP, "lakehouse-ledger:"),
+        grant("reader", ACLOperation.READ, ResourceType.TOPIC, "*", prefixed=False),
+    ]
 
 
 class Stack:
@@ -132,17 +177,19 @@ class Stack:
     # ---- Kafka ----------------------------------------------------------------------------
     def _kafka_config(self) -> Path:
         cfg = self.root / "kafka" / "server.properties"
-        cfg.parent.mkdir(parents=True, exist_ok=True)
         port, cport = self.s.kafka_port, self.s.kafka_controller_port
-        cfg.write_text("\n".join([
+        listener = self.s.kafka_security_protocol
+        _private(cfg, "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{cport}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}",
+            f"listeners={listener}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+            f"advertised.listeners={listener}://127.0.0.1:{port}",
             "controller.listener.names=CONTROLLER",
-            "inter.broker.listener.name=PLAINTEXT",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"inter.broker.listener.name={listener}",
+            f"listener.security.protocol.map=CONTROLLER:{'SASL_PLAINTEXT' if self.s.kafka_sasl else 'PLAINTEXT'},"
+            f"{listener}:{listener}",
+            *self._kafka_security_config(),
             f"log.dirs={self.root / 'kafka' / 'data'}",
             f"num.partitions={self.s.topic_partitions}",
             "offsets.topic.replication.factor=1",
@@ -172,6 +219,42 @@ class Stack:
         ]))
         return cfg
 
+    def _kafka_security_config(self) -> list[str]:
+        """SASL/SCRAM on the clients' listener, ACLs by the StandardAuthorizer (none without SASL).
+        The broker authenticates to itself (transaction markers) as the admin, a super user. SCRAM's
+        users live in the metadata the controller serves, so the controller listener takes SASL
+        PLAIN, with the admin as its one user in this (private) file: the broker's requests to the
+        controller come from the admin too, not from an ANONYMOUS super user that any local
+        process reaching the controller's port would be."""
+        if not self.s.kafka_sasl:
+            return []
+        if self.s.kafka_security_protocol != "SASL_PLAINTEXT" or not self.s.kafka_sasl_mechanism.startswith("SCRAM-"):
+            raise StackError(f"the local stack's broker takes SASL_PLAINTEXT with SCRAM-SHA-512 or SCRAM-SHA-256, "
+                             f"not {self.s.kafka_security_protocol} with {self.s.kafka_sasl_mechanism}: fix "
+                             "LAKEHOUSE_KAFKA_SECURITY_PROTOCOL / LAKEHOUSE_KAFKA_SASL_MECHANISM")
+        mechanism, listener = self.s.kafka_sasl_mechanism, self.s.kafka_security_protocol.lower()
+        admin, password = self.s.kafka_identity("admin")
+        # a properties file: a backslash in a value escapes the next character
+        clients = jaas_config(mechanism, admin, password).replace("\\", "\\\\")
+        controller = jaas_config("PLAIN", admin, password, **{f"user_{admin}": password}).replace("\\", "\\\\")
+        return [
+            f"sasl.enabled.mechanisms={mechanism}",
+            f"sasl.mechanism.inter.broker.protocol={mechanism}",
+            f"listener.name.{listener}.{mechanism.lower()}.sasl.jaas.config={clients}",
+            "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+            "sasl.mechanism.controller.protocol=PLAIN",
+            f"listener.name.controller.plain.sasl.jaas.config={controller}",
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found=false",
+            f"super.users=User:{admin}",
+        ]
+
+    @property
+    def _kafka_security_marker(self) -> str:
+        """What the broker's storage was formatted for: its SCRAM admin is in the metadata log."""
+        return (f"{self.s.kafka_sasl_mechanism} admin={self.s.kafka_identity('admin')[0]}"
+                if self.s.kafka_sasl else "PLAINTEXT")
+
     def _java(self) -> str:
         java = shutil.which("java")
         if java is None:
@@ -191,12 +274,29 @@ class Stack:
         self._check_port_free("kafka controller", self.s.kafka_controller_port,
                               "LAKEHOUSE_KAFKA_CONTROLLER_PORT")
         cfg = self._kafka_config()
+        marker = self.root / "kafka" / "formatted-for"
         if not (self.root / "kafka" / "data" / "meta.properties").exists():
-            cluster_id = new_cluster_id()
-            proc = subprocess.run(self._kafka_cmd("kafka.tools.StorageTool", "format", "-t", cluster_id,
-                                                  "-c", str(cfg)), capture_output=True, text=True)
+            args = ["format", "-t", new_cluster_id(), "-c", str(cfg)]
+            if self.s.kafka_sasl:  # the admin's SCRAM credential in the first metadata: nobody else can add it
+                admin, password = self.s.kafka_identity("admin")
+                args += ["--add-scram", f"{self.s.kafka_sasl_mechanism}=[name={admin},password={password}]"]
+            # the arguments in a file only this user reads (``java @file``), never on a command line
+            argfile = _private(self.root / "kafka" / "format.args",
+                               "\n".join(_quoted(a) for a in self._kafka_cmd("kafka.tools.StorageTool", *args)[1:]))
+            try:
+                proc = subprocess.run([self._java(), f"@{argfile}"], capture_output=True, text=True)
+            finally:
+                argfile.unlink(missing_ok=True)
             if proc.returncode != 0:
                 raise StackError(f"formatting Kafka storage failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
+            marker.write_text(self._kafka_security_marker + "\n")
+        formatted = marker.read_text().strip() if marker.exists() else "PLAINTEXT"
+        if formatted != self._kafka_security_marker:
+            raise StackError(
+                f"the local Kafka's storage ({self.root / 'kafka' / 'data'}) was formatted for {formatted}, the "
+                f"settings ask for {self._kafka_security_marker}: set LAKEHOUSE_KAFKA_SECURITY_PROTOCOL and the "
+                f"admin identity back, or delete {self.root / 'kafka'} (its topics are lost) and run "
+                "`lakehouse stack up` again")
         self._spawn("kafka", self._kafka_cmd("kafka.Kafka", str(cfg)))
 
     def _kafka_health(self) -> bool:
@@ -204,6 +304,8 @@ class Stack:
             return False
         try:
             admin = kafka_admin(self.s, timeout_ms=2000)
+        except SettingsError:  # the broker answers and refuses the admin identity: no use waiting
+            raise
         except Exception:
             return False
         try:
@@ -233,6 +335,35 @@ class Stack:
         finally:
             admin.close()
 
+    def ensure_kafka_identities(self) -> None:
+        """Each role's SCRAM user (the admin's is formatted in) and its ACLs (``kafka_acls``);
+        both are upserts, so a changed password or a new topic name takes effect at the next ``up``."""
+        if not self.s.kafka_sasl:
+            return
+        from kafka.admin import UserScramCredentialUpsertion
+
+        from common.settings import KAFKA_ROLES
+
+        admin_user = self.s.kafka_identity("admin")[0]
+        users = {}
+        for role in KAFKA_ROLES:
+            user, password = self.s.kafka_identity(role)
+            if user != admin_user:
+                users[user] = password
+        admin = kafka_admin(self.s)
+        try:
+            if users:
+                failed = {u: e for u, e in admin.alter_user_scram_credentials(
+                    [UserScramCredentialUpsertion(u, self.s.kafka_sasl_mechanism, p) for u, p in users.items()]).items()
+                    if e}
+                if failed:
+                    raise StackError(f"Kafka refused the SCRAM users {failed}")
+            result = admin.create_acls(kafka_acls(self.s))
+            if result.get("failed"):
+                raise StackError(f"Kafka refused {len(result['failed'])} of the roles' ACLs: {result['failed'][0]}")
+        finally:
+            admin.close()
+
     # ---- public ---------------------------------------------------------------------------
     def up(self, timeout: float = 90) -> list[ServiceStatus]:
         self._start_minio()
@@ -240,6 +371,7 @@ class Stack:
         wait_until(lambda: self._exited_check("minio") or self._minio_health(), timeout, "MinIO to become healthy")
         wait_until(lambda: self._exited_check("kafka") or self._kafka_health(), timeout, "Kafka to become healthy")
         self.ensure_bucket()
+        self.ensure_kafka_identities()
         self.ensure_topics()
         return self.status()
 

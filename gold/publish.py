@@ -75,12 +75,12 @@ class Publisher:
         self._next: int | None = None  # the ledger: the next batch id to publish
 
     def _start(self) -> None:
-        from kafka import KafkaProducer
+        from common.clients import kafka_producer
 
-        producer = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap_servers.split(","),
-                                 client_id=f"lakehouse-{self.flow}", transactional_id=self.transactional_id,
-                                 transaction_timeout_ms=TRANSACTION_TIMEOUT_MS, acks="all",
-                                 linger_ms=5, batch_size=256 * 1024)
+        producer = kafka_producer(self.settings, f"lakehouse-{self.flow}", role="gold",
+                                  transactional_id=self.transactional_id,
+                                  transaction_timeout_ms=TRANSACTION_TIMEOUT_MS, acks="all",
+                                  linger_ms=5, batch_size=256 * 1024)
         try:
             producer.init_transactions()  # fences an earlier driver; its open transaction is aborted
             self._next = self._read_ledger()
@@ -97,7 +97,7 @@ class Publisher:
 
         from common.clients import kafka_consumer
 
-        consumer = kafka_consumer(self.settings, f"lakehouse-{self.flow}-ledger", group_id=self.ledger_group,
+        consumer = kafka_consumer(self.settings, f"lakehouse-{self.flow}-ledger", role="gold", group_id=self.ledger_group,
                                   isolation_level="read_committed")
         try:
             committed = consumer.committed(TopicPartition(self.topic, LEDGER_PARTITION), timeout_ms=30_000)

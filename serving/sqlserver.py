@@ -18,7 +18,7 @@ def serve(settings: Settings, port: int = 10000, host: str = "127.0.0.1", refres
     from common.errors import StackError
     from common.clients import check_reachable, port_open
 
-    check_reachable(settings, kafka=False)
+    check_reachable(settings, kafka=None)
     if port_open(host, port):
         raise StackError(f"port {port} is already in use; choose another with --port")
     from pyspark.sql import SparkSession
@@ -62,7 +62,7 @@ def spark_sql_shell(settings: Settings, args: list[str]) -> int:
     from common.spark import spark_properties, write_properties
     from common.clients import check_reachable
 
-    check_reachable(settings, kafka=False)
+    check_reachable(settings, kafka=None)
     with tempfile.TemporaryDirectory(prefix="lakehouse-spark-sql-") as tmp:
         init = Path(tmp) / "init.sql"
         init.write_text("".join(f"{s};\n" for s in registration_sql(settings, list_tables(settings))))

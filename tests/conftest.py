@@ -55,11 +55,7 @@ def isolated_settings(base: Settings, name: str) -> Settings:
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     if len(slug) > 40:  # cut, with the whole name's hash: two parameters of one test never share a lake
         slug = f"{slug[:31].strip('-')}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-    prefix = f"t{RUN_ID}-{slug}"
-    settings = base.with_overrides(
-        lake_root=f"{base.lake_root.rstrip('/')}/tests/{RUN_ID}/{slug}",
-        topic_orders=f"{prefix}-commandes-json", topic_logs=f"{prefix}-logs-application",
-        topic_metrics=f"{prefix}-metrics", topic_enriched=f"{prefix}-commandes-enrichies")
+    settings = base.with_topic_scope(f"t{RUN_ID}-{slug}", lake_root=f"{base.lake_root.rstrip('/')}/tests/{RUN_ID}/{slug}")
     Stack(settings).ensure_topics()
     return settings
 
@@ -71,9 +67,12 @@ def lake(request, base_settings, stack) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment a subprocess needs to see ``settings`` (for CLI / spark-submit tests)."""
+    from common.settings import SECRET_FIELDS, env_var
+
     env = dict(os.environ)
+    secrets = {env_var(f) for f in SECRET_FIELDS}  # the subprocess reads them from LAKEHOUSE_ENV_FILE
     for k, v in settings.redacted().items():
-        if "KEY" not in k:
+        if k not in secrets:
             env[k] = str(v)
     return env
 

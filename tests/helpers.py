@@ -92,10 +92,12 @@ def read_topic(settings: Settings, topic: str, timeout: float = 60, committed: b
     """Every record of ``topic`` now in Kafka, read up to the partitions' end offsets taken at the
     start (no idle timeout to wait out: the read ends when the last offset is in); as a
     ``read_committed`` consumer (``committed=False``: ``read_uncommitted``, aborted records too)."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False,
-                             isolation_level="read_committed" if committed else "read_uncommitted")
+    from common.clients import kafka_consumer
+
+    consumer = kafka_consumer(settings, "tests-read-topic",
+                              isolation_level="read_committed" if committed else "read_uncommitted")
     try:
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         assert parts, f"topic {topic} has no partitions"

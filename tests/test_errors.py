@@ -107,3 +107,36 @@ def test_dq_prints_its_summary_first_and_no_library_noise(spark, lake, tmp_path)
     assert len(results) == 15 and len({r["run_id"] for r in results}) == 1
     assert {r["layer"] for r in results} == {"bronze"} and all(r["success"] for r in results)
     assert {r["table_name"] for r in results} == {f"bronze.{lake.bronze_table_for(t)}" for t in lake.source_topics}
+
+
+def test_kafka_refuses_a_wrong_password_a_client_without_sasl_and_a_role_beyond_its_acls(lake, capfd):
+    """The local stack's Kafka takes SASL/SCRAM on its clients' listener and each role's ACLs
+    (``devstack.stack.kafka_acls``): a wrong password, or a client without SASL, is one line naming
+    the setting, before anything is sent; no role but the producer writes an input topic, none but
+    gold the enriched topic, and what they tried is nowhere in Kafka."""
+    from kafka.errors import KafkaError
+
+    from common.clients import kafka_producer
+    from tests.helpers import read_topic
+
+    proc = in_process(lake, "produce", "--count", "5", capfd=capfd, env={"LAKEHOUSE_KAFKA_PASSWORD_PRODUCER": WRONG_SECRET})
+    assert_one_line_error(proc, "refused the producer identity 'lakehouse-producer'",
+                          "LAKEHOUSE_KAFKA_PASSWORD_PRODUCER", secret=WRONG_SECRET)
+    proc = in_process(lake, "peek", lake.topic_orders, capfd=capfd, env={"LAKEHOUSE_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"})
+    assert_one_line_error(proc, "does not answer a PLAINTEXT client", "LAKEHOUSE_KAFKA_SECURITY_PROTOCOL")
+    for role, topic in (("bronze", lake.topic_orders), ("gold", lake.topic_logs), ("reader", lake.topic_metrics),
+                        ("producer", lake.topic_enriched), ("reader", lake.topic_enriched)):
+        producer = kafka_producer(lake, "tests-acl", role=role, max_block_ms=10_000)
+        try:
+            with pytest.raises(KafkaError, match="AuthorizationFailed"):
+                producer.send(topic, b"not allowed").get(timeout=10)
+        finally:
+            producer.close(timeout=5)
+    for topic in (*lake.source_topics, lake.topic_enriched):
+        assert read_topic(lake, topic, committed=False) == [], topic
+    producer = kafka_producer(lake, "tests-acl")  # the producer's identity: its own topics only
+    try:
+        producer.send(lake.topic_orders, b"allowed").get(timeout=10)
+    finally:
+        producer.close(timeout=5)
+    assert [m.value for m in read_topic(lake, lake.topic_orders)] == [b"allowed"]

@@ -10,10 +10,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kafka import KafkaProducer
-
 from common import jars
-from common.clients import minio_client, port_open
+from common.clients import kafka_producer, minio_client, port_open
+from common.streams import kafka_options
 from devstack.stack import Stack, wait_until
 from tests.conftest import ROOT, settings_env
 from tests.helpers import read_topic
@@ -40,7 +39,7 @@ def test_stack_restart_keeps_data(lake, tmp_path):
     try:
         assert all(s.healthy for s in stack.up())
         topic = own.topic_orders
-        producer = KafkaProducer(bootstrap_servers=own.kafka_bootstrap_servers)
+        producer = kafka_producer(own, "tests-restart")
         producer.send(topic, key=b"k", value=b"before-restart").get(timeout=10)
         producer.close()
         client = minio_client(own)
@@ -83,13 +82,13 @@ def test_delta_roundtrip_on_minio(spark, lake):
 
 
 def test_kafka_roundtrip_through_spark(spark, lake):
-    producer = KafkaProducer(bootstrap_servers=lake.kafka_bootstrap_servers, acks="all")
+    producer = kafka_producer(lake, "tests-roundtrip", acks="all")
     sent = {f"key-{i}": json.dumps({"n": i}) for i in range(50)}
     for k, v in sent.items():
         producer.send(lake.topic_metrics, key=k.encode(), value=v.encode())
     producer.flush()
     producer.close()
-    df = (spark.read.format("kafka").option("kafka.bootstrap.servers", lake.kafka_bootstrap_servers)
+    df = (spark.read.format("kafka").options(**kafka_options(lake, role="reader"))
           .option("subscribe", lake.topic_metrics).option("startingOffsets", "earliest").load()
           .selectExpr("CAST(key AS STRING) k", "CAST(value AS STRING) v", "partition", "offset"))
     got = {r.k: r.v for r in df.collect()}

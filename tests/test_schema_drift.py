@@ -145,11 +145,11 @@ def test_fail_stops_before_the_batch_and_resumes_there_once_the_setting_changes(
 
 
 def test_a_field_every_record_lacks_is_reported_and_stops_a_source_set_to_fail(spark, lake, tmp_path):
-    from kafka import KafkaProducer
+    from common.clients import kafka_producer
 
     ledger = produce_to(lake, tmp_path / "ledger.jsonl", 40, seed=51, topics=[lake.topic_metrics])
     run(("bronze", "silver"), lake, "availableNow", spark=spark)
-    producer = KafkaProducer(bootstrap_servers=lake.kafka_bootstrap_servers, acks="all")
+    producer = kafka_producer(lake, "tests-drift", acks="all")
     sample = json.loads(next(r["value"] for r in ledger if r.get("fault") is None))
     for i in range(3):  # the producer stopped sending host
         producer.send(lake.topic_metrics, json.dumps({k: v for k, v in sample.items() if k != "host"}).encode())

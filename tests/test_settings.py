@@ -42,6 +42,9 @@ def test_trigger_parse(text, expected):
     ({"LAKEHOUSE_WATERMARK_ORDERS": "5 lightyears"}, "LAKEHOUSE_WATERMARK_ORDERS"),
     ({"LAKEHOUSE_STARTING_OFFSETS": "beginning"}, "valid: earliest, latest"),
     ({"LAKEHOUSE_TRIGGR": "once"}, "unknown setting LAKEHOUSE_TRIGGR"),
+    ({"LAKEHOUSE_KAFKA_SECURITY_PROTOCOL": "SSL"}, "valid: PLAINTEXT, SASL_PLAINTEXT, SASL_SSL"),
+    ({"LAKEHOUSE_KAFKA_SASL_MECHANISM": "GSSAPI"}, "valid: SCRAM-SHA-512, SCRAM-SHA-256, PLAIN"),
+    ({"LAKEHOUSE_KAFKA_USER_GOLD": "gold"}, "LAKEHOUSE_KAFKA_USER_GOLD and LAKEHOUSE_KAFKA_PASSWORD_GOLD go together"),
 ])
 def test_bad_settings_name_the_variable(env, fragment):
     with pytest.raises(SettingsError) as e:
@@ -68,6 +71,32 @@ def test_redacted_hides_secrets():
     text = repr(s) + str(s.redacted())
     assert "s3cr3t-value" not in text
     assert s.redacted()["LAKEHOUSE_S3_SECRET_KEY"] == "****"
+
+
+def test_kafka_identities_per_role_or_one_for_all():
+    """Each Kafka role authenticates as its own identity, or as LAKEHOUSE_KAFKA_USER when it has none;
+    without SASL, as nobody. A role with no identity at all is one line naming both settings."""
+    sasl = {**CREDS, "LAKEHOUSE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT"}
+    assert Settings.from_env(CREDS).kafka_identity("bronze") is None
+    assert Settings.from_env(CREDS).kafka_identities == "PLAINTEXT (no authentication)"
+    one = Settings.from_env({**sasl, "LAKEHOUSE_KAFKA_USER": "app", "LAKEHOUSE_KAFKA_PASSWORD": "pw-all"})
+    assert {one.kafka_identity(r) for r in ("admin", "producer", "bronze", "gold", "reader")} == {("app", "pw-all")}
+    assert one.kafka_identities == "SASL_PLAINTEXT with SCRAM-SHA-512, one identity for every role"
+    mixed = one.with_overrides(kafka_user_gold="gold", kafka_password_gold="pw-gold")
+    assert mixed.kafka_identity("gold") == ("gold", "pw-gold") and mixed.kafka_identity("bronze") == ("app", "pw-all")
+    assert "own identities for gold" in mixed.kafka_identities
+    with pytest.raises(SettingsError, match="LAKEHOUSE_KAFKA_USER_READER and LAKEHOUSE_KAFKA_PASSWORD_READER"):
+        Settings.from_env(sasl).kafka_identity("reader")
+    text = repr(mixed) + str(mixed.redacted())
+    assert "pw-all" not in text and "pw-gold" not in text
+
+
+def test_a_topic_scope_keeps_each_name_under_its_configured_one():
+    s = Settings.from_env(CREDS).with_topic_scope("t1-case", lake_root="/data/lake")
+    assert (s.topic_orders, s.topic_enriched, s.lake_root) == ("commandes-json.t1-case", "commandes-enrichies.t1-case",
+                                                                "/data/lake")
+    with pytest.raises(SettingsError, match="topic scope"):
+        s.with_topic_scope("a b")
 
 
 def test_interval_seconds():

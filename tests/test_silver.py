@@ -104,7 +104,7 @@ def test_a_copy_on_time_by_event_time_is_dropped_though_a_shorter_delay_moved_th
     had not moved), landed in silver.orders twice (the hour-long soak found 11). Each key now
     lives 2 x its source's delay (``silver.transforms.dedupe``). (The orders' delay is 30 s, not
     the default 5 minutes, so that the test waits 35 s of processing time; it was 55, 60 and 75 s before.)"""
-    from kafka import KafkaProducer
+    from common.clients import kafka_producer
 
     settings = lake.with_overrides(watermark_orders="30 seconds", watermark_logs="1 second",
                                    watermark_metrics="1 second")
@@ -125,7 +125,7 @@ def test_a_copy_on_time_by_event_time_is_dropped_though_a_shorter_delay_moved_th
     run(("bronze", "silver"), settings, "availableNow", spark=spark)     # batch 2 evicts by batch 1's watermark
     # batch 3: a copy of the last order (the greatest event time: on time by the orders' watermark)
     last = max((r for r in ledger if r["topic"] == settings.topic_orders), key=lambda r: r["arrival"])
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers.split(","), acks="all")
+    producer = kafka_producer(settings, "tests-copy", acks="all")
     try:
         md = producer.send(settings.topic_orders, key=last["key"].encode() if last["key"] else None,
                            value=last["value"].encode()).get(timeout=60)

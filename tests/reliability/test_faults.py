@@ -448,15 +448,19 @@ def _event_log_text(spark, path) -> str:
         stream.close()
 
 
-def test_no_s3_secret_in_logs_event_logs_or_printed_config(spark, lake, tmp_path):
+def test_no_s3_or_kafka_secret_in_logs_event_logs_or_printed_config(spark, lake, tmp_path):
+    from common.settings import KAFKA_ROLES
+
     secret = lake.s3_secret_key
     assert len(secret) >= 8
+    passwords = {role: lake.kafka_identity(role)[1] for role in KAFKA_ROLES}  # bronze's is in Spark's options
+    assert all(len(p) >= 8 for p in passwords.values()), "the local stack runs Kafka with SASL"
     produce_to(lake, tmp_path / "ledger.jsonl", 50, seed=801)
     events = tmp_path / "events"
     events.mkdir()
     env = {**settings_env(lake), "LAKEHOUSE_SPARK_EVENT_LOG_DIR": f"file://{events}"}
     outputs = []
-    for args in (["config"], ["run", "bronze", "--trigger", "availableNow"], ["status"],
+    for args in (["config"], ["run", "bronze", "--trigger", "availableNow", "--verbose"], ["status"],
                  ["sql", "SELECT count(*) FROM bronze." + lake.bronze_table_for(lake.topic_orders)]):
         r = subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, cwd=ROOT, capture_output=True,
                            text=True, timeout=300)
@@ -467,8 +471,10 @@ def test_no_s3_secret_in_logs_event_logs_or_printed_config(spark, lake, tmp_path
     texts = outputs + event_logs
     for folder in (ROOT / ".stack" / "logs", ROOT / ".cache" / "spark-conf"):
         texts += [p.read_text(errors="replace") for p in folder.glob("*") if p.is_file()]
-    leaks = [t[max(0, t.find(secret) - 80): t.find(secret)] for t in texts if secret in t]
-    assert not leaks, f"S3 secret printed after: {leaks}"  # ...its value never is
+    for value in (secret, *passwords.values()):
+        leaks = [t[max(0, t.find(value) - 80): t.find(value)] for t in texts if value in t]
+        assert not leaks, f"a secret printed after: {leaks}"  # ...its value never is
+    assert "# Kafka clients: SASL_PLAINTEXT with SCRAM-SHA-512, one identity per role" in outputs[0]
     assert any("redacted" in json.dumps(e) for e in event_logs)
     # nor on any process's command line (`ps -eo args` shows them to every user of the machine), this
     # test session's JVM included: it reads the lake with the key, which reached it through py4j
@@ -479,7 +485,8 @@ def test_no_s3_secret_in_logs_event_logs_or_printed_config(spark, lake, tmp_path
     ours = Path(f"/proc/{SparkContext._gateway.proc.pid}/cmdline").read_bytes()
     assert b"fs.s3a.endpoint=" in ours and b"fs.s3a.secret.key" not in ours
     assert spark.sparkContext._jsc.hadoopConfiguration().get("fs.s3a.secret.key") == secret
-    assert not command_lines_with(secret), "S3 secret on a process's command line"
+    for value in (secret, *passwords.values()):  # the Kafka broker's included: its users are in files
+        assert not command_lines_with(value), "a secret on a process's command line"
 
 
 # 9 -------------------------------------------------------------------------------------------
