@@ -74,7 +74,8 @@ def kafka_jaas(settings: Settings, role: str) -> dict[str, str]:
 def _sasl_refusals():
     """The broker's refusals of a SASL login while a client connects. kafka-python retries a
     refused login until its bootstrap times out and then says only "Unable to bootstrap": the
-    refusal itself is in its log (``kafka.net.manager``), caught here even when that log is quiet."""
+    refusal itself is in its log (the connection's, the transport's or the manager's, whichever
+    sees it first), caught here even when that log is quiet."""
     seen: list[str] = []
 
     class Catch(logging.Handler):
@@ -82,7 +83,7 @@ def _sasl_refusals():
             if "SaslAuthenticationFailed" in record.getMessage():
                 seen.append(record.getMessage())
 
-    logger, handler = logging.getLogger("kafka.net.manager"), Catch(logging.WARNING)
+    logger, handler = logging.getLogger("kafka"), Catch(logging.WARNING)
     level, propagate = logger.level, logger.propagate
     if not logger.isEnabledFor(logging.WARNING):  # quiet: the refusal reaches only our handler
         logger.setLevel(logging.WARNING)
@@ -108,14 +109,18 @@ def kafka_admin(settings: Settings, timeout_ms: int = 10000, role: str = "admin"
                                     bootstrap_timeout_ms=timeout_ms, client_id=f"lakehouse-{role}")
         except KafkaError:
             pass
-    servers = settings.kafka_bootstrap_servers
+    servers, identity = settings.kafka_bootstrap_servers, settings.kafka_identity(role)
+    variables = (f"LAKEHOUSE_KAFKA_USER_{role.upper()} / LAKEHOUSE_KAFKA_PASSWORD_{role.upper()} "
+                 "(or LAKEHOUSE_KAFKA_USER / LAKEHOUSE_KAFKA_PASSWORD)")
     if refusals:
-        suffix = role.upper()
-        raise SettingsError(
-            f"Kafka at {servers} refused the {role} identity {settings.kafka_identity(role)[0]!r} "
-            f"({settings.kafka_sasl_mechanism}): fix LAKEHOUSE_KAFKA_USER_{suffix} / LAKEHOUSE_KAFKA_PASSWORD_{suffix} "
-            "(or LAKEHOUSE_KAFKA_USER / LAKEHOUSE_KAFKA_PASSWORD)")
+        raise SettingsError(f"Kafka at {servers} refused the {role} identity {identity[0]!r} "
+                            f"({settings.kafka_sasl_mechanism}): fix {variables}")
     host, _, port = servers.split(",")[0].strip().rpartition(":")
+    if port_open(host, int(port)) and identity:  # a refusal kafka-python did not log before its timeout
+        raise SettingsError(
+            f"Kafka at {servers} takes connections but did not accept the {role} identity {identity[0]!r} "
+            f"({settings.kafka_security_protocol}, {settings.kafka_sasl_mechanism}) within {timeout_ms / 1000:.0f} s: "
+            f"check {variables} and LAKEHOUSE_KAFKA_SECURITY_PROTOCOL")
     if port_open(host, int(port)):
         raise SettingsError(
             f"Kafka at {servers} takes connections but does not answer a {settings.kafka_security_protocol} client: "
