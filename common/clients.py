@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 
 from common.errors import SettingsError, UnreachableError
 from common.settings import Settings
@@ -70,6 +71,9 @@ def kafka_jaas(settings: Settings, role: str) -> dict[str, str]:
     return config
 
 
+_SASL_WATCH = threading.Lock()
+
+
 @contextlib.contextmanager
 def _sasl_refusals():
     """The broker's refusals of a SASL login while a client connects. kafka-python retries a
@@ -84,17 +88,18 @@ def _sasl_refusals():
                 seen.append(record.getMessage())
 
     logger, handler = logging.getLogger("kafka"), Catch(logging.WARNING)
-    level, propagate = logger.level, logger.propagate
-    if not logger.isEnabledFor(logging.WARNING):  # quiet: the refusal reaches only our handler
-        logger.setLevel(logging.WARNING)
-        logger.propagate = False
-    logger.addHandler(handler)
-    try:
-        yield seen
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate
+    with _SASL_WATCH:  # one at a time: each restores the level and propagation it found
+        level, propagate = logger.level, logger.propagate
+        if not logger.isEnabledFor(logging.WARNING):  # quiet: the refusal reaches only our handler
+            logger.setLevel(logging.WARNING)
+            logger.propagate = False
+        logger.addHandler(handler)
+        try:
+            yield seen
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 def kafka_admin(settings: Settings, timeout_ms: int = 10000, role: str = "admin"):
