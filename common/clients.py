@@ -48,15 +48,19 @@ def kafka_config(settings: Settings, role: str) -> dict[str, object]:
     return config
 
 
+def double_quoted(text: str) -> str:
+    """``text`` in double quotes, backslashes and quotes escaped: a JAAS option's value, a
+    ``java @file``'s argument."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def jaas_config(mechanism: str, user: str, password: str, **entries: str) -> str:
     """A ``sasl.jaas.config`` value: the login module of ``mechanism`` with ``user`` and ``password``
     (and ``entries``, e.g. a PLAIN server's ``user_<name>=<password>``), each value quoted."""
     module = ("org.apache.kafka.common.security.plain.PlainLoginModule" if mechanism == "PLAIN"
               else "org.apache.kafka.common.security.scram.ScramLoginModule")
     values = {"username": user, "password": password, **entries}
-    quoted = " ".join(f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-                      for k, v in values.items())
-    return f"{module} required {quoted};"
+    return f"{module} required {' '.join(f'{k}={double_quoted(v)}' for k, v in values.items())};"
 
 
 def kafka_jaas(settings: Settings, role: str) -> dict[str, str]:
@@ -121,12 +125,13 @@ def kafka_admin(settings: Settings, timeout_ms: int = 10000, role: str = "admin"
         raise SettingsError(f"Kafka at {servers} refused the {role} identity {identity[0]!r} "
                             f"({settings.kafka_sasl_mechanism}): fix {variables}")
     host, _, port = servers.split(",")[0].strip().rpartition(":")
-    if port_open(host, int(port)) and identity:  # a refusal kafka-python did not log before its timeout
+    listening = port_open(host, int(port))
+    if listening and identity:  # a refusal kafka-python did not log before its timeout
         raise SettingsError(
             f"Kafka at {servers} takes connections but did not accept the {role} identity {identity[0]!r} "
             f"({settings.kafka_security_protocol}, {settings.kafka_sasl_mechanism}) within {timeout_ms / 1000:.0f} s: "
             f"check {variables} and LAKEHOUSE_KAFKA_SECURITY_PROTOCOL")
-    if port_open(host, int(port)):
+    if listening:
         raise SettingsError(
             f"Kafka at {servers} takes connections but does not answer a {settings.kafka_security_protocol} client: "
             "fix LAKEHOUSE_KAFKA_SECURITY_PROTOCOL (the local stack's listener: SASL_PLAINTEXT)")

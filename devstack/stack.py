@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Callable
 
 from common import jars, versions
-from common.clients import jaas_config, kafka_admin, minio_client, pid_alive, port_open
+from common.clients import double_quoted, jaas_config, kafka_admin, minio_client, pid_alive, port_open
 from common.errors import SettingsError, SetupError, StackError
 from common.settings import Settings, child_env
+from common.spark import write_private
 from devstack import gotools
 
 
@@ -58,21 +59,6 @@ def new_cluster_id() -> str:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not cluster_id.startswith("-"):
             return cluster_id
-
-
-def _private(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path``, readable by this user only (it holds a password)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)  # an older file keeps its mode through O_TRUNC
-    return path
-
-
-def _quoted(arg: str) -> str:
-    """One argument of a ``java @file``: in double quotes, with backslashes and quotes escaped."""
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def kafka_acls(settings: Settings) -> list:
@@ -177,9 +163,10 @@ class Stack:
     # ---- Kafka ----------------------------------------------------------------------------
     def _kafka_config(self) -> Path:
         cfg = self.root / "kafka" / "server.properties"
+        cfg.parent.mkdir(parents=True, exist_ok=True)
         port, cport = self.s.kafka_port, self.s.kafka_controller_port
         listener = self.s.kafka_security_protocol
-        _private(cfg, "\n".join([
+        write_private(cfg, "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{cport}",
@@ -280,9 +267,10 @@ class Stack:
             if self.s.kafka_sasl:  # the admin's SCRAM credential in the first metadata: nobody else can add it
                 admin, password = self.s.kafka_identity("admin")
                 args += ["--add-scram", f"{self.s.kafka_sasl_mechanism}=[name={admin},password={password}]"]
-            # the arguments in a file only this user reads (``java @file``), never on a command line
-            argfile = _private(self.root / "kafka" / "format.args",
-                               "\n".join(_quoted(a) for a in self._kafka_cmd("kafka.tools.StorageTool", *args)[1:]))
+            # the arguments in a file only this user reads (``java @file``: each in double quotes, with
+            # backslashes and quotes escaped), never on a command line
+            argfile = write_private(self.root / "kafka" / "format.args", "\n".join(
+                double_quoted(a) for a in self._kafka_cmd("kafka.tools.StorageTool", *args)[1:]))
             try:
                 proc = subprocess.run([self._java(), f"@{argfile}"], capture_output=True, text=True)
             finally:
