@@ -31,6 +31,7 @@ from pathlib import Path
 
 from common.errors import SettingsError
 from common.settings import LAYERS, OPS, get_settings
+from common.pipeline import STAGES
 
 
 def _cmd_setup(args) -> int:
@@ -86,6 +87,7 @@ def _cmd_config(args) -> int:
     for k, v in settings.redacted().items():
         print(f"{k}={v}")
     print(f"# Kafka clients: {settings.kafka_identities}")
+    print(f"# S3: {settings.s3_identities}")
     return 0
 
 
@@ -254,13 +256,13 @@ def _print_rows(columns: list[str], rows: list[list], fmt: str) -> None:
         print(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
 
 
-def _lake_session(app_name: str, kafka: str | None = None):
-    """(settings, spark) for a command that reads the lake (and Kafka as role ``kafka``): a down or
-    refusing endpoint is one line, fast, before Spark starts."""
+def _lake_session(app_name: str, kafka: str | None = None, s3: str = "admin"):
+    """(settings, spark) for a command that reads the lake as S3 role ``s3`` (and Kafka as role
+    ``kafka``): a down or refusing endpoint is one line, fast, before Spark starts."""
     from common.spark import get_spark
     from common.clients import check_reachable
 
-    settings = get_settings()
+    settings = get_settings().acting_as(s3)
     check_reachable(settings, kafka=kafka)
     return settings, get_spark(settings, app_name=app_name)
 
@@ -268,7 +270,7 @@ def _lake_session(app_name: str, kafka: str | None = None):
 def _cmd_sql(args) -> int:
     from serving.catalog import register_tables
 
-    settings, spark = _lake_session("lakehouse-sql")
+    settings, spark = _lake_session("lakehouse-sql", s3="reader")
     tables = register_tables(spark, settings)
     try:
         df = spark.sql(args.query)
@@ -300,7 +302,7 @@ def _cmd_trace(args) -> int:
         raise SettingsError("usage: lakehouse trace order <order_id>")
     if args.what == "kafka" and (len(args.ids) != 3 or not all(x.isdigit() for x in args.ids[1:])):
         raise SettingsError("usage: lakehouse trace kafka <topic> <partition> <offset>")
-    settings = get_settings()
+    settings = get_settings().acting_as("reader")
     check_reachable(settings, kafka="reader")
     if args.what == "order":
         root = trace_order(settings, args.ids[0])
@@ -314,7 +316,7 @@ def _cmd_peek(args) -> int:
     from common.spark import get_spark
     from common.streams import ensure_topics_exist, kafka_options
 
-    settings = get_settings()
+    settings = get_settings().acting_as("reader")
     ensure_topics_exist(settings, [args.topic], role="reader")
     spark = get_spark(settings, app_name="lakehouse-peek")
     # read_committed: the records of aborted transactions (gold's publication after a crash) are not shown
@@ -332,7 +334,7 @@ def _cmd_dashboard(args) -> int:
     from common.clients import check_reachable
     from serving.dashboard import serve
 
-    settings = get_settings()
+    settings = get_settings().acting_as("reader")
     changes = {k: v for k, v in (("dashboard_port", args.port), ("dashboard_host", args.host)) if v is not None}
     settings = settings.with_overrides(**changes) if changes else settings
     check_reachable(settings, kafka=None)
@@ -343,7 +345,7 @@ def _cmd_status(args) -> int:
     from common.clients import check_reachable
     from serving.status import format_drift, format_status, read_status
 
-    settings = get_settings()
+    settings = get_settings().acting_as("reader")
     check_reachable(settings, kafka=None)
     from app.dataflow import graph
 
@@ -358,26 +360,26 @@ def _cmd_status(args) -> int:
 def _cmd_sql_server(args) -> int:
     from serving.sqlserver import serve
 
-    return serve(get_settings(), port=args.port, refresh=args.refresh)
+    return serve(get_settings().acting_as("reader"), port=args.port, refresh=args.refresh)
 
 
 def _cmd_spark_sql(args) -> int:
     from serving.sqlserver import spark_sql_shell
 
-    return spark_sql_shell(get_settings(), args.args)
+    return spark_sql_shell(get_settings().acting_as("reader"), args.args)
 
 
 def _cmd_dq(args) -> int:
     from data_quality.runner import run_dq
 
-    settings, spark = _lake_session("lakehouse-dq")
+    settings, spark = _lake_session("lakehouse-dq", s3="quality")
     return run_dq(spark, settings, args.layer, args.details)
 
 
 def _cmd_customers(args) -> int:
     from silver import customers
 
-    settings, spark = _lake_session("lakehouse-customers")
+    settings, spark = _lake_session("lakehouse-customers", s3="customers")
     path = Path(args.file) if args.file else customers.DEFAULT_FILE
     n = customers.load(spark, settings, path)
     print(f"loaded {n} customers from {path} into {settings.table_path('silver', 'customers')}")
@@ -403,7 +405,8 @@ def _cmd_maintain(args) -> int:
 def _cmd_demo(args) -> int:
     from app.demo import demo
 
-    return demo(get_settings(), count=args.count)
+    # one process for every step: each zone's bucket with the key of the role that acts there
+    return demo(get_settings().acting_as(*STAGES, "customers", "quality"), count=args.count)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -117,15 +117,9 @@ def _prune(target: Path, home: Path) -> None:
 
 
 def _drop_scratch(settings: Settings) -> None:
-    from minio.deleteobjects import DeleteObject
+    from common.clients import kafka_admin, remove_lake
 
-    from common.clients import kafka_admin, minio_client
-
-    client = minio_client(settings)
-    objects = (DeleteObject(o.object_name)
-               for o in client.list_objects(settings.bucket, prefix=f"{_SCRATCH}/", recursive=True))
-    for error in client.remove_objects(settings.bucket, objects):
-        raise SetupError(f"could not delete the scratch lake s3a://{settings.bucket}/{_SCRATCH}: {error}")
+    remove_lake(settings)
     admin = kafka_admin(settings)
     try:
         topics = sorted(set(admin.list_topics()) & {*settings.source_topics, settings.topic_enriched})

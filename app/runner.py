@@ -108,6 +108,8 @@ def _start_stage(run: RunContext, stage: str) -> list:
 
 def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None, sink: str | None = None,
         spark=None) -> None:
+    if spark is None:  # a process of its own: it holds the S3 keys of the stages it runs, no other
+        settings = settings.acting_as(*stages)
     options = streams.StreamOptions.from_args(settings, trigger, sink)
     from common.clients import check_reachable
 

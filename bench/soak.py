@@ -57,7 +57,7 @@ from bench.run import HERE, ROOT, App, app_env, bench_start, fresh, log, results
 from app import dataflow
 from common import pipeline
 from common.clients import kafka_consumer, minio_client
-from common.settings import OPS, Settings, interval_seconds
+from common.settings import OPS, Settings, interval_seconds, s3_location
 from devstack.generator import GenOptions, produce
 
 FAULTS = {"duplicate_pct": 5.0, "late_pct": 2.0, "malformed_pct": 2.0}
@@ -74,11 +74,6 @@ def default_rate() -> float:
     return best / 2 if best else 100.0
 
 
-def _key(settings: Settings, path: str) -> str:
-    """An ``s3a://bucket/key`` path as the object key (no trailing slash)."""
-    return path.removeprefix(f"s3a://{settings.bucket}/").rstrip("/")
-
-
 class Lake:
     """What the soak reads from MinIO and delta-rs, incrementally where it grows."""
 
@@ -91,10 +86,11 @@ class Lake:
         self.gold: list[tuple[int, float]] = []   # (order_id, gold commit ms)
         self._batches: dict[str, int] = {}        # query -> last batch id read from the event log
 
-    def size(self, prefix: str) -> tuple[int, int]:
-        """(objects, bytes) under ``prefix``."""
+    def size(self, path: str) -> tuple[int, int]:
+        """(objects, bytes) under ``path`` (``s3a://bucket/key``)."""
         n = b = 0
-        for o in self.client.list_objects(self.s.bucket, prefix=prefix + "/", recursive=True):
+        bucket, prefix = s3_location(path)
+        for o in self.client.list_objects(bucket, prefix=prefix + "/", recursive=True):
             n, b = n + 1, b + (o.size or 0)
         return n, b
 
@@ -103,17 +99,17 @@ class Lake:
         import pyarrow.parquet as pq
         from urllib.parse import unquote
 
-        key = _key(self.s, path)
+        bucket, key = s3_location(path)
         names = [o.object_name for o in self.client.list_objects(
-            self.s.bucket, prefix=f"{key}/_delta_log/", start_after=self._after.get(key, ""))
+            bucket, prefix=f"{key}/_delta_log/", start_after=self._after.get(key, ""))
             if o.object_name.endswith(".json")]
         for name in sorted(names):
-            lines = self.client.get_object(self.s.bucket, name).read().decode().splitlines()
+            lines = self.client.get_object(bucket, name).read().decode().splitlines()
             actions = [json.loads(x) for x in lines if x.strip()]
             ms = next(a["commitInfo"]["timestamp"] for a in actions if "commitInfo" in a)
             for a in actions:
                 if "add" in a and a["add"].get("dataChange"):
-                    data = self.client.get_object(self.s.bucket, f"{key}/{unquote(a['add']['path'])}").read()
+                    data = self.client.get_object(bucket, f"{key}/{unquote(a['add']['path'])}").read()
                     yield ms, pq.read_table(io.BytesIO(data), columns=columns).to_pylist()
             self._after[key] = name
 
@@ -134,17 +130,17 @@ class Lake:
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError
 
-        from common.deltars import storage_options, table_uri
+        from common.deltars import storage_options, uri
 
-        layer, table = name.split(".", 1)
+        path = self.s.table_path(*name.split(".", 1))
         try:
-            dt = DeltaTable(table_uri(self.s, layer, table), storage_options=storage_options(self.s))
+            dt = DeltaTable(uri(path), storage_options=storage_options(self.s, path))
         except TableNotFoundError:
             return {}
         import pyarrow as pa
 
         sizes = pa.table(dt.get_add_actions(flatten=True)).column("size_bytes").to_pylist()
-        log_n, log_b = self.size(f"{_key(self.s, self.s.table_path(layer, table))}/_delta_log")
+        log_n, log_b = self.size(f"{path}/_delta_log")
         return {"version": dt.version(), "files": len(sizes), "bytes": sum(sizes), "log_files": log_n,
                 "log_bytes": log_b}
 
@@ -153,13 +149,13 @@ class Lake:
         from kafka import TopicPartition
 
         flow = dataflow.flow(self.s, "bronze")
-        cp = _key(self.s, flow.checkpoint)
+        bucket, cp = s3_location(flow.checkpoint)
         done = [int(o.object_name.rsplit("/", 1)[-1]) for o in
-                self.client.list_objects(self.s.bucket, prefix=f"{cp}/commits/")
+                self.client.list_objects(bucket, prefix=f"{cp}/commits/")
                 if o.object_name.rsplit("/", 1)[-1].isdigit()]
         if not done:
             return None
-        text = self.client.get_object(self.s.bucket, f"{cp}/offsets/{max(done)}").read().decode()
+        text = self.client.get_object(bucket, f"{cp}/offsets/{max(done)}").read().decode()
         have = json.loads(text.splitlines()[2])  # v1, batch metadata, the Kafka source's offsets
         consumer = kafka_consumer(self.s, "lakehouse-soak")
         try:
@@ -218,8 +214,8 @@ def sample(lake: Lake, app: App, t0: float, cpu: list[float]) -> dict:
     row["queries"] = lake.queries()
     row["checkpoints"] = {}
     for f in dataflow.graph(lake.s):
-        cp = _key(lake.s, f.checkpoint)
-        row["checkpoints"][f.name] = {"bytes": lake.size(cp)[1], "state_bytes": lake.size(f"{cp}/state")[1]}
+        row["checkpoints"][f.name] = {"bytes": lake.size(f.checkpoint)[1],
+                                      "state_bytes": lake.size(f"{f.checkpoint}/state")[1]}
     return row
 
 

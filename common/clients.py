@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 
-from common.errors import SettingsError, UnreachableError
+from common.errors import SettingsError, SetupError, UnreachableError
 from common.settings import Settings
 
 
@@ -164,14 +164,19 @@ def kafka_partitions(settings: Settings, topic: str, role: str = "reader") -> li
     return sorted(p["partition_index"] for d in described for p in d.get("partitions", []))
 
 
-def minio_client(settings: Settings, http_client=None):
+def minio_client(settings: Settings, http_client=None, bucket: str | None = None, role: str | None = None,
+                 access_key: str = "", secret_key: str = ""):
+    """A MinIO (S3) client with the key of S3 role ``role``, or the one this process holds for
+    ``bucket`` (``Settings.s3_key_for``), or its first role's (or the key given)."""
     from minio import Minio
 
     endpoint = settings.s3_endpoint
     secure = endpoint.startswith("https://")
     host = endpoint.split("://", 1)[1].rstrip("/")
-    return Minio(host, access_key=settings.s3_access_key, secret_key=settings.s3_secret_key,
-                 secure=secure, region=settings.s3_region, http_client=http_client)
+    key = settings.s3_identity(role) if role else (settings.s3_key_for(bucket) if bucket else None)
+    access, secret = (access_key, secret_key) if access_key else key or settings.s3_identity(settings.roles[0])
+    return Minio(host, access_key=access, secret_key=secret, secure=secure, region=settings.s3_region,
+                 http_client=http_client)
 
 
 def check_reachable(settings: Settings, kafka: str | None = "reader") -> None:
@@ -191,36 +196,89 @@ def check_reachable(settings: Settings, kafka: str | None = "reader") -> None:
 
 # S3 error codes a user can fix, each with the setting to look at (never the secret itself).
 _S3_ACCESS_ERRORS = {
-    "InvalidAccessKeyId": "{endpoint} does not know the access key in LAKEHOUSE_S3_ACCESS_KEY: fix it",
-    "SignatureDoesNotMatch": "{endpoint} rejects LAKEHOUSE_S3_SECRET_KEY for the access key in "
-                             "LAKEHOUSE_S3_ACCESS_KEY: fix the secret key",
-    "AccessDenied": "the access key in LAKEHOUSE_S3_ACCESS_KEY may not list s3://{bucket}/ at {endpoint}: "
-                    "grant it read and write on the bucket, or use another key",
+    "InvalidAccessKeyId": "{endpoint} does not know the access key in {access}: fix it",
+    "SignatureDoesNotMatch": "{endpoint} rejects {secret} for the access key in {access}: fix the secret key",
+    # (MinIO answers AccessDenied for a bucket that does not exist, to any user but its root)
+    "AccessDenied": "the access key in {access} (S3 role {role}) may not list s3://{bucket}/ at {endpoint}, or that "
+                    "bucket does not exist: grant the key {rights} on it, use another key, or create the bucket "
+                    "(`lakehouse stack up` does for the local stack) or fix LAKEHOUSE_LAKE_ROOT",
     "NoSuchBucket": "bucket {bucket!r} does not exist at {endpoint}: create it (`lakehouse stack up` does "
                     "for the local stack) or fix LAKEHOUSE_LAKE_ROOT",
 }
 
 
+def remove_lake(settings: Settings) -> None:
+    """Delete every object of the lake under ``settings.lake_root``, in each of its buckets (a
+    scratch lake's clean-up); with the admin role's key."""
+    from minio.deleteobjects import DeleteObject
+
+    from common.settings import ZONES, s3_location
+
+    for root in dict.fromkeys(settings.zone_root(zone) for zone in ZONES):
+        bucket, prefix = s3_location(root)
+        if not prefix:
+            raise SetupError(f"will not delete the whole bucket {bucket}: the lake to remove must be under a prefix")
+        client = minio_client(settings, role="admin")
+        objects = (DeleteObject(o.object_name) for o in client.list_objects(bucket, prefix=f"{prefix}/", recursive=True))
+        for error in client.remove_objects(bucket, objects):
+            raise SetupError(f"could not delete {root}: {error}")
+
+
+def s3_denied(path: str, settings: Settings | None = None) -> str:
+    """The one line for S3 refusing ``path`` to this process (``settings``: its session's): which
+    role's key it used there (the variable holding it, never the key)."""
+    from common.settings import ZONES, s3_location
+    from common.spark import session_settings
+
+    settings = settings or session_settings()
+    if settings is None or not settings.is_s3:
+        return f"S3 denied access to {path}"
+    bucket = s3_location(path)[0]
+    zone = next((z for z in ZONES if settings.zone_bucket(z) == bucket), None)
+    role = (settings.s3_role_for(zone) if zone else None) or settings.roles[0]
+    return (f"S3 denied access to {path} to S3 role {role} (the key in {s3_key_settings(settings, role)[0]}): "
+            f"that role may not do this there; run the command that owns that path, or fix the key")
+
+
+def s3_key_settings(settings: Settings, role: str) -> tuple[str, str]:
+    """The variables holding S3 role ``role``'s access and secret key (its own, or the common ones)."""
+    suffix = f"_{role.upper()}" if getattr(settings, f"s3_access_key_{role}") else ""
+    return f"LAKEHOUSE_S3_ACCESS_KEY{suffix}", f"LAKEHOUSE_S3_SECRET_KEY{suffix}"
+
+
 def check_s3_access(settings: Settings) -> None:
-    """One signed request (list the top level of the lake's folder): a wrong key, a wrong secret, a
-    missing bucket becomes one line naming the setting, before any Spark job starts."""
+    """One signed request per bucket the process's S3 roles use (list the top level of the lake's
+    folder there, with the key it holds for that bucket): a wrong key, a wrong secret, a key not
+    allowed there, a missing bucket becomes one line naming the setting, before any Spark job starts."""
     import urllib3
     from minio.error import MinioException, S3Error
     from urllib3.exceptions import HTTPError
 
+    from common.settings import S3_RIGHTS, ZONES
+
     # seconds, not minio's default 5 retries of 300 s: an endpoint that takes connections but never
     # answers is one line too
     quick = urllib3.PoolManager(timeout=urllib3.Timeout(connect=3, read=10), retries=urllib3.Retry(total=1))
-    try:
-        prefix = settings.lake_root[len("s3a://"):].partition("/")[2].strip("/")
-        next(iter(minio_client(settings, quick).list_objects(settings.bucket, prefix=prefix + "/" if prefix else None)),
-             None)
-    except S3Error as e:
-        template = _S3_ACCESS_ERRORS.get(e.code)
-        if template is None:
-            raise UnreachableError(f"{settings.s3_endpoint} answered {e.code} for bucket "
-                                   f"{settings.bucket!r}: {e.message}") from None
-        raise SettingsError(template.format(endpoint=settings.s3_endpoint, bucket=settings.bucket)) from None
-    except (HTTPError, OSError, MinioException) as e:
-        raise UnreachableError(f"the S3 endpoint {settings.s3_endpoint} does not answer S3 requests "
-                               f"({type(e).__name__}); fix LAKEHOUSE_S3_ENDPOINT") from None
+    checked = set()
+    for zone in ZONES:
+        role, bucket = settings.s3_role_for(zone), settings.zone_bucket(zone)
+        if role is None or bucket in checked:
+            continue
+        checked.add(bucket)
+        try:
+            prefix = settings.zone_root(zone)[len(f"s3a://{bucket}"):].strip("/")
+            next(iter(minio_client(settings, quick, role=role).list_objects(
+                bucket, prefix=prefix + "/" if prefix else None)), None)
+        except S3Error as e:
+            template = _S3_ACCESS_ERRORS.get(e.code)
+            if template is None:
+                raise UnreachableError(f"{settings.s3_endpoint} answered {e.code} for bucket {bucket!r}: "
+                                       f"{e.message}") from None
+            access, secret = s3_key_settings(settings, role)
+            rights = S3_RIGHTS[role].get(zone, "read") if settings.lake_layout != "single" else "read and write"
+            raise SettingsError(template.format(endpoint=settings.s3_endpoint, bucket=bucket, access=access,
+                                                secret=secret, role=role, rights=rights.replace("customers", "read"))
+                                ) from None
+        except (HTTPError, OSError, MinioException) as e:
+            raise UnreachableError(f"the S3 endpoint {settings.s3_endpoint} does not answer S3 requests "
+                                   f"({type(e).__name__}); fix LAKEHOUSE_S3_ENDPOINT") from None

@@ -6,21 +6,22 @@ replaced table, through ``replace``. The Spark-free reader of the lake is ``serv
 
 from __future__ import annotations
 
-from common.settings import Settings
+from common.errors import SettingsError
+from common.settings import Settings, s3_location
 
 
-def storage_options(settings: Settings) -> dict[str, str]:
-    """delta-rs's object-store options for the lake (empty for a local path)."""
+def storage_options(settings: Settings, path: str) -> dict[str, str]:
+    """delta-rs's object-store options for the table at ``path`` (empty for a local path), with the
+    key the process holds for its bucket (``Settings.s3_key_for``)."""
     if not settings.is_s3:
         return {}
-    return {"AWS_ENDPOINT_URL": settings.s3_endpoint.rstrip("/"), "AWS_ACCESS_KEY_ID": settings.s3_access_key,
-            "AWS_SECRET_ACCESS_KEY": settings.s3_secret_key, "AWS_REGION": settings.s3_region,
+    key = settings.s3_key_for(s3_location(path)[0])
+    if key is None:
+        raise SettingsError(f"this command's S3 roles ({', '.join(settings.roles)}) have no key for {path}")
+    return {"AWS_ENDPOINT_URL": settings.s3_endpoint.rstrip("/"), "AWS_ACCESS_KEY_ID": key[0],
+            "AWS_SECRET_ACCESS_KEY": key[1], "AWS_REGION": settings.s3_region,
             "AWS_ALLOW_HTTP": str(settings.s3_endpoint.startswith("http://")).lower(),
             "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": str(not settings.s3_path_style).lower()}
-
-
-def table_uri(settings: Settings, layer: str, name: str) -> str:
-    return uri(settings.table_path(layer, name))
 
 
 def uri(path: str) -> str:
@@ -44,7 +45,7 @@ def replace(df, path: str, settings: Settings, tag: str, txn: tuple[str, int] | 
     import pyarrow as pa
     from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
-    table = DeltaTable(uri(path), storage_options=_writer_options(settings))
+    table = DeltaTable(uri(path), storage_options=_writer_options(settings, path))
     rows = df.toArrow().cast(pa.schema(table.schema().to_arrow()))  # the table's types and NOT NULLs
     write_deltalake(table, rows, mode="overwrite", commit_properties=CommitProperties(
         custom_metadata={"userMetadata": tag},
@@ -58,10 +59,10 @@ def vacuum(path: str, settings: Settings, retention_hours: int = 1) -> int:
     ``replace``: they are not read by time travel, and a reader's snapshot lives seconds."""
     from deltalake import DeltaTable
 
-    table = DeltaTable(uri(path), storage_options=_writer_options(settings))
+    table = DeltaTable(uri(path), storage_options=_writer_options(settings, path))
     return len(table.vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=False))
 
 
-def _writer_options(settings: Settings) -> dict[str, str]:
+def _writer_options(settings: Settings, path: str) -> dict[str, str]:
     # commits with If-None-Match (S3, MinIO): delta-rs refuses S3 writes without a safe commit
-    return dict(storage_options(settings), conditional_put="etag") if settings.is_s3 else {}
+    return dict(storage_options(settings, path), conditional_put="etag") if settings.is_s3 else {}

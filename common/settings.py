@@ -31,6 +31,27 @@ LOG_LEVELS = ("INFO", "DEBUG")
 # super user; producer writes the input topics; bronze reads them; gold writes the enriched topic
 # (transactions); reader reads every topic.
 KAFKA_ROLES = ("admin", "producer", "bronze", "gold", "reader")
+# The lake's layout: everything in the bucket of LAKEHOUSE_LAKE_ROOT (single), or one bucket per
+# zone, ``<bucket>-<zone>`` (bucket-per-layer): S3A takes credentials per bucket, not per prefix, so
+# that is the layout in which each process holds only its role's key (S3_RIGHTS).
+LAKE_LAYOUTS = ("single", "bucket-per-layer")
+ZONES = LAYERS + (OPS,)
+# S3 identities by what they may do in each zone of the lake (the local stack's MinIO policies,
+# devstack.stack.s3_policy): write = read, write and delete (a stage's commits, checkpoints,
+# compaction and log clean-up); customers = silver's customer table only; read = read and list.
+# A stage's event log (ops.pipeline_events_<stage>) lives in the stage's own zone; the ops zone
+# holds what the quality role writes (ops.dq_results).
+S3_RIGHTS = {
+    "admin": {zone: "write" for zone in ZONES},       # refresh, reset, replay, maintain, set-up
+    "bronze": {"bronze": "write"},
+    "silver": {"bronze": "read", "silver": "write"},
+    "gold": {"silver": "read", "gold": "write"},
+    "customers": {"silver": "customers"},              # lakehouse customers load
+    "quality": {**{layer: "read" for layer in LAYERS}, OPS: "write"},  # lakehouse dq
+    "reader": {zone: "read" for zone in ZONES},        # sql, the SQL server, the dashboard, trace, status
+}
+S3_ROLES = tuple(S3_RIGHTS)
+_RANK = {None: 0, "read": 1, "customers": 2, "write": 3}
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 _INTERVAL = re.compile(
@@ -106,6 +127,22 @@ class Settings:
     s3_endpoint: str = "http://127.0.0.1:9000"
     s3_access_key: str = field(default="", repr=False)
     s3_secret_key: str = field(default="", repr=False)
+    # One S3 identity per role (S3_RIGHTS): a role without its own key uses the two above.
+    s3_access_key_admin: str = field(default="", repr=False)
+    s3_secret_key_admin: str = field(default="", repr=False)
+    s3_access_key_bronze: str = field(default="", repr=False)
+    s3_secret_key_bronze: str = field(default="", repr=False)
+    s3_access_key_silver: str = field(default="", repr=False)
+    s3_secret_key_silver: str = field(default="", repr=False)
+    s3_access_key_gold: str = field(default="", repr=False)
+    s3_secret_key_gold: str = field(default="", repr=False)
+    s3_access_key_customers: str = field(default="", repr=False)
+    s3_secret_key_customers: str = field(default="", repr=False)
+    s3_access_key_quality: str = field(default="", repr=False)
+    s3_secret_key_quality: str = field(default="", repr=False)
+    s3_access_key_reader: str = field(default="", repr=False)
+    s3_secret_key_reader: str = field(default="", repr=False)
+    lake_layout: str = "single"  # LAKE_LAYOUTS
     s3_path_style: bool = True
     s3_region: str = "us-east-1"
     # kafka
@@ -178,6 +215,8 @@ class Settings:
     stack_dir: str = str(PROJECT_ROOT / ".stack")
     kafka_controller_port: int = 9093
     minio_console_port: int = 9001
+    # the S3 roles this process acts as (``acting_as``): not a setting, the command decides
+    roles: tuple[str, ...] = field(default=("admin",), metadata={"env": False})
 
     # ---- construction -------------------------------------------------------------------
     @classmethod
@@ -189,15 +228,15 @@ class Settings:
             values.update(read_env_file(env_file))
         values.update({k: v for k, v in env.items() if k.startswith("LAKEHOUSE_")})
         kwargs = {}
-        for f in dataclasses.fields(cls):
+        for f in env_fields(cls):
             var = env_var(f.name)
             if var in values:
                 kwargs[f.name] = _convert(var, values[var], f.type)
-        unknown = sorted(set(values) - {env_var(f.name) for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - {env_var(f.name) for f in env_fields(cls)}
                          - {"LAKEHOUSE_ENV_FILE"} - set(TOOLING_VARIABLES))
         if unknown:
             raise SettingsError(f"unknown setting {unknown[0]}; known: "
-                                + ", ".join(env_var(f.name) for f in dataclasses.fields(cls)))
+                                + ", ".join(env_var(f.name) for f in env_fields(cls)))
         settings = cls(**kwargs)
         settings.validate()
         return settings
@@ -220,11 +259,29 @@ class Settings:
                 raise SettingsError(
                     "LAKEHOUSE_S3_ACCESS_KEY and LAKEHOUSE_S3_SECRET_KEY must be set for an s3a:// lake "
                     "root (for the local stack: LAKEHOUSE_ENV_FILE=local.env)")
+            longest = max(len(f"{self.bucket}-{zone}") for zone in ZONES)
+            if self.lake_layout == "bucket-per-layer" and longest > 63:
+                raise SettingsError(f"LAKEHOUSE_LAKE_ROOT={root!r}: with LAKEHOUSE_LAKE_LAYOUT=bucket-per-layer the "
+                                    f"bucket's name is the base of {len(ZONES)} buckets (<bucket>-silver ...): use "
+                                    f"a name of at most {63 - longest + len(self.bucket)} characters")
             if not re.match(r"^https?://[^\s/]+(:\d+)?/?$", self.s3_endpoint):
                 raise SettingsError(
                     f"LAKEHOUSE_S3_ENDPOINT={self.s3_endpoint!r} is not valid; use http(s)://host:port")
         elif not os.path.isabs(root):
             raise SettingsError(f"LAKEHOUSE_LAKE_ROOT={root!r} must be s3a://<bucket>[/prefix] or an absolute path")
+        if self.lake_layout not in LAKE_LAYOUTS:
+            raise SettingsError(f"LAKEHOUSE_LAKE_LAYOUT={self.lake_layout!r}; valid: {', '.join(LAKE_LAYOUTS)}")
+        if self.lake_layout != "single" and not self.is_s3:
+            raise SettingsError(f"LAKEHOUSE_LAKE_LAYOUT={self.lake_layout} needs an s3a:// LAKEHOUSE_LAKE_ROOT "
+                                "(a bucket per zone); a local lake is single")
+        for role in S3_ROLES:
+            if bool(getattr(self, f"s3_access_key_{role}")) != bool(getattr(self, f"s3_secret_key_{role}")):
+                raise SettingsError(f"LAKEHOUSE_S3_ACCESS_KEY_{role.upper()} and LAKEHOUSE_S3_SECRET_KEY_{role.upper()} "
+                                    "go together: set both or neither")
+        unknown_roles = [r for r in self.roles if r not in S3_RIGHTS]
+        if unknown_roles or not self.roles:
+            raise SettingsError(f"unknown S3 role {unknown_roles[0] if unknown_roles else '(none)'!r}; valid: "
+                                + ", ".join(S3_ROLES))
         for server in self.kafka_bootstrap_servers.split(","):
             if not re.match(r"^[\w.-]+:\d{1,5}$", server.strip()):
                 raise SettingsError(
@@ -339,7 +396,35 @@ class Settings:
 
     @property
     def checkpoints(self) -> str:
-        return (self.checkpoint_root or f"{self.lake_root.rstrip('/')}/_checkpoints").rstrip("/")
+        """Where checkpoints go when no stage is named (a benchmark's scratch query): the ops zone."""
+        return (self.checkpoint_root or f"{self.zone_root(OPS)}/_checkpoints").rstrip("/")
+
+    @property
+    def buckets(self) -> tuple[str, ...]:
+        """Every bucket of the lake: one, or one per zone (empty for a local lake)."""
+        return tuple(dict.fromkeys(self.zone_bucket(zone) for zone in ZONES)) if self.is_s3 else ()
+
+    def zone_bucket(self, zone: str) -> str:
+        return f"{self.bucket}-{zone}" if self.lake_layout == "bucket-per-layer" else self.bucket
+
+    def zone_root(self, zone: str) -> str:
+        """The root of zone ``zone`` (ZONES): the lake root, or, a bucket per layer, the same prefix
+        in bucket ``<bucket>-<zone>``."""
+        if zone not in ZONES:
+            raise SettingsError(f"unknown zone {zone!r}; valid: {', '.join(ZONES)}")
+        root = self.lake_root.rstrip("/")
+        if self.lake_layout == "single":
+            return root
+        prefix = root[len(f"s3a://{self.bucket}"):]
+        return f"s3a://{self.zone_bucket(zone)}{prefix}"
+
+    @staticmethod
+    def zone_of(layer: str, table: str = "") -> str:
+        """The zone a table is stored in: its layer's; an ops table in the zone of the stage that
+        writes it (a stage's event log, ``pipeline_events_<stage>``, beside the stage's data, so the
+        stage's key covers it), the ops zone otherwise."""
+        stage = table.removeprefix("pipeline_events_")
+        return layer if layer in LAYERS else stage if stage in LAYERS and stage != table else OPS
 
     @staticmethod
     def bronze_table_for(topic: str) -> str:
@@ -348,10 +433,53 @@ class Settings:
     def table_path(self, layer: str, table: str) -> str:
         if layer not in LAYERS and layer not in (OPS, "_system"):
             raise SettingsError(f"unknown layer {layer!r}; valid: {', '.join(LAYERS)}")
-        return f"{self.lake_root.rstrip('/')}/{layer}/{table}"
+        return f"{self.zone_root(self.zone_of(layer, table))}/{layer}/{table}"
 
     def checkpoint_path(self, layer: str, query: str) -> str:
-        return f"{self.checkpoints}/{layer}/{query}"
+        """A query's checkpoint: in the zone of the layer it writes (its role's key covers both)."""
+        return f"{(self.checkpoint_root or self.zone_root(layer) + '/_checkpoints').rstrip('/')}/{layer}/{query}"
+
+    # ---- S3 identities ------------------------------------------------------------------
+    def acting_as(self, *roles: str) -> "Settings":
+        """These settings for a process of S3 roles ``roles`` (S3_RIGHTS): its Spark session, its
+        delta-rs and MinIO clients hold those roles' keys and no other."""
+        return self.with_overrides(roles=tuple(dict.fromkeys(roles)))
+
+    def s3_identity(self, role: str) -> tuple[str, str]:
+        """(access key, secret key) of S3 role ``role``: its own, or LAKEHOUSE_S3_ACCESS_KEY's."""
+        if role not in S3_RIGHTS:
+            raise SettingsError(f"unknown S3 role {role!r}; valid: {', '.join(S3_ROLES)}")
+        own = getattr(self, f"s3_access_key_{role}")
+        return (own, getattr(self, f"s3_secret_key_{role}")) if own else (self.s3_access_key, self.s3_secret_key)
+
+    def s3_role_for(self, zone: str) -> str | None:
+        """Which of this process's roles acts in zone ``zone``: the one with the most rights there
+        (the first on a tie); None when none may even read it. With one bucket for every zone S3A
+        takes one key: the roles must share it."""
+        if self.lake_layout == "single":
+            keys = {self.s3_identity(role) for role in self.roles}
+            if len(keys) > 1:
+                raise SettingsError(
+                    f"this command acts as S3 roles {', '.join(self.roles)}, whose keys differ, and "
+                    "LAKEHOUSE_LAKE_LAYOUT=single keeps the lake in one bucket, for which S3A takes one key: "
+                    "set LAKEHOUSE_LAKE_LAYOUT=bucket-per-layer, or give these roles one key")
+            return self.roles[0]
+        best = max(self.roles, key=lambda role: _RANK[S3_RIGHTS[role].get(zone)])
+        return best if S3_RIGHTS[best].get(zone) else None
+
+    def s3_key_for(self, bucket: str) -> tuple[str, str] | None:
+        """The (access, secret) key this process uses for ``bucket`` (None: it has no rights there)."""
+        zones = [zone for zone in ZONES if self.zone_bucket(zone) == bucket] or [OPS]
+        role = self.s3_role_for(zones[0])
+        return self.s3_identity(role) if role else None
+
+    @property
+    def s3_identities(self) -> str:
+        """How the lake's S3 keys are split, for ``lakehouse config`` (never a secret)."""
+        own = [role for role in S3_ROLES if getattr(self, f"s3_access_key_{role}")]
+        mode = ("one key per role" if len(own) == len(S3_ROLES) else "one key for every role" if not own else
+                f"own keys for {', '.join(own)}; LAKEHOUSE_S3_ACCESS_KEY for the rest")
+        return f"{self.lake_layout} layout ({', '.join(self.buckets) or 'local'}), {mode}"
 
     @property
     def kafka_sasl(self) -> bool:
@@ -399,7 +527,7 @@ class Settings:
 
     def redacted(self) -> dict[str, object]:
         out = {}
-        for f in dataclasses.fields(self):
+        for f in env_fields(self):
             value = getattr(self, f.name)
             if f.name in SECRET_FIELDS:
                 value = "****" if value else "(unset)"
@@ -408,7 +536,19 @@ class Settings:
 
 
 SECRET_FIELDS = frozenset({"s3_access_key", "s3_secret_key", "kafka_password"}
-                          | {f"kafka_password_{role}" for role in KAFKA_ROLES})
+                          | {f"kafka_password_{role}" for role in KAFKA_ROLES}
+                          | {f"s3_{kind}_key_{role}" for kind in ("access", "secret") for role in S3_ROLES})
+
+
+def s3_location(path: str) -> tuple[str, str]:
+    """``s3a://bucket/key`` -> (bucket, key without a trailing slash)."""
+    bucket, _, key = path.removeprefix("s3a://").removeprefix("s3://").partition("/")
+    return bucket, key.rstrip("/")
+
+
+def env_fields(settings_or_class) -> tuple:
+    """The fields of Settings read from LAKEHOUSE_* variables (``roles`` is the command's choice)."""
+    return tuple(f for f in dataclasses.fields(settings_or_class) if f.metadata.get("env", True))
 
 
 def env_var(field_name: str) -> str:

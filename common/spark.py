@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import jars
 from common.errors import SettingsError, SetupError
-from common.settings import Settings, get_settings, project_cache, under_spark_submit
+from common.settings import ZONES, Settings, get_settings, project_cache, under_spark_submit
 
 # The driver JVM's JIT compiles a method after 4x the usual invocations. A driver runs short-lived
 # code a lot (each micro-batch plans its queries anew, Janino's generated classes, py4j calls): on
@@ -88,9 +88,6 @@ def runtime_conf(settings: Settings) -> dict[str, str]:
             "spark.hadoop.fs.s3a.connection.ssl.enabled": str(settings.s3_endpoint.startswith("https")).lower(),
             "spark.hadoop.fs.s3a.aws.credentials.provider":
                 "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
-            # Spark's redaction regex hides *secret* / *access.key* values in the UI and event log.
-            "spark.hadoop.fs.s3a.access.key": settings.s3_access_key,
-            "spark.hadoop.fs.s3a.secret.key": settings.s3_secret_key,
             # Fail fast when the endpoint is down instead of retrying for minutes.
             "spark.hadoop.fs.s3a.attempts.maximum": "3",
             "spark.hadoop.fs.s3a.retry.limit": "3",
@@ -98,6 +95,26 @@ def runtime_conf(settings: Settings) -> dict[str, str]:
             "spark.hadoop.fs.s3a.connection.timeout": "30s",
             "spark.hadoop.fs.s3a.fast.upload": "true",
         })
+        conf.update(s3_keys(settings))
+    return conf
+
+
+def s3_keys(settings: Settings) -> dict[str, str]:
+    """The S3 keys of the process's roles (``Settings.acting_as``): its first role's as S3A's
+    default, and, a bucket per layer, each zone's bucket the key of the role that acts there
+    (``fs.s3a.bucket.<bucket>.*``, S3A's per-bucket configuration); a bucket none of its roles may
+    touch gets no key of its own. Spark's redaction regex hides *secret* / *access.key* values in
+    the UI and the event log; ``_launch_gateway`` keeps them off the JVM's command line."""
+    access, secret = settings.s3_identity(settings.roles[0])
+    conf = {"spark.hadoop.fs.s3a.access.key": access, "spark.hadoop.fs.s3a.secret.key": secret}
+    for zone in ZONES:
+        role = settings.s3_role_for(zone)
+        if settings.lake_layout == "single" or role in (None, settings.roles[0]):
+            continue
+        access, secret = settings.s3_identity(role)
+        bucket = settings.zone_bucket(zone)
+        conf.update({f"spark.hadoop.fs.s3a.bucket.{bucket}.access.key": access,
+                     f"spark.hadoop.fs.s3a.bucket.{bucket}.secret.key": secret})
     return conf
 
 
@@ -239,7 +256,7 @@ _JVM_STACK = (b"\tat ", b"\t... ", b"Caused by: ", b"\tSuppressed: ")
 
 # Keys never given to the JVM on its command line (``ps`` shows it to every user of the machine):
 # they reach it through py4j when the session is created, after the JVM has started.
-_OFF_THE_COMMAND_LINE = ("spark.hadoop.fs.s3a.access.key", "spark.hadoop.fs.s3a.secret.key")
+_OFF_THE_COMMAND_LINE = (".access.key", ".secret.key")  # S3A's keys, the per-bucket ones too
 
 
 def _launch_gateway(builder, quiet: bool = True) -> None:
@@ -260,7 +277,7 @@ def _launch_gateway(builder, quiet: bool = True) -> None:
             return
         conf = SparkConf(loadDefaults=False)
         for k, v in builder._options.items():
-            if k not in _OFF_THE_COMMAND_LINE:
+            if not k.endswith(_OFF_THE_COMMAND_LINE):
                 conf.set(k, v)
         gateway = launch_gateway(conf, popen_kwargs={"stderr": subprocess.PIPE} if quiet else None)
         SparkContext._gateway, SparkContext._jvm = gateway, gateway.jvm
@@ -366,6 +383,14 @@ def _archive_options(settings: Settings, write_to: Path | None) -> str:
     return f"-XX:SharedArchiveFile={archive} {_QUIET_CDS}" if archive.exists() else ""
 
 
+_SESSION_SETTINGS: list[Settings] = []  # the settings the process's session was built with
+
+
+def session_settings() -> Settings | None:
+    """The settings the process's Spark session was created with (its S3 roles), None before one."""
+    return _SESSION_SETTINGS[-1] if _SESSION_SETTINGS else None
+
+
 def get_spark(settings: Settings | None = None, app_name: str = "lakehouse", write_class_archive: Path | None = None):
     """Build (or return the active) SparkSession configured for the lakehouse; ``write_class_archive``:
     its JVM writes the class-data archive there when it exits (``lakehouse setup jvm``)."""
@@ -385,6 +410,8 @@ def get_spark(settings: Settings | None = None, app_name: str = "lakehouse", wri
         launch = environment(**_archive_launch(None if write_class_archive is not None else class_archive()))
     with launch:
         spark = create_session(builder, settings)
+    if not _SESSION_SETTINGS:  # (a second get_spark returns the first session, whose keys stay)
+        _SESSION_SETTINGS.append(settings)
     spark.sparkContext.setLogLevel("INFO" if settings.log_level == "DEBUG" else "WARN")
     jvm = spark.sparkContext._jvm
     if not under_spark_submit():

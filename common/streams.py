@@ -243,6 +243,26 @@ _PY_ERROR = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)\b(?:
 _GENERIC = ("Exception thrown in awaitResult", "Job aborted due to stage failure", "[STREAM_FAILED]")
 
 
+_S3_DENIED = re.compile(r"java\.nio\.file\.AccessDeniedException: ((?:s3a://)?[^\s:]+)")
+
+
+def s3_denied_path(text: str) -> str | None:
+    """The path S3A's ``AccessDeniedException`` in ``text`` names, as ``s3a://bucket/key`` (S3A names
+    some by their key alone: the bucket is then the one of the ``s3a://`` paths in ``text`` that the
+    key is under)."""
+    denied = _S3_DENIED.search(text)
+    if not denied:
+        return None
+    key = denied.group(1)
+    if key.startswith("s3a://"):
+        return key
+    for path in re.findall(r"s3a://[^\s'\"`,;)]+", text):
+        bucket, _, under = path.rstrip(".")[len("s3a://"):].partition("/")
+        if key.startswith(under.rstrip("/")):
+            return f"s3a://{bucket}/{key}"
+    return key
+
+
 def short_error(exc: BaseException) -> str:
     """The one line that says what went wrong in a (possibly Java) streaming exception."""
     text = str(getattr(exc, "_desc", None) or getattr(exc, "desc", None) or exc)
@@ -258,6 +278,11 @@ def short_error(exc: BaseException) -> str:
     if any(m in "\n".join([text, trace, *causes]) for m in ("KAFKA_DATA_LOSS", "OffsetOutOfRangeException")):
         hint = (" - records were deleted from Kafka (retention) before they were read; set "
                 "LAKEHOUSE_FAIL_ON_DATA_LOSS=false to skip them and go on")
+    denied = s3_denied_path("\n".join([text, trace, *causes]))
+    if denied:  # S3A's AccessDeniedException: which path, and which of the process's keys was refused
+        from common.clients import s3_denied
+
+        return s3_denied(denied)
     if "Traceback (most recent call last)" in text:  # a Python error raised in foreachBatch
         py = text[text.index("Traceback (most recent call last)"):].split("\n\tat ")[0]
         raised = [m.group(0) for m in _PY_ERROR.finditer(py)]

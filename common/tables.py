@@ -45,7 +45,9 @@ def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
         except Exception as e:  # another process may have created it first
             current = snapshot(spark, path)
             if current.version() < 0:
-                raise SetupError(f"cannot create Delta table {path}: {str(e).splitlines()[0]}") from None
+                from common.streams import short_error
+
+                raise SetupError(f"cannot create Delta table {path}: {short_error(e)}") from None
     have = set(current.schema().fieldNames())
     new = [f for f in empty_df.schema.fields if f.name not in have]
     if new:

@@ -22,7 +22,7 @@ from typing import Callable
 from common import jars, versions
 from common.clients import double_quoted, jaas_config, kafka_admin, minio_client, pid_alive, port_open
 from common.errors import SettingsError, SetupError, StackError
-from common.settings import Settings, child_env
+from common.settings import S3_ROLES, S3_RIGHTS, Settings, child_env
 from common.spark import write_private
 from devstack import gotools
 
@@ -50,6 +50,28 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str, interva
         if time.monotonic() > deadline:
             raise StackError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
+
+
+def s3_policy(settings: Settings, role: str) -> dict:
+    """The MinIO (IAM) policy of S3 role ``role``: its rights (``S3_RIGHTS``) on each zone's bucket.
+    S3A lists, reads, writes and deletes objects (a commit, a checkpoint file, a compaction, the
+    log's clean-up) and uploads big files in parts; the customers role reads silver and writes
+    only its table (``<prefix>/silver/customers/``)."""
+    read = ["s3:GetObject"]
+    write = read + ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"]
+    statements = []
+    for zone, right in S3_RIGHTS[role].items():
+        bucket = settings.zone_bucket(zone)
+        statements.append({"Effect": "Allow", "Action": ["s3:ListBucket", "s3:GetBucketLocation",
+                                                          "s3:ListBucketMultipartUploads"],
+                           "Resource": [f"arn:aws:s3:::{bucket}"]})
+        statements.append({"Effect": "Allow", "Action": write if right == "write" else read,
+                           "Resource": [f"arn:aws:s3:::{bucket}/*"]})
+        if right == "customers":
+            statements.append({"Effect": "Allow", "Action": write,
+                               "Resource": [f"arn:aws:s3:::{bucket}/silver/customers/*",
+                                            f"arn:aws:s3:::{bucket}/*/silver/customers/*"]})
+    return {"Version": "2012-10-17", "Statement": statements}
 
 
 def new_cluster_id() -> str:
@@ -155,10 +177,40 @@ class Stack:
                     env={"MINIO_ROOT_USER": self.s.s3_access_key, "MINIO_ROOT_PASSWORD": self.s.s3_secret_key,
                          "MINIO_BROWSER": "on", "MINIO_UPDATE": "off"})
 
-    def ensure_bucket(self) -> None:
-        client = minio_client(self.s)
-        if not client.bucket_exists(self.s.bucket):
-            client.make_bucket(self.s.bucket)
+    def ensure_buckets(self) -> None:
+        client = minio_client(self.s, **self._root)
+        for bucket in self.s.buckets:
+            if not client.bucket_exists(bucket):
+                client.make_bucket(bucket)
+
+    @property
+    def _root(self) -> dict:
+        """MinIO's root user is LAKEHOUSE_S3_ACCESS_KEY (the stack's own; the roles have theirs)."""
+        return {"access_key": self.s.s3_access_key, "secret_key": self.s.s3_secret_key}
+
+    def ensure_s3_identities(self) -> None:
+        """Create (or update) a MinIO user for every S3 role with a key of its own, with the policy
+        of its rights (``s3_policy``), through MinIO's admin API. A role without its own key uses
+        the root's, which may do anything."""
+        from minio.credentials import StaticProvider
+        from minio.error import MinioAdminException
+        from minio.minioadmin import MinioAdmin
+
+        endpoint = self.s.s3_endpoint
+        admin = MinioAdmin(endpoint=endpoint.split("://", 1)[1].rstrip("/"), secure=endpoint.startswith("https://"),
+                           credentials=StaticProvider(self.s.s3_access_key, self.s.s3_secret_key))
+        for role in S3_ROLES:
+            access, secret = self.s.s3_identity(role)
+            if access == self.s.s3_access_key:
+                continue
+            name = f"lakehouse-{role}"
+            admin.policy_add(name, policy=s3_policy(self.s, role))
+            admin.user_add(access, secret)
+            try:
+                admin.attach_policy([name], user=access)
+            except MinioAdminException as e:  # attached by an earlier `stack up`: the policy was updated above
+                if "already" not in str(e).lower():
+                    raise StackError(f"MinIO refused to give {access} the policy {name}: {e}") from None
 
     # ---- Kafka ----------------------------------------------------------------------------
     def _kafka_config(self) -> Path:
@@ -358,7 +410,8 @@ class Stack:
         self._start_kafka()
         wait_until(lambda: self._exited_check("minio") or self._minio_health(), timeout, "MinIO to become healthy")
         wait_until(lambda: self._exited_check("kafka") or self._kafka_health(), timeout, "Kafka to become healthy")
-        self.ensure_bucket()
+        self.ensure_buckets()
+        self.ensure_s3_identities()
         self.ensure_kafka_identities()
         self.ensure_topics()
         return self.status()
@@ -402,5 +455,6 @@ class Stack:
             ServiceStatus("kafka", self.s.kafka_bootstrap_servers, kpid, k_ok,
                           f"KRaft, Kafka {versions.KAFKA_VERSION}, controller :{self.s.kafka_controller_port}"),
             ServiceStatus("minio", self.s.s3_endpoint.removeprefix("http://"), mpid, m_ok,
-                          f"bucket {self.s.bucket}, console :{self.s.minio_console_port}"),
+                          f"bucket{'s' * (len(self.s.buckets) > 1)} {', '.join(self.s.buckets)}, "
+                          f"console :{self.s.minio_console_port}"),
         ]

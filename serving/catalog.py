@@ -15,7 +15,7 @@ import logging
 import re
 from pathlib import Path
 
-from common.settings import LAYERS, OPS, Settings
+from common.settings import LAYERS, OPS, ZONES, Settings, s3_location
 
 from common.eventlog import SELECT_LIST, VIEW, table_name
 from common.pipeline import STAGES
@@ -40,13 +40,20 @@ def list_tables(settings: Settings) -> dict[str, list[str]]:
     if settings.is_s3:
         from common.clients import minio_client
 
-        client = minio_client(settings)
-        root = settings.lake_root[len(f"s3a://{settings.bucket}"):].strip("/")
         for layer in LAYERS + (OPS,):
-            prefix = f"{root}/{layer}/".lstrip("/")
-            dirs = [o.object_name for o in client.list_objects(settings.bucket, prefix=prefix) if o.is_dir]
-            found[layer] = sorted(d[len(prefix):].strip("/") for d in dirs if _committed(
-                o.object_name for o in client.list_objects(settings.bucket, prefix=f"{d}_delta_log/")))
+            names = set()
+            # a layer's tables are in its zone; ops tables in every zone (a stage's event log beside its
+            # data); a zone none of the process's S3 roles may read is not listed (nor registered)
+            for zone in dict.fromkeys((layer,) if layer in LAYERS else ZONES):
+                if settings.s3_role_for(zone) is None:
+                    continue
+                bucket, root = s3_location(settings.zone_root(zone))
+                client, prefix = minio_client(settings, bucket=bucket), f"{root}/{layer}/".lstrip("/")
+                dirs = [o.object_name for o in client.list_objects(bucket, prefix=prefix) if o.is_dir]
+                names.update(d[len(prefix):].strip("/") for d in dirs if _committed(
+                    o.object_name for o in client.list_objects(bucket, prefix=f"{d}_delta_log/"))
+                    and settings.zone_of(layer, d[len(prefix):].strip("/")) == zone)
+            found[layer] = sorted(names)
     else:
         for layer in LAYERS + (OPS,):
             base = Path(settings.lake_root) / layer

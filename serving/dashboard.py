@@ -158,4 +158,4 @@ def serve(settings: Settings) -> int:
 if __name__ == "__main__":  # streamlit runs this file as __main__
     from common.settings import get_settings
 
-    render(get_settings())
+    render(get_settings().acting_as("reader"))

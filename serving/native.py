@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from common.deltars import storage_options, table_uri
+from common.deltars import storage_options, uri
 from common.settings import OPS, Settings
 
 
@@ -48,9 +48,9 @@ class NativeLake:
             from deltalake.exceptions import TableNotFoundError
 
             layer, table = name.split(".", 1)
+            path = self.settings.table_path(layer, table)
             try:
-                self._tables[name] = DeltaTable(table_uri(self.settings, layer, table),
-                                                storage_options=storage_options(self.settings))
+                self._tables[name] = DeltaTable(uri(path), storage_options=storage_options(self.settings, path))
             except TableNotFoundError:
                 self._tables[name] = None
             else:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from common.checkpoints import OWNER_FILE, lease_is_live
 from serving.native import NativeLake
-from common.settings import OPS, Settings
+from common.settings import OPS, Settings, s3_location
 from common.text import align
 
 
@@ -24,8 +24,8 @@ def _owner(settings: Settings, checkpoint: str) -> dict | None:
         if path.startswith("s3a://"):
             from common.clients import minio_client
 
-            bucket, _, key = path[len("s3a://"):].partition("/")
-            response = minio_client(settings).get_object(bucket, key)
+            bucket, key = s3_location(path)
+            response = minio_client(settings, bucket=bucket).get_object(bucket, key)
             try:
                 return json.loads(response.read())
             finally:

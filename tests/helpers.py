@@ -41,7 +41,7 @@ def committed_rows(settings: Settings, path: str) -> int:
     from common.deltars import storage_options, uri
 
     try:
-        return DeltaTable(uri(path), storage_options=storage_options(settings)).to_pyarrow_dataset().count_rows()
+        return DeltaTable(uri(path), storage_options=storage_options(settings, path)).to_pyarrow_dataset().count_rows()
     except Exception:  # noqa: BLE001 - not created yet, or a read while it commits: the poll asks again
         return 0
 

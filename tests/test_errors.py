@@ -37,29 +37,92 @@ def assert_one_line_error(proc, *expected: str, secret: str | None = None) -> No
         assert secret not in proc.stdout + proc.stderr
 
 
-COMMANDS = {
-    "sql": ("sql", "SELECT 1"),
-    "run": ("run", "bronze", "--trigger", "availableNow"),
-    "dq": ("dq",),
-    "maintain": ("maintain",),
-    "customers": ("customers", "load"),
-    "status": ("status",),
+COMMANDS = {  # each command and the S3 role whose key it holds
+    "sql": (("sql", "SELECT 1"), "READER"),
+    "run": (("run", "bronze", "--trigger", "availableNow"), "BRONZE"),
+    "dq": (("dq",), "QUALITY"),
+    "maintain": (("maintain",), "ADMIN"),
+    "customers": (("customers", "load"), "CUSTOMERS"),
+    "status": (("status",), "READER"),
 }
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_wrong_s3_secret_is_one_line_naming_the_setting(lake, command):
-    env = {**settings_env(lake), "LAKEHOUSE_S3_SECRET_KEY": WRONG_SECRET}
-    proc = lakehouse(env, *COMMANDS[command])
-    assert_one_line_error(proc, "LAKEHOUSE_S3_SECRET_KEY", secret=WRONG_SECRET)
+    args, role = COMMANDS[command]
+    suffix = f"_{role}" if getattr(lake, f"s3_access_key_{role.lower()}") else ""
+    env = {**settings_env(lake), f"LAKEHOUSE_S3_SECRET_KEY{suffix}": WRONG_SECRET}
+    proc = lakehouse(env, *args)
+    assert_one_line_error(proc, f"LAKEHOUSE_S3_SECRET_KEY{suffix}", secret=WRONG_SECRET)
 
 
 def test_unknown_s3_access_key_and_missing_bucket(lake):
-    env = {**settings_env(lake), "LAKEHOUSE_S3_ACCESS_KEY": "nobody-we-know"}
-    assert_one_line_error(lakehouse(env, "sql", "SELECT 1"), "LAKEHOUSE_S3_ACCESS_KEY")
+    suffix = "_READER" if lake.s3_access_key_reader else ""
+    env = {**settings_env(lake), f"LAKEHOUSE_S3_ACCESS_KEY{suffix}": "nobody-we-know"}
+    assert_one_line_error(lakehouse(env, "sql", "SELECT 1"), f"LAKEHOUSE_S3_ACCESS_KEY{suffix}")
     env = {**settings_env(lake), "LAKEHOUSE_LAKE_ROOT": "s3a://no-such-bucket-for-tests/lake"}
     assert_one_line_error(lakehouse(env, "run", "silver", "--trigger", "availableNow"),
-                          "'no-such-bucket-for-tests' does not exist", "LAKEHOUSE_LAKE_ROOT")
+                          "no-such-bucket-for-tests", "does not exist", "LAKEHOUSE_LAKE_ROOT")
+
+
+def test_each_s3_role_may_do_what_its_policy_says_and_nothing_more(lake):
+    """The local stack's MinIO policies (``devstack.stack.s3_policy``), tried with each role's own
+    key in each zone of the test's lake: bronze writes only bronze; silver reads bronze and writes
+    silver; gold reads silver and writes gold; the customer loader writes only the customer table;
+    the quality run writes only ops; the reader writes nowhere."""
+    import io
+
+    from common.clients import minio_client
+    from common.settings import S3_RIGHTS, ZONES, s3_location
+
+    if lake.lake_layout == "single" or not lake.s3_access_key_reader:
+        pytest.skip("the lake is not split per role (LAKEHOUSE_LAKE_LAYOUT=single or one key for all)")
+
+    def can(client, bucket: str, key: str) -> tuple[bool, bool]:
+        try:
+            next(iter(client.list_objects(bucket, prefix=key)), None)
+            read = True
+        except Exception:  # noqa: BLE001 - AccessDenied
+            read = False
+        try:
+            client.put_object(bucket, key, io.BytesIO(b"probe"), 5)
+            client.remove_object(bucket, key)
+            return read, True
+        except Exception:  # noqa: BLE001 - AccessDenied
+            return read, False
+
+    seen, expected = {}, {}
+    for role, rights in S3_RIGHTS.items():
+        client = minio_client(lake, role=role)
+        for zone in ZONES:
+            bucket, key = s3_location(f"{lake.table_path(zone, 'probe')}/x")
+            seen[role, zone] = can(client, bucket, key)
+            expected[role, zone] = (rights.get(zone) is not None, rights.get(zone) == "write")
+        bucket, key = s3_location(lake.table_path("silver", "customers") + "/probe")
+        seen[role, "silver.customers"] = can(client, bucket, key)[1]
+        expected[role, "silver.customers"] = rights.get("silver") in ("write", "customers")
+    assert seen == expected
+    assert not any(seen["reader", zone][1] for zone in ZONES)
+
+
+def test_a_key_beyond_its_role_is_refused_in_one_line_naming_the_role_and_the_path(lake):
+    """Silver run with bronze's key: refused before Spark starts (it may not even list silver).
+    The customer loader with the reader's key (it may list silver, not write): S3 refuses the
+    write, and the line names the role, the variable of its key and the object refused."""
+    if lake.lake_layout == "single" or not lake.s3_access_key_reader:
+        pytest.skip("the lake is not split per role (LAKEHOUSE_LAKE_LAYOUT=single or one key for all)")
+    bronze = {"LAKEHOUSE_S3_ACCESS_KEY_SILVER": lake.s3_access_key_bronze,
+              "LAKEHOUSE_S3_SECRET_KEY_SILVER": lake.s3_secret_key_bronze}
+    proc = lakehouse({**settings_env(lake), **bronze}, "run", "silver", "--trigger", "availableNow")
+    assert_one_line_error(proc, "LAKEHOUSE_S3_ACCESS_KEY_SILVER (S3 role silver) may not list "
+                          f"s3://{lake.zone_bucket('silver')}/", secret=lake.s3_secret_key_bronze)
+    assert proc.returncode == 2
+    reader = {"LAKEHOUSE_S3_ACCESS_KEY_CUSTOMERS": lake.s3_access_key_reader,
+              "LAKEHOUSE_S3_SECRET_KEY_CUSTOMERS": lake.s3_secret_key_reader}
+    proc = lakehouse({**settings_env(lake), **reader}, "customers", "load")
+    assert_one_line_error(proc, "S3 denied access to " + lake.table_path("silver", "customers") + "/",
+                          "to S3 role customers (the key in LAKEHOUSE_S3_ACCESS_KEY_CUSTOMERS)",
+                          secret=lake.s3_secret_key_reader)
 
 
 @pytest.mark.parametrize("args", [("run", "bronze", "--trigger", "availableNow"), ("peek", "metrics")])
@@ -80,7 +143,8 @@ def test_unknown_table_suggests_the_closest_names_without_a_java_stack(spark, la
 
 
 def test_verbose_brings_the_trace_back(lake):
-    env = {**settings_env(lake), "LAKEHOUSE_S3_SECRET_KEY": WRONG_SECRET}
+    suffix = "_READER" if lake.s3_access_key_reader else ""
+    env = {**settings_env(lake), f"LAKEHOUSE_S3_SECRET_KEY{suffix}": WRONG_SECRET}
     proc = lakehouse(env, "--verbose", "sql", "SELECT 1")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
     assert WRONG_SECRET not in proc.stdout + proc.stderr

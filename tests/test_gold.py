@@ -12,6 +12,7 @@ import pytest
 from app import dataflow
 from silver import customers
 from common.clients import minio_client
+from common.settings import s3_location
 from serving.native import NativeLake
 from app.runner import run
 from gold.transforms import TVA_RATE
@@ -141,14 +142,14 @@ def test_one_failed_query_stops_the_app_with_its_error_and_a_non_zero_exit(spark
     produce_to(lake, tmp_path / "ledger.jsonl", 100, seed=51)
     run(("bronze", "silver", "gold"), lake, "availableNow", spark=spark)
     client = minio_client(lake)
-    prefix = dataflow.flow(lake, "gold_kpis").checkpoint.removeprefix(f"s3a://{lake.bucket}/") + "/offsets/"
-    offsets = [o.object_name for o in client.list_objects(lake.bucket, prefix=prefix)
+    bucket, prefix = s3_location(dataflow.flow(lake, "gold_kpis").checkpoint + "/offsets/")
+    offsets = [o.object_name for o in client.list_objects(bucket, prefix=prefix + "/")
                if o.object_name.rsplit("/", 1)[-1].isdigit()]
     assert offsets
     last = max(offsets, key=lambda n: int(n.rsplit("/", 1)[-1]))
     sources = len(dataflow.flow(lake, "gold_kpis").sources)
     broken = b"v1\n{}" + b'\n{"bogus":1}' * sources
-    client.put_object(lake.bucket, last, io.BytesIO(broken), len(broken))
+    client.put_object(bucket, last, io.BytesIO(broken), len(broken))
     log = tmp_path / "gold.log"
     proc = start_stage_process(lake, "gold", "processingTime=1 second", log)  # the process's exit is the point
     try:

@@ -12,6 +12,7 @@ from deltalake import write_deltalake
 
 from common.deltars import storage_options
 from serving.native import NativeLake, literal
+from common.errors import SettingsError
 from common.settings import Settings
 
 CREDS = {"LAKEHOUSE_S3_ACCESS_KEY": "a", "LAKEHOUSE_S3_SECRET_KEY": "s3cr3t-value"}
@@ -33,10 +34,18 @@ def test_literal_refuses_what_it_cannot_quote():
 
 def test_storage_options_follow_the_settings():
     s = Settings.from_env(CREDS)
-    assert storage_options(s) == {
+    assert storage_options(s, s.table_path("gold", "t")) == {
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "s3cr3t-value",
         "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true", "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": "false"}
-    assert storage_options(Settings.from_env({"LAKEHOUSE_LAKE_ROOT": "/tmp/lake"})) == {}
+    assert storage_options(Settings.from_env({"LAKEHOUSE_LAKE_ROOT": "/tmp/lake"}), "/tmp/lake/gold/t") == {}
+    # a bucket per layer: each table with the key of the role that acts in its zone, none for a zone it may not touch
+    split = Settings.from_env({**CREDS, "LAKEHOUSE_LAKE_LAYOUT": "bucket-per-layer",
+                               "LAKEHOUSE_S3_ACCESS_KEY_GOLD": "g", "LAKEHOUSE_S3_SECRET_KEY_GOLD": "gs"})
+    gold = split.acting_as("gold")
+    assert storage_options(gold, gold.table_path("gold", "t"))["AWS_ACCESS_KEY_ID"] == "g"
+    assert storage_options(gold, gold.table_path("silver", "t"))["AWS_ACCESS_KEY_ID"] == "g"
+    with pytest.raises(SettingsError, match="no key for"):
+        storage_options(gold, gold.table_path("bronze", "t"))
 
 
 def test_kpi_tables_and_live_view_read_without_spark(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from common import jars
 from common.clients import kafka_producer, minio_client, port_open
+from common.settings import s3_location
 from common.streams import kafka_options
 from devstack.stack import Stack, wait_until
 from tests.conftest import ROOT, settings_env
@@ -46,7 +47,8 @@ def test_stack_restart_keeps_data(lake, tmp_path):
         obj = f"tests/marker-{uuid.uuid4().hex}"
         import io
 
-        client.put_object(own.bucket, obj, io.BytesIO(b"kept"), 4)
+        bucket = own.zone_bucket("bronze")
+        client.put_object(bucket, obj, io.BytesIO(b"kept"), 4)
 
         stopped = stack.down()
         assert set(stopped) == {"kafka", "minio"}
@@ -56,7 +58,7 @@ def test_stack_restart_keeps_data(lake, tmp_path):
         stack.up()  # idempotent: nothing started twice
         assert all(s.healthy for s in stack.status())
 
-        assert client.get_object(own.bucket, obj).read() == b"kept"
+        assert client.get_object(bucket, obj).read() == b"kept"
         assert [m.value for m in read_topic(own, topic)] == [b"before-restart"]
     finally:
         stack.down()
@@ -76,8 +78,8 @@ def test_delta_roundtrip_on_minio(spark, lake):
     spark.createDataFrame(rows, "id INT, v STRING").write.format("delta").save(path)
     back = sorted(tuple(r) for r in spark.read.format("delta").load(path).collect())
     assert back == rows
-    prefix = path.removeprefix(f"s3a://{lake.bucket}/") + "/_delta_log/"
-    names = [o.object_name for o in minio_client(lake).list_objects(lake.bucket, prefix=prefix)]
+    bucket, prefix = s3_location(path + "/_delta_log/")
+    names = [o.object_name for o in minio_client(lake).list_objects(bucket, prefix=prefix + "/")]
     assert any(n.endswith("00000000000000000000.json") for n in names), names
 
 

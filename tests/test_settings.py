@@ -45,6 +45,12 @@ def test_trigger_parse(text, expected):
     ({"LAKEHOUSE_KAFKA_SECURITY_PROTOCOL": "SSL"}, "valid: PLAINTEXT, SASL_PLAINTEXT, SASL_SSL"),
     ({"LAKEHOUSE_KAFKA_SASL_MECHANISM": "GSSAPI"}, "valid: SCRAM-SHA-512, SCRAM-SHA-256, PLAIN"),
     ({"LAKEHOUSE_KAFKA_USER_GOLD": "gold"}, "LAKEHOUSE_KAFKA_USER_GOLD and LAKEHOUSE_KAFKA_PASSWORD_GOLD go together"),
+    ({"LAKEHOUSE_LAKE_LAYOUT": "per-table"}, "LAKEHOUSE_LAKE_LAYOUT='per-table'; valid: single, bucket-per-layer"),
+    ({"LAKEHOUSE_LAKE_LAYOUT": "bucket-per-layer", "LAKEHOUSE_LAKE_ROOT": "/data/lake"}, "needs an s3a://"),
+    ({"LAKEHOUSE_LAKE_LAYOUT": "bucket-per-layer", "LAKEHOUSE_LAKE_ROOT": "s3a://" + "b" * 60},
+     "use a name of at most 56 characters"),
+    ({"LAKEHOUSE_S3_ACCESS_KEY_SILVER": "silver"},
+     "LAKEHOUSE_S3_ACCESS_KEY_SILVER and LAKEHOUSE_S3_SECRET_KEY_SILVER go together"),
 ])
 def test_bad_settings_name_the_variable(env, fragment):
     with pytest.raises(SettingsError) as e:
@@ -89,6 +95,74 @@ def test_kafka_identities_per_role_or_one_for_all():
         Settings.from_env(sasl).kafka_identity("reader")
     text = repr(mixed) + str(mixed.redacted())
     assert "pw-all" not in text and "pw-gold" not in text
+
+
+SPLIT = {**CREDS, "LAKEHOUSE_LAKE_ROOT": "s3a://lake/team", "LAKEHOUSE_LAKE_LAYOUT": "bucket-per-layer",
+         **{f"LAKEHOUSE_S3_{kind}_KEY_{role.upper()}": f"{role}-{kind.lower()}" for kind in ("ACCESS", "SECRET")
+            for role in ("admin", "bronze", "silver", "gold", "customers", "quality", "reader")}}
+
+
+def test_a_bucket_per_layer_keeps_each_zone_and_its_checkpoints_in_its_own_bucket():
+    """S3A scopes keys by bucket: each layer's tables, and the checkpoints and event log of the stage
+    that writes them, are in ``<bucket>-<layer>`` under the same prefix; ops tables that no stage
+    owns (dq results) in ``<bucket>-ops``. The single layout keeps everything under the root."""
+    s = Settings.from_env(SPLIT)
+    assert s.buckets == ("lake-bronze", "lake-silver", "lake-gold", "lake-ops")
+    assert s.table_path("bronze", "metrics") == "s3a://lake-bronze/team/bronze/metrics"
+    assert s.checkpoint_path("silver", "bronze") == "s3a://lake-silver/team/_checkpoints/silver/bronze"
+    assert s.table_path("ops", "pipeline_events_gold") == "s3a://lake-gold/team/ops/pipeline_events_gold"
+    assert s.table_path("ops", "dq_results") == "s3a://lake-ops/team/ops/dq_results"
+    assert s.checkpoints == "s3a://lake-ops/team/_checkpoints"
+    assert "bucket-per-layer layout (lake-bronze, lake-silver, lake-gold, lake-ops), one key per role" == s.s3_identities
+    one = Settings.from_env(CREDS)
+    assert one.buckets == ("lakehouse",) and one.table_path("ops", "pipeline_events_gold").startswith("s3a://lakehouse/ops/")
+    assert one.s3_identities == "single layout (lakehouse), one key for every role"
+
+
+def test_a_process_holds_the_keys_of_its_roles_and_no_other():
+    """A stage alone: its role's key only; ``run all``: each zone's bucket with the key of the stage
+    that writes it; a reader: the reader's. No key on the JVM's command line, per-bucket ones too."""
+    from common.spark import _OFF_THE_COMMAND_LINE, s3_keys
+
+    s = Settings.from_env(SPLIT)
+    assert s3_keys(s.acting_as("bronze")) == {"spark.hadoop.fs.s3a.access.key": "bronze-access",
+                                              "spark.hadoop.fs.s3a.secret.key": "bronze-secret"}
+    every = s3_keys(s.acting_as("bronze", "silver", "gold"))
+    assert every == {"spark.hadoop.fs.s3a.access.key": "bronze-access", "spark.hadoop.fs.s3a.secret.key": "bronze-secret",
+                     "spark.hadoop.fs.s3a.bucket.lake-silver.access.key": "silver-access",
+                     "spark.hadoop.fs.s3a.bucket.lake-silver.secret.key": "silver-secret",
+                     "spark.hadoop.fs.s3a.bucket.lake-gold.access.key": "gold-access",
+                     "spark.hadoop.fs.s3a.bucket.lake-gold.secret.key": "gold-secret"}
+    assert all(k.endswith(_OFF_THE_COMMAND_LINE) for k in every)
+    gold = s.acting_as("gold")
+    assert [gold.s3_role_for(z) for z in ("bronze", "silver", "gold", "ops")] == [None, "gold", "gold", None]
+    assert set(s3_keys(s.acting_as("reader")).values()) == {"reader-access", "reader-secret"}
+    # one key for every role: any layout works; roles with different keys in one bucket: one line
+    assert s3_keys(Settings.from_env(CREDS).acting_as("bronze", "silver"))["spark.hadoop.fs.s3a.access.key"] == "a"
+    with pytest.raises(SettingsError, match="LAKEHOUSE_LAKE_LAYOUT=single keeps the lake in one bucket"):
+        s3_keys(s.with_overrides(lake_layout="single").acting_as("bronze", "silver"))
+    with pytest.raises(SettingsError, match="unknown S3 role 'writer'"):
+        s.acting_as("writer")
+    assert "bronze-secret" not in repr(s) + str(s.redacted())
+
+
+def test_an_s3_refusal_is_named_by_its_path_and_the_role_that_was_refused():
+    """S3A names a refused object by its key alone in some messages: the bucket is the one of the
+    Spark path that key is under; the line names the role and the variable of its key."""
+    from common.clients import s3_denied
+    from common.streams import s3_denied_path
+
+    text = ("org.apache.spark.SparkException: [TASK_WRITE_FAILED] Task failed while writing rows to "
+            "s3a://lake-silver/team/silver/customers.\nCaused by: java.nio.file.AccessDeniedException: "
+            "team/silver/customers/part-0.parquet: Writing Object on team/silver/customers/part-0.parquet: "
+            "S3Exception: Access Denied. (Service: S3, Status Code: 403)")
+    path = s3_denied_path(text)
+    assert path == "s3a://lake-silver/team/silver/customers/part-0.parquet"
+    assert s3_denied_path("java.nio.file.AccessDeniedException: s3a://lake-gold/t/x: getFileStatus") == "s3a://lake-gold/t/x"
+    assert s3_denied_path("no refusal here") is None
+    line = s3_denied(path, Settings.from_env(SPLIT).acting_as("customers"))
+    assert "S3 role customers" in line and "LAKEHOUSE_S3_ACCESS_KEY_CUSTOMERS" in line and path in line
+    assert "customers-access" not in line
 
 
 def test_a_topic_scope_keeps_each_name_under_its_configured_one():

@@ -25,7 +25,7 @@ import pytest
 
 from silver import customers
 from common.errors import CheckpointError, StreamFailedError
-from common.settings import child_env
+from common.settings import child_env, s3_location
 from devstack.generator import read_ledger
 from app import dataflow
 from app.runner import plan_refresh, refresh, run
@@ -270,8 +270,10 @@ def test_minio_disk_full_stops_the_pipeline_loudly_and_nothing_is_lost_once_spac
     app = None
     try:
         wait_until(Stack(disk)._minio_health, 60, "the second MinIO")
-        minio_client(disk).make_bucket(bucket)
-        spark.sparkContext._jsc.hadoopConfiguration().set(f"fs.s3a.bucket.{bucket}.endpoint", disk.s3_endpoint)
+        Stack(disk).ensure_buckets()  # with the roles' users, as `stack up` makes them
+        Stack(disk).ensure_s3_identities()
+        for name in disk.buckets:
+            spark.sparkContext._jsc.hadoopConfiguration().set(f"fs.s3a.bucket.{name}.endpoint", disk.s3_endpoint)
         ledger = tmp_path / "ledger.jsonl"
         produce_to(disk, ledger, 100, seed=1201, **FAULTS)
         log = tmp_path / "all.log"
@@ -392,17 +394,17 @@ def test_batch_replayed_after_its_writes_committed_counts_once(spark, lake, tmp_
     client = minio_client(lake)
     removed = []
     for flow in dataflow.flows(lake, "gold"):
-        prefix = flow.checkpoint.removeprefix(f"s3a://{lake.bucket}/") + "/commits/"
-        commits = sorted((o.object_name for o in client.list_objects(lake.bucket, prefix=prefix)
+        bucket, prefix = s3_location(flow.checkpoint + "/commits/")
+        commits = sorted((o.object_name for o in client.list_objects(bucket, prefix=prefix + "/")
                           if o.object_name.rsplit("/", 1)[-1].isdigit()), key=lambda n: int(n.rsplit("/", 1)[-1]))
         assert commits, prefix
-        client.remove_object(lake.bucket, commits[-1])
-        removed.append(commits[-1])
+        client.remove_object(bucket, commits[-1])
+        removed.append((bucket, commits[-1]))
     run(("gold",), lake, "availableNow", spark=spark)
     check_gold(spark, lake, ledger)
     check_published(spark, lake, aborted=False)  # the ledger says published: not sent again
-    for name in removed:  # the replayed batches committed again
-        assert client.stat_object(lake.bucket, name)
+    for bucket, name in removed:  # the replayed batches committed again
+        assert client.stat_object(bucket, name)
 
 
 
@@ -449,9 +451,10 @@ def _event_log_text(spark, path) -> str:
 
 
 def test_no_s3_or_kafka_secret_in_logs_event_logs_or_printed_config(spark, lake, tmp_path):
-    from common.settings import KAFKA_ROLES
+    from common.settings import KAFKA_ROLES, S3_ROLES
 
-    secret = lake.s3_secret_key
+    secret = lake.s3_identity(lake.roles[0])[1]  # this session's (the tests act as admin)
+    s3_secrets = {lake.s3_secret_key} | {lake.s3_identity(role)[1] for role in S3_ROLES}  # each process holds its own
     assert len(secret) >= 8
     passwords = {role: lake.kafka_identity(role)[1] for role in KAFKA_ROLES}  # bronze's is in Spark's options
     assert all(len(p) >= 8 for p in passwords.values()), "the local stack runs Kafka with SASL"
@@ -471,7 +474,7 @@ def test_no_s3_or_kafka_secret_in_logs_event_logs_or_printed_config(spark, lake,
     texts = outputs + event_logs
     for folder in (ROOT / ".stack" / "logs", ROOT / ".cache" / "spark-conf"):
         texts += [p.read_text(errors="replace") for p in folder.glob("*") if p.is_file()]
-    for value in (secret, *passwords.values()):
+    for value in (*s3_secrets, *passwords.values()):
         leaks = [t[max(0, t.find(value) - 80): t.find(value)] for t in texts if value in t]
         assert not leaks, f"a secret printed after: {leaks}"  # ...its value never is
     assert "# Kafka clients: SASL_PLAINTEXT with SCRAM-SHA-512, one identity per role" in outputs[0]
@@ -485,7 +488,7 @@ def test_no_s3_or_kafka_secret_in_logs_event_logs_or_printed_config(spark, lake,
     ours = Path(f"/proc/{SparkContext._gateway.proc.pid}/cmdline").read_bytes()
     assert b"fs.s3a.endpoint=" in ours and b"fs.s3a.secret.key" not in ours
     assert spark.sparkContext._jsc.hadoopConfiguration().get("fs.s3a.secret.key") == secret
-    for value in (secret, *passwords.values()):  # the Kafka broker's included: its users are in files
+    for value in (*s3_secrets, *passwords.values()):  # the Kafka broker's included: its users are in files
         assert not command_lines_with(value), "a secret on a process's command line"
 
 
@@ -502,24 +505,21 @@ def test_stray_parquet_files_are_ignored_and_a_truncated_checkpoint_file_is_name
     run(STAGES, lake, "availableNow", spark=spark)
     client = minio_client(lake)
 
-    def key(path: str) -> str:
-        return path.removeprefix(f"s3a://{lake.bucket}/")
-
     for layer, table in (("silver", "orders"), ("gold", "orders_enriched")):
-        folder = key(lake.table_path(layer, table))
-        data = next(o.object_name for o in client.list_objects(lake.bucket, prefix=folder + "/", recursive=True)
+        bucket, folder = s3_location(lake.table_path(layer, table))
+        data = next(o.object_name for o in client.list_objects(bucket, prefix=folder + "/", recursive=True)
                     if o.object_name.endswith(".parquet"))
-        client.copy_object(lake.bucket, f"{folder}/part-00000-stray-{table}.c000.snappy.parquet",
-                           CopySource(lake.bucket, data))
+        client.copy_object(bucket, f"{folder}/part-00000-stray-{table}.c000.snappy.parquet",
+                           CopySource(bucket, data))
     produce_to(lake, ledger_path, 100, seed=902, **FAULTS)
     run(STAGES, lake, "availableNow", spark=spark)
     check_pipeline(spark, lake, read_ledger(ledger_path))  # the stray copies are counted nowhere
 
-    offsets = key(dataflow.flow(lake, "silver").checkpoint) + "/offsets/"
-    last = max((o.object_name for o in client.list_objects(lake.bucket, prefix=offsets)
+    bucket, offsets = s3_location(dataflow.flow(lake, "silver").checkpoint + "/offsets/")
+    last = max((o.object_name for o in client.list_objects(bucket, prefix=offsets + "/")
                 if o.object_name.rsplit("/", 1)[-1].isdigit()), key=lambda n: int(n.rsplit("/", 1)[-1]))
-    whole = client.get_object(lake.bucket, last).read()
-    client.put_object(lake.bucket, last, io.BytesIO(whole[: len(whole) * 2 // 3]), len(whole) * 2 // 3)
+    whole = client.get_object(bucket, last).read()
+    client.put_object(bucket, last, io.BytesIO(whole[: len(whole) * 2 // 3]), len(whole) * 2 // 3)
     produce_to(lake, ledger_path, 50, seed=903, **FAULTS)
     run(("bronze",), lake, "availableNow", spark=spark)
     with pytest.raises(CheckpointError, match=r"query silver cannot restart: .*/offsets/\d+ is truncated or corrupt "
