@@ -45,6 +45,12 @@ def _cmd_setup(args) -> int:
         print(f"spark defaults: {write_spark_defaults()}")
     if args.what in ("minio", "all"):
         print(f"minio: {Stack(get_settings()).build_minio()}")
+    if args.what == "s3":  # on a MinIO of your own (stack up does it for the local one): its root key
+        stack = Stack(get_settings())
+        stack.ensure_buckets()
+        print(f"buckets: {', '.join(stack.s.buckets)}")
+        print("users and policies: " + (", ".join(stack.ensure_s3_identities()) or
+                                        "none (every role uses LAKEHOUSE_S3_ACCESS_KEY)"))
     if args.what == "jvm":  # runs the pipeline on the local stack, so not part of `all`
         from app.jvm import build_class_archive
 
@@ -423,8 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[verbose], **kw)
 
     s = add("setup", help="fetch pinned jars from Maven Central, build MinIO (tests: Chromium and actionlint for "
-                          "the tests; jvm: a class archive that cuts every later start, needs the stack)")
-    s.add_argument("what", nargs="?", default="all", choices=("jars", "minio", "all", "browser", "tests", "jvm"))
+                          "the tests; jvm: a class archive that cuts every later start, needs the stack; s3: the "
+                          "lake's buckets and a MinIO user and policy per S3 role, with MinIO's root key)")
+    s.add_argument("what", nargs="?", default="all", choices=("jars", "minio", "all", "browser", "tests", "jvm", "s3"))
     s.add_argument("--force", action="store_true", help="jvm: write the class archive again")
     s.set_defaults(func=_cmd_setup)
 

@@ -255,10 +255,14 @@ class Settings:
                 raise SettingsError(
                     f"LAKEHOUSE_LAKE_ROOT={root!r} is not valid; use s3a://<bucket>[/prefix] "
                     "(bucket: 3-63 lowercase letters, digits, dots, hyphens) or an absolute local path")
-            if not self.s3_access_key or not self.s3_secret_key:
+            if not (self.s3_access_key and self.s3_secret_key) and not any(
+                    getattr(self, f"s3_access_key_{role}") for role in S3_ROLES):
                 raise SettingsError(
                     "LAKEHOUSE_S3_ACCESS_KEY and LAKEHOUSE_S3_SECRET_KEY must be set for an s3a:// lake "
-                    "root (for the local stack: LAKEHOUSE_ENV_FILE=local.env)")
+                    "root, or a key per role (LAKEHOUSE_S3_ACCESS_KEY_<ROLE>; for the local stack: "
+                    "LAKEHOUSE_ENV_FILE=local.env)")
+            if bool(self.s3_access_key) != bool(self.s3_secret_key):
+                raise SettingsError("LAKEHOUSE_S3_ACCESS_KEY and LAKEHOUSE_S3_SECRET_KEY go together: set both or neither")
             longest = max(len(f"{self.bucket}-{zone}") for zone in ZONES)
             if self.lake_layout == "bucket-per-layer" and longest > 63:
                 raise SettingsError(f"LAKEHOUSE_LAKE_ROOT={root!r}: with LAKEHOUSE_LAKE_LAYOUT=bucket-per-layer the "
@@ -442,22 +446,31 @@ class Settings:
     # ---- S3 identities ------------------------------------------------------------------
     def acting_as(self, *roles: str) -> "Settings":
         """These settings for a process of S3 roles ``roles`` (S3_RIGHTS): its Spark session, its
-        delta-rs and MinIO clients hold those roles' keys and no other."""
-        return self.with_overrides(roles=tuple(dict.fromkeys(roles)))
+        delta-rs and MinIO clients hold those roles' keys and no other (each role must have one)."""
+        acting = self.with_overrides(roles=tuple(dict.fromkeys(roles)))
+        for role in acting.roles if acting.is_s3 else ():
+            acting.s3_identity(role)
+        return acting
 
     def s3_identity(self, role: str) -> tuple[str, str]:
         """(access key, secret key) of S3 role ``role``: its own, or LAKEHOUSE_S3_ACCESS_KEY's."""
         if role not in S3_RIGHTS:
             raise SettingsError(f"unknown S3 role {role!r}; valid: {', '.join(S3_ROLES)}")
         own = getattr(self, f"s3_access_key_{role}")
-        return (own, getattr(self, f"s3_secret_key_{role}")) if own else (self.s3_access_key, self.s3_secret_key)
+        if own:
+            return own, getattr(self, f"s3_secret_key_{role}")
+        if not self.s3_access_key:
+            raise SettingsError(f"S3 role {role} has no key: set LAKEHOUSE_S3_ACCESS_KEY_{role.upper()} and "
+                                f"LAKEHOUSE_S3_SECRET_KEY_{role.upper()} (or LAKEHOUSE_S3_ACCESS_KEY and "
+                                "LAKEHOUSE_S3_SECRET_KEY for every role)")
+        return self.s3_access_key, self.s3_secret_key
 
     def s3_role_for(self, zone: str) -> str | None:
         """Which of this process's roles acts in zone ``zone``: the one with the most rights there
         (the first on a tie); None when none may even read it. With one bucket for every zone S3A
         takes one key: the roles must share it."""
-        if self.lake_layout == "single":
-            keys = {self.s3_identity(role) for role in self.roles}
+        if self.lake_layout == "single" or not self.is_s3:
+            keys = {self.s3_identity(role) for role in self.roles} if self.is_s3 else set()
             if len(keys) > 1:
                 raise SettingsError(
                     f"this command acts as S3 roles {', '.join(self.roles)}, whose keys differ, and "

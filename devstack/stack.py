@@ -188,7 +188,7 @@ class Stack:
         """MinIO's root user is LAKEHOUSE_S3_ACCESS_KEY (the stack's own; the roles have theirs)."""
         return {"access_key": self.s.s3_access_key, "secret_key": self.s.s3_secret_key}
 
-    def ensure_s3_identities(self) -> None:
+    def ensure_s3_identities(self) -> list[str]:
         """Create (or update) a MinIO user for every S3 role with a key of its own, with the policy
         of its rights (``s3_policy``), through MinIO's admin API. A role without its own key uses
         the root's, which may do anything."""
@@ -196,14 +196,19 @@ class Stack:
         from minio.error import MinioAdminException
         from minio.minioadmin import MinioAdmin
 
+        if not self.s.s3_access_key:
+            raise SettingsError("creating the roles' MinIO users needs MinIO's root key in LAKEHOUSE_S3_ACCESS_KEY "
+                                "and LAKEHOUSE_S3_SECRET_KEY")
         endpoint = self.s.s3_endpoint
         admin = MinioAdmin(endpoint=endpoint.split("://", 1)[1].rstrip("/"), secure=endpoint.startswith("https://"),
                            credentials=StaticProvider(self.s.s3_access_key, self.s.s3_secret_key))
+        made = []
         for role in S3_ROLES:
             access, secret = self.s.s3_identity(role)
             if access == self.s.s3_access_key:
                 continue
             name = f"lakehouse-{role}"
+            made.append(f"{access} ({name})")
             admin.policy_add(name, policy=s3_policy(self.s, role))
             admin.user_add(access, secret)
             try:
@@ -211,6 +216,7 @@ class Stack:
             except MinioAdminException as e:  # attached by an earlier `stack up`: the policy was updated above
                 if "already" not in str(e).lower():
                     raise StackError(f"MinIO refused to give {access} the policy {name}: {e}") from None
+        return made
 
     # ---- Kafka ----------------------------------------------------------------------------
     def _kafka_config(self) -> Path:
