@@ -45,6 +45,11 @@ def _cmd_setup(args) -> int:
         print(f"spark defaults: {write_spark_defaults()}")
     if args.what in ("minio", "all"):
         print(f"minio: {Stack(get_settings()).build_minio()}")
+    if args.what == "kafka":  # on a broker of your own (stack up does it for the local one): its admin
+        stack = Stack(get_settings())
+        stack.ensure_kafka_identities()
+        stack.ensure_topics()
+        print(f"kafka: {stack.s.kafka_identities}; topics {', '.join((*stack.s.source_topics, stack.s.topic_enriched))}")
     if args.what == "s3":  # on a MinIO of your own (stack up does it for the local one): its root key
         stack = Stack(get_settings())
         stack.ensure_buckets()
@@ -72,6 +77,9 @@ def _cmd_stack(args) -> int:
     from devstack.stack import Stack
 
     stack = Stack(get_settings())
+    if args.action == "kafka":  # the broker in the foreground: a container's main process
+        stack.serve_kafka()
+        return 0
     if args.action == "up":
         statuses = stack.up()
     elif args.action == "down":
@@ -430,13 +438,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("setup", help="fetch pinned jars from Maven Central, build MinIO (tests: Chromium and actionlint for "
                           "the tests; jvm: a class archive that cuts every later start, needs the stack; s3: the "
-                          "lake's buckets and a MinIO user and policy per S3 role, with MinIO's root key)")
-    s.add_argument("what", nargs="?", default="all", choices=("jars", "minio", "all", "browser", "tests", "jvm", "s3"))
+                          "lake's buckets and a MinIO user and policy per S3 role, with MinIO's root key; kafka: "
+                          "the roles' SCRAM users, their ACLs and the topics, as the Kafka admin)")
+    s.add_argument("what", nargs="?", default="all",
+                   choices=("jars", "minio", "all", "browser", "tests", "jvm", "s3", "kafka"))
     s.add_argument("--force", action="store_true", help="jvm: write the class archive again")
     s.set_defaults(func=_cmd_setup)
 
-    s = add("stack", help="local Kafka + MinIO: up | down | status")
-    s.add_argument("action", choices=("up", "down", "status"))
+    s = add("stack", help="local Kafka + MinIO: up | down | status (kafka: the broker alone, in the "
+                          "foreground, on every interface: docker-compose's kafka service)")
+    s.add_argument("action", choices=("up", "down", "status", "kafka"))
     s.set_defaults(func=_cmd_stack)
 
     s = add("config", help="print the effective settings (secrets redacted)")

@@ -50,7 +50,7 @@ from pathlib import Path
 from bench.measure import cpu_seconds, first_visible, peak_rss_mib, percentiles, table_files
 from devstack.generator import GenOptions, produce
 from app.runner import run, setup_logging
-from common.settings import Settings, env_var
+from common.settings import OPS, Settings, env_var
 from common.streams import kafka_options
 from devstack.stack import Stack, wait_until
 
@@ -102,7 +102,7 @@ def app_env(s: Settings) -> dict[str, str]:
 
 
 def gold_path(s: Settings, system: str) -> str:
-    return f"{s.lake_root.rstrip('/')}/_peer/gold" if system == "peer" else s.table_path("gold", "orders_enriched")
+    return f"{s.zone_root(OPS)}/_peer/gold" if system == "peer" else s.table_path("gold", "orders_enriched")
 
 
 def gold_count(spark, s: Settings, system: str, first: int, last: int) -> int:

@@ -255,12 +255,8 @@ class Settings:
                 raise SettingsError(
                     f"LAKEHOUSE_LAKE_ROOT={root!r} is not valid; use s3a://<bucket>[/prefix] "
                     "(bucket: 3-63 lowercase letters, digits, dots, hyphens) or an absolute local path")
-            if not (self.s3_access_key and self.s3_secret_key) and not any(
-                    getattr(self, f"s3_access_key_{role}") for role in S3_ROLES):
-                raise SettingsError(
-                    "LAKEHOUSE_S3_ACCESS_KEY and LAKEHOUSE_S3_SECRET_KEY must be set for an s3a:// lake "
-                    "root, or a key per role (LAKEHOUSE_S3_ACCESS_KEY_<ROLE>; for the local stack: "
-                    "LAKEHOUSE_ENV_FILE=local.env)")
+            # (the keys a command needs are checked when it takes its roles: ``acting_as``; a
+            # process that only runs Kafka, the compose broker, holds none)
             if bool(self.s3_access_key) != bool(self.s3_secret_key):
                 raise SettingsError("LAKEHOUSE_S3_ACCESS_KEY and LAKEHOUSE_S3_SECRET_KEY go together: set both or neither")
             longest = max(len(f"{self.bucket}-{zone}") for zone in ZONES)
@@ -460,9 +456,10 @@ class Settings:
         if own:
             return own, getattr(self, f"s3_secret_key_{role}")
         if not self.s3_access_key:
-            raise SettingsError(f"S3 role {role} has no key: set LAKEHOUSE_S3_ACCESS_KEY_{role.upper()} and "
-                                f"LAKEHOUSE_S3_SECRET_KEY_{role.upper()} (or LAKEHOUSE_S3_ACCESS_KEY and "
-                                "LAKEHOUSE_S3_SECRET_KEY for every role)")
+            raise SettingsError(f"an s3a:// lake root needs a key: S3 role {role} has none: set "
+                                f"LAKEHOUSE_S3_ACCESS_KEY_{role.upper()} and LAKEHOUSE_S3_SECRET_KEY_{role.upper()}, or "
+                                "LAKEHOUSE_S3_ACCESS_KEY and LAKEHOUSE_S3_SECRET_KEY for every role (for the local "
+                                "stack: LAKEHOUSE_ENV_FILE=local.env)")
         return self.s3_access_key, self.s3_secret_key
 
     def s3_role_for(self, zone: str) -> str | None:

@@ -164,6 +164,9 @@ class Stack:
             return False
 
     def _start_minio(self) -> None:
+        if not (self.s.s3_access_key and self.s.s3_secret_key):
+            raise SettingsError("the local stack's MinIO takes its root user from LAKEHOUSE_S3_ACCESS_KEY and "
+                                "LAKEHOUSE_S3_SECRET_KEY: set both (LAKEHOUSE_ENV_FILE=local.env does)")
         if self.pid("minio"):
             return
         binary = self.build_minio()
@@ -219,17 +222,20 @@ class Stack:
         return made
 
     # ---- Kafka ----------------------------------------------------------------------------
-    def _kafka_config(self) -> Path:
+    def _kafka_config(self, bind: str = "127.0.0.1") -> Path:
+        """The broker's configuration: clients' listener on ``bind`` (0.0.0.0 in a container),
+        advertised as LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS' first host; the controller on loopback."""
         cfg = self.root / "kafka" / "server.properties"
         cfg.parent.mkdir(parents=True, exist_ok=True)
         port, cport = self.s.kafka_port, self.s.kafka_controller_port
         listener = self.s.kafka_security_protocol
+        host = self.s.kafka_bootstrap_servers.split(",")[0].strip().rsplit(":", 1)[0]
         write_private(cfg, "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{cport}",
-            f"listeners={listener}://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            f"advertised.listeners={listener}://127.0.0.1:{port}",
+            f"listeners={listener}://{bind}:{port},CONTROLLER://127.0.0.1:{cport}",
+            f"advertised.listeners={listener}://{host}:{port}",
             "controller.listener.names=CONTROLLER",
             f"inter.broker.listener.name={listener}",
             f"listener.security.protocol.map=CONTROLLER:{'SASL_PLAINTEXT' if self.s.kafka_sasl else 'PLAINTEXT'},"
@@ -318,7 +324,20 @@ class Stack:
         self._check_port_free("kafka", self.s.kafka_port, "LAKEHOUSE_KAFKA_BOOTSTRAP_SERVERS")
         self._check_port_free("kafka controller", self.s.kafka_controller_port,
                               "LAKEHOUSE_KAFKA_CONTROLLER_PORT")
-        cfg = self._kafka_config()
+        self._spawn("kafka", self._kafka_cmd("kafka.Kafka", str(self._prepare_kafka())))
+
+    def serve_kafka(self) -> None:
+        """Run the broker in the foreground, as this process (a container's main process: the
+        docker-compose ``kafka`` service), listening on every interface; the same configuration,
+        SCRAM admin and storage as ``up``'s. ``lakehouse setup kafka`` then adds the roles' users,
+        their ACLs and the topics."""
+        cmd = self._kafka_cmd("kafka.Kafka", str(self._prepare_kafka(bind="0.0.0.0")))
+        os.execv(cmd[0], cmd)
+
+    def _prepare_kafka(self, bind: str = "127.0.0.1") -> Path:
+        """Write the broker's configuration and format its storage (once, the SCRAM admin in it)."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        cfg = self._kafka_config(bind)
         marker = self.root / "kafka" / "formatted-for"
         if not (self.root / "kafka" / "data" / "meta.properties").exists():
             args = ["format", "-t", new_cluster_id(), "-c", str(cfg)]
@@ -343,7 +362,7 @@ class Stack:
                 f"settings ask for {self._kafka_security_marker}: set LAKEHOUSE_KAFKA_SECURITY_PROTOCOL and the "
                 f"admin identity back, or delete {self.root / 'kafka'} (its topics are lost) and run "
                 "`lakehouse stack up` again")
-        self._spawn("kafka", self._kafka_cmd("kafka.Kafka", str(cfg)))
+        return cfg
 
     def _kafka_health(self) -> bool:
         if not port_open("127.0.0.1", self.s.kafka_port):

@@ -44,15 +44,17 @@ def list_tables(settings: Settings) -> dict[str, list[str]]:
             names = set()
             # a layer's tables are in its zone; ops tables in every zone (a stage's event log beside its
             # data); a zone none of the process's S3 roles may read is not listed (nor registered)
-            for zone in dict.fromkeys((layer,) if layer in LAYERS else ZONES):
-                if settings.s3_role_for(zone) is None:
-                    continue
-                bucket, root = s3_location(settings.zone_root(zone))
+            roots: dict[str, str] = {}  # zone root -> zone (one root for every zone in the single layout)
+            for zone in (layer,) if layer in LAYERS else ZONES:
+                if settings.s3_role_for(zone) is not None:
+                    roots.setdefault(settings.zone_root(zone), zone)
+            for zone_root, zone in roots.items():
+                bucket, root = s3_location(zone_root)
                 client, prefix = minio_client(settings, bucket=bucket), f"{root}/{layer}/".lstrip("/")
                 dirs = [o.object_name for o in client.list_objects(bucket, prefix=prefix) if o.is_dir]
-                names.update(d[len(prefix):].strip("/") for d in dirs if _committed(
-                    o.object_name for o in client.list_objects(bucket, prefix=f"{d}_delta_log/"))
-                    and settings.zone_of(layer, d[len(prefix):].strip("/")) == zone)
+                names.update(name for name, d in ((d[len(prefix):].strip("/"), d) for d in dirs)
+                             if (len(roots) == 1 or settings.zone_of(layer, name) == zone) and _committed(
+                                 o.object_name for o in client.list_objects(bucket, prefix=f"{d}_delta_log/")))
             found[layer] = sorted(names)
     else:
         for layer in LAYERS + (OPS,):
