@@ -259,6 +259,12 @@ class Settings:
             # process that only runs Kafka, the compose broker, holds none)
             if bool(self.s3_access_key) != bool(self.s3_secret_key):
                 raise SettingsError("LAKEHOUSE_S3_ACCESS_KEY and LAKEHOUSE_S3_SECRET_KEY go together: set both or neither")
+            if (self.lake_layout != "single" and self.checkpoint_root.startswith("s3a://")
+                    and s3_location(self.checkpoint_root)[0] != self.bucket):
+                raise SettingsError(
+                    f"LAKEHOUSE_CHECKPOINT_ROOT={self.checkpoint_root!r}: with LAKEHOUSE_LAKE_LAYOUT=bucket-per-layer "
+                    f"use a path in s3a://{self.bucket}/ (each stage's checkpoints go under it in the stage's "
+                    f"bucket, {self.bucket}-<layer>, where its key writes)")
             longest = max(len(f"{self.bucket}-{zone}") for zone in ZONES)
             if self.lake_layout == "bucket-per-layer" and longest > 63:
                 raise SettingsError(f"LAKEHOUSE_LAKE_ROOT={root!r}: with LAKEHOUSE_LAKE_LAYOUT=bucket-per-layer the "
@@ -397,7 +403,17 @@ class Settings:
     @property
     def checkpoints(self) -> str:
         """Where checkpoints go when no stage is named (a benchmark's scratch query): the ops zone."""
-        return (self.checkpoint_root or f"{self.zone_root(OPS)}/_checkpoints").rstrip("/")
+        return self._in_zone(self._checkpoint_root, OPS)
+
+    @property
+    def _checkpoint_root(self) -> str:
+        return (self.checkpoint_root or f"{self.lake_root.rstrip('/')}/_checkpoints").rstrip("/")
+
+    def _in_zone(self, path: str, zone: str) -> str:
+        """``path`` (under the lake's bucket) in zone ``zone``'s bucket: the same path in the single layout."""
+        if self.lake_layout == "single" or not path.startswith("s3a://") or s3_location(path)[0] != self.bucket:
+            return path
+        return f"s3a://{self.zone_bucket(zone)}{path[len(f's3a://{self.bucket}'):]}"
 
     @property
     def buckets(self) -> tuple[str, ...]:
@@ -412,11 +428,7 @@ class Settings:
         in bucket ``<bucket>-<zone>``."""
         if zone not in ZONES:
             raise SettingsError(f"unknown zone {zone!r}; valid: {', '.join(ZONES)}")
-        root = self.lake_root.rstrip("/")
-        if self.lake_layout == "single":
-            return root
-        prefix = root[len(f"s3a://{self.bucket}"):]
-        return f"s3a://{self.zone_bucket(zone)}{prefix}"
+        return self._in_zone(self.lake_root.rstrip("/"), zone)
 
     @staticmethod
     def zone_of(layer: str, table: str = "") -> str:
@@ -437,7 +449,7 @@ class Settings:
 
     def checkpoint_path(self, layer: str, query: str) -> str:
         """A query's checkpoint: in the zone of the layer it writes (its role's key covers both)."""
-        return f"{(self.checkpoint_root or self.zone_root(layer) + '/_checkpoints').rstrip('/')}/{layer}/{query}"
+        return f"{self._in_zone(self._checkpoint_root, layer)}/{layer}/{query}"
 
     # ---- S3 identities ------------------------------------------------------------------
     def acting_as(self, *roles: str) -> "Settings":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -62,6 +63,52 @@ def test_stack_restart_keeps_data(lake, tmp_path):
         assert [m.value for m in read_topic(own, topic)] == [b"before-restart"]
     finally:
         stack.down()
+
+
+def test_the_compose_broker_and_its_init_serve_each_role_as_the_local_stack_does(lake, tmp_path):
+    """docker-compose's ``kafka`` and ``kafka-init`` services, run here as the processes they are
+    (``lakehouse stack kafka``: the local stack's broker in the foreground, on every interface;
+    ``lakehouse setup kafka``: the roles' users, ACLs and topics): the producer's records reach the
+    reader, bronze may not write an input topic, no password is on a command line."""
+    import signal
+
+    from kafka.errors import KafkaError
+
+    from tests.helpers import command_lines_with
+
+    if not lake.kafka_sasl:
+        pytest.skip("Kafka without SASL (LAKEHOUSE_KAFKA_SECURITY_PROTOCOL=PLAINTEXT)")
+    port = _free_port()
+    own = lake.with_overrides(stack_dir=str(tmp_path / "stack"), kafka_bootstrap_servers=f"127.0.0.1:{port}",
+                              kafka_controller_port=_free_port())
+    env = settings_env(own)
+    log = tmp_path / "broker.log"
+    broker = subprocess.Popen([sys.executable, "-m", "app.cli", "stack", "kafka"], env=env, cwd=ROOT,
+                              stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_until(lambda: broker.poll() is not None or Stack(own)._kafka_health(), 90, "the compose broker")
+        assert broker.poll() is None, log.read_text()[-2000:]
+        assert f"listeners=SASL_PLAINTEXT://0.0.0.0:{port}," in (tmp_path / "stack" / "kafka" / "server.properties").read_text()
+        init = subprocess.run([sys.executable, "-m", "app.cli", "setup", "kafka"], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert init.returncode == 0, init.stderr[-2000:]
+        producer = kafka_producer(own, "tests-compose")
+        try:
+            producer.send(own.topic_orders, b"via-compose").get(timeout=10)
+        finally:
+            producer.close(timeout=5)
+        assert [m.value for m in read_topic(own, own.topic_orders)] == [b"via-compose"]
+        bronze = kafka_producer(own, "tests-compose", role="bronze", max_block_ms=10_000)
+        try:
+            with pytest.raises(KafkaError, match="AuthorizationFailed"):
+                bronze.send(own.topic_logs, b"not allowed").get(timeout=10)
+        finally:
+            bronze.close(timeout=5)
+        for role in ("admin", "producer", "bronze", "gold", "reader"):
+            assert not command_lines_with(own.kafka_identity(role)[1]), role
+    finally:
+        os.killpg(broker.pid, signal.SIGTERM)
+        broker.wait(timeout=60)
 
 
 def test_port_in_use_is_one_line(base_settings, stack, tmp_path):

@@ -121,6 +121,10 @@ def test_a_bucket_per_layer_keeps_each_zone_and_its_checkpoints_in_its_own_bucke
     assert s.table_path("ops", "pipeline_events_gold") == "s3a://lake-gold/team/ops/pipeline_events_gold"
     assert s.table_path("ops", "dq_results") == "s3a://lake-ops/team/ops/dq_results"
     assert s.checkpoints == "s3a://lake-ops/team/_checkpoints"
+    moved = s.with_overrides(checkpoint_root="s3a://lake/team/_moved")  # under each stage's bucket too
+    assert moved.checkpoint_path("gold", "kpis") == "s3a://lake-gold/team/_moved/gold/kpis"
+    with pytest.raises(SettingsError, match="use a path in s3a://lake/"):
+        s.with_overrides(checkpoint_root="s3a://elsewhere/ck")
     assert "bucket-per-layer layout (lake-bronze, lake-silver, lake-gold, lake-ops), one key per role" == s.s3_identities
     one = Settings.from_env(CREDS)
     assert one.buckets == ("lakehouse",) and one.table_path("ops", "pipeline_events_gold").startswith("s3a://lakehouse/ops/")
