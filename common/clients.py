@@ -214,11 +214,11 @@ def remove_lake(settings: Settings) -> None:
 
     from common.settings import ZONES, s3_location
 
+    client = minio_client(settings, role="admin")
     for root in dict.fromkeys(settings.zone_root(zone) for zone in ZONES):
         bucket, prefix = s3_location(root)
         if not prefix:
             raise SetupError(f"will not delete the whole bucket {bucket}: the lake to remove must be under a prefix")
-        client = minio_client(settings, role="admin")
         objects = (DeleteObject(o.object_name) for o in client.list_objects(bucket, prefix=f"{prefix}/", recursive=True))
         for error in client.remove_objects(bucket, objects):
             raise SetupError(f"could not delete {root}: {error}")
@@ -227,15 +227,13 @@ def remove_lake(settings: Settings) -> None:
 def s3_denied(path: str, settings: Settings | None = None) -> str:
     """The one line for S3 refusing ``path`` to this process (``settings``: its session's): which
     role's key it used there (the variable holding it, never the key)."""
-    from common.settings import ZONES, s3_location
+    from common.settings import s3_location
     from common.spark import session_settings
 
     settings = settings or session_settings()
     if settings is None or not settings.is_s3:
         return f"S3 denied access to {path}"
-    bucket = s3_location(path)[0]
-    zone = next((z for z in ZONES if settings.zone_bucket(z) == bucket), None)
-    role = (settings.s3_role_for(zone) if zone else None) or settings.roles[0]
+    role = settings.s3_role_for_bucket(s3_location(path)[0]) or settings.roles[0]
     return (f"S3 denied access to {path} to S3 role {role} (the key in {s3_key_settings(settings, role)[0]}): "
             f"that role may not do this there; run the command that owns that path, or fix the key")
 
@@ -254,19 +252,18 @@ def check_s3_access(settings: Settings) -> None:
     from minio.error import MinioException, S3Error
     from urllib3.exceptions import HTTPError
 
-    from common.settings import S3_RIGHTS, ZONES
+    from common.settings import S3_RIGHTS, ZONES, s3_location
 
     # seconds, not minio's default 5 retries of 300 s: an endpoint that takes connections but never
     # answers is one line too
     quick = urllib3.PoolManager(timeout=urllib3.Timeout(connect=3, read=10), retries=urllib3.Retry(total=1))
     checked = set()
     for zone in ZONES:
-        role, bucket = settings.s3_role_for(zone), settings.zone_bucket(zone)
+        role, (bucket, prefix) = settings.s3_role_for(zone), s3_location(settings.zone_root(zone))
         if role is None or bucket in checked:
             continue
         checked.add(bucket)
         try:
-            prefix = settings.zone_root(zone)[len(f"s3a://{bucket}"):].strip("/")
             next(iter(minio_client(settings, quick, role=role).list_objects(
                 bucket, prefix=prefix + "/" if prefix else None)), None)
         except S3Error as e:

@@ -489,10 +489,15 @@ class Settings:
         best = max(self.roles, key=lambda role: _RANK[S3_RIGHTS[role].get(zone)])
         return best if S3_RIGHTS[best].get(zone) else None
 
+    def s3_role_for_bucket(self, bucket: str) -> str | None:
+        """``s3_role_for`` the zone stored in ``bucket``; a bucket outside the lake gets what S3A
+        gives it, the default key (the first role's)."""
+        zone = next((zone for zone in ZONES if self.zone_bucket(zone) == bucket), None)
+        return self.s3_role_for(zone) if zone else self.roles[0]
+
     def s3_key_for(self, bucket: str) -> tuple[str, str] | None:
         """The (access, secret) key this process uses for ``bucket`` (None: it has no rights there)."""
-        zones = [zone for zone in ZONES if self.zone_bucket(zone) == bucket] or [OPS]
-        role = self.s3_role_for(zones[0])
+        role = self.s3_role_for_bucket(bucket)
         return self.s3_identity(role) if role else None
 
     @property

@@ -108,8 +108,8 @@ def s3_keys(settings: Settings) -> dict[str, str]:
     access, secret = settings.s3_identity(settings.roles[0])
     conf = {"spark.hadoop.fs.s3a.access.key": access, "spark.hadoop.fs.s3a.secret.key": secret}
     for zone in ZONES:
-        role = settings.s3_role_for(zone)
-        if settings.lake_layout == "single" or role in (None, settings.roles[0]):
+        role = settings.s3_role_for(zone)  # (one bucket: always the first role, or one line if keys differ)
+        if role in (None, settings.roles[0]):
             continue
         access, secret = settings.s3_identity(role)
         bucket = settings.zone_bucket(zone)
