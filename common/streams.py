@@ -137,10 +137,11 @@ def commit_order_start(spark, path: str) -> int | None:
     never empty at a version the log still holds, or was vacuumed since (the files of the early
     commits may be gone), or was emptied by its latest commit. Reads the table's history once,
     when a checkpoint is new."""
-    history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").select("version", "operation").collect()
-    latest = max(r.version for r in history)
-    operation = {r.version: r.operation for r in history}
-    for version in sorted((r.version for r in history if r.operation in _EMPTYING), reverse=True):
+    from common.tables import operations
+
+    operation = operations(spark, path)
+    latest = max(operation)
+    for version in sorted((v for v, op in operation.items() if op in _EMPTYING), reverse=True):
         try:
             empty = (operation[version] in _EMPTIED
                      or spark.read.format("delta").option("versionAsOf", version).load(path).isEmpty())

@@ -94,6 +94,36 @@ def commit_metadata(spark, path: str, version: int) -> dict | None:
     return _tag_of(Fs(spark).read_text(_commit_file(path, version)))
 
 
+# A table's log up to this many commits is read file by file (``operations``); a longer one with
+# DESCRIBE HISTORY (its fixed cost, 0.3-0.7 s here, then one job for any number of commits).
+SHORT_LOG = 20
+
+
+def operations(spark, path: str) -> dict[int, str]:
+    """Version -> the operation of that commit (``CREATE TABLE``, ``WRITE``, ``OPTIMIZE``, ...) for every
+    commit of the Delta table at ``path`` its log still holds, as DESCRIBE HISTORY gives them."""
+    from common.fs import Fs
+
+    latest = snapshot(spark, path).version()
+    if 0 <= latest < SHORT_LOG:
+        fs = Fs(spark)
+        found = {v: _operation_of(fs.read_text(_commit_file(path, v))) for v in range(latest + 1)}
+        if all(op is not None for op in found.values()):
+            return found
+    return {r.version: r.operation for r in
+            spark.sql(f"DESCRIBE HISTORY delta.`{path}`").select("version", "operation").collect()}
+
+
+def _operation_of(commit_text: str | None) -> str | None:
+    for line in (commit_text or "").splitlines():
+        if '"commitInfo"' in line:
+            try:
+                return json.loads(line)["commitInfo"]["operation"]
+            except (ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
 def _commit_file(path: str, version: int) -> str:
     return f"{path}/_delta_log/{version:020d}.json"
 
@@ -175,9 +205,20 @@ def append_batch(df, path: str, app_id: str, batch_id: int, txn: bool = False, m
 
 def has_data(spark, path: str) -> bool:
     """The Delta table at ``path`` exists and holds at least one data file."""
-    if not is_delta_table(spark, path):
-        return False
-    return int(spark.sql(f"DESCRIBE DETAIL delta.`{path}`").collect()[0].numFiles) > 0
+    return num_files(spark, path) > 0
+
+
+def num_files(spark, path: str) -> int:
+    """The number of data files of the Delta table at ``path`` (0 when there is no table): from the
+    latest snapshot's checksum file when its commit wrote one (Delta-Spark does: no job, ~20 ms
+    for a snapshot Spark already holds), else from its state (a Spark job). ``DESCRIBE DETAIL``
+    cost 0.1-0.5 s a call here, paid at each new checkpoint's start for every table it writes
+    (``checkpoints.check_not_orphaned``, ``bronze.job.resume_offsets``)."""
+    current = snapshot(spark, path)
+    if current.version() < 0:
+        return 0
+    known = current.numOfFilesIfKnown()
+    return int(known.get() if known.isDefined() else current.numOfFiles())
 
 
 def require_table(spark, path: str, what: str, hint: str) -> None:
@@ -193,14 +234,11 @@ def maintain(spark, path: str, vacuum_hours: float | None = None) -> dict[str, i
     OPTIMIZE check per commit cost more latency than they save); a running stage compacts its own
     tables every LAKEHOUSE_COMPACT_EVERY commits (``Compactor``). This is the pass for a stopped
     lake or a layer as a whole (and VACUUM), run while the stages are stopped."""
-    def files() -> int:
-        return int(spark.sql(f"DESCRIBE DETAIL delta.`{path}`").collect()[0].numFiles)
-
-    before = files()
+    before = num_files(spark, path)
     spark.sql(f"OPTIMIZE delta.`{path}`")
     if vacuum_hours is not None:
         spark.sql(f"VACUUM delta.`{path}` RETAIN {vacuum_hours:g} HOURS")
-    return {"files_before": before, "files_after": files()}
+    return {"files_before": before, "files_after": num_files(spark, path)}
 
 
 def _phase(k: int, every: int) -> int:

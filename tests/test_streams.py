@@ -113,3 +113,38 @@ def test_a_progress_event_crosses_py4j_as_its_json_with_what_pyspark_gives(spark
         == [200, 200, 200]
     assert [s.numInputRows for s in ours.sources] == [s.numInputRows for s in theirs.sources] == [300] * 3
     assert json.loads(ours.json) == json.loads(theirs.json)  # what the listener reads: offsets, lag, rates
+
+
+def test_the_log_look_ups_without_describe_agree_with_describe_history_and_detail(spark, tmp_path, monkeypatch):
+    """``tables.num_files`` (the snapshot's checksum) and ``tables.operations`` (the commit files of a
+    short log) give what DESCRIBE DETAIL and DESCRIBE HISTORY give, at every step of a table's life,
+    and ``streams.commit_order_start`` the same version either way."""
+    from common import tables
+
+    path = str(tmp_path / "t")
+    assert tables.num_files(spark, path) == 0 and not tables.has_data(spark, path)  # no table
+    tables.ensure_table(spark, path, spark.createDataFrame([], "id INT"))
+    assert not tables.has_data(spark, path)  # a table, no file
+
+    def agree():
+        detail = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").collect()[0].numFiles
+        history = {r.version: r.operation for r in spark.sql(f"DESCRIBE HISTORY delta.`{path}`").collect()}
+        assert tables.num_files(spark, path) == detail
+        assert tables.has_data(spark, path) == (detail > 0)
+        assert tables.operations(spark, path) == history
+        start = streams.commit_order_start(spark, path)
+        with monkeypatch.context() as m:
+            m.setattr(tables, "SHORT_LOG", 0)  # DESCRIBE HISTORY's way
+            assert tables.operations(spark, path) == history
+            assert streams.commit_order_start(spark, path) == start
+        return start
+
+    assert agree() == 0  # created, nothing since: read from its creation
+    for n in range(3):
+        spark.range(n * 10, n * 10 + 10).selectExpr("CAST(id AS INT) AS id").write.format("delta").mode("append").save(path)
+    assert agree() == 1  # the first commit after its creation
+    spark.sql(f"DELETE FROM delta.`{path}`")  # version 4 empties it: read from the version after it
+    spark.range(5).selectExpr("CAST(id AS INT) AS id").write.format("delta").mode("append").save(path)
+    assert agree() == 5
+    spark.sql(f"OPTIMIZE delta.`{path}`")
+    assert agree() == 5
