@@ -115,29 +115,36 @@ def operations(spark, path: str) -> dict[int, str]:
 
 
 def _operation_of(commit_text: str | None) -> str | None:
-    for line in (commit_text or "").splitlines():
-        if '"commitInfo"' in line:
-            try:
-                return json.loads(line)["commitInfo"]["operation"]
-            except (ValueError, KeyError, TypeError):
-                return None
-    return None
+    info = _commit_info(commit_text)
+    return info.get("operation") if info else None
 
 
 def _commit_file(path: str, version: int) -> str:
     return f"{path}/_delta_log/{version:020d}.json"
 
 
-def _tag_of(commit_text: str | None) -> dict | None:
+def _commit_info(commit_text: str | None) -> dict | None:
+    """The ``commitInfo`` action of a commit file's text (None: no file, none, or not JSON)."""
     for line in (commit_text or "").splitlines():
         if '"commitInfo"' not in line:
             continue
         try:
-            tag = json.loads(json.loads(line)["commitInfo"].get("userMetadata") or "")
-        except (ValueError, KeyError, TypeError, AttributeError):
+            info = json.loads(line)["commitInfo"]
+        except (ValueError, KeyError, TypeError):
             return None
-        return tag if isinstance(tag, dict) else None
+        return info if isinstance(info, dict) else None
     return None
+
+
+def _tag_of(commit_text: str | None) -> dict | None:
+    info = _commit_info(commit_text)
+    if info is None:
+        return None
+    try:
+        tag = json.loads(info.get("userMetadata") or "")
+    except (ValueError, TypeError):
+        return None
+    return tag if isinstance(tag, dict) else None
 
 
 def snapshot(spark, path: str):

@@ -20,16 +20,14 @@ def _coords(spark, settings):
     """(topic, partition, offset) -> (key, value) of every bronze row, as any Delta reader finds
     them (delta-rs: no Spark job, no row crossing py4j - a Spark collect of the binary columns was
     ~45 % of these checks' time in the suite's profile); a coordinate twice fails."""
-    from deltalake import DeltaTable
+    from serving.native import NativeLake
 
-    from common.deltars import storage_options, uri
-
+    lake = NativeLake(settings)
     out = {}
     for topic in settings.source_topics:
-        path = settings.table_path("bronze", settings.bronze_table_for(topic))
-        rows = (DeltaTable(uri(path), storage_options=storage_options(settings, path))
-                .to_pyarrow_table(columns=["topic", "partition", "offset", "key", "value"]).to_pylist())
-        for r in rows:
+        table = lake.table(f"bronze.{settings.bronze_table_for(topic)}")
+        assert table is not None, f"no bronze table for {topic}"
+        for r in table.to_pyarrow_table(columns=["topic", "partition", "offset", "key", "value"]).to_pylist():
             k = (r["topic"], r["partition"], r["offset"])
             assert k not in out, f"duplicate coordinates {k}"
             out[k] = (r["key"], r["value"])
