@@ -106,11 +106,13 @@ def register_tables(spark, settings: Settings) -> dict[str, list[str]]:
     tables = list_tables(settings)
     before = spark.conf.get(ROOT_CONF, None)
     if before not in (None, settings.lake_root):
-        for layer in LAYERS + (OPS,):
-            if spark.catalog.databaseExists(layer):
-                for t in spark.catalog.listTables(layer):
-                    if t.tableType != "TEMPORARY":
-                        spark.sql(f"DROP {'VIEW' if t.tableType == 'VIEW' else 'TABLE'} IF EXISTS {layer}.{t.name}")
+        # views first: dropping a view whose table is already gone makes Spark resolve its body to
+        # uncache it, and log the failure with the view's whole plan (a WARN of ~100 lines)
+        names = [(t.tableType == "VIEW", layer, t.name) for layer in LAYERS + (OPS,)
+                 if spark.catalog.databaseExists(layer)
+                 for t in spark.catalog.listTables(layer) if t.tableType != "TEMPORARY"]
+        for is_view, layer, name in sorted(names, key=lambda n: not n[0]):
+            spark.sql(f"DROP {'VIEW' if is_view else 'TABLE'} IF EXISTS {layer}.{name}")
     spark.conf.set(ROOT_CONF, settings.lake_root)
     for statement in registration_sql(settings, tables):
         try:

@@ -162,3 +162,30 @@ def test_fencing_is_recognised_in_each_shape_kafka_python_reports_it():
     assert not fenced(KafkaTimeoutError("Failed to update metadata after 60.0 secs."))
     assert not fenced(KafkaError("Cannot perform send because at least one previous transactional or idempotent "
                                  "request has failed with errors.", KafkaTimeoutError()))
+
+
+def test_a_session_moved_to_another_lake_drops_the_old_names_quietly(spark, tmp_path, capfd):
+    """One session registering two lakes in turn (the tests, a notebook): the first lake's names
+    are dropped, the live views before their tables, so that Spark never resolves a view whose
+    table is already gone (it logs the view's whole plan when it does)."""
+    from common.settings import Settings
+    from serving.catalog import ROOT_CONF, register_tables
+
+    first, second = (Settings.from_env({"LAKEHOUSE_LAKE_ROOT": str(tmp_path / name)}) for name in ("a", "b"))
+    for kpi in G.KPIS[:2]:
+        for name in (kpi.name, kpi.name + G.OPEN_SUFFIX):
+            spark.createDataFrame([(1,)], "n INT").write.format("delta").save(first.table_path("gold", name))
+    spark.createDataFrame([(1,)], "n INT").write.format("delta").save(second.table_path("silver", "orders"))
+    previous = spark.conf.get(ROOT_CONF, None)
+    try:
+        assert register_tables(spark, first)["gold"] == sorted(n for k in G.KPIS[:2] for n in (k.name, k.name + G.OPEN_SUFFIX))
+        live = {f"{k.name}{G.LIVE_SUFFIX}" for k in G.KPIS[:2]}
+        assert live <= {t.name for t in spark.catalog.listTables("gold")}
+        capfd.readouterr()
+        assert register_tables(spark, second)["silver"] == ["orders"]
+        assert not [t.name for t in spark.catalog.listTables("gold") if t.tableType != "TEMPORARY"]
+        assert spark.table("silver.orders").count() == 1
+        err = capfd.readouterr().err
+        assert "TABLE_OR_VIEW_NOT_FOUND" not in err and "WARN" not in err, err[-2000:]
+    finally:
+        spark.conf.unset(ROOT_CONF) if previous is None else spark.conf.set(ROOT_CONF, previous)
