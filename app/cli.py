@@ -145,7 +145,7 @@ def _extra_fields(items: list[str]) -> dict:
 def _cmd_run(args) -> int:
     from app.runner import resolve_stages, run
 
-    run(resolve_stages(args.stage), get_settings(), args.trigger, args.sink)
+    run(resolve_stages(args.stage), get_settings(), args.trigger, args.sink, standby=args.standby)
     return 0
 
 
@@ -357,7 +357,8 @@ def _cmd_dashboard(args) -> int:
 
 def _cmd_status(args) -> int:
     from common.clients import check_reachable
-    from serving.status import format_drift, format_status, read_status
+    from common.pipeline import STAGES
+    from serving.status import format_drift, format_owners, format_status, read_status
 
     settings = get_settings().acting_as("reader")
     check_reachable(settings, kafka=None)
@@ -367,7 +368,7 @@ def _cmd_status(args) -> int:
     if not rows:
         print("no streaming query has reported progress yet (start one with `lakehouse run ...`)")
         return 0
-    print("\n".join(format_status(rows) + format_drift(rows)))
+    print("\n".join(format_status(rows) + format_drift(rows) + [""] + format_owners(settings, STAGES)))
     return 0
 
 

@@ -19,6 +19,7 @@ import traceback
 from app import dataflow
 from common import checkpoints, streams, tables
 from common.errors import LakehouseError
+from common.ownership import Ownership, refuse_if_running
 from common.pipeline import STAGES, resolve_stages
 from common.run import RunContext
 from common.settings import Settings, get_settings
@@ -107,7 +108,12 @@ def _start_stage(run: RunContext, stage: str) -> list:
 
 
 def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None, sink: str | None = None,
-        spark=None) -> None:
+        spark=None, standby: bool = False) -> None:
+    """Run ``stages`` until their queries end (a one-shot trigger) or the process is stopped. The run
+    owns its stages (``common.ownership``): a second copy is refused before its JVM starts, unless
+    ``standby``: then it starts its JVM, warms it up on scratch data and waits, taking every stage
+    over the moment their owner stops (at once on this host, after LAKEHOUSE_OWNERSHIP_EXPIRY
+    otherwise)."""
     if spark is None:  # a process of its own: it holds the S3 keys of the stages it runs, no other
         settings = settings.acting_as(*stages)
     options = streams.StreamOptions.from_args(settings, trigger, sink)
@@ -120,11 +126,25 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
     if topics:
         streams.ensure_topics_exist(settings, topics, role="bronze")
     # (the tables are not registered by name here: a caller that queries them so, the demo, does it)
-    if spark is None:
-        from common.spark import get_spark
+    owner = Ownership(settings, stages, app="lakehouse-" + "-".join(stages)) if options.sink == "delta" else None
+    if owner is not None and not standby:
+        owner.acquire()  # a second copy is refused in a second, before its JVM starts
+    try:
+        if spark is None:
+            from common.spark import get_spark
 
-        spark = get_spark(settings, app_name="lakehouse-" + "-".join(stages))
-    ctx = RunContext.open(spark, settings, options)
+            spark = get_spark(settings, app_name="lakehouse-" + "-".join(stages))
+        if standby and owner is not None:
+            from app import standby as warm
+
+            warm.stand_by(spark, settings, stages, owner)
+        if owner is not None:
+            owner.app_id = spark.sparkContext.applicationId
+        ctx = RunContext.open(spark, settings, options, owner)
+    except BaseException:
+        if owner is not None:
+            owner.release()
+        raise
     one_shot = options.trigger.kind in ("availableNow", "once")
     started: list = []
     stage_of: dict = {}  # query -> its stage
@@ -152,9 +172,9 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
             stage_of.update({q: stage for q in queries})
             live.update(queries)
             if one_shot:
-                streams.await_all(spark, queries, restart=restart)
+                streams.await_all(spark, queries, restart=restart, check=owner and owner.check)
         if not one_shot:
-            streams.await_all(spark, list(started), restart=restart)
+            streams.await_all(spark, list(started), restart=restart, check=owner and owner.check)
     finally:
         # every query this run started, also those of a stage that failed half-way through starting
         for q in started + list(spark.streams.active):
@@ -164,11 +184,11 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
 
 def reset(spark, settings: Settings, stage: str, dry_run: bool = False) -> list[str]:
     """Delete the tables and checkpoints of ``stage`` and of every later stage, so the next run
-    rebuilds them from the layer below. Refuses while any affected query runs (checkpoint leases).
+    rebuilds them from the layer below. Refuses while any affected stage runs (its ownership).
     Bronze (the only copy of what Kafka may no longer hold) is reset only when asked by name.
     Returns the paths deleted (or that would be, with ``dry_run``)."""
     flows = dataflow.downstream(settings, stage)
-    checkpoints.refuse_if_running(spark, flows, "reset")
+    refuse_if_running(settings, flows, "reset")
     paths: list[str] = []
     for f in flows:
         for p in f.sink_paths(settings).values():
@@ -189,6 +209,7 @@ class RefreshPlan:
 
     flows: tuple
     versions: dict[str, tuple[str, int]]   # layer.table -> (path, version before the refresh)
+    settings: Settings
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -228,13 +249,13 @@ def plan_refresh(spark, settings: Settings, target: str, include_bronze: bool = 
         _check_kafka_holds_bronze(spark, settings)
     flows = tuple(f for f in dataflow.downstream(settings, stage)
                   if writer is None or f.stage != stage or f.name == writer.name)
-    checkpoints.refuse_if_running(spark, flows, "refresh")
+    refuse_if_running(settings, flows, "refresh")
     versions = {}
     for f in flows:
         for name, path in f.sink_paths(settings).items():
             if tables.is_delta_table(spark, path):
                 versions[name] = (path, int(spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").collect()[0].version))
-    return RefreshPlan(flows, versions)
+    return RefreshPlan(flows, versions, settings)
 
 
 def _check_kafka_holds_bronze(spark, settings: Settings) -> None:
@@ -270,7 +291,7 @@ def refresh(spark, plan: RefreshPlan, stamp: str) -> list[str]:
     moved checkpoints."""
     from common.errors import CheckpointError
 
-    checkpoints.refuse_if_running(spark, plan.flows, "refresh")  # again: a query may have started meanwhile
+    refuse_if_running(plan.settings, plan.flows, "refresh")  # again: a query may have started meanwhile
     moved = []
     for cp in plan.checkpoints:
         aside = f"{cp}.before-refresh-{stamp}"
@@ -297,6 +318,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trigger", help="processingTime=<interval> (default from LAKEHOUSE_TRIGGER), "
                                      "availableNow, once (older form of availableNow), continuous=<interval>")
     p.add_argument("--sink", choices=streams.SINKS, help="delta (default) or console for debugging")
+    p.add_argument("--standby", action="store_true",
+                   help="start warm and wait: take the stages over the moment their running copy stops "
+                        "(at once on this host, after LAKEHOUSE_OWNERSHIP_EXPIRY otherwise)")
 
 
 def main_for_stage(argv: list[str] | None = None) -> int:
@@ -306,6 +330,6 @@ def main_for_stage(argv: list[str] | None = None) -> int:
     setup_logging(verbose)
 
     def command() -> int:
-        run(resolve_stages(args.stage), get_settings(), args.trigger, args.sink)
+        run(resolve_stages(args.stage), get_settings(), args.trigger, args.sink, standby=args.standby)
         return 0
     return guarded(command, verbose)

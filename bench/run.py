@@ -17,7 +17,10 @@ Live phase (each system as its own process, the way it runs in production, one S
      fixed rates is ``bench.p2``.
   P4 recovery - the project at ``--recovery-rate`` (100 orders/s): SIGKILL of ``run all`` 30 s into
      a step and an immediate restart; seconds until every order sent before the kill is in gold,
-     ``--kills`` times (3), median reported; then the same for the peer (its own lake and topics).
+     ``--kills`` times (3), median reported; the same with a warm standby beside ``run all``
+     (``--standby``: the kill hits the active one, the standby takes over, the killed one comes back
+     as the standby; also the seconds until the standby owns every stage); then the peer (each on
+     its own lake and topics; ``--p4-systems``).
   P5 small files - files per gold table after the live run, files the writers added in total, and
      after ``lakehouse maintain`` (OPTIMIZE).
   P6 memory - peak RSS (VmHWM) of Kafka, MinIO and the Spark app (Python driver + JVM).
@@ -47,7 +50,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.measure import cpu_seconds, first_visible, peak_rss_mib, percentiles, table_files
+from bench.measure import cpu_seconds, first_visible, peak_rss_mib, percentiles, rss_mib, table_files
 from devstack.generator import GenOptions, produce
 from app.runner import run, setup_logging
 from common.settings import OPS, Settings, env_var
@@ -189,6 +192,7 @@ class App:
 
     def kill(self, sig=signal.SIGKILL) -> None:
         self.sample_memory()
+        self.killed_at = time.time()
         os.killpg(self.proc.pid, sig)
         try:
             self.proc.wait(timeout=120)
@@ -200,13 +204,79 @@ class App:
         return self.proc is not None and self.proc.poll() is None
 
 
+class StandbyApp(App):
+    """``run all`` with a warm standby beside it (``--standby``, issue 38): a kill hits whichever
+    process is active and the standby takes over; ``start`` after a kill starts the killed one again,
+    as the new standby. ``takeover_s``: from each SIGKILL to the standby owning every stage."""
+
+    def __init__(self, s: Settings, logdir: Path, phase: str):
+        super().__init__(s, "project", logdir, phase)
+        self.procs: list[subprocess.Popen] = []
+        self.takeover_s: list[float] = []
+        self.waiting_cost: list[dict] = []  # per kill: the waiting standby's CPU (% of a core) and RSS
+
+    def _launch(self, standby: bool) -> subprocess.Popen:
+        self.n += 1
+        out = open(self.logdir / f"{self.phase}-standby-{self.n}.log", "w")
+        self.logs = getattr(self, "logs", {})
+        proc = subprocess.Popen([sys.executable, *SYSTEMS["project"], *(["--standby"] if standby else [])],
+                                env=app_env(self.s), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.logs[proc.pid] = out.name
+        return proc
+
+    def start(self) -> None:
+        if not self.procs:
+            self.procs.append(self._launch(False))
+        self.procs.append(self._launch(True))
+        self.proc = self._active() or self.procs[0]
+
+    def _owner_pids(self) -> set:
+        from common.ownership import read_owner
+
+        return {(read_owner(self.s, st) or {}).get("pid") for st in ("bronze", "silver", "gold")}
+
+    def _active(self) -> subprocess.Popen | None:
+        pids = self._owner_pids()
+        return next((p for p in self.procs if {p.pid} == pids and p.poll() is None), None)
+
+    def _warm(self, proc: subprocess.Popen) -> bool:
+        return "waiting to take over" in Path(self.logs[proc.pid]).read_text(errors="replace")
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        active = self._active()
+        standbys = [p for p in self.procs if p is not active and p.poll() is None]
+        if sig == signal.SIGKILL and standbys:  # the fault hits a pair whose standby is ready
+            wait_until(lambda: any(self._warm(p) for p in standbys), 300, "the standby to be warm", interval=1.0)
+            # what a warm standby costs while it waits: its CPU over 10 s, its resident memory
+            waiting = next(p for p in standbys if self._warm(p))
+            cpu0 = cpu_seconds(waiting.pid)
+            time.sleep(10)
+            self.waiting_cost.append({"cpu_pct": round((cpu_seconds(waiting.pid) - cpu0) * 10, 1),
+                                      "rss_mib": rss_mib(waiting.pid)})
+        self.proc = active or self.procs[0]
+        self.sample_memory()
+        t0, self.killed_at = time.monotonic(), time.time()
+        for p in ([active] if active and sig == signal.SIGKILL else [p for p in reversed(self.procs) if p.poll() is None]):
+            os.killpg(p.pid, sig)
+            p.wait(timeout=120)
+            self.procs.remove(p)
+        if sig == signal.SIGKILL and standbys:
+            wait_until(lambda: self._active() is not None, 120, "the standby to take over", interval=0.1)
+            self.takeover_s.append(round(time.monotonic() - t0, 2))
+            log(f"  standby took over {self.takeover_s[-1]} s after the SIGKILL")
+
+    def alive(self) -> bool:
+        return any(p.poll() is None for p in self.procs)
+
+
 def started(spark, base: Settings, system: str, logdir: Path, phase: str) -> App:
     """``system`` started on a fresh lake prefix and fresh topics, the customers loaded."""
     from silver import customers
 
     s = fresh(base, f"{phase}-{system}-{uuid.uuid4().hex[:6]}")
     customers.load(spark, s)
-    app = App(s, system, logdir, phase)
+    app = StandbyApp(s, logdir, phase) if system == "standby" else App(s, system, logdir, phase)
     app.start()
     return app
 
@@ -278,7 +348,7 @@ def run_step(spark, app: App, i: int, rate: float, seconds: float, kill_at: floa
     if kill_at is not None:
         time.sleep(kill_at)  # the moment of the fault
         app.kill()
-        step["killed_at"] = time.time()
+        step["killed_at"] = app.killed_at
         app.start()
         log(f"  SIGKILL at {step['killed_at'] - t0:.0f} s into the step; app restarted")
     while thread.is_alive():
@@ -399,10 +469,27 @@ def _median(kills: list[dict]) -> float | None:
 
 def recovery(spark, base: Settings, args, logdir: Path) -> dict:
     """P4: SIGKILL of ``run all`` under load, ``args.kills`` times; files (P5) and memory (P6) after;
-    then the same kills of the peer, on its own fresh lake prefix and topics."""
+    then the same kills of ``run all`` with a warm standby beside it (``--standby``), and of the peer,
+    each on its own fresh lake prefix and topics (``args.p4_systems``)."""
     from common.tables import maintain
     from gold.transforms import KPIS
 
+    def killed(system: str, phase: str) -> tuple[App, dict]:
+        app = started(spark, base, system, logdir, phase)
+        try:
+            kills = _kills(spark, app, args)
+        finally:
+            if app.alive():
+                app.kill(signal.SIGTERM)
+        return app, {"kills": kills, "recovery_s": [k["recovery_s"] for k in kills], "median_s": _median(kills)}
+
+    out = {"rate": args.recovery_rate}
+    if "standby" in args.p4_systems:
+        pair, out["standby"] = killed("standby", "p4s")
+        out["standby"].update(takeover_s=pair.takeover_s, standby_waiting=pair.waiting_cost,
+                              takeover_median_s=statistics.median(pair.takeover_s) if pair.takeover_s else None)
+    if "project" not in args.p4_systems:
+        return out
     app = started(spark, base, "project", logdir, "p4")
     s = app.s
     stack = Stack(s)
@@ -419,16 +506,11 @@ def recovery(spark, base: Settings, args, logdir: Path) -> dict:
         path = s.table_path("gold", name)
         files[name] = table_files(spark, path)
         files[name]["files_after_optimize"] = maintain(spark, path)["files_after"]
-    peer = started(spark, base, "peer", logdir, "p4")
-    try:
-        peer_kills = _kills(spark, peer, args)
-    finally:
-        if peer.alive():
-            peer.kill(signal.SIGTERM)
-    return {"rate": args.recovery_rate, "kills": kills, "recovery_s": [k["recovery_s"] for k in kills],
-            "median_s": _median(kills), "memory_peak_mib": memory, "gold_files": files,
-            "peer": {"kills": peer_kills, "recovery_s": [k["recovery_s"] for k in peer_kills],
-                     "median_s": _median(peer_kills)}}
+    out.update({"kills": kills, "recovery_s": [k["recovery_s"] for k in kills], "median_s": _median(kills),
+                "memory_peak_mib": memory, "gold_files": files})
+    if "peer" in args.p4_systems:
+        out["peer"] = killed("peer", "p4")[1]
+    return out
 
 
 def backfill_phase(spark, base: Settings, orders: int, producers: int) -> dict:
@@ -475,14 +557,21 @@ def summary(result: dict) -> dict:
         out["generator_records_per_s"] = result["generator"]
     if "recovery" in result:
         rec = result["recovery"]
-        out["P4_recovery_s"] = rec["recovery_s"]
-        out["P4_median_s"] = rec["median_s"]
+        out["P4_recovery_s"] = rec.get("recovery_s")
+        out["P4_median_s"] = rec.get("median_s")
         if "peer" in rec:
             out["P4_peer_recovery_s"] = rec["peer"]["recovery_s"]
             out["P4_peer_median_s"] = rec["peer"]["median_s"]
-        out["P5_max_files_per_gold_table"] = max(f["files_now"] for f in rec["gold_files"].values())
-        out["P5_after_optimize"] = max(f["files_after_optimize"] for f in rec["gold_files"].values())
-        out["P6_peak_rss_mib"] = rec["memory_peak_mib"]
+        if "standby" in rec:
+            out["P4_standby_recovery_s"] = rec["standby"]["recovery_s"]
+            out["P4_standby_median_s"] = rec["standby"]["median_s"]
+            out["P4_takeover_s"] = rec["standby"]["takeover_s"]
+            out["P4_takeover_median_s"] = rec["standby"]["takeover_median_s"]
+            out["P4_standby_waiting"] = rec["standby"]["standby_waiting"]
+        if "gold_files" in rec:
+            out["P5_max_files_per_gold_table"] = max(f["files_now"] for f in rec["gold_files"].values())
+            out["P5_after_optimize"] = max(f["files_after_optimize"] for f in rec["gold_files"].values())
+            out["P6_peak_rss_mib"] = rec["memory_peak_mib"]
     if "backfill" in result:
         out["P3_orders"] = result["backfill"]["orders"]
         out["P3_kafka_to_gold_s"] = result["backfill"]["kafka_to_gold_s"]
@@ -508,6 +597,11 @@ def markdown(result: dict) -> str:
         ("P4 recovery", f"project median {sm.get('P4_median_s')} s ({sm.get('P4_recovery_s')}), peer median "
          f"{sm.get('P4_peer_median_s')} s ({sm.get('P4_peer_recovery_s')}) from SIGKILL to every pre-kill order in gold",
          f"<= {t['P4_s']} s"),
+        ("P4 with a warm standby", f"median {sm.get('P4_standby_median_s')} s ({sm.get('P4_standby_recovery_s')}) "
+         f"from SIGKILL to every pre-kill order in gold; the standby owned every stage "
+         f"{sm.get('P4_takeover_median_s')} s after the SIGKILL ({sm.get('P4_takeover_s')}); waiting, it cost "
+         f"{sm.get('P4_standby_waiting')}",
+         "takeover <= 10 s; P4 <= live p99 + 10 s"),
         ("P5 small files", f"max {sm.get('P5_max_files_per_gold_table')} files per gold table "
          f"(no in-stream compaction); {sm.get('P5_after_optimize')} after OPTIMIZE", f"<= {t['P5_files']}"),
         ("P6 memory", f"Kafka {mem.get('kafka')} MiB, MinIO {mem.get('minio')} MiB, Spark app {mem.get('spark_app')} MiB",
@@ -546,6 +640,8 @@ def main(argv=None) -> int:
     p.add_argument("--recovery-rate", type=float, default=100.0, help="P4: orders/s")
     p.add_argument("--kills", type=int, default=3, help="P4: SIGKILLs (median reported)")
     p.add_argument("--kill-after", type=float, default=30.0, help="P4: seconds into each recovery step")
+    p.add_argument("--p4-systems", type=lambda v: v.split(","), default=["standby", "project", "peer"],
+                   help="P4: standby (run all with --standby beside it), project, peer")
     p.add_argument("--skip", type=lambda v: set(v.split(",")), default=set(),
                    help="phases to leave out: p1,p4,p3")
     args = p.parse_args(argv)

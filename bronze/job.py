@@ -77,7 +77,9 @@ def replay(spark, settings: Settings, flow, from_time_ms: int | None = None, fro
     from common import checkpoints
     from common.clients import kafka_partitions
 
-    checkpoints.refuse_if_running(spark, (flow,), "replay bronze")
+    from common.ownership import refuse_if_running
+
+    refuse_if_running(settings, (flow,), "replay bronze")
     if not dry_run:
         ensure_tables(spark, settings, flow)
     resume = checkpoints.committed_end_offsets(spark, flow.checkpoint)

@@ -28,8 +28,8 @@ class BatchContext:
     that started on a new checkpoint has nothing to look up (no commit carries the new id yet),
     which spares a new lake's first batch one history read and one state reconstruction per table.
     Make one per query run (``of``, in the stage's ``start``). This relies on one running copy per
-    checkpoint (the checkpoint lease, ``common.checkpoints``): two live copies would each append
-    every batch. Every ``compact_every`` commits to a table (LAKEHOUSE_COMPACT_EVERY), the run's
+    stage (its ownership, ``common.ownership``, fenced before every commit): two live copies would
+    each append every batch. Every ``compact_every`` commits to a table (LAKEHOUSE_COMPACT_EVERY), the run's
     compactor compacts it (``tables.Compactor``).
     """
 
@@ -136,7 +136,9 @@ class BatchContext:
     @contextmanager
     def _committing(self, table: str, batch_id: int):
         """Around the commit of ``batch_id`` to ``table``: known committed after it, unknown if it
-        failed (the commit may have landed: looked up again at the next write)."""
+        failed (the commit may have landed: looked up again at the next write). Not made at all
+        once another process owns the stage (``RunContext.fence``)."""
+        self.run.fence(self.flow.stage)
         try:
             yield
         except BaseException:

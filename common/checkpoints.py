@@ -4,39 +4,27 @@ Spark refuses a second run of a checkpoint only inside one application; two appl
 ``spark-submit``s, or ``run silver`` next to ``run all``) would both write its offset log. And a
 restart with a different window, slide, watermark or dedup key on an old checkpoint is not
 always detected by Spark (the state schema can stay the same), which yields silently wrong
-numbers. So every query's checkpoint folder holds two small files of ours:
+numbers. So every query's checkpoint folder holds a small file of ours:
 
 * ``_lakehouse_query.json`` - the *signature* of the query (the settings its state depends on),
   written at first start. A restart with a different signature fails before anything runs,
   naming the setting that changed.
-* ``_lakehouse_owner.json`` - a lease: application id, host, pid and a heartbeat refreshed every
-  ``HEARTBEAT_SECONDS``. A second copy finds a live lease and stops with a one-line error. A
-  lease is taken over when its owner is a dead process on this host (restart after SIGKILL:
-  immediate) or its heartbeat is older than ``STALE_SECONDS`` (owner on another host).
 
 The files are written through Hadoop's FileSystem API, so they work on s3a:// and file:// alike.
-The lease is advisory (S3 has no atomic create-if-absent through S3A): two copies started in the
-same second could both pass; each copy re-reads the lease after writing it to narrow that window.
+That a single process runs a stage's queries is the stage's ownership (``common.ownership``: one
+record per stage, conditional writes, a fence before every commit), taken before its queries start.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import threading
-import time
 
 from common.errors import CheckpointError
 from common.fs import Fs
-from common.clients import pid_alive
 
 log = logging.getLogger("lakehouse.checkpoints")
 SIGNATURE_FILE = "_lakehouse_query.json"
-OWNER_FILE = "_lakehouse_owner.json"
-HEARTBEAT_SECONDS = 10.0
-STALE_SECONDS = 45.0
 RESET_HINT = ("rebuild the stage from the layer below with `lakehouse reset <stage>` (it deletes the stage's and "
               "the later stages' tables and checkpoints), or put the setting back")
 
@@ -87,93 +75,11 @@ def check_signature(spark, checkpoint: str, query: str, signature: dict) -> None
                               f"other settings ({what}); {RESET_HINT}")
 
 
-def lease_is_live(owner: dict) -> bool:
-    """A lease record (``OWNER_FILE``) of an application that still runs: its heartbeat is recent
-    and, on this host, its process is alive."""
-    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-        if not pid_alive(owner["pid"]):
-            return False
-    return time.time() - float(owner.get("heartbeat", 0)) < STALE_SECONDS
-
-
-class Leases:
-    """The leases one run of the pipeline holds, with one heartbeat thread for all of them
-    (``common.run.RunContext``)."""
-
-    def __init__(self, spark):
-        self._fs = Fs(spark)
-        self._app = spark.sparkContext.applicationId
-        self._held: dict[str, str] = {}  # checkpoint -> query
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def _record(self, query: str) -> dict:
-        return {"app_id": self._app, "host": socket.gethostname(), "pid": os.getpid(), "query": query,
-                "heartbeat": time.time()}
-
-    def _is_ours(self, owner: dict) -> bool:
-        return owner.get("app_id") == self._app and owner.get("pid") == os.getpid()
-
-    def _is_live(self, owner: dict) -> bool:
-        return lease_is_live(owner)
-
-    def acquire(self, checkpoint: str, query: str) -> None:
-        path = f"{checkpoint}/{OWNER_FILE}"
-        owner = self._fs.read_json(path)
-        if owner and not self._is_ours(owner) and self._is_live(owner):
-            raise CheckpointError(
-                f"query {query}: checkpoint {checkpoint} is in use by application {owner.get('app_id')} "
-                f"(pid {owner.get('pid')} on {owner.get('host')}, heartbeat {time.time() - owner['heartbeat']:.0f} s "
-                f"ago); stop that copy first (its lease expires {STALE_SECONDS:.0f} s after it stops)")
-        if owner and not self._is_ours(owner):
-            log.warning("query %s: taking over the checkpoint lease of %s (pid %s on %s, no longer running)",
-                        query, owner.get("app_id"), owner.get("pid"), owner.get("host"))
-        self._fs.write_json(path, self._record(query))
-        again = self._fs.read_json(path)
-        if again and not self._is_ours(again):
-            raise CheckpointError(f"query {query}: checkpoint {checkpoint} was claimed at the same moment by "
-                                  f"application {again.get('app_id')} (pid {again.get('pid')} on {again.get('host')})")
-        with self._lock:
-            self._held[checkpoint] = query
-            if self._thread is None:
-                self._stop = threading.Event()
-                self._thread = threading.Thread(target=self._beat, args=(self._stop,), name="checkpoint-leases",
-                                                daemon=True)
-                self._thread.start()
-
-    def _beat(self, stop: threading.Event) -> None:
-        while not stop.wait(HEARTBEAT_SECONDS):
-            with self._lock:
-                held = dict(self._held)
-            for checkpoint, query in held.items():
-                try:
-                    self._fs.write_json(f"{checkpoint}/{OWNER_FILE}", self._record(query))
-                except Exception as e:  # storage briefly down: the query itself will report it
-                    log.debug("lease heartbeat for %s failed: %s", query, e)
-
-    def release_all(self) -> None:
-        """Give every lease back (the run ends) and stop the heartbeat."""
-        with self._lock:
-            held, self._held = dict(self._held), {}
-            self._stop.set()
-            self._thread = None
-        for checkpoint in held:
-            try:
-                path = f"{checkpoint}/{OWNER_FILE}"
-                owner = self._fs.read_json(path)
-                if owner and self._is_ours(owner):
-                    self._fs.delete(path)
-            except Exception as e:
-                log.debug("could not release lease of %s: %s", checkpoint, e)
-
-
-def claim(leases: Leases, spark, checkpoint: str, query: str, signature: dict) -> None:
-    """Before a query starts: its settings match the checkpoint, the files a restart reads are
-    whole, and no other copy runs on it (the lease, held by the run's ``leases``)."""
+def claim(spark, checkpoint: str, query: str, signature: dict) -> None:
+    """Before a query starts: its settings match the checkpoint and the files a restart reads are
+    whole (that no other copy runs it: the stage's ownership, ``common.ownership``, taken before)."""
     check_signature(spark, checkpoint, query, signature)
     check_readable(spark, checkpoint, query)
-    leases.acquire(checkpoint, query)
 
 
 def _log_problem(text: str, min_lines: int = 2) -> str | None:
@@ -220,13 +126,6 @@ def check_readable(spark, checkpoint: str, query: str) -> None:
                                       f"{way_out}")
 
 
-def live_owner(spark, checkpoint: str) -> dict | None:
-    """The lease of a live application on ``checkpoint``, if any (for commands that must not run
-    beside the query, such as ``lakehouse reset``)."""
-    owner = Fs(spark).read_json(f"{checkpoint}/{OWNER_FILE}")
-    return owner if owner and lease_is_live(owner) else None
-
-
 def committed_end_offsets(spark, checkpoint: str) -> dict | None:
     """Where the last committed micro-batch of ``checkpoint`` ended in its first source (Spark's
     ``offsets/<n>`` for the highest ``commits/<n>``: line 3 holds the first source's offsets), or
@@ -268,12 +167,3 @@ def delete_tree(spark, path: str) -> bool:
 
 def move_tree(spark, path: str, target: str) -> bool:
     return Fs(spark).move(path, target)
-
-
-def refuse_if_running(spark, flows, command: str) -> None:
-    """Stop a command that rewrites what one of ``flows`` writes while that query runs."""
-    for f in flows:
-        owner = live_owner(spark, f.checkpoint)
-        if owner:
-            raise CheckpointError(f"query {f.name} is running (application {owner.get('app_id')}, pid "
-                                  f"{owner.get('pid')} on {owner.get('host')}); stop it before `lakehouse {command}`")

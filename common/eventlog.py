@@ -127,8 +127,9 @@ def event_row(progress: dict, stage: str, counts: dict, event_watermark: str | N
 class EventLog:
     """The buffer of one application's event rows, appended every interval and when closed."""
 
-    def __init__(self, spark, settings: Settings, compactor):
+    def __init__(self, spark, settings: Settings, compactor, fence=None):
         self._spark, self._settings, self._compactor = spark, settings, compactor
+        self._fence = fence  # before each append: raises once another process owns the stage
         self._rows: dict[str, list[tuple]] = {}  # stage -> rows not written yet
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -152,6 +153,8 @@ class EventLog:
         its rows for the next try (storage briefly down); the log never stops a query."""
         def append(stage: str, rows: list) -> None:
             try:
+                if self._fence is not None:
+                    self._fence(stage)
                 path = table_path(self._settings, stage)
                 (self._spark.createDataFrame(rows, SCHEMA_DDL).coalesce(1).write.format("delta").mode("append")
                  .option("mergeSchema", "true")  # a log written by an older version gains the new columns

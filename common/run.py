@@ -2,7 +2,8 @@
 stage's ``start`` (``RunContext``), instead of module globals or attributes on the Spark session.
 
 * the session, the settings and the run's options (trigger, sink);
-* the checkpoint leases the run holds (``checkpoints.Leases``), given back when it ends;
+* the stages the run owns (``ownership.Ownership``: one process per stage, fenced commits), given
+  back when it ends (None: a test's own writer, which owns nothing);
 * the progress listener (``listener.ProgressLogger``), registered for the run, and the event log
   it feeds (``eventlog.EventLog``), flushed when the run ends;
 * the compactor of the tables the run writes (``tables.Compactor``), waited for when it ends;
@@ -15,7 +16,6 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.checkpoints import Leases
 from common.eventlog import EventLog
 from common.listener import ProgressLogger
 from common.settings import Settings
@@ -30,22 +30,21 @@ class RunContext:
     spark: Any
     settings: Settings
     options: StreamOptions | None = None
-    leases: Leases | None = None             # default: the run's own (made from ``spark``)
+    ownership: Any = None                    # ownership.Ownership of the run's stages (None: nothing fenced)
     compactor: Compactor = field(default_factory=Compactor)
     listener: ProgressLogger | None = None   # None: batches' own counts go nowhere
     events: EventLog | None = None           # None: no event log (``--sink console``, a test's writer)
     closers: list = field(default_factory=list)  # ``on_close``: called when the run ends, last first
 
     def __post_init__(self):
-        if self.leases is None:
-            self.leases = Leases(self.spark)
+        self.compactor.fence = self.fence
 
     @classmethod
-    def open(cls, spark, settings: Settings, options: StreamOptions) -> "RunContext":
+    def open(cls, spark, settings: Settings, options: StreamOptions, ownership=None) -> "RunContext":
         """A run of the pipeline: its listener registered, its event log open (Delta sinks)."""
-        run = cls(spark, settings, options, listener=ProgressLogger(spark, settings))
+        run = cls(spark, settings, options, ownership=ownership, listener=ProgressLogger(spark, settings))
         if options.sink == "delta":
-            run.events = EventLog(spark, settings, run.compactor)
+            run.events = EventLog(spark, settings, run.compactor, fence=run.fence)
         spark.streams.addListener(run.listener)
         return run
 
@@ -66,13 +65,19 @@ class RunContext:
         if self.listener is not None:
             self.listener.add_counts(query_id, batch_id, counts, event_watermark)
 
+    def fence(self, stage: str | None = None) -> None:
+        """Before a commit: raise ``ownership.OwnershipLost`` unless the run still owns ``stage``
+        (None: every stage it runs)."""
+        if self.ownership is not None:
+            self.ownership.fence(stage)
+
     def on_close(self, close) -> None:
         """Call ``close()`` when the run ends (after its queries stopped)."""
         self.closers.append(close)
 
     def close(self, started=()) -> None:
         """The run ends (its queries stopped): what its stages opened closed, the event log written,
-        every compaction under way finished (the tables' writer until it ends), the leases given back,
+        every compaction under way finished (the tables' writer until it ends), the stages given back,
         the listener removed."""
         while self.closers:
             try:
@@ -85,7 +90,8 @@ class RunContext:
             if not self.compactor.wait():
                 log.warning("a compaction was still running when the run ended; the next run redoes it")
         finally:
-            self.leases.release_all()
+            if self.ownership is not None:
+                self.ownership.release()
             if self.listener is not None:
                 try:
                     self.spark.streams.removeListener(self.listener)

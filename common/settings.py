@@ -194,6 +194,9 @@ class Settings:
     rescued_max_pct: int = 5  # data quality: at most this % of a silver table's rows with _rescued_data
     event_log_interval: str = "30 seconds"  # how often an app appends its buffered rows to ops.pipeline_events
     compact_every: int = 100  # commits to a table between its writing app's compactions (OPTIMIZE); 0 = never
+    # a stage's owner that stops renewing its ownership (common.ownership) loses it after this long;
+    # an owner whose process is gone on this host loses it at once
+    ownership_expiry: str = "10 seconds"
     # gold windows
     kpi_window: str = "2 minutes"         # customer_order_kpis: sliding window ...
     kpi_slide: str = "1 minute"           # ... and its slide
@@ -309,13 +312,14 @@ class Settings:
             raise SettingsError(f"LAKEHOUSE_KPI_TRIGGER={self.kpi_trigger!r}: use processingTime=<interval> (a run "
                                 "with --trigger availableNow drains the KPIs too)")
         for name in ("watermark_orders", "watermark_logs", "watermark_metrics", "max_event_time_ahead", "kpi_window",
-                     "kpi_slide", "minute_window", "host_window", "event_log_interval", "dashboard_refresh"):
+                     "kpi_slide", "minute_window", "host_window", "event_log_interval", "dashboard_refresh",
+                     "ownership_expiry"):
             try:
                 interval_seconds(getattr(self, name))
             except SettingsError:
                 raise SettingsError(f"{env_var(name)}={getattr(self, name)!r} is not an interval; "
                                     "use e.g. '5 minutes', '30 seconds'") from None
-        for name in ("event_log_interval", "dashboard_refresh"):
+        for name in ("event_log_interval", "dashboard_refresh", "ownership_expiry"):
             if interval_seconds(getattr(self, name)) <= 0:
                 raise SettingsError(f"{env_var(name)}={getattr(self, name)!r} must be more than 0 seconds")
         if not 0 < self.dashboard_port < 65536:
@@ -450,6 +454,10 @@ class Settings:
     def checkpoint_path(self, layer: str, query: str) -> str:
         """A query's checkpoint: in the zone of the layer it writes (its role's key covers both)."""
         return f"{self._in_zone(self._checkpoint_root, layer)}/{layer}/{query}"
+
+    def owner_path(self, stage: str) -> str:
+        """The ownership record of a stage (``common.ownership``): beside its queries' checkpoints."""
+        return f"{self._in_zone(self._checkpoint_root, stage)}/{stage}/_lakehouse_owner.json"
 
     # ---- S3 identities ------------------------------------------------------------------
     def acting_as(self, *roles: str) -> "Settings":

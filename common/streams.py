@@ -206,16 +206,16 @@ class QuerySpec:
 
 
 def start_all(run, specs: list[QuerySpec]) -> list:
-    """Start a stage's queries after checking every checkpoint first (its signature, its files, no
-    other live copy: ``checkpoints.claim``, with the run's leases): a refused checkpoint stops the
-    stage before any of its queries has run."""
+    """Start a stage's queries after checking every checkpoint first (its signature, its files:
+    ``checkpoints.claim``; no other live copy: the run's ownership of the stage, taken before): a
+    refused checkpoint stops the stage before any of its queries has run."""
     from common.checkpoints import claim
 
     for spec in specs:
         if not spec.to_console:
             if spec.foreach_batch is None:
                 raise ValueError(f"query {spec.name}: every sink of the pipeline is a foreachBatch function")
-            claim(run.leases, run.spark, spec.checkpoint, spec.name, {"query": spec.name, **(spec.signature or {})})
+            claim(run.spark, spec.checkpoint, spec.name, {"query": spec.name, **(spec.signature or {})})
     return [_start(spec) for spec in specs]
 
 
@@ -337,8 +337,10 @@ def _await_one(running: list, seconds: float) -> None:
         log.debug("query %s ended with an error: %s", running[0].name, str(e).splitlines()[0][:200])
 
 
-def await_all(spark, queries: list, poll_seconds: float = 0.5, restart: Callable | None = None) -> None:
-    """Wait until every query ends; stop all on SIGINT/SIGTERM or as soon as one fails. A query
+def await_all(spark, queries: list, poll_seconds: float = 0.5, restart: Callable | None = None,
+              check: Callable | None = None) -> None:
+    """Wait until every query ends; stop all on SIGINT/SIGTERM, as soon as one fails, or when
+    ``check()`` raises (the run's ownership lost: its error is the run's). A query
     stopped by a schema change of the Delta table it reads (``schema_changed``) is started again by
     ``restart(query) -> {old query: new query}`` (its stage's queries, planned again), at most
     ``MAX_RESTARTS`` times."""
@@ -360,6 +362,13 @@ def await_all(spark, queries: list, poll_seconds: float = 0.5, restart: Callable
             # the all-done check, or its error is lost and the run exits 0. Spark records the
             # exception before the query stops being active.
             ended = [q for q in queries if not q.isActive]
+            if check is not None:
+                try:
+                    check()
+                except Exception:
+                    for other in queries:
+                        stop_quietly(other)
+                    raise
             failed = [q for q in ended if q.exception() is not None]
             if failed and restart is not None and schema_changed(failed[0].exception()) \
                     and restarts.get(failed[0].name, 0) < MAX_RESTARTS:
@@ -375,6 +384,8 @@ def await_all(spark, queries: list, poll_seconds: float = 0.5, restart: Callable
                 err = short_error(q.exception())
                 for other in queries:
                     stop_quietly(other)
+                if check is not None:  # a query that failed because another process took its stage over
+                    check(confirm=True)
                 raise StreamFailedError(f"query {q.name} failed: {err}")
             if len(ended) == len(queries):
                 return

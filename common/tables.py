@@ -290,6 +290,7 @@ class Compactor:
         self._busy = 0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.fence = None  # before each compaction: raises once another process owns the run's stages
 
     def committed(self, spark, path: str, every: int) -> None:
         """Count one commit to ``path``; the ``every``-th since its last compaction schedules one
@@ -315,7 +316,11 @@ class Compactor:
         while True:
             spark, path = self._queue.get()
             try:
+                if self.fence is not None:
+                    self.fence()
                 self._compact(spark, path)
+            except Exception as e:  # noqa: BLE001 - the ownership lost: the run stops, nothing compacted
+                log.warning("compaction of %s not started: %s", path, str(e).splitlines()[0][:200])
             finally:
                 with self._lock:
                     self._pending.discard(path)

@@ -1,5 +1,5 @@
 """``lakehouse status``: every query of the pipeline, from its event log (``ops.pipeline_events``,
-read without Spark) and its checkpoint lease: whether it runs now, its last logged batch, rates,
+read without Spark) and its stage's ownership record (``common.ownership``): whether it runs now, its last logged batch, rates,
 records behind its source, its watermark (silver: per source), and the late records, dropped
 duplicates and records with fields the schema does not know (schema drift, with their names) of its
 current run. The log is appended every LAKEHOUSE_EVENT_LOG_INTERVAL, so the
@@ -9,36 +9,16 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from pathlib import Path
 
-from common.checkpoints import OWNER_FILE, lease_is_live
+from common.ownership import describe, is_live, read_owner, read_standby
 from serving.native import NativeLake
-from common.settings import OPS, Settings, s3_location
+from common.settings import OPS, Settings
 from common.text import align
-
-
-def _owner(settings: Settings, checkpoint: str) -> dict | None:
-    """The lease record on ``checkpoint``, read without Spark (None: no lease)."""
-    path = f"{checkpoint}/{OWNER_FILE}"
-    try:
-        if path.startswith("s3a://"):
-            from common.clients import minio_client
-
-            bucket, key = s3_location(path)
-            response = minio_client(settings, bucket=bucket).get_object(bucket, key)
-            try:
-                return json.loads(response.read())
-            finally:
-                response.close()
-                response.release_conn()
-        return json.loads(Path(path).read_text())
-    except Exception:  # noqa: BLE001 - no lease file: nobody holds it
-        return None
 
 
 def read_status(settings: Settings, flows) -> list[dict]:
     """One entry per query of ``flows`` (the graph's) that ran at least once: its last logged batch
-    and the totals of its current run, with ``active`` from its lease."""
+    and the totals of its current run, with ``active`` from its stage's ownership record."""
     lake = NativeLake(settings)
     relation = lake.relation(f"{OPS}.pipeline_events")
     if relation is None:
@@ -52,15 +32,37 @@ def read_status(settings: Settings, flows) -> list[dict]:
     for r in lake.sql(f"SELECT query, run_id, schema_drift FROM {relation} WHERE schema_drift IS NOT NULL "
                       f"ORDER BY ended_at"):
         drifts.setdefault((r["query"], r["run_id"]), []).append(r["schema_drift"])
-    checkpoints = {f.name: f.checkpoint for f in flows}
+    stage_of = {f.name: f.stage for f in flows}
+    owners = {stage: read_owner(settings, stage) for stage in dict.fromkeys(stage_of.values())}
     out = []
     for row in sorted(latest, key=lambda r: r["query"]):
         run = totals.get((row["query"], row["run_id"]), {})
-        owner = _owner(settings, checkpoints[row["query"]]) if row["query"] in checkpoints else None
-        out.append({**row, "active": bool(owner and lease_is_live(owner)),
+        owner = owners.get(stage_of.get(row["query"]))
+        out.append({**row, "active": is_live(owner),
                     **{f"run_{k}": run.get(k) for k in ("late", "duplicates", "quarantined", "rescued", "input_rows")},
                     "run_drift": merge_drift(drifts.get((row["query"], row["run_id"]), []))})
     return out
+
+
+def format_owners(settings: Settings, stages) -> list[str]:
+    """One line per stage: which process runs it (its ownership record), which one stands by
+    (``app.standby``), and the last takeover."""
+    lines = []
+    for stage in stages:
+        owner = read_owner(settings, stage)
+        active = (f"active {describe(owner)}, epoch {owner.get('epoch')}, since "
+                  f"{datetime.fromtimestamp(owner.get('since') or owner['heartbeat'], timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+                  if is_live(owner) else "not running")
+        standby = read_standby(settings, stage)
+        line = f"{stage}: {active}"
+        if standby:
+            line += f"; standby pid {standby.get('pid')} on {standby.get('host')} (warm in {standby.get('warm_s')} s)"
+        took = (owner or {}).get("took_over")
+        if took:
+            line += (f"; took over from pid {took.get('pid')} on {took.get('host')} at "
+                     f"{datetime.fromtimestamp(took['at'], timezone.utc):%Y-%m-%d %H:%M:%S} UTC")
+        lines.append(line)
+    return lines
 
 
 def merge_drift(logged: list[str]) -> dict[str, dict]:

@@ -47,15 +47,17 @@ def committed_rows(settings: Settings, path: str) -> int:
 
 
 def start_stage_process(settings: Settings, stage: str, trigger: str, log: Path,
-                        submit: bool = False) -> subprocess.Popen:
+                        submit: bool = False, extra: tuple[str, ...] = ()) -> subprocess.Popen:
     """``lakehouse run <stage>`` in a process group of its own; with ``submit``, the production
-    path instead: ``spark-submit app/submit.py <stage>`` (spark-submit's JVM runs the Python driver)."""
+    path instead: ``spark-submit app/submit.py <stage>`` (spark-submit's JVM runs the Python driver);
+    ``extra``: more options (``--standby``)."""
     env = {**settings_env(settings), "PYTHONUNBUFFERED": "1"}
     if submit:
         cmd = [str(Path(sys.executable).parent / "spark-submit"), "app/submit.py", stage, "--trigger", trigger]
         env["PYSPARK_PYTHON"] = env["PYSPARK_DRIVER_PYTHON"] = sys.executable
     else:
         cmd = [sys.executable, "-m", "app.cli", "run", stage, "--trigger", trigger]
+    cmd += list(extra)
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 

@@ -207,3 +207,40 @@ def test_a_crash_between_the_two_commits_of_a_kpi_batch_adds_nothing_twice_and_l
     with pytest.raises(Exception, match="(?i)not.?found|does not exist"):
         spark.read.format("delta").option("versionAsOf", 1).load(open_).collect()
     assert rows(open_) == {} and spark.read.format("delta").load(open_).count() == 0
+
+
+def test_the_ownership_record_on_s3_is_changed_only_by_conditional_writes(lake):
+    """On MinIO (the lake's S3): a record created by ``If-None-Match: *`` is not created twice, a
+    replace with a stale ETag is refused, and of eight processes' worth of owners started in the
+    same instant exactly one wins every stage (the local compare-and-swap: tests/test_streams.py)."""
+    import threading
+
+    from common.ownership import Ownership, _record_store, read_owner
+
+    store = _record_store(lake, "silver")
+    assert store.path.startswith("s3a://") and store.read() == (None, None)
+    first = store.write({"holder": "a"}, None)
+    assert first and store.write({"holder": "b"}, None) is None  # create-if-absent: refused
+    second = store.write({"holder": "c"}, first)
+    assert second and second != first and store.write({"holder": "d"}, first) is None  # stale ETag: refused
+    assert store.read() == ({"holder": "c"}, second)
+    store.delete()
+
+    for _ in range(3):
+        racers = [Ownership(lake, ("bronze", "silver", "gold")) for _ in range(8)]
+        won, barrier = [], threading.Barrier(len(racers))
+
+        def race(o):
+            barrier.wait()
+            if o.try_acquire() is None:
+                won.append(o)
+
+        threads = [threading.Thread(target=race, args=(o,)) for o in racers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1, [o.holder for o in won]
+        assert {read_owner(lake, s)["holder"] for s in ("bronze", "silver", "gold")} == {won[0].holder}
+        won[0].release()
+        assert all(read_owner(lake, s)["released"] for s in ("bronze", "silver", "gold"))

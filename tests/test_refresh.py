@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from app import dataflow
-from common import checkpoints
+from common.ownership import Ownership, live_owner
 from silver import customers
 from common.errors import CheckpointError, SettingsError
 from app.runner import plan_refresh, refresh, run
@@ -47,17 +47,17 @@ def test_refresh_silver_after_a_rule_change_equals_a_fresh_run(spark, lake, tmp_
 
     with pytest.raises(SettingsError, match="--include-bronze"):
         plan_refresh(spark, lake, "bronze")
-    # a running query blocks the refresh: its checkpoint's lease, as a running gold holds it (that a
-    # running stage holds a live lease: tests/reliability test_second_copy_on_the_same_checkpoint_is_refused)
-    held = checkpoints.Leases(spark)
-    held.acquire(dataflow.flow(lake, "gold_kpis").checkpoint, "gold_kpis")
+    # a running stage blocks the refresh: its ownership, as a running gold holds it (that a running
+    # stage owns it: tests/reliability test_second_copy_on_the_same_checkpoint_is_refused)
+    held = Ownership(lake, ("gold",))
+    held.acquire()
     try:
-        assert _leased(spark, lake)
-        with pytest.raises(CheckpointError, match=r"query gold_kpis is running"):
+        assert live_owner(lake, "gold")
+        with pytest.raises(CheckpointError, match=r"query gold_orders is running"):
             plan_refresh(spark, lake, "silver")
     finally:
-        held.release_all()
-    assert not _leased(spark, lake)
+        held.release()
+    assert not live_owner(lake, "gold")
 
     totals = sorted(r.total for r in spark.read.format("delta").load(orders).select("total").collect())
     limit = totals[len(totals) // 2]
@@ -82,12 +82,6 @@ def test_refresh_silver_after_a_rule_change_equals_a_fresh_run(spark, lake, tmp_
     assert {t: _version(spark, p) for t, p in bronze.items()} == bronze_versions  # bronze untouched
     old = spark.read.format("delta").option("versionAsOf", orders_version).load(orders)
     assert old.count() == before  # the version before the refresh, by time travel
-
-
-def _leased(spark, settings: Settings) -> bool:
-    from common.checkpoints import live_owner
-
-    return any(live_owner(spark, f.checkpoint) for f in dataflow.graph(settings) if f.stage == "gold")
 
 
 def test_refresh_cli_says_what_it_will_do_and_needs_confirmation(lake, capfd):

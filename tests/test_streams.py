@@ -35,24 +35,75 @@ def test_signature_is_recorded_then_enforced(spark, tmp_path):
         checkpoints.check_signature(spark, f"file://{cp}", "q", {"window": "3 minutes", "keys": ("a",)})
 
 
-def test_lease_refuses_a_live_owner_and_takes_over_a_dead_one(spark, tmp_path):
+def test_ownership_is_exclusive_taken_from_the_dead_at_once_and_from_the_silent_after_its_expiry(tmp_path):
+    """``common.ownership`` on a local lake (the compare-and-swap under flock; the S3 one:
+    tests/test_checkpoints.py): one owner per stage, all of a run's stages or none, a dead process's
+    stage taken at once, another host's only after its expiry, a fenced owner once another took over."""
     import json
     import socket
+    import threading
     import time
 
-    cp = tmp_path / "cp"
-    cp.mkdir()
-    owner = cp / checkpoints.OWNER_FILE
-    live = {"app_id": "other-app", "host": socket.gethostname(), "pid": 1, "query": "q", "heartbeat": time.time()}
-    owner.write_text(json.dumps(live))  # pid 1 is alive: a live copy
-    with pytest.raises(CheckpointError, match=r"checkpoint .* is in use by application other-app"):
-        checkpoints.Leases(spark).acquire(f"file://{cp}", "q")
-    owner.write_text(json.dumps({**live, "pid": 2 ** 22 + 12345}))  # no such process: taken over at once
-    leases = checkpoints.Leases(spark)
-    leases.acquire(f"file://{cp}", "q")
-    assert json.loads(owner.read_text())["app_id"] == spark.sparkContext.applicationId
-    leases.release_all()
-    assert not owner.exists()
+    from common.errors import CheckpointError
+    from common.ownership import Ownership, OwnershipLost, read_owner
+    from common.settings import Settings
+
+    s = Settings.from_env({"LAKEHOUSE_LAKE_ROOT": str(tmp_path / "lake"), "LAKEHOUSE_OWNERSHIP_EXPIRY": "1 second"})
+    gold = Ownership(s, ("gold",))
+    gold.acquire()
+    assert read_owner(s, "gold")["epoch"] == 1 and read_owner(s, "gold")["holder"] == gold.holder
+    both = Ownership(s, ("gold", "silver"))  # taken in the pipeline's order: silver, then gold (refused)
+    with pytest.raises(CheckpointError, match=r"stage gold is in use by application lakehouse \(pid \d+ on "):
+        both.acquire()
+    assert read_owner(s, "silver")["released"] and read_owner(s, "gold")["holder"] == gold.holder  # none taken
+
+    # a dead process on this host: taken over at once, with the epoch raised and the takeover recorded
+    path = tmp_path / "lake" / "_checkpoints" / "bronze" / "_lakehouse_owner.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"holder": "x", "host": socket.gethostname(), "pid": 2 ** 22 + 12345, "epoch": 7,
+                                "heartbeat": time.time(), "expiry": 60}))
+    bronze = Ownership(s, ("bronze",))
+    bronze.acquire()
+    record = read_owner(s, "bronze")
+    assert record["epoch"] == 8 and record["took_over"]["pid"] == 2 ** 22 + 12345
+    bronze.release()
+    assert read_owner(s, "bronze")["released"]
+
+    # another host's live record: refused until its heartbeat is older than its expiry
+    path.write_text(json.dumps({"holder": "y", "host": "elsewhere", "pid": 1, "epoch": 9, "heartbeat": time.time(),
+                                "expiry": 1.0}))
+    waiting = Ownership(s, ("bronze",))
+    assert waiting.try_acquire()["host"] == "elsewhere"
+    t0 = time.time()
+    waiting.wait(poll=0.05)
+    assert time.time() - t0 >= 0.5 and read_owner(s, "bronze")["epoch"] == 10
+
+    # the paused owner: another process took its stage; its next commit is fenced, and the run's watch stops it
+    waiting.fence("bronze")  # still ours
+    record = read_owner(s, "bronze")
+    path.write_text(json.dumps({**record, "holder": "z", "pid": 1, "host": "elsewhere", "epoch": 11}))
+    time.sleep(0.6)  # past half the expiry: the fence renews, conditionally, and finds the record changed
+    with pytest.raises(OwnershipLost, match=r"stage bronze: ownership lost to application .* \(epoch 11\)"):
+        waiting.fence("bronze")
+    with pytest.raises(OwnershipLost):
+        waiting.check()
+    assert read_owner(s, "bronze")["holder"] == "z"  # the fenced owner wrote nothing
+    waiting.release()
+    assert read_owner(s, "bronze")["holder"] == "z"  # not even its release
+
+    # started together: one of many wins each stage
+    gold.release()
+    for _ in range(5):
+        racers = [Ownership(s, ("silver", "gold")) for _ in range(6)]
+        won = []
+        threads = [threading.Thread(target=lambda o=o: won.append(o) if o.try_acquire() is None else None)
+                   for o in racers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1 and {read_owner(s, st)["holder"] for st in ("silver", "gold")} == {won[0].holder}
+        won[0].release()
 
 
 def test_a_cut_offset_or_commit_file_is_told_apart_from_a_whole_one():
