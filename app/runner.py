@@ -107,6 +107,28 @@ def _start_stage(run: RunContext, stage: str) -> list:
     return queries
 
 
+def _inputs_exist(run: RunContext, stages) -> bool:
+    """Every Delta table the stages read exists (not a new lake, where each stage creates the tables
+    the next one reads)."""
+    from common.fs import Fs
+    from common.pipeline import Table
+
+    fs = Fs(run.spark)
+    return all(fs.has_children(f"{src.path(run.settings)}/_delta_log")
+               for stage in stages for f in dataflow.flows(run.settings, stage) for src in f.sources
+               if isinstance(src, Table))
+
+
+def _start_side_by_side(run: RunContext, stages) -> dict:
+    """Start each stage's queries in a thread of its own (their set-up is mostly waiting on the
+    object store): stage -> queries. The first failure is raised once all have ended."""
+    from common.batches import run_parallel
+
+    out: dict = {}
+    run_parallel([lambda stage=stage: out.__setitem__(stage, _start_stage(run, stage)) for stage in stages])
+    return out
+
+
 def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None, sink: str | None = None,
         spark=None, standby: bool = False) -> None:
     """Run ``stages`` until their queries end (a one-shot trigger) or the process is stopped. The run
@@ -129,15 +151,17 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
     owner = Ownership(settings, stages, app="lakehouse-" + "-".join(stages)) if options.sink == "delta" else None
     if owner is not None and not standby:
         owner.acquire()  # a second copy is refused in a second, before its JVM starts
+    if standby and owner is not None:
+        from app import standby as warm
+
+        priority = warm.lower_priority()
     try:
         if spark is None:
             from common.spark import get_spark
 
             spark = get_spark(settings, app_name="lakehouse-" + "-".join(stages))
         if standby and owner is not None:
-            from app import standby as warm
-
-            warm.stand_by(spark, settings, stages, owner)
+            warm.stand_by(spark, settings, stages, owner, priority)
         if owner is not None:
             owner.app_id = spark.sparkContext.applicationId
         ctx = RunContext.open(spark, settings, options, owner)
@@ -166,8 +190,12 @@ def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None,
 
     live: set = set()
     try:
+        if not one_shot and len(stages) > 1 and _inputs_exist(ctx, stages):
+            by_stage = _start_side_by_side(ctx, stages)  # a restart or a takeover: no stage waits for another
+        else:
+            by_stage = {}
         for stage in stages:
-            queries = _start_stage(ctx, stage)
+            queries = by_stage.get(stage) or _start_stage(ctx, stage)
             started += queries
             stage_of.update({q: stage for q in queries})
             live.update(queries)

@@ -5,8 +5,8 @@ code the JIT has not compiled yet, so its first micro-batches are several times 
 ones (issue 38: ~60 s of an 82 s recovery). A standby pays all of that before it is needed:
 
 1. it starts its JVM and Spark session like any run;
-2. it *warms up* at a lower CPU priority (``nice``, so that on a small machine it does not slow
-   the active driver): it runs silver, the pipeline's heaviest stage, over made-up records on a
+2. it starts and *warms up* at a lower CPU priority (``nice`` +10 from before its JVM starts, so
+   that on a small machine it does not slow the active driver; given back at the takeover): it runs silver, the pipeline's heaviest stage, over made-up records on a
    scratch lake in a temporary folder (the same code paths: JSON parsing, quarantine, dedup state,
    Delta commits), twice;
 3. it waits for the ownership of its stages (``common.ownership``), polling the records a few
@@ -38,18 +38,41 @@ WARM_RECORDS = 400      # generated records per topic per round
 WARM_ROUNDS = 2
 
 
-def stand_by(spark, settings: Settings, stages, owner: Ownership) -> None:
-    """Warm ``spark``'s JVM up, then wait until ``owner`` holds every stage (returns then)."""
+def lower_priority() -> tuple[int, int | None]:
+    """Before the standby's JVM starts (it inherits it): a lower CPU priority, so that its start
+    and warm-up take only what the active driver leaves; returns what to go back to.
+
+    With Linux's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``) a process's
+    nice value only ranks it within its session's group, and the groups share the CPU evenly: a
+    standby in a session of its own (a service, ``setsid``) is lowered through its group's nice
+    (``/proc/self/autogroup``), but only when nothing but itself and its ancestors is in that group
+    (never the active driver started from the same terminal)."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, before + WARM_NICE)
+    except OSError as e:
+        log.debug("standby: priority not lowered: %s", e)
+    group = _autogroup_nice()
+    if group is not None and _alone_in_autogroup():
+        try:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write(str(min(19, group + WARM_NICE)))
+        except OSError as e:
+            log.debug("standby: autogroup priority not lowered: %s", e)
+            group = None
+    else:
+        group = None
+    return before, group
+
+
+def stand_by(spark, settings: Settings, stages, owner: Ownership, priority: tuple) -> None:
+    """Warm ``spark``'s JVM up, then wait until ``owner`` holds every stage (returns then), and
+    give the process and its JVM back their ``priority`` (``lower_priority``)."""
     t0 = time.monotonic()
-    jvm_pid = _jvm_pid(spark)
-    before = _niceness()
-    _renice([os.getpid(), jvm_pid], WARM_NICE)
     try:
         warm_up(spark, settings)
     except Exception as e:  # noqa: BLE001 - a cold standby still takes over
         log.warning("standby: the warm-up failed (%s); waiting cold", str(e).splitlines()[0][:200])
-    finally:
-        _renice([os.getpid(), jvm_pid], before)
     warm_s = time.monotonic() - t0
     print(f"  standby for {', '.join(stages)}: warm in {warm_s:.0f} s, waiting to take over", file=sys.stderr, flush=True)
     last = [0.0]
@@ -60,6 +83,17 @@ def stand_by(spark, settings: Settings, stages, owner: Ownership) -> None:
             _write_standby(settings, stages, owner, warm_s, record)
 
     owner.wait(waiting=waiting)
+    before, group = priority
+    restored = _renice([os.getpid(), _jvm_pid(spark)], before)
+    if group is not None:
+        try:
+            with open("/proc/self/autogroup", "w") as f:
+                f.write(str(group))
+        except OSError:
+            restored = False
+    if not restored:
+        log.warning("standby: running on at CPU priority +%d (raising it back needs CAP_SYS_NICE or RLIMIT_NICE)",
+                    WARM_NICE)
     for record in owner.taken_over:
         print(f"  took over {record['stage']} from pid {record.get('pid')} on {record.get('host')} "
               f"(epoch {int(record.get('epoch', 0)) + 1}, {datetime.now(timezone.utc):%H:%M:%S} UTC)",
@@ -169,13 +203,43 @@ def _jvm_pid(spark) -> int | None:
         return None
 
 
-def _niceness() -> int:
-    return os.getpriority(os.PRIO_PROCESS, 0)
+def _autogroup_nice() -> int | None:
+    """This process's autogroup nice value (None: no autogroup scheduling here)."""
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as f:
+            if f.read().strip() != "1":
+                return None
+        with open("/proc/self/autogroup") as f:  # "/autogroup-<id> nice <n>"
+            return int(f.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
-def _renice(pids, value: int) -> None:
-    """Every thread of ``pids`` to niceness ``value`` (Linux: a thread's own); raising it back needs
-    the privilege to (root, or RLIMIT_NICE), else it stays lower: logged."""
+def _alone_in_autogroup() -> bool:
+    """No process but this one and its ancestors is in its autogroup."""
+    def group(pid) -> str | None:
+        try:
+            with open(f"/proc/{pid}/autogroup") as f:
+                return f.read().split()[0]
+        except (OSError, IndexError):
+            return None
+
+    mine, ours, pid = group("self"), {os.getpid()}, os.getppid()
+    while pid > 1 and pid not in ours:
+        ours.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return mine is not None and not any(group(p) == mine for p in os.listdir("/proc")
+                                        if p.isdigit() and int(p) not in ours)
+
+
+def _renice(pids, value: int) -> bool:
+    """Every thread of ``pids`` to niceness ``value`` (Linux: each thread has its own); False when
+    some could not be (raising a priority needs CAP_SYS_NICE, or RLIMIT_NICE)."""
+    done = True
     for pid in pids:
         if pid is None:
             continue
@@ -186,5 +250,9 @@ def _renice(pids, value: int) -> None:
         for tid in tids:
             try:
                 os.setpriority(os.PRIO_PROCESS, tid, value)
+            except ProcessLookupError:  # a thread that just ended
+                pass
             except OSError as e:
                 log.debug("niceness of thread %d not set to %d: %s", tid, value, e)
+                done = False
+    return done

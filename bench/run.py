@@ -203,6 +203,9 @@ class App:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def ready(self) -> bool:
+        return True
+
 
 class StandbyApp(App):
     """``run all`` with a warm standby beside it (``--standby``, issue 38): a kill hits whichever
@@ -246,8 +249,7 @@ class StandbyApp(App):
     def kill(self, sig=signal.SIGKILL) -> None:
         active = self._active()
         standbys = [p for p in self.procs if p is not active and p.poll() is None]
-        if sig == signal.SIGKILL and standbys:  # the fault hits a pair whose standby is ready
-            wait_until(lambda: any(self._warm(p) for p in standbys), 300, "the standby to be warm", interval=1.0)
+        if sig == signal.SIGKILL and any(self._warm(p) for p in standbys):
             # what a warm standby costs while it waits: its CPU over 10 s, its resident memory
             waiting = next(p for p in standbys if self._warm(p))
             cpu0 = cpu_seconds(waiting.pid)
@@ -268,6 +270,11 @@ class StandbyApp(App):
 
     def alive(self) -> bool:
         return any(p.poll() is None for p in self.procs)
+
+    def ready(self) -> bool:
+        """A warm standby waits beside the active process."""
+        active = self._active()
+        return any(self._warm(p) for p in self.procs if p is not active and p.poll() is None)
 
 
 def started(spark, base: Settings, system: str, logdir: Path, phase: str) -> App:
@@ -453,6 +460,10 @@ def _kills(spark, app: App, args) -> list[dict]:
         "orders/s")
     kills = []
     for k in range(args.kills):
+        t0 = time.monotonic()  # a pair's fault hits it with its standby warm (it warms at low priority)
+        wait_until(app.ready, 900, "the standby to be warm", interval=2.0)
+        if time.monotonic() - t0 > 1:
+            log(f"  {app.system}: waited {time.monotonic() - t0:.0f} s for a warm standby")
         st = run_step(spark, app, k + 1, args.recovery_rate, args.kill_after + 60, kill_at=args.kill_after)
         before = [c for kms, c in gold_pairs(spark, app.s, app.system, st["first_id"])
                   if kms <= st["killed_at"] * 1000]

@@ -3,7 +3,7 @@ lake, queryable as ``ops.pipeline_events`` (``lakehouse sql``, the Thrift server
 reader) and read by ``lakehouse status``.
 
 Each stage logs to its own table, ``<lake>/ops/pipeline_events_<stage>``: a stage runs in one
-application at a time (its checkpoint leases), so every table keeps a single writing application,
+application at a time (its ownership, ``common.ownership``), so every table keeps a single writing application,
 as Delta's S3 log store requires; ``ops.pipeline_events`` is the view over them. An application
 buffers its rows and appends them in one commit per table every LAKEHOUSE_EVENT_LOG_INTERVAL
 (30 seconds) and when its run ends, so the log costs one small commit per stage and interval, not
@@ -43,7 +43,7 @@ COLUMNS = (
     ("state_memory_bytes", "bigint"), ("duplicates", "bigint"), ("quarantined", "bigint"), ("dropped", "bigint"),
     ("late", "bigint"), ("rescued", "bigint"), ("schema_drift", "string"), ("event_to_gold_p50_ms", "bigint"),
     ("event_to_gold_max_ms", "bigint"),
-    ("app_id", "string"), ("logged_at", "timestamp"),
+    ("app_id", "string"), ("logged_at", "timestamp"), ("owner_epoch", "bigint"),
 )
 SCHEMA_DDL = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
 # the view's select list: by name, so a stage table whose columns grew in another order still lines up
@@ -94,8 +94,11 @@ def _duplicates(progress: dict, counts: dict, operators: list) -> int:
     return sum(int((op.get("customMetrics") or {}).get("numDroppedDuplicateRows", 0)) for op in operators)
 
 
-def event_row(progress: dict, stage: str, counts: dict, event_watermark: str | None, app_id: str) -> tuple:
-    """One row of the log from a query's progress (``StreamingQueryProgress.json``, parsed)."""
+def event_row(progress: dict, stage: str, counts: dict, event_watermark: str | None, app_id: str,
+              owner_epoch: int | None = None) -> tuple:
+    """One row of the log from a query's progress (``StreamingQueryProgress.json``, parsed);
+    ``owner_epoch``: the epoch of the stage's ownership the batch ran under (``common.ownership``: a
+    takeover raises it, so the log shows every change of owner and when)."""
     durations = progress.get("durationMs") or {}
     started = _time(progress.get("timestamp"))
     behind, files = None, None
@@ -120,16 +123,17 @@ def event_row(progress: dict, stage: str, counts: dict, event_watermark: str | N
         sum(int(op.get("memoryUsedBytes") or 0) for op in operators) if operators else None,
         _duplicates(progress, counts, operators),
         *(int(counts.get(k, 0)) for k in COUNTS), counts.get("schema_drift"), *(counts.get(k) for k in LATENCY), app_id,
-        datetime.now(timezone.utc),
+        datetime.now(timezone.utc), owner_epoch,
     )
 
 
 class EventLog:
     """The buffer of one application's event rows, appended every interval and when closed."""
 
-    def __init__(self, spark, settings: Settings, compactor, fence=None):
+    def __init__(self, spark, settings: Settings, compactor, fence=None, epoch=None):
         self._spark, self._settings, self._compactor = spark, settings, compactor
         self._fence = fence  # before each append: raises once another process owns the stage
+        self.epoch = epoch or (lambda stage: None)  # stage -> the epoch of its ownership (the rows' owner_epoch)
         self._rows: dict[str, list[tuple]] = {}  # stage -> rows not written yet
         self._seen: dict[str, int] = {}
         self._lock = threading.Lock()

@@ -133,7 +133,8 @@ class ProgressLogger(_make_listener_base()):  # type: ignore[misc]
             stage, events = followed
             try:
                 events.add(stage, event_row(data, stage, counts, watermark,
-                                            self._spark.sparkContext.applicationId if self._spark else ""))
+                                            self._spark.sparkContext.applicationId if self._spark else "",
+                                            events.epoch(stage)))
             except Exception as e:  # noqa: BLE001 - the log never breaks a query
                 log.warning("event log: batch %d of %s not logged: %s", p.batchId, p.name, e)
 

@@ -3,7 +3,7 @@
 A stage (bronze, silver, gold) writes its tables and checkpoints from one process at a time. Its
 record, ``Settings.owner_path(stage)`` (``_lakehouse_owner.json`` beside the stage's checkpoints),
 names the process that owns it: holder id, application, host, pid, an *epoch* raised at every
-change of owner, and a heartbeat renewed every third of LAKEHOUSE_OWNERSHIP_EXPIRY (10 s). An
+change of owner, and a heartbeat renewed every quarter of LAKEHOUSE_OWNERSHIP_EXPIRY (10 s). An
 application takes the records of all its stages, in the pipeline's order, or none.
 
 Every write of the record is conditional, so two processes can never both believe they took it:
@@ -248,19 +248,21 @@ class Ownership:
     def try_acquire(self) -> dict | None:
         """Take every stage's record; None when done, else the live record in the way (nothing
         taken then)."""
-        taken = []
+        taken, seen = [], {}
+        for stage in self.stages:  # all read first: nothing is written while one of them is live
+            record, etag = seen[stage] = self._stores[stage].read()
+            if record and record.get("holder") != self.holder and is_live(record, self.expiry):
+                return record
         for stage in self.stages:
             store = self._stores[stage]
-            record, etag = store.read()
-            if record and record.get("holder") != self.holder and is_live(record, self.expiry):
-                self._give_back(taken)
-                return record
+            record, etag = seen[stage]
             epoch = int((record or {}).get("epoch", 0)) + 1
             started = time.monotonic()
             self._since[stage] = time.time()
             takeover = bool(record) and not record.get("released") and record.get("holder") != self.holder
             self._took[stage] = ({"pid": record.get("pid"), "host": record.get("host"), "app_id": record.get("app_id"),
-                                  "at": time.time()} if takeover else (record or {}).get("took_over"))
+                                  "heartbeat": record.get("heartbeat"), "at": time.time()}
+                                 if takeover else (record or {}).get("took_over"))
             new = store.write(self._record(stage, epoch), etag)
             if new is None:  # written by someone else between the read and the write
                 self._give_back(taken)
@@ -306,7 +308,7 @@ class Ownership:
                 self._thread.start()
 
     def _beat(self, stop: threading.Event) -> None:
-        while not stop.wait(self.expiry / 3):
+        while not stop.wait(self.expiry / 4):
             for stage in list(self._held):
                 try:
                     self._renew(stage)
@@ -323,6 +325,9 @@ class Ownership:
                 return
             etag, epoch = self._held[stage]
         started = time.monotonic()
+        if started - self._renewed.get(stage, started) > self.expiry / 2:
+            log.warning("stage %s: ownership last renewed %.1f s ago (expiry %.0f s): was the process paused or starved?",
+                        stage, started - self._renewed[stage], self.expiry)
         new = self._stores[stage].write(self._record(stage, epoch), etag)
         with self._lock:
             if stage not in self._held:  # released meanwhile
@@ -362,6 +367,11 @@ class Ownership:
             if time.monotonic() - self._renewed.get(stage, 0.0) >= self.expiry:
                 raise OwnershipLost(f"stage {stage}: ownership not confirmed for {self.expiry:.0f} s ({e}); this "
                                     "process stops without committing again") from None
+
+    def epoch(self, stage: str) -> int | None:
+        """The epoch of this process's ownership of ``stage`` (None: not held)."""
+        held = self._held.get(stage)
+        return held[1] if held else None
 
     def check(self, confirm: bool = False) -> None:
         """Raise ``OwnershipLost`` if a stage was lost (the runner's watch, between batches); with

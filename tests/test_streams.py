@@ -52,10 +52,10 @@ def test_ownership_is_exclusive_taken_from_the_dead_at_once_and_from_the_silent_
     gold = Ownership(s, ("gold",))
     gold.acquire()
     assert read_owner(s, "gold")["epoch"] == 1 and read_owner(s, "gold")["holder"] == gold.holder
-    both = Ownership(s, ("gold", "silver"))  # taken in the pipeline's order: silver, then gold (refused)
+    both = Ownership(s, ("gold", "silver"))  # all read before any is written: gold is live, so none
     with pytest.raises(CheckpointError, match=r"stage gold is in use by application lakehouse \(pid \d+ on "):
         both.acquire()
-    assert read_owner(s, "silver")["released"] and read_owner(s, "gold")["holder"] == gold.holder  # none taken
+    assert read_owner(s, "silver") is None and read_owner(s, "gold")["holder"] == gold.holder  # none written
 
     # a dead process on this host: taken over at once, with the epoch raised and the takeover recorded
     path = tmp_path / "lake" / "_checkpoints" / "bronze" / "_lakehouse_owner.json"
