@@ -53,14 +53,7 @@ def lower_priority() -> tuple[int, int | None]:
     except OSError as e:
         log.debug("standby: priority not lowered: %s", e)
     group = _autogroup_nice()
-    if group is not None and _alone_in_autogroup():
-        try:
-            with open("/proc/self/autogroup", "w") as f:
-                f.write(str(min(19, group + WARM_NICE)))
-        except OSError as e:
-            log.debug("standby: autogroup priority not lowered: %s", e)
-            group = None
-    else:
+    if group is None or not _alone_in_autogroup() or not _set_autogroup_nice(min(19, group + WARM_NICE)):
         group = None
     return before, group
 
@@ -86,11 +79,7 @@ def stand_by(spark, settings: Settings, stages, owner: Ownership, priority: tupl
     before, group = priority
     restored = _renice([os.getpid(), _jvm_pid(spark)], before)
     if group is not None:
-        try:
-            with open("/proc/self/autogroup", "w") as f:
-                f.write(str(group))
-        except OSError:
-            restored = False
+        restored = _set_autogroup_nice(group) and restored
     if not restored:
         log.warning("standby: running on at CPU priority +%d (raising it back needs CAP_SYS_NICE or RLIMIT_NICE)",
                     WARM_NICE)
@@ -213,6 +202,18 @@ def _autogroup_nice() -> int | None:
             return int(f.read().split()[-1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _set_autogroup_nice(value: int) -> bool:
+    """This process's autogroup to nice ``value``; False when it could not be (raising a priority
+    needs CAP_SYS_NICE)."""
+    try:
+        with open("/proc/self/autogroup", "w") as f:
+            f.write(str(value))
+        return True
+    except OSError as e:
+        log.debug("standby: autogroup priority not set to %d: %s", value, e)
+        return False
 
 
 def _alone_in_autogroup() -> bool:

@@ -179,12 +179,19 @@ class App:
         self.s, self.system, self.logdir, self.phase, self.n = s, system, logdir, phase, 0
         self.proc: subprocess.Popen | None = None
         self.peak_mib = 0.0
+        self.logs: dict[int, str] = {}  # pid -> its log file
 
     def start(self) -> None:
+        self.proc = self._spawn(self.system)
+
+    def _spawn(self, name: str, *extra: str) -> subprocess.Popen:
+        """The system's process (its log ``<phase>-<name>-<n>.log``), in a process group of its own."""
         self.n += 1
-        out = open(self.logdir / f"{self.phase}-{self.system}-{self.n}.log", "w")
-        self.proc = subprocess.Popen([sys.executable, *SYSTEMS[self.system]], env=app_env(self.s), cwd=ROOT,
-                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out = open(self.logdir / f"{self.phase}-{name}-{self.n}.log", "w")
+        proc = subprocess.Popen([sys.executable, *SYSTEMS[self.system], *extra], env=app_env(self.s), cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.logs[proc.pid] = out.name
+        return proc
 
     def sample_memory(self) -> None:
         rss = peak_rss_mib(self.proc.pid if self.proc else None)
@@ -218,20 +225,10 @@ class StandbyApp(App):
         self.takeover_s: list[float] = []
         self.waiting_cost: list[dict] = []  # per kill: the waiting standby's CPU (% of a core) and RSS
 
-    def _launch(self, standby: bool) -> subprocess.Popen:
-        self.n += 1
-        out = open(self.logdir / f"{self.phase}-standby-{self.n}.log", "w")
-        self.logs = getattr(self, "logs", {})
-        proc = subprocess.Popen([sys.executable, *SYSTEMS["project"], *(["--standby"] if standby else [])],
-                                env=app_env(self.s), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        self.logs[proc.pid] = out.name
-        return proc
-
     def start(self) -> None:
         if not self.procs:
-            self.procs.append(self._launch(False))
-        self.procs.append(self._launch(True))
+            self.procs.append(self._spawn("standby"))
+        self.procs.append(self._spawn("standby", "--standby"))
         self.proc = self._active() or self.procs[0]
 
     def _owner_pids(self) -> set:

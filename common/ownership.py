@@ -121,15 +121,17 @@ class _LocalRecord:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if self.read()[1] != etag:
                 return None
-            tmp = self._file.with_name(f"{self._file.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(body)
-            os.replace(tmp, self._file)
+            self._replace(body)
         return hashlib.sha256(body).hexdigest()
 
     def put(self, record: dict) -> None:
         self._file.parent.mkdir(parents=True, exist_ok=True)
+        self._replace(json.dumps(record).encode())
+
+    def _replace(self, body: bytes) -> None:
+        """The file's content is ``body``, whole (a rename), never half-written."""
         tmp = self._file.with_name(f"{self._file.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record))
+        tmp.write_bytes(body)
         os.replace(tmp, self._file)
 
     def delete(self) -> None:
