@@ -400,8 +400,16 @@ class Ownership:
                 self._renewed.pop(stage, None)
             if held is None:
                 continue
+            etag = held[0]
             try:
-                self._stores[stage].write({**self._record(stage, held[1]), "released": True}, held[0])
+                for _ in range(3):
+                    if self._stores[stage].write({**self._record(stage, held[1]), "released": True}, etag) is not None:
+                        break
+                    # refused: a renewal in flight replaced our record with a newer one of ours, or
+                    # another process took the stage; give back only what is still ours
+                    record, etag = self._stores[stage].read()
+                    if not record or record.get("holder") != self.holder:
+                        break
             except Exception as e:  # noqa: BLE001 - it expires anyway
                 log.debug("ownership of %s not given back: %s", stage, e)
 
@@ -409,5 +417,7 @@ class Ownership:
         """Give every stage back (the run ends): marked released, so a standby takes it at once."""
         self._stop.set()
         with self._lock:
-            self._thread = None
+            thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self.expiry)  # a renewal in flight ends before the record is given back
         self._give_back(list(self._held))

@@ -68,6 +68,18 @@ def test_ownership_is_exclusive_taken_from_the_dead_at_once_and_from_the_silent_
     assert record["epoch"] == 8 and record["took_over"]["pid"] == 2 ** 22 + 12345
     bronze.release()
     assert read_owner(s, "bronze")["released"]
+    # a renewal in flight when the run ends (it replaced the record the release holds the tag of):
+    # still given back, and this process can run the stage again at once (the CI failure of e7dc750)
+    again = Ownership(s, ("bronze",))
+    again.acquire()
+    etag, epoch = again._held["bronze"]
+    again._stores["bronze"].write(again._record("bronze", epoch), etag)
+    again.release()
+    assert read_owner(s, "bronze")["released"]
+    third = Ownership(s, ("bronze",))
+    third.acquire()
+    assert read_owner(s, "bronze")["epoch"] == 10 and read_owner(s, "bronze")["holder"] == third.holder
+    third.release()
 
     # another host's live record: refused until its heartbeat is older than its expiry
     path.write_text(json.dumps({"holder": "y", "host": "elsewhere", "pid": 1, "epoch": 9, "heartbeat": time.time(),
