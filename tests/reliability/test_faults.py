@@ -357,8 +357,9 @@ def test_second_copy_on_the_same_checkpoint_is_refused(spark, lake, tmp_path):
 @pytest.mark.slow  # three `run all` JVMs, two warm-ups at low priority: 5-6 min alone, 11-13 min in CI beside a worker
 def test_a_warm_standby_takes_over_a_paused_then_a_killed_driver_and_the_paused_one_commits_nothing(
         spark, lake, tmp_path):
-    """Issue 38 (LAKEHOUSE_OWNERSHIP_EXPIRY 5 s): an active ``run all`` and a ``--standby`` started
-    together: one is active, the other waits warm. The active paused (SIGSTOP, when it is idle: a
+    """Issue 38 (LAKEHOUSE_OWNERSHIP_EXPIRY 5 s): an active ``run all`` and two ``--standby`` started
+    together: one is active, the others wait warm; one standby SIGKILLed -> nothing changes (the
+    same owner, its load committed, the other standby still waiting). The active paused (SIGSTOP, when it is idle: a
     pause in the middle of a Delta commit is the limit docs/operations.md states) -> the standby
     takes over once the ownership expired, and runs under load; the paused one resumed (SIGCONT)
     finds its ownership lost and exits (3) without committing; it comes back as the standby; the
@@ -366,17 +367,18 @@ def test_a_warm_standby_takes_over_a_paused_then_a_killed_driver_and_the_paused_
     from deltalake import DeltaTable
 
     from common.deltars import storage_options, uri
-    from common.ownership import read_owner
+    from common.ownership import read_owner, read_standby
 
     lake = lake.with_overrides(ownership_expiry="5 seconds", kpi_trigger="processingTime=1 second",
                                event_log_interval="2 seconds")
     customers.load(spark, lake)
     ledger = tmp_path / "ledger.jsonl"
     produce_to(lake, ledger, 100, seed=551, **FAULTS)
-    logs = {n: tmp_path / f"{n}.log" for n in ("a", "b", "a2")}
+    logs = {n: tmp_path / f"{n}.log" for n in ("a", "b", "c", "a2")}
     a = start_stage_process(lake, "all", LIVE, logs["a"])
     b = start_stage_process(lake, "all", LIVE, logs["b"], extra=("--standby",))
-    procs = [a, b]
+    c = start_stage_process(lake, "all", LIVE, logs["c"], extra=("--standby",))
+    procs = [a, b, c]
     enriched = lake.table_path("gold", "orders_enriched")
     paths = [p for f in dataflow.graph(lake) for p in f.sink_paths(lake).values()]
 
@@ -409,12 +411,19 @@ def test_a_warm_standby_takes_over_a_paused_then_a_killed_driver_and_the_paused_
     try:
         wait_until(lambda: committed_rows(lake, enriched) > 0 or a.poll() is not None, 300, "the active to commit")
         assert a.poll() is None, _tail(logs["a"])
-        wait_until(lambda: standing_by(logs["b"]) or b.poll() is not None, 600, "the standby to be warm")
-        assert b.poll() is None and owners() == {a.pid}, _tail(logs["b"])  # one active: the first
+        wait_until(lambda: (standing_by(logs["b"]) and standing_by(logs["c"])) or b.poll() is not None
+                   or c.poll() is not None, 600, "the standbys to be warm")
+        assert b.poll() is None and c.poll() is None, _tail(logs["b"]) + _tail(logs["c"])
+        assert owners() == {a.pid}  # one active: the first
+        # a standby SIGKILLed: nothing changes (same owner, the load committed, the other one waits on)
+        kill_hard(c)
         load = Producer(lake, ledger, 200, rate=10, seed=552)
         load.start()
         load.finish()
         wait_until(lambda: idle(valid_orders()) or a.poll() is not None, 300, "the active to catch up")
+        assert a.poll() is None and b.poll() is None and owners() == {a.pid}, _tail(logs["a"])
+        wait_until(lambda: (read_standby(lake, "silver") or {}).get("pid") == b.pid, 30,
+                   "status to name the standby still waiting")
         os.killpg(a.pid, signal.SIGSTOP)
         paused_at, before = time.time(), committed_rows(lake, enriched)
         wait_until(lambda: owners() == {b.pid} or b.poll() is not None, 120, "the standby to take over")
