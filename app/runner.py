@@ -329,8 +329,11 @@ def refresh(spark, plan: RefreshPlan, stamp: str) -> list[str]:
         except Exception as e:
             raise CheckpointError(f"could not move checkpoint {cp} to {aside} ({str(e).splitlines()[0]}); "
                                   "no table was emptied") from None
-    for path, _ in plan.versions.values():
-        spark.sql(f"DELETE FROM delta.`{path}`")
+    from common.batches import run_parallel
+
+    # one DELETE per table, side by side: each its own transaction on its own table (a failed one
+    # leaves a table with rows under a moved checkpoint, which the next run refuses, as above)
+    run_parallel([lambda path=path: spark.sql(f"DELETE FROM delta.`{path}`") for path, _ in plan.versions.values()])
     return moved
 
 
