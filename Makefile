@@ -14,7 +14,7 @@ export PYSPARK_PYTHON := $(BIN)/python
 export PYSPARK_DRIVER_PYTHON := $(BIN)/python
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup stack-up stack-down stack-status jvm demo test-setup test test-unit test-reliability bench bench-p2 soak clean
+.PHONY: setup stack-up stack-down stack-status jvm demo test-setup test test-unit test-reliability bench bench-p2 bench-p7 soak clean
 
 # The virtualenv, the jars and the MinIO build, side by side with one progress display
 # (devstack/bootstrap.py, the machine's Python alone); each a no-op once current.
@@ -60,16 +60,24 @@ test-reliability: jvm
 test-unit: setup
 	pytest -q -m "not stack and not cluster"
 
-# P2 beside its peer (bench/peer.py) first, then the live ladder, recovery and backfill.
+# P2 beside its peer (bench/peer.py) first, then the live ladder, recovery and backfill, then P7:
+# 800 orders/s at steady state beside the peer, 30 minutes each after a 10-minute warm-up
+# (`make bench-p7 MINUTES=5` for a try).
 bench: jvm
 	python -m bench.p2
 	python -m bench.run
+	python -m bench.p7 $(P7_MINUTES)
+
+bench-p7: jvm
+	python -m bench.p7 $(P7_MINUTES)
 
 bench-p2: jvm
 	python -m bench.p2
 
 # An hour of `run all` under load, sampled every minute (not in CI); `make soak MINUTES=10` for a try.
 MINUTES ?= 60
+# P7's own default (30 minutes) unless MINUTES is given on the command line
+P7_MINUTES = $(if $(filter command line,$(origin MINUTES)),--minutes $(MINUTES),)
 soak: jvm
 	python -m bench.soak --minutes $(MINUTES)
 

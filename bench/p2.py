@@ -56,15 +56,17 @@ def batch_profile(log_text: str) -> dict[str, dict]:
 MEASURED = 10_000_000  # order ids of the measured phase start here; the warm-up's below
 
 
-def run_one(spark, base: Settings, system: str, rate: float, seconds: float, warmup: float, logdir) -> dict:
+def run_one(spark, base: Settings, system: str, rate: float, seconds: float, warmup: float, logdir,
+            tag: str = "p2", after=None) -> dict:
     """Start the system, warm it up (``warmup`` seconds at ``rate``, until gold has those orders),
-    then measure ``seconds`` at ``rate``: latency of the measured orders, drain time, CPU, memory."""
+    then measure ``seconds`` at ``rate``: latency of the measured orders, drain time, CPU, memory.
+    ``after(settings, measured_from)``, once the system stopped, adds its own figures (bench.p7)."""
     from silver import customers
 
-    s = fresh(base, f"p2-{system}-{uuid.uuid4().hex[:6]}")
+    s = fresh(base, f"{tag}-{system}-{uuid.uuid4().hex[:6]}")
     customers.load(spark, s)
     cmd = [sys.executable, *SYSTEMS[system]]
-    out = open(logdir / f"p2-{system}-{rate:g}.log", "w")
+    out = open(logdir / f"{tag}-{system}-{rate:g}.log", "w")
     proc = subprocess.Popen(cmd, env=app_env(s), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -103,6 +105,8 @@ def run_one(spark, base: Settings, system: str, rate: float, seconds: float, war
            "producer_orders_per_s": round(count / (t_end - t0), 1), "drain_s": round(drain, 1),
            "gold": percentiles(lat), "measured_orders": len(lat), "caught_up": len(lat) >= count, "cpu_s_per_wall_s": round(cpu, 2),
            "machine_cores_busy": machine, "peak_rss_mib": round(peak)}
+    if after is not None:
+        res.update(after(s, t0))
     if system == "project":
         res["queries"] = batch_profile(open(out.name).read())
         res["kpi_customer_minute_totals"] = percentiles([(c - k) / 1000 for k, c in kpi_pairs(spark, s, MEASURED)])

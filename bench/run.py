@@ -99,7 +99,7 @@ def fresh(base: Settings, tag: str) -> Settings:
 def app_env(s: Settings) -> dict[str, str]:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     for name in ("lake_root", "topic_orders", "topic_logs", "topic_metrics", "topic_enriched", "shuffle_partitions",
-                 "max_offsets_per_trigger"):
+                 "max_offsets_per_trigger", "compact_every"):
         env[env_var(name)] = str(getattr(s, name))
     return env
 

@@ -13,3 +13,14 @@ def test_a_run_table_goes_at_the_end_of_the_runs_section(tmp_path):
                                   "\n## Later notes\n\ntext\n")
     add_run_table(tmp_path / "NEW.md", "### run 1\n")  # no Runs section: at the end
     assert (tmp_path / "NEW.md").read_text() == "### run 1\n"
+
+
+def test_p7_judges_only_after_twice_the_longest_watermark_delay():
+    """P7 (bench/p7.py, issue 35): a dedup key lives 2 x its source's delay, so the measured phase
+    starts only once the state holds a full set of keys."""
+    from bench.p7 import warmup_minutes
+    from common.settings import Settings
+
+    s = Settings.from_env({"LAKEHOUSE_LAKE_ROOT": "/tmp/p7"})
+    assert warmup_minutes(s) == 10.0  # orders' 5 minutes
+    assert warmup_minutes(s.with_overrides(watermark_logs="7 minutes")) == 14.0
