@@ -235,6 +235,10 @@ class Ownership:
         self._renewed: dict[str, float] = {}         # stage -> monotonic start of its last renewal that succeeded
         self._lost: dict[str, dict] = {}             # stage -> the record that replaced ours
         self._lock = threading.Lock()
+        # one write of a record at a time: renewals race from the heartbeat, every fence (a batch's
+        # parallel writes, two queries, the event log) and the release; with the tag each read
+        # before the other's write, all but one would be refused, and the refused ones taken for a loss
+        self._writing = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.taken_over: list[dict] = []             # the records this process took over (not free ones)
@@ -320,25 +324,30 @@ class Ownership:
                     log.debug("ownership renewal of %s failed: %s", stage, e)
 
     def _renew(self, stage: str) -> None:
-        with self._lock:
-            if stage in self._lost:
-                raise OwnershipLost(self._lost_message(stage))
-            if stage not in self._held:
-                return
-            etag, epoch = self._held[stage]
-        started = time.monotonic()
-        if started - self._renewed.get(stage, started) > self.expiry / 2:
-            log.warning("stage %s: ownership last renewed %.1f s ago (expiry %.0f s): was the process paused or starved?",
-                        stage, started - self._renewed[stage], self.expiry)
-        new = self._stores[stage].write(self._record(stage, epoch), etag)
-        with self._lock:
-            if stage not in self._held:  # released meanwhile
-                return
-            if new is None:
-                self._lost[stage] = self._stores[stage].read()[0] or {}
-                self._held.pop(stage, None)
-                raise OwnershipLost(self._lost_message(stage))
-            self._held[stage], self._renewed[stage] = (new, epoch), started
+        with self._writing:
+            with self._lock:
+                if stage in self._lost:
+                    raise OwnershipLost(self._lost_message(stage))
+                if stage not in self._held:
+                    return
+                etag, epoch = self._held[stage]
+            started = time.monotonic()
+            if started - self._renewed.get(stage, started) > self.expiry / 2:
+                log.warning("stage %s: ownership last renewed %.1f s ago (expiry %.0f s): was the process paused or "
+                            "starved?", stage, started - self._renewed[stage], self.expiry)
+            new = self._stores[stage].write(self._record(stage, epoch), etag)
+            if new is None:  # refused: lost, unless the record is still ours (written without our knowing its tag)
+                record, tag = self._stores[stage].read()
+                if record and record.get("holder") == self.holder and tag is not None:
+                    new = self._stores[stage].write(self._record(stage, epoch), tag)
+            with self._lock:
+                if stage not in self._held:  # released meanwhile
+                    return
+                if new is None:
+                    self._lost[stage] = self._stores[stage].read()[0] or {}
+                    self._held.pop(stage, None)
+                    raise OwnershipLost(self._lost_message(stage))
+                self._held[stage], self._renewed[stage] = (new, epoch), started
 
     def _lost_message(self, stage: str) -> str:
         other = self._lost.get(stage) or {}
@@ -395,23 +404,24 @@ class Ownership:
     # -- giving it back -------------------------------------------------------------------------
     def _give_back(self, stages) -> None:
         for stage in stages:
-            with self._lock:
-                held = self._held.pop(stage, None)
-                self._renewed.pop(stage, None)
-            if held is None:
-                continue
-            etag = held[0]
-            try:
-                for _ in range(3):
-                    if self._stores[stage].write({**self._record(stage, held[1]), "released": True}, etag) is not None:
-                        break
-                    # refused: a renewal in flight replaced our record with a newer one of ours, or
-                    # another process took the stage; give back only what is still ours
-                    record, etag = self._stores[stage].read()
-                    if not record or record.get("holder") != self.holder:
-                        break
-            except Exception as e:  # noqa: BLE001 - it expires anyway
-                log.debug("ownership of %s not given back: %s", stage, e)
+            with self._writing:
+                with self._lock:
+                    held = self._held.pop(stage, None)
+                    self._renewed.pop(stage, None)
+                if held is None:
+                    continue
+                etag = held[0]
+                try:
+                    for _ in range(3):
+                        if self._stores[stage].write({**self._record(stage, held[1]), "released": True}, etag) is not None:
+                            break
+                        # refused: our record was replaced by a newer one of ours (written without our
+                        # knowing its tag), or another process took the stage: give back only what is ours
+                        record, etag = self._stores[stage].read()
+                        if not record or record.get("holder") != self.holder:
+                            break
+                except Exception as e:  # noqa: BLE001 - it expires anyway
+                    log.debug("ownership of %s not given back: %s", stage, e)
 
     def release(self) -> None:
         """Give every stage back (the run ends): marked released, so a standby takes it at once."""

@@ -70,15 +70,37 @@ def test_ownership_is_exclusive_taken_from_the_dead_at_once_and_from_the_silent_
     assert read_owner(s, "bronze")["released"]
     # a renewal in flight when the run ends (it replaced the record the release holds the tag of):
     # still given back, and this process can run the stage again at once (the CI failure of e7dc750)
-    again = Ownership(s, ("bronze",))
+    slow = s.with_overrides(ownership_expiry="60 seconds")  # no heartbeat of its own during this
+    again = Ownership(slow, ("bronze",))
     again.acquire()
     etag, epoch = again._held["bronze"]
-    again._stores["bronze"].write(again._record("bronze", epoch), etag)
+    assert again._stores["bronze"].write(again._record("bronze", epoch), etag) is not None
     again.release()
     assert read_owner(s, "bronze")["released"]
+    # renewals side by side (a batch's parallel writes each fence; the heartbeat; the event log) when
+    # the last renewal is old: one at a time, none taken for a loss of the stage to this very process
+    racing = Ownership(slow, ("bronze",))
+    racing.acquire()
+    racing._renewed["bronze"] -= 100
+    lost: list = []
+
+    def fence() -> None:
+        try:
+            racing.fence("bronze")
+        except OwnershipLost as e:
+            lost.append(e)
+
+    fences = [threading.Thread(target=fence) for _ in range(8)]
+    for t in fences:
+        t.start()
+    for t in fences:
+        t.join()
+    assert not lost and read_owner(s, "bronze")["holder"] == racing.holder
+    racing.check()
+    racing.release()
     third = Ownership(s, ("bronze",))
     third.acquire()
-    assert read_owner(s, "bronze")["epoch"] == 10 and read_owner(s, "bronze")["holder"] == third.holder
+    assert read_owner(s, "bronze")["epoch"] == 11 and read_owner(s, "bronze")["holder"] == third.holder
     third.release()
 
     # another host's live record: refused until its heartbeat is older than its expiry
