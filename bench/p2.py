@@ -60,7 +60,8 @@ def run_one(spark, base: Settings, system: str, rate: float, seconds: float, war
             tag: str = "p2", after=None) -> dict:
     """Start the system, warm it up (``warmup`` seconds at ``rate``, until gold has those orders),
     then measure ``seconds`` at ``rate``: latency of the measured orders, drain time, CPU, memory.
-    ``after(settings, measured_from)``, once the system stopped, adds its own figures (bench.p7)."""
+    ``after(settings, measured_from, measured_to)``, once the system stopped, adds its own figures
+    over the measured phase (bench.p7)."""
     from silver import customers
 
     s = fresh(base, f"{tag}-{system}-{uuid.uuid4().hex[:6]}")
@@ -106,7 +107,7 @@ def run_one(spark, base: Settings, system: str, rate: float, seconds: float, war
            "gold": percentiles(lat), "measured_orders": len(lat), "caught_up": len(lat) >= count, "cpu_s_per_wall_s": round(cpu, 2),
            "machine_cores_busy": machine, "peak_rss_mib": round(peak)}
     if after is not None:
-        res.update(after(s, t0))
+        res.update(after(s, t0, t_end + drain))
     if system == "project":
         res["queries"] = batch_profile(open(out.name).read())
         res["kpi_customer_minute_totals"] = percentiles([(c - k) / 1000 for k, c in kpi_pairs(spark, s, MEASURED)])

@@ -43,8 +43,9 @@ def _utc(ts) -> float:
     return (ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def steady_state(s: Settings, measured_from: float) -> dict:
-    """The project's own figures over the batches that started after ``measured_from``."""
+def steady_state(s: Settings, measured_from: float, measured_to: float) -> dict:
+    """The project's own figures over the batches that started in the measured phase (from the
+    measured load's first order until gold had its last)."""
     from deltalake import DeltaTable
 
     from bench.soak import Lake, tables_of
@@ -54,7 +55,7 @@ def steady_state(s: Settings, measured_from: float) -> dict:
 
     rows = NativeLake(s).rows(f"{OPS}.{VIEW}", order_by="batch_id",
                               columns="query, batch_id, started_at, duration_ms, durations, input_rows, state_rows")
-    rows = [r for r in rows if r["started_at"] is not None and _utc(r["started_at"]) >= measured_from]
+    rows = [r for r in rows if r["started_at"] is not None and measured_from <= _utc(r["started_at"]) < measured_to]
     queries: dict[str, dict] = {}
     for q in sorted({r["query"] for r in rows}):
         mine = [r for r in rows if r["query"] == q]
@@ -76,9 +77,9 @@ def steady_state(s: Settings, measured_from: float) -> dict:
         except Exception:  # noqa: BLE001 - a table never written
             continue
         compactions += sum(1 for h in history if h.get("operation") == "OPTIMIZE"
-                           and h.get("timestamp", 0) / 1000 >= measured_from)
+                           and measured_from <= h.get("timestamp", 0) / 1000 < measured_to)
         files[name] = lake.table(name).get("files", 0)
-    return {"steady": {"measured_from": measured_from, "queries": queries, "compactions": compactions,
+    return {"steady": {"measured_from": measured_from, "measured_to": measured_to, "queries": queries, "compactions": compactions,
             "max_files": max(files.values(), default=0), "max_files_table": max(files, key=files.get, default=None)}}
 
 
@@ -108,7 +109,8 @@ def main(argv=None) -> int:
         settings = base.with_overrides(compact_every=0) if system == "project-nocompact" else base
         log(f"P7 {system}: {warm:g} min of warm-up, then {args.minutes:g} min measured at {args.rate:g} orders/s")
         res = run_one(spark, settings, "project" if project else system, args.rate, args.minutes * 60, warm * 60,
-                      logdir, tag="p7", after=steady_state if project else None)
+                      logdir, tag="p7-nocompact" if system == "project-nocompact" else "p7",
+                      after=steady_state if project else None)
         result["results"].append({**res, "system": system})
         out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print("| system | gold p50 s | gold p99 s | silver batch p50 / p99 s | gold_kpis batch p50 s | state rows (max) "

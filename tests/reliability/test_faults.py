@@ -354,7 +354,7 @@ def test_second_copy_on_the_same_checkpoint_is_refused(spark, lake, tmp_path):
 
 
 # 5b ------------------------------------------------------------------------------------------
-@pytest.mark.slow  # three `run all` JVMs, two warm-ups at low priority: 5-6 min alone, 11-13 min in CI beside a worker
+@pytest.mark.slow  # four `run all` JVMs, three warm-ups at low priority: ~6 min alone (11-13 min in CI with one standby fewer)
 def test_a_warm_standby_takes_over_a_paused_then_a_killed_driver_and_the_paused_one_commits_nothing(
         spark, lake, tmp_path):
     """Issue 38 (LAKEHOUSE_OWNERSHIP_EXPIRY 5 s): an active ``run all`` and two ``--standby`` started
