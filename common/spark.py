@@ -43,6 +43,9 @@ STATIC_CONF: dict[str, str] = {
     # A stage runs several queries in one app: share the cores fairly between them (each query
     # gets its own scheduler pool, common.streams.start) instead of first come, first served.
     "spark.scheduler.mode": "FAIR",
+    # ... with the pools of common/fairscheduler.xml: the latency path (bronze, silver, gold_orders)
+    # first, gold_kpis and the compactor on what it leaves.
+    "spark.scheduler.allocation.file": str(Path(__file__).resolve().parent / "fairscheduler.xml"),
     # No extra micro-batch only to advance the watermark: such a batch would only evict silver's
     # dedup state (done by the next data batch anyway) at the cost of a full batch per query.
     "spark.sql.streaming.noDataMicroBatches.enabled": "false",

@@ -27,6 +27,29 @@ def test_one_failed_query_stops_every_other_and_raises_its_error(spark):
     assert healthy.exception() is None  # stopped by us, not failed
 
 
+def test_the_latency_path_takes_free_task_slots_before_the_kpis_and_the_compactor(spark):
+    """common/fairscheduler.xml names a pool for every query of the graph (a renamed query would
+    silently lose its place) and the compactor's: bronze, silver and gold_orders below their
+    minShare are served first, gold_kpis and the compactor on what they leave."""
+    from app import dataflow
+    from common.settings import Settings
+
+    sc = spark.sparkContext._jsc.sc()
+    slots = spark.sparkContext.defaultParallelism
+
+    def pool(name):
+        found = sc.getPoolForName(name)
+        assert found.isDefined(), f"no scheduler pool for {name} in common/fairscheduler.xml"
+        return found.get()
+
+    flows = [f.name for stage in ("bronze", "silver", "gold") for f in dataflow.flows(Settings.from_env(), stage)]
+    assert flows == ["bronze", "silver", "gold_orders", "gold_kpis"]
+    for name in ("bronze", "silver", "gold_orders"):
+        assert pool(name).minShare() >= slots and pool(name).weight() > pool("gold_kpis").weight()
+    for name in ("gold_kpis", "compaction"):
+        assert pool(name).minShare() == 0
+
+
 def test_signature_is_recorded_then_enforced(spark, tmp_path):
     cp = str(tmp_path / "cp")
     checkpoints.check_signature(spark, f"file://{cp}", "q", {"window": "2 minutes", "keys": ("a",)})
