@@ -335,11 +335,7 @@ class Ownership:
             if started - self._renewed.get(stage, started) > self.expiry / 2:
                 log.warning("stage %s: ownership last renewed %.1f s ago (expiry %.0f s): was the process paused or "
                             "starved?", stage, started - self._renewed[stage], self.expiry)
-            new = self._stores[stage].write(self._record(stage, epoch), etag)
-            if new is None:  # refused: lost, unless the record is still ours (written without our knowing its tag)
-                record, tag = self._stores[stage].read()
-                if record and record.get("holder") == self.holder and tag is not None:
-                    new = self._stores[stage].write(self._record(stage, epoch), tag)
+            new = self._write_ours(stage, self._record(stage, epoch), etag)
             with self._lock:
                 if stage not in self._held:  # released meanwhile
                     return
@@ -348,6 +344,21 @@ class Ownership:
                     self._held.pop(stage, None)
                     raise OwnershipLost(self._lost_message(stage))
                 self._held[stage], self._renewed[stage] = (new, epoch), started
+
+    def _write_ours(self, stage: str, record: dict, etag, tries: int = 3):
+        """Write ``record`` as ``stage``'s record if the stored one still has tag ``etag``; refused,
+        re-read it and try again with its tag while it is still this process's (a renewal written
+        without our knowing its tag), never over another holder's. The new tag, or None (taken by
+        another process, or still refused). Called under ``_writing``."""
+        store = self._stores[stage]
+        for _ in range(tries):
+            new = store.write(record, etag)
+            if new is not None:
+                return new
+            current, etag = store.read()
+            if not current or current.get("holder") != self.holder or etag is None:
+                return None
+        return None
 
     def _lost_message(self, stage: str) -> str:
         other = self._lost.get(stage) or {}
@@ -410,16 +421,8 @@ class Ownership:
                     self._renewed.pop(stage, None)
                 if held is None:
                     continue
-                etag = held[0]
                 try:
-                    for _ in range(3):
-                        if self._stores[stage].write({**self._record(stage, held[1]), "released": True}, etag) is not None:
-                            break
-                        # refused: our record was replaced by a newer one of ours (written without our
-                        # knowing its tag), or another process took the stage: give back only what is ours
-                        record, etag = self._stores[stage].read()
-                        if not record or record.get("holder") != self.holder:
-                            break
+                    self._write_ours(stage, {**self._record(stage, held[1]), "released": True}, held[0])
                 except Exception as e:  # noqa: BLE001 - it expires anyway
                     log.debug("ownership of %s not given back: %s", stage, e)
 
