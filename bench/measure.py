@@ -50,6 +50,13 @@ def first_visible(spark, path: str, columns: list[str]):
     return rows.join(F.broadcast(by_name), "file_name").drop("file_name")
 
 
+def epoch_s(ts) -> float:
+    """Seconds since the epoch of a timestamp read from the lake (naive ones are UTC)."""
+    from datetime import timezone
+
+    return (ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def percentiles(values: list[float], ps=(50, 99)) -> dict[str, float | None]:
     if not values:
         return {f"p{p}": None for p in ps}

@@ -22,9 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import timezone
 
-from bench.measure import percentiles
+from bench.measure import epoch_s, percentiles
 from bench.p2 import run_one
 from bench.run import ROOT, bench_start, log, results_file
 from common.settings import OPS, Settings, interval_seconds
@@ -39,10 +38,6 @@ def warmup_minutes(s: Settings) -> float:
                    interval_seconds(s.watermark_metrics)) / 60
 
 
-def _utc(ts) -> float:
-    return (ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).timestamp()
-
-
 def steady_state(s: Settings, measured_from: float, measured_to: float) -> dict:
     """The project's own figures over the batches that started in the measured phase (from the
     measured load's first order until gold had its last)."""
@@ -55,7 +50,7 @@ def steady_state(s: Settings, measured_from: float, measured_to: float) -> dict:
 
     rows = NativeLake(s).rows(f"{OPS}.{VIEW}", order_by="batch_id",
                               columns="query, batch_id, started_at, duration_ms, durations, input_rows, state_rows")
-    rows = [r for r in rows if r["started_at"] is not None and measured_from <= _utc(r["started_at"]) < measured_to]
+    rows = [r for r in rows if r["started_at"] is not None and measured_from <= epoch_s(r["started_at"]) < measured_to]
     queries: dict[str, dict] = {}
     for q in sorted({r["query"] for r in rows}):
         mine = [r for r in rows if r["query"] == q]

@@ -51,7 +51,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.measure import cpu_seconds, first_visible, peak_rss_mib, percentiles, rss_mib, table_files
+from bench.measure import cpu_seconds, epoch_s, first_visible, peak_rss_mib, percentiles, rss_mib, table_files
 from devstack.generator import GenOptions, produce
 from app.runner import run, setup_logging
 from common.settings import OPS, Settings, env_var
@@ -471,22 +471,21 @@ def _kills(spark, app: App, args) -> list[dict]:
     return kills
 
 
-def first_batches_s(spark, s: Settings, killed_at: float) -> dict:
+def first_batches_s(s: Settings, killed_at: float) -> dict:
     """After a SIGKILL at ``killed_at`` (epoch s): per query, seconds until its first micro-batch
-    committed after the kill (the event log's ``ended_at``), and ``all``: until every query that ran
-    before the kill had (issue 38's takeover: every query running with its first batch committed);
-    None where a query has none. The log's last rows are flushed when the app stops."""
-    from pyspark.sql import functions as F
+    committed after the kill (the event log's ``ended_at``, read from its Delta folders), and
+    ``all``: until every query that ran before the kill had (issue 38's takeover: every query
+    running with its first batch committed); None where a query has none. The log's last rows are
+    flushed when the app stops."""
+    from common.eventlog import VIEW
+    from serving.native import NativeLake
 
-    from common import eventlog
-
-    firsts: dict = {}
-    for stage in ("bronze", "silver", "gold"):
-        rows = (spark.read.format("delta").load(eventlog.table_path(s, stage))
-                .groupBy("query").agg(F.min(F.when(F.col("started_at").cast("double") >= killed_at,
-                                                   F.col("ended_at").cast("double"))).alias("first"))
-                .collect())
-        firsts.update({r.query: None if r.first is None else round(r.first - killed_at, 1) for r in rows})
+    ends: dict[str, list[float]] = {}
+    for r in NativeLake(s).rows(f"{OPS}.{VIEW}", columns="query, started_at, ended_at"):
+        ends.setdefault(r["query"], [])
+        if r["started_at"] is not None and r["ended_at"] is not None and epoch_s(r["started_at"]) >= killed_at:
+            ends[r["query"]].append(epoch_s(r["ended_at"]))
+    firsts: dict = {q: round(min(e) - killed_at, 1) if e else None for q, e in ends.items()}
     firsts["all"] = None if not firsts or None in firsts.values() else max(firsts.values())
     return firsts
 
@@ -515,7 +514,7 @@ def recovery(spark, base: Settings, args, logdir: Path) -> dict:
     out = {"rate": args.recovery_rate}
     if "standby" in args.p4_systems:
         pair, out["standby"] = killed("standby", "p4s")
-        firsts = [first_batches_s(spark, pair.s, k["killed_at"]) for k in out["standby"]["kills"]]
+        firsts = [first_batches_s(pair.s, k["killed_at"]) for k in out["standby"]["kills"]]
         every = [f["all"] for f in firsts]
         out["standby"].update(takeover_s=pair.takeover_s, standby_waiting=pair.waiting_cost,
                               takeover_median_s=statistics.median(pair.takeover_s) if pair.takeover_s else None,
