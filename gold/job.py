@@ -147,7 +147,7 @@ def _orders_writer(ctx: BatchContext, customers: _Customers):
 def _kpis_writer(ctx: BatchContext, columns: dict[str, list[str]], clock: SilverWatermarks, kpis=KPIS):
     settings = ctx.settings
     settled_by: dict[str, int | None] = {}  # KPI -> the watermark its last micro-batch of this run closed by
-    still_open: dict[str, object] = {}  # KPI -> the open windows this run last wrote (computed, kept)
+    still_open: dict[str, object] = {}  # KPI -> the open windows this run last wrote (from the driver's rows)
 
     def settle(kpi, batch, batch_id: int, closed_by_ms: int | None) -> None:
         final, open_ = f"gold.{kpi.name}", f"gold.{kpi.name}{OPEN_SUFFIX}"
@@ -161,13 +161,15 @@ def _kpis_writer(ctx: BatchContext, columns: dict[str, list[str]], clock: Silver
         before = still_open.pop(kpi.name, None)
         if before is None:
             before = spark.read.format("delta").load(ctx.path(open_))
-        # computed once (a few rows per open window): read by both writes and kept for the next batch
-        current = kpi.combine(before.unionByName(partials)).localCheckpoint(eager=True)
-        closed, after = kpi.settle(current, closed_by_ms)
-        if closed_by_ms is not None and not closed.isEmpty():  # no watermark: nothing closes, no job to ask
-            ctx.append(closed.coalesce(1), final, batch_id)
-        ctx.replace(after, open_, batch_id)
-        settled_by[kpi.name], still_open[kpi.name] = closed_by_ms, after
+        current = kpi.combine(before.unionByName(partials))
+        # computed once, to the driver (a few rows per open window and group): one job, then both
+        # writes and the next batch's open windows from these rows
+        closed, after = kpi.settle(current.toArrow(), closed_by_ms)
+        if closed.num_rows:
+            ctx.append(spark.createDataFrame(closed, schema=current.schema).coalesce(1), final, batch_id)
+        ctx.replace(after, open_, batch_id, spark=spark)
+        settled_by[kpi.name] = closed_by_ms
+        still_open[kpi.name] = spark.createDataFrame(after, schema=current.schema)
 
     def write(batch, batch_id: int) -> None:
         batch = batch.persist()

@@ -97,14 +97,19 @@ class Kpi:
         """Partial rows (one per micro-batch that touched a window and group) -> the KPI's rows."""
         return partials.groupBy(*self.row_keys).agg(*[F.expr(m.combine).alias(m.name) for m in self.measures])
 
-    def settle(self, current: DataFrame, closed_by_ms: int | None) -> tuple[DataFrame, DataFrame]:
+    def settle(self, current, closed_by_ms: int | None):
         """The KPI's current rows (``combine`` of the open windows' rows and a batch's partial
-        rows) split into (closed, still open) by ``closed_by_ms`` (epoch ms): a window is closed
-        when it ends at or before it; None closes nothing."""
+        rows, collected: a ``pyarrow.Table``, a few rows per open window and group) split into
+        (closed, still open) by ``closed_by_ms`` (epoch ms): a window is closed when it ends at or
+        before it; None closes nothing."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         if closed_by_ms is None:
-            return current.limit(0), current
-        closed = F.col("window_end") <= F.timestamp_millis(F.lit(int(closed_by_ms)))
-        return current.filter(closed), current.filter(~closed)
+            return current.slice(0, 0), current
+        ends = pc.cast(pc.cast(current.column("window_end"), pa.timestamp("us", "UTC")), pa.int64())
+        closed = pc.less_equal(ends, pa.scalar(int(closed_by_ms) * 1000, pa.int64()))
+        return current.filter(closed), current.filter(pc.invert(closed))
 
 
 SOURCES = ("orders", "order_items", "logs", "metrics")  # the silver tables gold reads
