@@ -47,7 +47,8 @@ def replace(df, path: str, settings: Settings, tag: str, txn: tuple[str, int] | 
     from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
     table = DeltaTable(uri(path), storage_options=_writer_options(settings, path))
-    rows = (df if isinstance(df, pa.Table) else df.toArrow()).cast(pa.schema(table.schema().to_arrow()))  # the table's types and NOT NULLs
+    rows = df if isinstance(df, pa.Table) else df.toArrow()
+    rows = rows.cast(pa.schema(table.schema().to_arrow()))  # the table's types and NOT NULLs
     write_deltalake(table, rows, mode="overwrite", commit_properties=CommitProperties(
         custom_metadata={"userMetadata": tag},
         app_transactions=[Transaction(app_id=txn[0], version=txn[1])] if txn else None))
