@@ -105,18 +105,19 @@ class BatchContext:
                 append_batch(df, path, app_id, batch_id, txn=txn, merge_schema=merge_schema, **tag)
             self.run.compactor.committed(df.sparkSession, path, self.settings.compact_every)
 
-    def replace(self, df, table: str, batch_id: int, spark=None, **tag) -> None:
-        """Replace the rows of the small table ``table`` by the batch's (``deltars.replace``: from
-        the driver, through delta-rs) unless it already holds this batch; every ``compact_every``
-        commits, delete the files its replaced rows left (``deltars.vacuum``)."""
+    def replace(self, rows, table: str, batch_id: int, **tag) -> None:
+        """Replace the rows of the small table ``table`` by the batch's ``rows`` (a
+        ``pyarrow.Table`` on the driver, written by delta-rs: ``deltars.replace``) unless it already
+        holds this batch; every ``compact_every`` commits, delete the files its replaced rows left
+        (``deltars.vacuum``)."""
         from common import deltars
         from common.tables import commit_tag
 
-        todo = self._should_write(spark or df.sparkSession, table, batch_id)
+        todo = self._should_write(self.run.spark, table, batch_id)
         if todo:
             path, app_id, txn = todo
             with self._committing(table, batch_id):
-                deltars.replace(df, path, self.settings, commit_tag(app_id, batch_id, **tag),
+                deltars.replace(rows, path, self.settings, commit_tag(app_id, batch_id, **tag),
                                 txn=(app_id, batch_id) if txn else None)
             self._replaced[table] = self._replaced.get(table, 0) + 1
             every = self.settings.compact_every

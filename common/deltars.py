@@ -29,12 +29,11 @@ def uri(path: str) -> str:
     return "s3://" + path[len("s3a://"):] if path.startswith("s3a://") else path
 
 
-def replace(df, path: str, settings: Settings, tag: str, txn: tuple[str, int] | None = None) -> None:
-    """Replace every row of the Delta table at ``path`` by ``df``'s, in one commit whose
-    ``userMetadata`` is ``tag`` (``tables.commit_tag``; with ``txn``, also Delta's
-    txnAppId/txnVersion). ``df``: a DataFrame, collected to the driver, or rows already there (a
-    ``pyarrow.Table``): this is for small tables (gold's open windows, a few rows per window and
-    group), and delta-rs writes it.
+def replace(rows, path: str, settings: Settings, tag: str, txn: tuple[str, int] | None = None) -> None:
+    """Replace every row of the Delta table at ``path`` by ``rows`` (a ``pyarrow.Table``, on the
+    driver), in one commit whose ``userMetadata`` is ``tag`` (``tables.commit_tag``; with ``txn``,
+    also Delta's txnAppId/txnVersion). This is for small tables (gold's open windows, a few rows
+    per window and group), and delta-rs writes it.
 
     Why not Delta-Spark's overwrite: it lists the table's files first, a state reconstruction (3
     Spark jobs with AQE) at every commit: 1.0 s per commit alone, 6-8 s inside a loaded
@@ -47,7 +46,6 @@ def replace(df, path: str, settings: Settings, tag: str, txn: tuple[str, int] | 
     from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
     table = DeltaTable(uri(path), storage_options=_writer_options(settings, path))
-    rows = df if isinstance(df, pa.Table) else df.toArrow()
     rows = rows.cast(pa.schema(table.schema().to_arrow()))  # the table's types and NOT NULLs
     write_deltalake(table, rows, mode="overwrite", commit_properties=CommitProperties(
         custom_metadata={"userMetadata": tag},

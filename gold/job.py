@@ -167,7 +167,7 @@ def _kpis_writer(ctx: BatchContext, columns: dict[str, list[str]], clock: Silver
         closed, after = kpi.settle(current.toArrow(), closed_by_ms)
         if closed.num_rows:
             ctx.append(spark.createDataFrame(closed, schema=current.schema).coalesce(1), final, batch_id)
-        ctx.replace(after, open_, batch_id, spark=spark)
+        ctx.replace(after, open_, batch_id)
         settled_by[kpi.name] = closed_by_ms
         still_open[kpi.name] = spark.createDataFrame(after, schema=current.schema)
 
