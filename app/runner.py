@@ -130,15 +130,15 @@ def _start_side_by_side(run: RunContext, stages) -> dict:
 
 
 def run(stages: tuple[str, ...], settings: Settings, trigger: str | None = None, sink: str | None = None,
-        spark=None, standby: bool = False) -> None:
+        spark=None, standby: bool = False, publish: bool = True) -> None:
     """Run ``stages`` until their queries end (a one-shot trigger) or the process is stopped. The run
     owns its stages (``common.ownership``): a second copy is refused before its JVM starts, unless
     ``standby``: then it starts its JVM, warms it up on scratch data and waits, taking every stage
     over the moment their owner stops (at once on this host, after LAKEHOUSE_OWNERSHIP_EXPIRY
-    otherwise)."""
+    otherwise). ``publish=False``: gold_orders sends nothing to Kafka (a scratch run's)."""
     if spark is None:  # a process of its own: it holds the S3 keys of the stages it runs, no other
         settings = settings.acting_as(*stages)
-    options = streams.StreamOptions.from_args(settings, trigger, sink)
+    options = dataclasses.replace(streams.StreamOptions.from_args(settings, trigger, sink), publish=publish)
     from common.clients import check_reachable
 
     # a missing topic is one line before a JVM starts (12-18 s here), not after

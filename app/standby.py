@@ -6,9 +6,12 @@ ones (issue 38: ~60 s of an 82 s recovery). A standby pays all of that before it
 
 1. it starts its JVM and Spark session like any run;
 2. it starts and *warms up* at a lower CPU priority (``nice`` +10 from before its JVM starts, so
-   that on a small machine it does not slow the active driver; given back at the takeover): it runs silver, the pipeline's heaviest stage, over made-up records on a
-   scratch lake in a temporary folder (the same code paths: JSON parsing, quarantine, dedup state,
-   Delta commits), twice;
+   that on a small machine it does not slow the active driver; given back at the takeover): it runs
+   silver, and gold when it stands by for gold, over made-up records on a scratch lake in a
+   temporary folder (the same code paths: JSON parsing, quarantine, dedup state, the enrichment,
+   the KPIs' windows, open and closed, Delta and delta-rs commits; gold_orders builds its Kafka
+   payload but sends nothing), twice, the second round's event times 15 minutes after the first's
+   so that it closes the first round's windows;
 3. it waits for the ownership of its stages (``common.ownership``), polling the records a few
    times a second: the moment the active driver's process is gone (same host) or its heartbeat
    has expired (another host, a paused process), it takes every stage over and the run starts
@@ -27,7 +30,7 @@ import socket
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from common.ownership import Ownership, clear_standby, describe, write_standby
 from common.settings import Settings
@@ -36,6 +39,7 @@ log = logging.getLogger("lakehouse.standby")
 WARM_NICE = 10          # the warm-up's CPU priority (the active driver keeps 0)
 WARM_RECORDS = 400      # generated records per topic per round
 WARM_ROUNDS = 2
+ROUND_GAP = timedelta(minutes=15)  # event time between two rounds: more than any watermark's delay
 
 
 def lower_priority() -> tuple[int, int | None]:
@@ -63,7 +67,7 @@ def stand_by(spark, settings: Settings, stages, owner: Ownership, priority: tupl
     give the process and its JVM back their ``priority`` (``lower_priority``)."""
     t0 = time.monotonic()
     try:
-        warm_up(spark, settings)
+        warm_up(spark, settings, stages)
     except Exception as e:  # noqa: BLE001 - a cold standby still takes over
         log.warning("standby: the warm-up failed (%s); waiting cold", str(e).splitlines()[0][:200])
     warm_s = time.monotonic() - t0
@@ -90,9 +94,23 @@ def stand_by(spark, settings: Settings, stages, owner: Ownership, priority: tupl
     _clear_standby(settings, stages)
 
 
-def warm_up(spark, settings: Settings, rounds: int = WARM_ROUNDS, records: int = WARM_RECORDS) -> None:
-    """Run silver over made-up records on a scratch lake in a temporary folder, ``rounds`` times
-    (the first round compiles, the later ones reach the JIT's higher tiers)."""
+def warm_up(spark, settings: Settings, stages=("silver",), rounds: int = WARM_ROUNDS,
+            records: int = WARM_RECORDS) -> None:
+    """Run silver, and gold if ``stages`` has it (without publishing), over made-up records on a
+    scratch lake in a temporary folder (``warm_up_in``), deleted after."""
+    folder = tempfile.mkdtemp(prefix="lakehouse-standby-")
+    try:
+        warm_up_in(spark, settings, folder, stages, rounds, records)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def warm_up_in(spark, settings: Settings, folder: str, stages=("silver",), rounds: int = WARM_ROUNDS,
+               records: int = WARM_RECORDS) -> Settings:
+    """``warm_up`` on a scratch lake in ``folder``, ``rounds`` times (the first round compiles, the
+    later ones reach the JIT's higher tiers); each round's event times ``ROUND_GAP`` after the one
+    before, so that a later round closes the earlier one's KPI windows (gold's final rows). Nothing
+    is written to ``settings``' lake or topics. Returns the scratch lake's settings."""
     from app import dataflow
     from app.runner import run
     from bronze.job import ensure_tables, table_paths
@@ -101,7 +119,7 @@ def warm_up(spark, settings: Settings, rounds: int = WARM_ROUNDS, records: int =
     import contextlib
     import io
 
-    folder = tempfile.mkdtemp(prefix="lakehouse-standby-")
+    warmed = ("silver", "gold") if "gold" in stages else ("silver",)
     quiet = [logging.getLogger(n) for n in ("lakehouse", "py4j", "lakehouse.standby")]
     levels = [q.level for q in quiet]
     for q in quiet[:2]:  # the scratch run's start lines and batches are not the pipeline's
@@ -111,31 +129,36 @@ def warm_up(spark, settings: Settings, rounds: int = WARM_ROUNDS, records: int =
         scratch = settings.with_overrides(lake_root=f"{folder}/lake", checkpoint_root="", lake_layout="single")
         ensure_tables(spark, scratch, dataflow.flows(scratch, "bronze")[0])
         paths = table_paths(scratch)
+        if "gold" in warmed:
+            from silver import customers
+
+            customers.load(spark, scratch)
         for n in range(rounds):
             t0 = time.monotonic()
             now = datetime.now(timezone.utc).replace(tzinfo=None)
+            start = datetime.now(timezone.utc) - (rounds - 1 - n) * ROUND_GAP
             rows = [(key, value.encode(), src.topic, 0, n * records + i, now, 0, [])
-                    for src in scratch.sources for i, (key, value) in enumerate(_records(src.kind, records, n))]
+                    for src in scratch.sources for i, (key, value) in enumerate(_records(src.kind, records, n, start))]
             batch = to_bronze(spark.createDataFrame(rows, KAFKA_SCHEMA))
             for topic, path in paths.items():
                 batch.filter(batch.topic == topic).write.format("delta").mode("append").save(path)
             with contextlib.redirect_stderr(io.StringIO()):
-                run(("silver",), scratch, "availableNow", spark=spark)
+                run(warmed, scratch, "availableNow", spark=spark, publish=False)
             log.info("standby: warm-up round %d in %.1f s", n + 1, time.monotonic() - t0)
     finally:
         for q, level in zip(quiet, levels):
             q.setLevel(level)
-        shutil.rmtree(folder, ignore_errors=True)
+    return scratch
 
 
-def _records(kind: str, count: int, seed: int):
-    """(key, JSON value) of ``count`` made-up records of source ``kind``, every 25th malformed and
-    every 20th a copy of the one before (silver's quarantine and dedup paths)."""
+def _records(kind: str, count: int, seed: int, start: datetime):
+    """(key, JSON value) of ``count`` made-up records of source ``kind`` from event time ``start``,
+    every 25th malformed and every 20th a copy of the one before (silver's quarantine and dedup
+    paths)."""
     import json
     import random
 
     rng = random.Random(seed)
-    start = datetime.now(timezone.utc)
     previous = None
     for i in range(count):
         at = (start.timestamp() + i * 0.01)

@@ -36,6 +36,9 @@ class StreamOptions:
 
     trigger: Trigger
     sink: str = "delta"
+    # gold_orders publishes each batch to Kafka; False only for a scratch run that must not write
+    # to a real topic (the standby's warm-up, ``app.standby``): the payload is built, not sent
+    publish: bool = True
 
     @classmethod
     def from_args(cls, settings: Settings, trigger: str | None = None, sink: str | None = None) -> "StreamOptions":

@@ -112,13 +112,14 @@ def _orders_writer(ctx: BatchContext, customers: _Customers):
     settings = ctx.settings
     (topic,) = ctx.flow.topics_written
     # the run's transactional producer (``gold.publish``): made at the first batch (its ids come
-    # from the checkpoint's query id), closed when the run ends
+    # from the checkpoint's query id), closed when the run ends; none in a run that does not publish
     publisher: Publisher | None = None
+    publishes = ctx.run.options is None or ctx.run.options.publish
 
     def write(batch, batch_id: int) -> None:
         nonlocal publisher
         spark = batch.sparkSession
-        if publisher is None:
+        if publisher is None and publishes:
             publisher = Publisher(settings, topic, ctx.flow.name, ctx.query_id(spark))
             ctx.run.on_close(publisher.close)
         batch = batch.persist()  # read once: the enriched rows, the Kafka payload and the latency
@@ -130,11 +131,13 @@ def _orders_writer(ctx: BatchContext, customers: _Customers):
             enriched = enrich_orders(batch, customers.read(spark))
             run_parallel([
                 lambda: ctx.append(enriched, "gold.orders_enriched", batch_id),
-                lambda: payload.extend(enriched_payload(batch).collect() if publisher.pending(batch_id) else ()),
+                lambda: payload.extend(enriched_payload(batch).collect()
+                                       if publisher is None or publisher.pending(batch_id) else ()),
                 lambda: _arrival(batch, arrived),
             ])
             # the table first, then the messages: one Kafka transaction with the batch id (``gold.publish``)
-            publisher.publish(batch_id, [(r.key, r.value) for r in payload])
+            if publisher is not None:
+                publisher.publish(batch_id, [(r.key, r.value) for r in payload])
             if arrived and arrived[0] is not None:  # event -> gold: Kafka timestamp to this batch's publication
                 now_ms = int(time.time() * 1000)
                 ctx.count(batch_id, event_to_gold_max_ms=now_ms - int(arrived[0]),
