@@ -24,6 +24,11 @@ from common.settings import Settings
 from common.tables import ensure_all, has_data, is_delta_table
 
 NOT_NULL = ("topic", "partition", "offset")
+# Per-file statistics (min/max, null counts) only on the Kafka coordinates, the columns anything
+# filters bronze by (`lakehouse trace kafka`, `replay`): Delta computes them in every write task,
+# and on all of bronze's columns they were ~20 % of a small append's CPU (bench/README.md,
+# 2026-12-07, session 39)
+PROPERTIES = {"delta.dataSkippingStatsColumns": "partition,offset"}
 log = logging.getLogger("lakehouse.bronze")
 
 
@@ -35,8 +40,8 @@ def table_paths(settings: Settings) -> dict[str, str]:
 def ensure_tables(spark, settings: Settings, flow) -> None:
     """Create the bronze tables (``flow``'s sinks) up front, so silver can start streaming from them at once."""
     empty = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
-    ensure_all(spark, [(path, empty, {"partition_by": PARTITION_COLUMNS, "not_null": NOT_NULL})
-                       for path in flow.sink_paths(settings).values()])
+    options = {"partition_by": PARTITION_COLUMNS, "not_null": NOT_NULL, "properties": PROPERTIES}
+    ensure_all(spark, [(path, empty, options) for path in flow.sink_paths(settings).values()])
 
 
 def resume_offsets(spark, settings: Settings) -> str | None:

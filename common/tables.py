@@ -21,13 +21,14 @@ def is_delta_table(spark, path: str) -> bool:
 
 
 def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
-                 not_null: Iterable[str] = (), checks: dict[str, str] | None = None) -> None:
+                 not_null: Iterable[str] = (), checks: dict[str, str] | None = None,
+                 properties: dict[str, str] | None = None) -> None:
     """Create the Delta table at ``path`` with ``empty_df``'s schema (``not_null`` columns declared
     NOT NULL) if it does not exist yet; add the columns a table written by an earlier version
-    lacks (nullable: its old rows read them as null); then make sure its CHECK constraints are in
-    place. A new table gets its constraints in its creating commit (Delta keeps a CHECK constraint
-    as the table property ``delta.constraints.<name>``, as ``ADD CONSTRAINT`` does): one commit,
-    not one per constraint."""
+    lacks (nullable: its old rows read them as null); then make sure its CHECK constraints and its
+    table ``properties`` are in place. A new table gets its constraints and properties in its
+    creating commit (Delta keeps a CHECK constraint as the table property
+    ``delta.constraints.<name>``, as ``ADD CONSTRAINT`` does): one commit, not one per constraint."""
     from delta.tables import DeltaTable
     from pyspark.sql.types import StructField, StructType
 
@@ -39,6 +40,8 @@ def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
         builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema).partitionedBy(*partition_by)
         for name, predicate in (checks or {}).items():
             builder = builder.property(f"delta.constraints.{name.lower()}", predicate)
+        for key, value in (properties or {}).items():
+            builder = builder.property(key, value)
         try:
             builder.execute()
             return
@@ -53,10 +56,14 @@ def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
     if new:
         spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ("
                   + ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new) + ")")
-    existing = _constraints(spark, current) if checks else set()
+    config = _configuration(spark, current) if checks or properties else {}
     for name, predicate in (checks or {}).items():
-        if name.lower() not in existing:
+        if f"delta.constraints.{name.lower()}" not in config:
             spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({predicate})")
+    changed = {k: v for k, v in (properties or {}).items() if config.get(k) != v}
+    if changed:  # a table made by an earlier version: one commit, once
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ("
+                  + ", ".join(f"'{k}' = '{v}'" for k, v in changed.items()) + ")")
 
 
 def ensure_all(spark, specs) -> None:
@@ -68,10 +75,11 @@ def ensure_all(spark, specs) -> None:
     run_parallel([lambda p=path, df=df, kw=options: ensure_table(spark, p, df, **kw) for path, df, options in specs])
 
 
-def _constraints(spark, current) -> set[str]:
-    """The CHECK constraints of a table's snapshot (``snapshot``), lower case."""
+def _configuration(spark, current) -> dict[str, str]:
+    """The table properties of a table's snapshot (``snapshot``), CHECK constraints included
+    (``delta.constraints.<name>``, lower case)."""
     config = spark._jvm.scala.jdk.javaapi.CollectionConverters.asJava(current.metadata().configuration())
-    return {k[len("delta.constraints."):].lower() for k in config.keySet() if k.startswith("delta.constraints.")}
+    return {str(k): str(config.get(k)) for k in config.keySet()}
 
 
 # How far back a restart looks for the batch its previous run was writing: that writer's last

@@ -36,8 +36,11 @@ def test_bronze_exactly_once_across_runs(spark, lake, tmp_path):
     # ingestion columns present and partitioned by ingest date
     df = _bronze(spark, lake, lake.topic_orders)
     assert {"timestamp", "timestampType", "headers", "ingest_time", "ingest_date"} <= set(df.columns)
-    detail = spark.sql(f"DESCRIBE DETAIL delta.`{lake.table_path('bronze', lake.bronze_table_for(lake.topic_orders))}`")
+    orders = lake.table_path('bronze', lake.bronze_table_for(lake.topic_orders))
+    detail = spark.sql(f"DESCRIBE DETAIL delta.`{orders}`")
     assert detail.collect()[0].partitionColumns == ["ingest_date"]
+    # per-file statistics on the Kafka coordinates only (bronze.job.PROPERTIES)
+    assert detail.collect()[0].properties.get("delta.dataSkippingStatsColumns") == "partition,offset"
 
     ledger = produce_to(lake, ledger_path, 100)
     run(("bronze",), lake, "availableNow", spark=spark)

@@ -223,6 +223,33 @@ def test_a_progress_event_crosses_py4j_as_its_json_with_what_pyspark_gives(spark
     assert json.loads(ours.json) == json.loads(theirs.json)  # what the listener reads: offsets, lag, rates
 
 
+def test_ensure_table_gives_new_and_older_tables_their_properties_once(spark, tmp_path):
+    """A table's properties (bronze's statistics columns) are in its creating commit; a table made
+    without them (an earlier version's) gets them by one commit, and the next start adds none."""
+    from common import tables
+
+    props = {"delta.dataSkippingStatsColumns": "partition,offset"}
+    schema = spark.createDataFrame([], "partition INT, offset BIGINT, value STRING")
+
+    def state(path):
+        config = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{path}`").collect()}
+        return config.get("delta.dataSkippingStatsColumns"), len(tables.operations(spark, path))
+
+    new, old = str(tmp_path / "new"), str(tmp_path / "old")
+    tables.ensure_table(spark, new, schema, properties=props)
+    assert state(new) == ("partition,offset", 1)
+    tables.ensure_table(spark, old, schema)
+    assert state(old) == (None, 1)
+    tables.ensure_table(spark, old, schema, properties=props)
+    assert state(old) == ("partition,offset", 2)
+    tables.ensure_table(spark, old, schema, properties=props)
+    assert state(old) == ("partition,offset", 2)
+    spark.createDataFrame([(0, 5, "x"), (1, 7, "y")], schema.schema).write.format("delta").mode("append").save(old)
+    stats = [json.loads(r.stats) for r in spark.read.json(f"{old}/_delta_log/*.json").where("add IS NOT NULL")
+             .select("add.stats").collect()]
+    assert stats and all(set(s["minValues"]) == {"partition", "offset"} for s in stats)
+
+
 def test_the_log_look_ups_without_describe_agree_with_describe_history_and_detail(spark, tmp_path, monkeypatch):
     """``tables.num_files`` (the snapshot's checksum) and ``tables.operations`` (the commit files of a
     short log) give what DESCRIBE DETAIL and DESCRIBE HISTORY give, at every step of a table's life,
