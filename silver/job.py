@@ -50,6 +50,17 @@ NOT_NULL = {
     "quarantine": ("reason", "target_table") + COORD_NOT_NULL,
     "late_records": ("event_time", "target_table") + COORD_NOT_NULL,
 }
+# Per-file statistics only on the columns readers filter a source's table by (event time, the
+# business keys, the Kafka coordinates `lakehouse trace` looks up): Delta computes them in every
+# write task, and on every column they were ~20 % of an append's CPU (bench/README.md, 2026-12-07,
+# session 39). The side tables (quarantine, late_records, rule_outcomes: a file of a few rows per
+# batch) keep Delta's default.
+STATS_COLUMNS = {
+    "orders": ("order_id", "customer_id", "event_time", "partition", "offset"),
+    "order_items": ("order_id", "customer_id", "event_time", "product_id", "partition", "offset"),
+    "logs": ("event_time", "level", "module", "partition", "offset"),
+    "metrics": ("event_time", "host", "partition", "offset"),
+}
 RULE_OUTCOMES_SCHEMA = StructType([
     StructField("query", StringType(), False), StructField("batch_id", LongType(), False),
     StructField("table", StringType(), False), StructField("rule", StringType(), False),
@@ -100,8 +111,14 @@ def ensure_tables(spark, settings: Settings, flow) -> None:
     paths = flow.sink_paths(settings)
     if set(paths) != {f"silver.{t}" for t in tables}:
         raise ValueError(f"silver writes {sorted(tables)}, its flow declares {sorted(paths)}")
-    ensure_all(spark, [(paths[f"silver.{table}"], df, {"not_null": NOT_NULL.get(table, ()), "checks": _checks(table)})
+    ensure_all(spark, [(paths[f"silver.{table}"], df, {"not_null": NOT_NULL.get(table, ()), "checks": _checks(table),
+                                                         "properties": _properties(table)})
                        for table, df in tables.items()])
+
+
+def _properties(table: str) -> dict[str, str]:
+    stats = STATS_COLUMNS.get(table)
+    return {"delta.dataSkippingStatsColumns": ",".join(stats)} if stats else {}
 
 
 DROPPED_BY = "silver (event-time watermark of its source)"

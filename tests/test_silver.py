@@ -33,8 +33,11 @@ def test_silver_matches_ledger(spark, lake, tmp_path):
     run(("bronze", "silver"), lake, "availableNow", spark=spark)
     check_silver_against_ledger(spark, lake, ledger)
     # constraints from the rule declaration are on the tables
-    props = {r.key for r in spark.sql(f"SHOW TBLPROPERTIES delta.`{lake.table_path('silver', 'order_items')}`").collect()}
-    assert {"delta.constraints.quantity_not_positive", "delta.constraints.subtotal_mismatch"} <= props
+    props = {r.key: r.value for r in
+             spark.sql(f"SHOW TBLPROPERTIES delta.`{lake.table_path('silver', 'order_items')}`").collect()}
+    assert {"delta.constraints.quantity_not_positive", "delta.constraints.subtotal_mismatch"} <= set(props)
+    # per-file statistics on the columns readers filter by (silver.job.STATS_COLUMNS)
+    assert props["delta.dataSkippingStatsColumns"] == "order_id,customer_id,event_time,product_id,partition,offset"
     # ... and enforced: a row breaking one is refused, the table unchanged
     from pyspark.sql import functions as F
 
