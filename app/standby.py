@@ -39,7 +39,9 @@ log = logging.getLogger("lakehouse.standby")
 WARM_NICE = 10          # the warm-up's CPU priority (the active driver keeps 0)
 WARM_RECORDS = 400      # generated records per topic per round
 WARM_ROUNDS = 2
-ROUND_GAP = timedelta(minutes=15)  # event time between two rounds: more than any watermark's delay
+# event time between two rounds: more than the default watermark delays (5 minutes at most), so the
+# second round closes the first's KPI windows (with longer delays it only leaves them open)
+ROUND_GAP = timedelta(minutes=15)
 
 
 def lower_priority() -> tuple[int, int | None]:
