@@ -21,14 +21,14 @@ from common import streams
 from common.batches import BatchContext, run_parallel
 from common.streams import QuerySpec
 from common.settings import Settings
-from common.tables import ensure_all, has_data, is_delta_table
+from common.tables import ensure_all, has_data, is_delta_table, statistics_on
 
 NOT_NULL = ("topic", "partition", "offset")
 # Per-file statistics (min/max, null counts) only on the Kafka coordinates, the columns anything
 # filters bronze by (`lakehouse trace kafka`, `replay`): Delta computes them in every write task,
 # and on all of bronze's columns they were ~20 % of a small append's CPU (bench/README.md,
 # 2026-12-07, session 39)
-PROPERTIES = {"delta.dataSkippingStatsColumns": "partition,offset"}
+STATS_COLUMNS = ("partition", "offset")
 log = logging.getLogger("lakehouse.bronze")
 
 
@@ -40,7 +40,7 @@ def table_paths(settings: Settings) -> dict[str, str]:
 def ensure_tables(spark, settings: Settings, flow) -> None:
     """Create the bronze tables (``flow``'s sinks) up front, so silver can start streaming from them at once."""
     empty = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
-    options = {"partition_by": PARTITION_COLUMNS, "not_null": NOT_NULL, "properties": PROPERTIES}
+    options = {"partition_by": PARTITION_COLUMNS, "not_null": NOT_NULL, "properties": statistics_on(STATS_COLUMNS)}
     ensure_all(spark, [(path, empty, options) for path in flow.sink_paths(settings).values()])
 
 

@@ -35,7 +35,7 @@ from common.batches import BatchContext, computed_once, run_parallel
 from common.errors import SchemaDriftError, StreamFailedError
 from common.settings import Settings, interval_seconds
 from common.streams import QuerySpec
-from common.tables import ensure_all, require_table
+from common.tables import ensure_all, require_table, statistics_on
 from silver import transforms as T
 from silver.rules import rules_for
 from silver.watermarks import EventClock, describe
@@ -117,8 +117,7 @@ def ensure_tables(spark, settings: Settings, flow) -> None:
 
 
 def _properties(table: str) -> dict[str, str]:
-    stats = STATS_COLUMNS.get(table)
-    return {"delta.dataSkippingStatsColumns": ",".join(stats)} if stats else {}
+    return statistics_on(STATS_COLUMNS[table]) if table in STATS_COLUMNS else {}
 
 
 DROPPED_BY = "silver (event-time watermark of its source)"

@@ -39,7 +39,7 @@ def test_bronze_exactly_once_across_runs(spark, lake, tmp_path):
     orders = lake.table_path('bronze', lake.bronze_table_for(lake.topic_orders))
     detail = spark.sql(f"DESCRIBE DETAIL delta.`{orders}`")
     assert detail.collect()[0].partitionColumns == ["ingest_date"]
-    # per-file statistics on the Kafka coordinates only (bronze.job.PROPERTIES)
+    # per-file statistics on the Kafka coordinates only (bronze.job.STATS_COLUMNS)
     assert detail.collect()[0].properties.get("delta.dataSkippingStatsColumns") == "partition,offset"
 
     ledger = produce_to(lake, ledger_path, 100)
