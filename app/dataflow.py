@@ -3,8 +3,9 @@ and the stage function that builds it (``Flow.build``).
 
 This is the one place that says which queries exist. ``lakehouse run`` starts them, ``lakehouse
 plan`` prints them, the checkpoint guards read their signatures, the bench and the tests name
-them from here. The runner hands each stage's ``start`` (``bronze/job.py`` ...) the run (``common.run``) and its
-flows; the stage supplies, per query, the DataFrame and the ``foreachBatch`` function, and writes
+them from here. The runner hands each stage's ``queries`` (``bronze/job.py`` ...) the run (``common.run``) and its
+flows; the stage supplies, per query, the DataFrame and the ``foreachBatch`` function (a
+``streams.QuerySpec``; the runner starts them), and writes
 exactly the flow's declared sinks (``batches.BatchContext`` refuses any other table); it never
 invents a query name, a table or a checkpoint path. Each stage logs its batches to its own event
 log table (``Flow.event_log``); the customer dimension is the one table a command writes
@@ -48,7 +49,7 @@ from gold.transforms import SOURCES as GOLD_SOURCES
 def _bronze(s: Settings) -> tuple[Flow, ...]:
     return (Flow("bronze", "bronze", tuple(Topic(t) for t in s.source_topics),
                  tuple(Table("bronze", s.bronze_table_for(t)) for t in s.source_topics),
-                 s.checkpoint_path("bronze", "kafka"), (("topics", s.source_topics),), build=bronze.job.start),)
+                 s.checkpoint_path("bronze", "kafka"), (("topics", s.source_topics),), build=bronze.job.queries),)
 
 
 def _silver(s: Settings) -> tuple[Flow, ...]:
@@ -60,7 +61,7 @@ def _silver(s: Settings) -> tuple[Flow, ...]:
                       (f"watermark_{kind}", s.source(kind).watermark)]
     return (Flow("silver", "silver", tuple(Table("bronze", s.source(k).bronze_table) for k in SILVER_KINDS),
                  tuple(Table("silver", t) for t in silver.job.TABLES),
-                 s.checkpoint_path("silver", "bronze"), tuple(signature), stateful=True, build=silver.job.start),)
+                 s.checkpoint_path("silver", "bronze"), tuple(signature), stateful=True, build=silver.job.queries),)
 
 
 def _gold(s: Settings) -> tuple[Flow, ...]:
@@ -70,10 +71,10 @@ def _gold(s: Settings) -> tuple[Flow, ...]:
     signature += (("kpi_tables", "final"),)
     return (Flow("gold_orders", "gold", (Table("silver", "orders"),),
                  (Table("gold", "orders_enriched"), Topic(s.topic_enriched)),
-                 s.checkpoint_path("gold", "orders"), lookups=(CUSTOMERS,), build=gold.job.start),
+                 s.checkpoint_path("gold", "orders"), lookups=(CUSTOMERS,), build=gold.job.queries),
             Flow("gold_kpis", "gold", tuple(Table("silver", t) for t in GOLD_SOURCES),
                  tuple(Table("gold", n) for k in KPIS for n in (k.name, k.name + OPEN_SUFFIX)),
-                 s.checkpoint_path("gold", "kpis"), signature, trigger=s.kpi_trigger, build=gold.job.start))
+                 s.checkpoint_path("gold", "kpis"), signature, trigger=s.kpi_trigger, build=gold.job.queries))
 
 
 # Tables no streaming query writes: the customer dimension, loaded by `lakehouse customers load`

@@ -12,7 +12,12 @@ ones (issue 38: ~60 s of an 82 s recovery). A standby pays all of that before it
    the KPIs' windows, open and closed, Delta and delta-rs commits; gold_orders builds its Kafka
    payload but sends nothing), twice, the second round's event times 15 minutes after the first's
    so that it closes the first round's windows;
-3. it waits for the ownership of its stages (``common.ownership``), polling the records a few
+3. it builds its stages' queries on the real lake, changing nothing (``app.runner.prepare``: the
+   DataFrames, the tables' checks, each ``foreachBatch`` function), so that the takeover only
+   starts them; a stage whose tables are not ready or whose checkpoint is new is built at the
+   takeover, as is silver if the watermark its checkpoint restores has moved on in a way its dedup
+   clocks would feel (``silver.job``);
+4. it waits for the ownership of its stages (``common.ownership``), polling the records a few
    times a second: the moment the active driver's process is gone (same host) or its heartbeat
    has expired (another host, a paused process), it takes every stage over and the run starts
    its queries from their checkpoints, with the same guarantees as any restart.
@@ -64,14 +69,17 @@ def lower_priority() -> tuple[int, int | None]:
     return before, group
 
 
-def stand_by(spark, settings: Settings, stages, owner: Ownership, priority: tuple) -> None:
-    """Warm ``spark``'s JVM up, then wait until ``owner`` holds every stage (returns then), and
-    give the process and its JVM back their ``priority`` (``lower_priority``)."""
+def stand_by(spark, settings: Settings, stages, owner: Ownership, priority: tuple, ready=None) -> None:
+    """Warm ``spark``'s JVM up, call ``ready()`` (the run builds its queries: ``app.runner.prepare``),
+    then wait until ``owner`` holds every stage (returns then), and give the process and its JVM
+    back their ``priority`` (``lower_priority``)."""
     t0 = time.monotonic()
     try:
         warm_up(spark, settings, stages)
     except Exception as e:  # noqa: BLE001 - a cold standby still takes over
         log.warning("standby: the warm-up failed (%s); waiting cold", str(e).splitlines()[0][:200])
+    if ready is not None:
+        ready()
     warm_s = time.monotonic() - t0
     print(f"  standby for {', '.join(stages)}: warm in {warm_s:.0f} s, waiting to take over", file=sys.stderr, flush=True)
     last = [0.0]

@@ -37,11 +37,12 @@ def table_paths(settings: Settings) -> dict[str, str]:
     return {t: settings.table_path("bronze", settings.bronze_table_for(t)) for t in settings.source_topics}
 
 
-def ensure_tables(spark, settings: Settings, flow) -> None:
-    """Create the bronze tables (``flow``'s sinks) up front, so silver can start streaming from them at once."""
+def ensure_tables(spark, settings: Settings, flow, write: bool = True) -> None:
+    """Create the bronze tables (``flow``'s sinks) up front, so silver can start streaming from them
+    at once (``write=False``: only check them, ``tables.ensure_table``)."""
     empty = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
     options = {"partition_by": PARTITION_COLUMNS, "not_null": NOT_NULL, "properties": statistics_on(STATS_COLUMNS)}
-    ensure_all(spark, [(path, empty, options) for path in flow.sink_paths(settings).values()])
+    ensure_all(spark, [(path, empty, options) for path in flow.sink_paths(settings).values()], write=write)
 
 
 def resume_offsets(spark, settings: Settings) -> str | None:
@@ -169,14 +170,14 @@ def _writer(ctx: BatchContext):
     return write
 
 
-def start(run, flows) -> list:
-    """Start bronze's query (``flows``: its one flow of the graph, ``app.dataflow``) in ``run``
-    (``common.run.RunContext``)."""
+def queries(run, flows) -> list[QuerySpec]:
+    """Bronze's query (``flows``: its one flow of the graph, ``app.dataflow``) in ``run``
+    (``common.run.RunContext``), for the runner to start."""
     (flow,) = flows
     spark, settings = run.spark, run.settings
     starting = None
     if run.delta:
-        ensure_tables(spark, settings, flow)
+        ensure_tables(spark, settings, flow, write=not run.preparing)
         from common.checkpoints import is_new
 
         if is_new(spark, flow.checkpoint):
@@ -188,6 +189,5 @@ def start(run, flows) -> list:
                 warn_if_records_gone(settings)
     source = streams.read_kafka(spark, settings, flow.topics_read, starting_offsets=starting)
     if not run.delta:
-        return streams.start_all(run, [QuerySpec.of(flow, to_bronze(source), run.options)])
-    return streams.start_all(run, [QuerySpec.of(flow, to_bronze(source), run.options,
-                                                foreach_batch=_writer(BatchContext.of(run, flow)))])
+        return [QuerySpec.of(flow, to_bronze(source), run.options)]
+    return [QuerySpec.of(flow, to_bronze(source), run.options, foreach_batch=_writer(BatchContext.of(run, flow)))]

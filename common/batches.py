@@ -27,7 +27,7 @@ class BatchContext:
     id, so its batch 0 is never mistaken for a replay of the old checkpoint's batch 0; and a run
     that started on a new checkpoint has nothing to look up (no commit carries the new id yet),
     which spares a new lake's first batch one history read and one state reconstruction per table.
-    Make one per query run (``of``, in the stage's ``start``). This relies on one running copy per
+    Make one per query run (``of``, in the stage's ``queries``). This relies on one running copy per
     stage (its ownership, ``common.ownership``, fenced before every commit): two live copies would
     each append every batch. Every ``compact_every`` commits to a table (LAKEHOUSE_COMPACT_EVERY), the run's
     compactor compacts it (``tables.Compactor``).

@@ -66,8 +66,9 @@ class Flow:
     stateful: bool = False
     lookups: tuple[Table, ...] = ()  # tables read whole at every micro-batch (a stream-static join)
     trigger: str | None = None   # its own live trigger; None: the run's (a one-shot run drains every query)
-    # the stage's function that starts its queries: build(run, flows) -> [query] (one call per
-    # stage, with all of the stage's flows: gold's two queries share their sources)
+    # the stage's function that builds its queries: build(run, flows) -> [streams.QuerySpec], which
+    # the runner starts (one call per stage, with all of the stage's flows: gold's two queries share
+    # their sources)
     build: Callable | None = field(default=None, compare=False, repr=False)
 
     @property

@@ -1,5 +1,5 @@
 """One run of the pipeline: what lives as long as it, made by the runner and handed to each
-stage's ``start`` (``RunContext``), instead of module globals or attributes on the Spark session.
+stage's ``queries`` (``RunContext``), instead of module globals or attributes on the Spark session.
 
 * the session, the settings and the run's options (trigger, sink);
 * the stages the run owns (``ownership.Ownership``: one process per stage, fenced commits), given
@@ -35,6 +35,9 @@ class RunContext:
     listener: ProgressLogger | None = None   # None: batches' own counts go nowhere
     events: EventLog | None = None           # None: no event log (``--sink console``, a test's writer)
     closers: list = field(default_factory=list)  # ``on_close``: called when the run ends, last first
+    # a standby building its stages' queries before it owns them (``app.runner.prepare``): a stage
+    # then changes nothing (``tables.ensure_table(write=False)``) and says what is not ready
+    preparing: bool = False
 
     def __post_init__(self):
         self.compactor.fence = self.fence

@@ -193,6 +193,9 @@ class QuerySpec:
     output_mode: str = "append"
     stateful: bool = False
     signature: dict | None = None  # the settings its state depends on (``checkpoints.check_signature``)
+    # a query a standby built before the takeover (``RunContext.preparing``): True when what it was
+    # built from has changed since, and it must be built again (None: nothing it read can change)
+    stale: Callable[[], bool] | None = None
 
     @classmethod
     def of(cls, flow, df, options: StreamOptions, foreach_batch: Callable | None = None) -> "QuerySpec":

@@ -20,20 +20,28 @@ def is_delta_table(spark, path: str) -> bool:
     return DeltaTable.isDeltaTable(spark, path)
 
 
+class NotReady(Exception):
+    """A table is not yet as its writer needs it, and the caller may not change it (``ensure_table``
+    with ``write=False``: a standby building its queries before it owns their stage)."""
+
+
 def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
                  not_null: Iterable[str] = (), checks: dict[str, str] | None = None,
-                 properties: dict[str, str] | None = None) -> None:
+                 properties: dict[str, str] | None = None, write: bool = True) -> None:
     """Create the Delta table at ``path`` with ``empty_df``'s schema (``not_null`` columns declared
     NOT NULL) if it does not exist yet; add the columns a table written by an earlier version
     lacks (nullable: its old rows read them as null); then make sure its CHECK constraints and its
     table ``properties`` are in place. A new table gets its constraints and properties in its
     creating commit (Delta keeps a CHECK constraint as the table property
-    ``delta.constraints.<name>``, as ``ADD CONSTRAINT`` does): one commit, not one per constraint."""
+    ``delta.constraints.<name>``, as ``ADD CONSTRAINT`` does): one commit, not one per constraint.
+    ``write=False``: change nothing, raise ``NotReady`` where a change would be needed."""
     from delta.tables import DeltaTable
     from pyspark.sql.types import StructField, StructType
 
     current = snapshot(spark, path)  # one listing of its log: does it exist, its columns, its constraints
     if current.version() < 0:
+        if not write:
+            raise NotReady(f"{path} does not exist yet")
         required = set(not_null)
         schema = StructType([StructField(f.name, f.dataType, f.nullable and f.name not in required)
                              for f in empty_df.schema.fields])
@@ -53,14 +61,16 @@ def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
                 raise SetupError(f"cannot create Delta table {path}: {short_error(e)}") from None
     have = set(current.schema().fieldNames())
     new = [f for f in empty_df.schema.fields if f.name not in have]
+    config = _configuration(spark, current) if checks or properties else {}
+    missing = [name for name in (checks or {}) if f"delta.constraints.{name.lower()}" not in config]
+    changed = {k: v for k, v in (properties or {}).items() if config.get(k) != v}
+    if not write and (new or missing or changed):
+        raise NotReady(f"{path} lacks {', '.join([f.name for f in new] + missing + list(changed))}")
     if new:
         spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS ("
                   + ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in new) + ")")
-    config = _configuration(spark, current) if checks or properties else {}
-    for name, predicate in (checks or {}).items():
-        if f"delta.constraints.{name.lower()}" not in config:
-            spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({predicate})")
-    changed = {k: v for k, v in (properties or {}).items() if config.get(k) != v}
+    for name in missing:
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD CONSTRAINT {name} CHECK ({checks[name]})")
     if changed:  # a table made by an earlier version: one commit, once
         spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ("
                   + ", ".join(f"'{k}' = '{v}'" for k, v in changed.items()) + ")")
@@ -73,13 +83,14 @@ def statistics_on(columns: Iterable[str]) -> dict[str, str]:
     return {"delta.dataSkippingStatsColumns": ",".join(columns)}
 
 
-def ensure_all(spark, specs) -> None:
+def ensure_all(spark, specs, write: bool = True) -> None:
     """``ensure_table`` for each ``(path, empty_df, options)`` of ``specs``, side by side: each is a
     few MinIO round trips and one small commit, so a stage's dozen tables on a new lake take about
     the time of the slowest instead of the sum (gold's 14: 3.5 s one after the other here)."""
     from common.batches import run_parallel
 
-    run_parallel([lambda p=path, df=df, kw=options: ensure_table(spark, p, df, **kw) for path, df, options in specs])
+    run_parallel([lambda p=path, df=df, kw=options: ensure_table(spark, p, df, write=write, **kw)
+                  for path, df, options in specs])
 
 
 def _configuration(spark, current) -> dict[str, str]:

@@ -44,7 +44,7 @@ from common.batches import BatchContext, run_parallel
 from silver.customers import CUSTOMERS_SCHEMA
 from common.settings import Settings
 from common.streams import QuerySpec
-from common.tables import ensure_all, is_delta_table, require_table
+from common.tables import NotReady, ensure_all, is_delta_table, require_table
 from gold.publish import Publisher
 from gold.transforms import KPIS, OPEN_SUFFIX, SOURCES, enrich_orders, enriched_payload
 from gold.windows import SilverWatermarks
@@ -62,8 +62,9 @@ def _silver(spark, settings: Settings, table: str, stream: bool = False):
     return streams.read_delta(spark, settings, path) if stream else spark.read.format("delta").load(path)
 
 
-def ensure_tables(spark, settings: Settings, orders, kpis) -> None:
-    """Create the tables of gold's two flows (``orders``, ``kpis``: their sinks, nothing else)."""
+def ensure_tables(spark, settings: Settings, orders, kpis, write: bool = True) -> None:
+    """Create the tables of gold's two flows (``orders``, ``kpis``: their sinks, nothing else);
+    ``write=False``: only check them (``tables.ensure_table``)."""
     made = {}
     for kpi in KPIS:
         empty = kpi.aggregate(_silver(spark, settings, kpi.source).limit(0), settings)
@@ -74,7 +75,8 @@ def ensure_tables(spark, settings: Settings, orders, kpis) -> None:
     paths = {**orders.sink_paths(settings), **kpis.sink_paths(settings)}
     if set(paths) != set(made):
         raise ValueError(f"gold writes {sorted(made)}, its flows declare {sorted(paths)}")
-    ensure_all(spark, [(paths[table], empty, {"not_null": keys}) for table, (empty, keys) in made.items()])
+    ensure_all(spark, [(paths[table], empty, {"not_null": keys}) for table, (empty, keys) in made.items()],
+               write=write)
 
 
 class _Customers:
@@ -195,9 +197,9 @@ def _kpis_writer(ctx: BatchContext, columns: dict[str, list[str]], clock: Silver
     return write
 
 
-def start(run, flows) -> list:
-    """Start gold's queries (``flows``: gold_orders and gold_kpis of the graph, ``app.dataflow``) in
-    ``run`` (``common.run.RunContext``)."""
+def queries(run, flows) -> list[QuerySpec]:
+    """Gold's queries (``flows``: gold_orders and gold_kpis of the graph, ``app.dataflow``) in
+    ``run`` (``common.run.RunContext``), for the runner to start."""
     from functools import reduce
 
     from common.checkpoints import check_not_orphaned
@@ -205,23 +207,23 @@ def start(run, flows) -> list:
     spark, settings = run.spark, run.settings
     named = {f.name: f for f in flows}
     orders, kpis = named["gold_orders"], named["gold_kpis"]
+    if run.preparing and any(src.evolution == "addNewColumns" for src in settings.sources):
+        raise NotReady("a source set to addNewColumns: silver's columns are read at the start")
     if run.delta:
         # before the tables are created: on a new lake there is then nothing to look into
         for flow in (orders, kpis):
             check_not_orphaned(spark, flow.checkpoint, flow.name, flow.sink_paths(settings), "gold")
-        ensure_tables(spark, settings, orders, kpis)
+        ensure_tables(spark, settings, orders, kpis, write=not run.preparing)
     sources = {t: _silver(spark, settings, t, stream=True) for t in SOURCES}
     if not run.delta:
-        return streams.start_all(run, [
-            QuerySpec(kpi.aggregate(sources[kpi.source].withWatermark("event_time", "0 seconds"), settings),
-                      f"gold_{kpi.name}", "", run.options, output_mode="update") for kpi in KPIS])
+        return [QuerySpec(kpi.aggregate(sources[kpi.source].withWatermark("event_time", "0 seconds"), settings),
+                          f"gold_{kpi.name}", "", run.options, output_mode="update") for kpi in KPIS]
     (customers,) = orders.lookups
     columns = {t: df.columns for t, df in sources.items()}  # each source's own columns, out of the union
     union = reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True),
                    [df.withColumn("source", F.lit(t)) for t, df in sources.items()])
     clock = SilverWatermarks(spark, kpis.checkpoint, {t: settings.table_path("silver", t) for t in SOURCES})
-    return streams.start_all(run, [
-        QuerySpec.of(orders, sources["orders"], run.options,
-                     foreach_batch=_orders_writer(BatchContext.of(run, orders), _Customers(settings, customers))),
-        QuerySpec.of(kpis, union, run.options,
-                     foreach_batch=_kpis_writer(BatchContext.of(run, kpis), columns, clock))])
+    return [QuerySpec.of(orders, sources["orders"], run.options,
+                         foreach_batch=_orders_writer(BatchContext.of(run, orders), _Customers(settings, customers))),
+            QuerySpec.of(kpis, union, run.options,
+                         foreach_batch=_kpis_writer(BatchContext.of(run, kpis), columns, clock))]

@@ -21,6 +21,7 @@ bronze = silver + quarantine + dropped + late + duplicates (``route:*`` counts i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -35,7 +36,7 @@ from common.batches import BatchContext, computed_once, run_parallel
 from common.errors import SchemaDriftError, StreamFailedError
 from common.settings import Settings, interval_seconds
 from common.streams import QuerySpec
-from common.tables import ensure_all, require_table, statistics_on
+from common.tables import NotReady, ensure_all, require_table, statistics_on
 from silver import transforms as T
 from silver.rules import rules_for
 from silver.watermarks import EventClock, describe
@@ -98,9 +99,9 @@ def _checks(table: str) -> dict[str, str]:
 TABLES = ("orders", "order_items", "logs", "metrics", "quarantine", "late_records", "rule_outcomes")
 
 
-def ensure_tables(spark, settings: Settings, flow) -> None:
+def ensure_tables(spark, settings: Settings, flow, write: bool = True) -> None:
     """Create every silver table (``flow``'s sinks) with its NOT NULL keys and CHECK constraints
-    (from silver.rules)."""
+    (from silver.rules); ``write=False``: only check them (``tables.ensure_table``)."""
     empty_bronze = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
     tables: dict = {}
     for kind in pipeline.SILVER_KINDS:  # quarantine and late_records: one schema for every source
@@ -113,7 +114,7 @@ def ensure_tables(spark, settings: Settings, flow) -> None:
         raise ValueError(f"silver writes {sorted(tables)}, its flow declares {sorted(paths)}")
     ensure_all(spark, [(paths[f"silver.{table}"], df, {"not_null": NOT_NULL.get(table, ()), "checks": _checks(table),
                                                          "properties": _properties(table)})
-                       for table, df in tables.items()])
+                       for table, df in tables.items()], write=write)
 
 
 def _properties(table: str) -> dict[str, str]:
@@ -307,17 +308,19 @@ def classified_stream(spark, settings: Settings, kind: str, bronze, new_checkpoi
     return T.dedupe(classified, kind, src.watermark, settings.dedup_horizon, restored_ms).withColumn("kind", F.lit(kind))
 
 
-def start(run, flows) -> list:
-    """Start silver's query (``flows``: its one flow of the graph, ``app.dataflow``) in ``run``
-    (``common.run.RunContext``)."""
+def queries(run, flows) -> list[QuerySpec]:
+    """Silver's query (``flows``: its one flow of the graph, ``app.dataflow``) in ``run``
+    (``common.run.RunContext``), for the runner to start."""
     from common.checkpoints import check_not_orphaned, is_new, restored_watermark_ms
 
     (flow,) = flows
     spark, settings = run.spark, run.settings
+    if run.preparing and any(src.evolution == "addNewColumns" for src in settings.sources):
+        raise NotReady("a source set to addNewColumns: the tables' columns are read at the start")
     if run.delta:
         # before the tables are created: on a new lake there is then nothing to look into
         check_not_orphaned(spark, flow.checkpoint, flow.name, flow.sink_paths(settings), "silver")
-        ensure_tables(spark, settings, flow)
+        ensure_tables(spark, settings, flow, write=not run.preparing)
     new_checkpoint = run.delta and is_new(spark, flow.checkpoint)
     restored = restored_watermark_ms(spark, flow.checkpoint) if run.delta and not new_checkpoint else 0
     bronze = dict(zip(pipeline.SILVER_KINDS, flow.sources))  # the flow reads one bronze table per source
@@ -325,6 +328,22 @@ def start(run, flows) -> list:
                     [classified_stream(spark, settings, kind, bronze[kind], new_checkpoint, restored)
                      for kind in pipeline.SILVER_KINDS])
     if not run.delta:
-        return streams.start_all(run, [QuerySpec(stream.drop("value", "key"), flow.name, "", run.options)])
-    return streams.start_all(run, [QuerySpec.of(flow, stream, run.options,
-                                                foreach_batch=_batch_writer(BatchContext.of(run, flow)))])
+        return [QuerySpec(stream.drop("value", "key"), flow.name, "", run.options)]
+    spec = QuerySpec.of(flow, stream, run.options, foreach_batch=_batch_writer(BatchContext.of(run, flow)))
+    if run.preparing:
+        spec = dataclasses.replace(spec, stale=lambda: _restored_watermark_binds(spark, settings, flow, restored))
+    return [spec]
+
+
+def _restored_watermark_binds(spark, settings: Settings, flow, built_with: int) -> bool:
+    """Silver built before a takeover with the watermark its checkpoint then held (``built_with``):
+    the dedup clocks are held at or above the watermark Spark restores (``transforms.dedupe``), so
+    the query must be built again if that watermark has moved since and still binds a clock (a
+    clock runs at most ``transforms.clock_behind`` behind the time of the batch)."""
+    import time
+
+    from common.checkpoints import restored_watermark_ms
+
+    now = restored_watermark_ms(spark, flow.checkpoint)
+    behind = max(T.clock_behind(src.watermark, settings.dedup_horizon) for src in settings.sources)
+    return now != built_with and now >= time.time() * 1000 - behind * 1000

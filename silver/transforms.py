@@ -261,6 +261,11 @@ def dedup_columns(kind: str) -> tuple[str, ...]:
     return KINDS[kind].key
 
 
+def clock_behind(delay: str, horizon: str | None) -> int:
+    """Seconds a source's dedup clock runs behind the batch's time (``dedupe``)."""
+    return int(interval_seconds(horizon or delay) - interval_seconds(delay))
+
+
 def dedupe(classified: DataFrame, kind: str, delay: str, horizon: str | None = None,
            restored_ms: int = 0) -> DataFrame:
     """Drop duplicate valid records (same natural key) that reach silver within 2 x ``delay`` of
@@ -293,7 +298,7 @@ def dedupe(classified: DataFrame, kind: str, delay: str, horizon: str | None = N
     valid = F.col("route") == "valid"
     natural = F.concat_ws("\u0001", *[F.col(k).cast("string") for k in key])
     coords = F.concat_ws(":", F.lit("coord"), "topic", "partition", "offset")
-    behind = int(interval_seconds(horizon or delay) - interval_seconds(delay))
+    behind = clock_behind(delay, horizon)
     if behind < 0:
         raise ValueError(f"dedup horizon {horizon!r} is shorter than the delay {delay!r} of {kind}")
     clock = F.current_timestamp() - F.make_dt_interval(secs=F.lit(behind))

@@ -34,3 +34,76 @@ def test_the_warm_up_runs_silver_and_gold_on_a_scratch_lake_and_writes_nothing_r
     assert read_topic(lake, lake.topic_enriched, committed=False) == []
     fs = Fs(spark)
     assert not any(fs.has_children(lake.zone_root(layer)) for layer in ("bronze", "silver", "gold", "ops"))
+
+
+def test_a_standby_builds_its_queries_before_the_takeover_and_writes_nothing_until_then(lake, spark, tmp_path):
+    """``app.runner.prepare`` (what ``run all --standby`` does once warm): each stage's queries are
+    built on the real lake while another driver owns it, changing nothing (no table, no checkpoint,
+    no commit); a stage whose tables are not ready, or whose checkpoint is new, is left to the
+    takeover. Started at the takeover, the prepared queries carry on exactly where the checkpoints
+    left off: the pipeline equals the ledger."""
+    from app import dataflow
+    from app.runner import _start_stage, prepare
+    from common import streams
+    from common.fs import Fs
+    from common.run import RunContext
+    from common.tables import snapshot
+    from silver import customers
+    from silver.job import _restored_watermark_binds
+    from tests.checks import check_pipeline
+    from tests.helpers import produce_to, read_ledger
+
+    stages = ("bronze", "silver", "gold")
+    options = streams.StreamOptions.from_args(lake, "availableNow", None)
+    fs = Fs(spark)
+
+    def lake_state() -> dict:
+        """Every table's version and every checkpoint's offsets and commits."""
+        state = {}
+        for f in dataflow.graph(lake):
+            state.update({p: snapshot(spark, p).version() for p in f.sink_paths(lake).values()})
+            state.update({f"{f.checkpoint}/{d}": sorted(fs.list_names(f"{f.checkpoint}/{d}"))
+                          for d in ("offsets", "commits")})
+        return state
+
+    # a new lake: new checkpoints, no tables: nothing is built ahead, nothing is created
+    ctx = RunContext.open(spark, lake, options)
+    try:
+        assert prepare(ctx, stages) == {}
+    finally:
+        ctx.close()
+    assert not any(fs.has_children(lake.zone_root(layer)) for layer in ("bronze", "silver", "gold"))
+
+    ledger_path = tmp_path / "ledger.jsonl"
+    customers.load(spark, lake)
+    produce_to(lake, ledger_path, 80, seed=71, duplicate_pct=10, late_pct=5, malformed_pct=5)
+    from app.runner import run
+    run(stages, lake, "availableNow", spark=spark)  # the active driver's work so far
+    produce_to(lake, ledger_path, 60, seed=72, duplicate_pct=10, late_pct=5, malformed_pct=5)
+    bronze_table = lake.table_path("bronze", lake.bronze_table_for(lake.topic_logs))
+    spark.sql(f"ALTER TABLE delta.`{bronze_table}` UNSET TBLPROPERTIES ('delta.dataSkippingStatsColumns')")
+    before = lake_state()
+
+    ctx = RunContext.open(spark, lake, options)
+    started: list = []
+    try:
+        prepared = prepare(ctx, stages)
+        # bronze's table lacks its property (made by an "earlier version"): left to the takeover
+        assert set(prepared) == {"silver", "gold"}
+        assert {s.name for specs in prepared.values() for s in specs} == {"silver", "gold_orders", "gold_kpis"}
+        assert lake_state() == before  # nothing written while standing by
+        (silver_spec,) = prepared["silver"]
+        # the takeover: bronze built now, silver and gold as prepared
+        for stage in stages:
+            queries = _start_stage(ctx, stage, prepared.get(stage))
+            started += queries
+            streams.await_all(spark, queries)
+            if stage == "silver":  # silver's checkpoint moved on: its watermark does not bind the clocks
+                assert silver_spec.stale() is False
+    finally:
+        ctx.close(started)
+    assert "delta.dataSkippingStatsColumns" in snapshot(spark, bronze_table).metadata().configuration().toString()
+    check_pipeline(spark, lake, read_ledger(ledger_path))
+    # a standby whose delays are longer than the checkpoint's (a longer horizon): silver is built again
+    flow = dataflow.flow(lake, "silver")
+    assert _restored_watermark_binds(spark, lake.with_overrides(watermark_orders="60 minutes"), flow, 0)
