@@ -95,43 +95,80 @@ def guarded(command, verbose: bool) -> int:
         return 1
 
 
-def _start_stage(run: RunContext, stage: str, prepared: list | None = None) -> list:
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """A stage's queries a standby built before it owned the stage (``prepare``), with what they
+    were built from that the active driver's work can change (``_built_from``)."""
+
+    specs: list
+    built_from: tuple
+
+
+def _built_from(run: RunContext, flows) -> tuple:
+    """Each Delta table the flows read, its schema (a column silver added: gold is built again),
+    and each checkpoint's query id."""
+    from common.checkpoints import query_id
+    from common.pipeline import Table
+
+    return (tuple(tables.snapshot(run.spark, src.path(run.settings)).schema().json()
+                  for f in flows for src in f.sources if isinstance(src, Table)),
+            tuple(query_id(run.spark, f.checkpoint) for f in flows))
+
+
+def _still_valid(run: RunContext, flows, prepared: Prepared) -> bool:
+    try:
+        return (_built_from(run, flows) == prepared.built_from
+                and not any(spec.stale is not None and spec.stale() for spec in prepared.specs))
+    except Exception as e:  # noqa: BLE001 - not known to be valid: built again
+        log.warning("standby: could not check the queries built while standing by (%s)", streams.short_error(e))
+        return False
+
+
+def _start_stage(run: RunContext, stage: str, prepared: Prepared | None = None) -> list:
     """Start one stage's queries, ``prepared`` (``prepare``) unless what they were built from has
     changed since; each start line says how long the stage's set-up took."""
     t0 = time.monotonic()
     flows = dataflow.flows(run.settings, stage)
-    if prepared and any(spec.stale is not None and spec.stale() for spec in prepared):
-        log.info("standby: %s's queries built again (their checkpoint moved on since they were built)", stage)
+    if prepared is not None and not _still_valid(run, flows, prepared):
+        log.info("standby: %s's queries built again: what they were built from changed while standing by", stage)
         prepared = None
-    specs = prepared or flows[0].build(run, flows)  # the stage's function, bound by the graph
+    specs = prepared.specs if prepared is not None else flows[0].build(run, flows)  # the stage's function
     run.follow(flows, stage)
     queries = streams.start_all(run, specs)
-    built = ", built while standing by" if prepared else ""
+    built = ", built while standing by" if prepared is not None else ""
     for q in queries:
         print(f"  started {q.name:<34} id={q.id} runId={q.runId} ({time.monotonic() - t0:.1f} s{built})",
               file=sys.stderr, flush=True)
     return queries
 
 
-def prepare(run: RunContext, stages) -> dict[str, list]:
-    """A standby's stages' queries built before it owns them (stage -> ``streams.QuerySpec``), so that
-    the takeover only starts them (building them took 2-7 s of it, on cores the catch-up needs).
-    Nothing is written: a stage whose tables are not ready (``tables.NotReady``) or whose checkpoint
-    is new (both drivers started together: its start offsets come from the tables then) is built at
-    the takeover, as is any stage the preparation fails for."""
+def prepare(run: RunContext, stages) -> dict[str, Prepared]:
+    """A standby's stages' queries built before it owns them, so that the takeover only starts them
+    (building them took 2-7 s of it, on cores the catch-up needs). Nothing is written. Built at the
+    takeover instead: a stage whose tables are not ready (``tables.NotReady``: the takeover creates
+    or alters them), those that read its tables, a stage whose checkpoint is new (both drivers
+    started together: its start offsets come from the tables then), and any stage the preparation
+    fails for; at the takeover, one whose sources' schemas or checkpoint changed since
+    (``_still_valid``)."""
     from common.checkpoints import is_new
 
-    out: dict[str, list] = {}
+    out: dict[str, Prepared] = {}
+    unready: set[str] = set()  # the tables of the stages left to the takeover
     run.preparing = True
     try:
         for stage in stages:
             flows = dataflow.flows(run.settings, stage)
             try:
+                if any(str(src) in unready for f in flows for src in f.sources):
+                    raise tables.NotReady("it reads tables the takeover may change first")
                 if any(is_new(run.spark, f.checkpoint) for f in flows):
                     raise tables.NotReady("a new checkpoint")
-                out[stage] = flows[0].build(run, flows)
+                built_from = _built_from(run, flows)
+                out[stage] = Prepared(flows[0].build(run, flows), built_from)
             except Exception as e:  # noqa: BLE001 - an optimisation: the takeover builds it
-                log.info("standby: %s is built at the takeover (%s)", stage, streams.short_error(e))
+                unready.update(str(t) for f in flows for t in f.tables)
+                (log.info if isinstance(e, tables.NotReady) else log.warning)(
+                    "standby: %s is built at the takeover (%s)", stage, streams.short_error(e))
     finally:
         run.preparing = False
     return out

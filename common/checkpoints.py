@@ -161,6 +161,20 @@ def restored_watermark_ms(spark, checkpoint: str) -> int:
     return max(found)
 
 
+def last_planned_batch_ms(spark, checkpoint: str) -> int | None:
+    """The batch time (epoch ms) of the last micro-batch planned on ``checkpoint`` (``offsets/<n>``;
+    a restart replays an uncommitted one with that same time); None for none or an unreadable file."""
+    fs = Fs(spark)
+    numbers = _batch_numbers(fs, checkpoint, "offsets")
+    if not numbers:
+        return None
+    try:
+        return int(json.loads((fs.read_text(f"{checkpoint}/offsets/{numbers[-1]}") or "").splitlines()[1])
+                   ["batchTimestampMs"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
+
+
 def delete_tree(spark, path: str) -> bool:
     return Fs(spark).delete(path, recursive=True)
 

@@ -338,12 +338,16 @@ def queries(run, flows) -> list[QuerySpec]:
 def _restored_watermark_binds(spark, settings: Settings, flow, built_with: int) -> bool:
     """Silver built before a takeover with the watermark its checkpoint then held (``built_with``):
     the dedup clocks are held at or above the watermark Spark restores (``transforms.dedupe``), so
-    the query must be built again if that watermark has moved since and still binds a clock (a
-    clock runs at most ``transforms.clock_behind`` behind the time of the batch)."""
+    the query must be built again if that watermark has moved since and may bind a clock: a clock
+    runs at most ``transforms.clock_behind`` behind its batch's time, and the first batch after the
+    takeover may be the dead driver's planned one, with its time."""
     import time
 
-    from common.checkpoints import restored_watermark_ms
+    from common.checkpoints import last_planned_batch_ms, restored_watermark_ms
 
     now = restored_watermark_ms(spark, flow.checkpoint)
+    if now == built_with:
+        return False
+    batch_ms = min(time.time() * 1000, last_planned_batch_ms(spark, flow.checkpoint) or float("inf"))
     behind = max(T.clock_behind(src.watermark, settings.dedup_horizon) for src in settings.sources)
-    return now != built_with and now >= time.time() * 1000 - behind * 1000
+    return now >= batch_ms - behind * 1000

@@ -36,14 +36,16 @@ def test_the_warm_up_runs_silver_and_gold_on_a_scratch_lake_and_writes_nothing_r
     assert not any(fs.has_children(lake.zone_root(layer)) for layer in ("bronze", "silver", "gold", "ops"))
 
 
-def test_a_standby_builds_its_queries_before_the_takeover_and_writes_nothing_until_then(lake, spark, tmp_path):
+def test_a_standby_builds_its_queries_before_the_takeover_and_writes_nothing_until_then(lake, spark, tmp_path, capsys):
     """``app.runner.prepare`` (what ``run all --standby`` does once warm): each stage's queries are
     built on the real lake while another driver owns it, changing nothing (no table, no checkpoint,
-    no commit); a stage whose tables are not ready, or whose checkpoint is new, is left to the
-    takeover. Started at the takeover, the prepared queries carry on exactly where the checkpoints
-    left off: the pipeline equals the ledger."""
+    no commit); a stage whose tables are not ready, those reading its tables, and a stage whose
+    checkpoint is new are left to the takeover. Started at the takeover, the prepared queries carry
+    on exactly where the checkpoints left off: the pipeline equals the ledger. A source table whose
+    schema changed since, or a silver checkpoint whose restored watermark would bind its dedup
+    clocks, makes the takeover build them again."""
     from app import dataflow
-    from app.runner import _start_stage, prepare
+    from app.runner import _start_stage, _still_valid, prepare, run
     from common import streams
     from common.fs import Fs
     from common.run import RunContext
@@ -66,44 +68,56 @@ def test_a_standby_builds_its_queries_before_the_takeover_and_writes_nothing_unt
                           for d in ("offsets", "commits")})
         return state
 
+    def prepared_on(settings) -> dict:
+        ctx = RunContext.open(spark, settings, options)
+        try:
+            return prepare(ctx, stages)
+        finally:
+            ctx.close()
+
     # a new lake: new checkpoints, no tables: nothing is built ahead, nothing is created
-    ctx = RunContext.open(spark, lake, options)
-    try:
-        assert prepare(ctx, stages) == {}
-    finally:
-        ctx.close()
+    assert prepared_on(lake) == {}
     assert not any(fs.has_children(lake.zone_root(layer)) for layer in ("bronze", "silver", "gold"))
 
     ledger_path = tmp_path / "ledger.jsonl"
     customers.load(spark, lake)
     produce_to(lake, ledger_path, 80, seed=71, duplicate_pct=10, late_pct=5, malformed_pct=5)
-    from app.runner import run
     run(stages, lake, "availableNow", spark=spark)  # the active driver's work so far
     produce_to(lake, ledger_path, 60, seed=72, duplicate_pct=10, late_pct=5, malformed_pct=5)
+
+    # a bronze table made by an "earlier version" (without its statistics property): bronze is left
+    # to the takeover, which sets it, and so are silver and gold, which read what bronze writes
     bronze_table = lake.table_path("bronze", lake.bronze_table_for(lake.topic_logs))
     spark.sql(f"ALTER TABLE delta.`{bronze_table}` UNSET TBLPROPERTIES ('delta.dataSkippingStatsColumns')")
     before = lake_state()
+    assert prepared_on(lake) == {}
+    assert lake_state() == before
+    spark.sql(f"ALTER TABLE delta.`{bronze_table}` SET TBLPROPERTIES ('delta.dataSkippingStatsColumns' = 'partition,offset')")
 
+    before = lake_state()
+    capsys.readouterr()  # (the first run's start lines)
     ctx = RunContext.open(spark, lake, options)
     started: list = []
     try:
         prepared = prepare(ctx, stages)
-        # bronze's table lacks its property (made by an "earlier version"): left to the takeover
-        assert set(prepared) == {"silver", "gold"}
-        assert {s.name for specs in prepared.values() for s in specs} == {"silver", "gold_orders", "gold_kpis"}
+        assert {s.name for p in prepared.values() for s in p.specs} == {"bronze", "silver", "gold_orders", "gold_kpis"}
         assert lake_state() == before  # nothing written while standing by
-        (silver_spec,) = prepared["silver"]
-        # the takeover: bronze built now, silver and gold as prepared
-        for stage in stages:
-            queries = _start_stage(ctx, stage, prepared.get(stage))
+        for stage in stages:  # the takeover
+            queries = _start_stage(ctx, stage, prepared[stage])
             started += queries
             streams.await_all(spark, queries)
-            if stage == "silver":  # silver's checkpoint moved on: its watermark does not bind the clocks
-                assert silver_spec.stale() is False
     finally:
         ctx.close(started)
-    assert "delta.dataSkippingStatsColumns" in snapshot(spark, bronze_table).metadata().configuration().toString()
+    started_lines = [line for line in capsys.readouterr().err.splitlines() if line.strip().startswith("started ")]
+    assert len(started_lines) == 4 and all("built while standing by" in line for line in started_lines)
     check_pipeline(spark, lake, read_ledger(ledger_path))
-    # a standby whose delays are longer than the checkpoint's (a longer horizon): silver is built again
-    flow = dataflow.flow(lake, "silver")
-    assert _restored_watermark_binds(spark, lake.with_overrides(watermark_orders="60 minutes"), flow, 0)
+
+    # silver's checkpoint moved on since: its watermark does not bind the clocks, still valid ...
+    silver_flows, gold_flows = dataflow.flows(lake, "silver"), dataflow.flows(lake, "gold")
+    assert _still_valid(ctx, silver_flows, prepared["silver"])
+    # ... unless the standby's delays are longer than the checkpoint's (a longer horizon)
+    assert _restored_watermark_binds(spark, lake.with_overrides(watermark_orders="60 minutes"), silver_flows[0], 0)
+    # a column silver added (schema drift) since gold was built: gold is built again
+    assert _still_valid(ctx, gold_flows, prepared["gold"])
+    spark.sql(f"ALTER TABLE delta.`{lake.table_path('silver', 'orders')}` ADD COLUMNS (channel STRING)")
+    assert not _still_valid(ctx, gold_flows, prepared["gold"])
