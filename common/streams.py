@@ -322,15 +322,18 @@ def stop_quietly(query) -> None:
 
 # Delta's streaming source stops a query whose table's schema changed after the query was
 # planned, a column added included ("additive schema changes MUST be taken into account"): a
-# restart plans it again with the new schema and resumes from its checkpoint.
-SCHEMA_CHANGED = "DELTA_SCHEMA_CHANGED"
+# restart plans it again with the new schema and resumes from its checkpoint. A query planned
+# before a change its checkpoint has already read past (a standby's, built before the takeover:
+# ``app.runner.prepare``) fails its first batch with Spark's "Invalid batch: <planned columns> !=
+# <the source's>" assertion instead, before writing anything: the same cure.
+SCHEMA_CHANGED = ("DELTA_SCHEMA_CHANGED", "assertion failed: Invalid batch: ")
 MAX_RESTARTS = 5  # per query and run: a schema change that a restart does not cure fails the run
 
 
 def schema_changed(exc: BaseException) -> bool:
-    """``exc`` is Delta's retryable 'the source table's schema changed' (a restart cures it)."""
+    """``exc`` says the source table's schema changed since the query was planned (a restart cures it)."""
     text = "\n".join(str(x or "") for x in (exc, getattr(exc, "_desc", None), getattr(exc, "_stackTrace", None)))
-    return SCHEMA_CHANGED in text
+    return any(marker in text for marker in SCHEMA_CHANGED)
 
 
 def _await_one(running: list, seconds: float) -> None:

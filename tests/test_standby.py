@@ -41,9 +41,10 @@ def test_a_standby_builds_its_queries_before_the_takeover_and_writes_nothing_unt
     built on the real lake while another driver owns it, changing nothing (no table, no checkpoint,
     no commit); a stage whose tables are not ready, those reading its tables, and a stage whose
     checkpoint is new are left to the takeover. Started at the takeover, the prepared queries carry
-    on exactly where the checkpoints left off: the pipeline equals the ledger. A source table whose
-    schema changed since, or a silver checkpoint whose restored watermark would bind its dedup
-    clocks, makes the takeover build them again."""
+    on exactly where the checkpoints left off: the pipeline equals the ledger. A silver checkpoint
+    whose restored watermark would bind its dedup clocks makes the takeover build silver again; a
+    source table whose schema changed since fails the query's first batch before it writes, in the
+    way the runner restarts (``streams.schema_changed``)."""
     from app import dataflow
     from app.runner import _start_stage, _still_valid, prepare, run
     from common import streams
@@ -113,11 +114,35 @@ def test_a_standby_builds_its_queries_before_the_takeover_and_writes_nothing_unt
     check_pipeline(spark, lake, read_ledger(ledger_path))
 
     # silver's checkpoint moved on since: its watermark does not bind the clocks, still valid ...
-    silver_flows, gold_flows = dataflow.flows(lake, "silver"), dataflow.flows(lake, "gold")
+    silver_flows = dataflow.flows(lake, "silver")
     assert _still_valid(ctx, silver_flows, prepared["silver"])
     # ... unless the standby's delays are longer than the checkpoint's (a longer horizon)
     assert _restored_watermark_binds(spark, lake.with_overrides(watermark_orders="60 minutes"), silver_flows[0], 0)
-    # a column silver added (schema drift) since gold was built: gold is built again
-    assert _still_valid(ctx, gold_flows, prepared["gold"])
+
+    # a column added to silver.orders after gold's queries were built (the active driver's silver,
+    # set to addNewColumns): their first batch fails before writing anything, in the way the
+    # runner restarts a query with the table's new schema; built again, gold carries on
+    ctx = RunContext.open(spark, lake, options)
+    try:
+        stale_gold = prepare(ctx, ("gold",))["gold"]
+    finally:
+        ctx.close()
     spark.sql(f"ALTER TABLE delta.`{lake.table_path('silver', 'orders')}` ADD COLUMNS (channel STRING)")
-    assert not _still_valid(ctx, gold_flows, prepared["gold"])
+    produce_to(lake, ledger_path, 30, seed=73, duplicate_pct=10, late_pct=5, malformed_pct=5)
+    run(("bronze", "silver"), lake, "availableNow", spark=spark)
+    gold_before = {t: snapshot(spark, lake.table_path("gold", t)).version() for t in ("orders_enriched", "product_sales")}
+    ctx = RunContext.open(spark, lake, options)
+    queries = streams.start_all(ctx, stale_gold.specs)
+    try:
+        for q in queries:
+            try:
+                q.awaitTermination()
+            except Exception:  # noqa: BLE001 - read below
+                pass
+    finally:
+        ctx.close(queries)
+    failures = [q.exception() for q in queries if q.exception() is not None]
+    assert failures and all(streams.schema_changed(e) for e in failures), failures
+    assert {t: snapshot(spark, lake.table_path("gold", t)).version() for t in gold_before} == gold_before
+    run(("gold",), lake, "availableNow", spark=spark)
+    check_pipeline(spark, lake, read_ledger(ledger_path))
