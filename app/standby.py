@@ -15,9 +15,9 @@ ones (issue 38: ~60 s of an 82 s recovery). A standby pays all of that before it
 3. it builds its stages' queries on the real lake, changing nothing (``app.runner.prepare``: the
    DataFrames, the tables' checks, each ``foreachBatch`` function), so that the takeover only
    starts them; a stage whose tables are not ready (and the stages reading them) or whose
-   checkpoint is new is built at the takeover, as is one whose source tables' schema or checkpoint
-   changed while it waited, and silver if the watermark its checkpoint restores has moved on in a
-   way its dedup clocks would feel (``silver.job``);
+   checkpoint is new is built at the takeover, as is silver if the watermark its checkpoint
+   restores has moved on in a way its dedup clocks would feel (``silver.job``); a query planned
+   before a source table's schema changed is started again with it (``streams.schema_changed``);
 4. it waits for the ownership of its stages (``common.ownership``), polling the records a few
    times a second: the moment the active driver's process is gone (same host) or its heartbeat
    has expired (another host, a paused process), it takes every stage over and the run starts
