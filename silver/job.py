@@ -348,6 +348,9 @@ def _restored_watermark_binds(spark, settings: Settings, flow, built_with: int) 
     now = restored_watermark_ms(spark, flow.checkpoint)
     if now == built_with:
         return False
-    batch_ms = min(time.time() * 1000, last_planned_batch_ms(spark, flow.checkpoint) or float("inf"))
+    planned = last_planned_batch_ms(spark, flow.checkpoint)
+    if planned is None:  # (unreadable: not known not to bind)
+        return True
+    batch_ms = min(time.time() * 1000, planned)
     behind = max(T.clock_behind(src.watermark, settings.dedup_horizon) for src in settings.sources)
     return now >= batch_ms - behind * 1000
