@@ -41,6 +41,7 @@ class BatchContext:
         self._new = new_checkpoint
         self._last: dict[str, int] = {}  # table -> highest batch id known committed (after the first write)
         self._replaced: dict[str, int] = {}  # table -> commits of this run by ``replace``
+        self._versions: dict[str, int] = {}  # table -> its latest version, as ``read_replaced`` found it
 
     @classmethod
     def of(cls, run, flow) -> "BatchContext":
@@ -80,13 +81,24 @@ class BatchContext:
         app_id = self.app_id(spark, table)
         first = table not in self._last and not self._new
         if first:
-            self._last[table] = last_committed_batch(spark, path, app_id)
+            self._last[table] = last_committed_batch(spark, path, app_id, latest=self._versions.pop(table, None))
         self._last.setdefault(table, -1)
         if batch_id <= self._last[table]:
             log.info("%s batch %d: already in %s (a replay after a restart), skipped", self.flow.name, batch_id,
                      table)
             return None
         return path, app_id, first and self._last[table] < 0
+
+    def read_replaced(self, table: str):
+        """Every row of ``table``, which this query writes with ``replace`` (a ``pyarrow.Table``, read
+        by delta-rs as it was written: ``deltars.read``). Its version is kept for the run's first
+        look-up (``holds``, ``replace``), which then needs no Delta-Spark snapshot of the table."""
+        from common import deltars
+
+        version, rows = deltars.read(self.path(table), self.settings)
+        if table not in self._last:
+            self._versions[table] = version
+        return rows
 
     def holds(self, spark, table: str, batch_id: int) -> bool:
         """The table already holds this batch (a replay after a restart)."""

@@ -187,7 +187,7 @@ def table_id(spark, path: str) -> str:
     return str(snapshot(spark, path).metadata().id())
 
 
-def last_committed_batch(spark, path: str, app_id: str, depth: int = HISTORY_DEPTH) -> int:
+def last_committed_batch(spark, path: str, app_id: str, depth: int = HISTORY_DEPTH, latest: int | None = None) -> int:
     """The highest batch id ``app_id`` committed to the table (-1 when none): the tag of that
     writer's last commit, looked for from the table's latest version back, at most ``depth``
     commits, one commit file each (a writer's batch ids only grow, so its last commit holds the
@@ -196,13 +196,14 @@ def last_committed_batch(spark, path: str, app_id: str, depth: int = HISTORY_DEP
     removes the oldest first: none older is left) and at a commit of an earlier checkpoint of the
     same query and table (``<flow>:<other query id>:<table>``: a checkpoint replaces another, never
     runs between its commits, so this writer has none before it) - a writer that never wrote a
-    table reads a few commit files, not ``depth``."""
+    table reads a few commit files, not ``depth``. ``latest``: the table's latest version when the
+    caller knows it (``BatchContext.read_replaced``), else Delta-Spark's snapshot tells."""
     from common.fs import Fs
 
     fs = Fs(spark)
     flow, _, rest = app_id.partition(":")
     table = rest.rpartition(":")[2]
-    latest = int(snapshot(spark, path).version())
+    latest = int(snapshot(spark, path).version()) if latest is None else latest
     for version in range(latest, max(-1, latest - depth), -1):
         text = fs.read_text(_commit_file(path, version))
         if text is None:

@@ -39,7 +39,7 @@ import time
 
 from pyspark.sql import functions as F
 
-from common import deltars, streams
+from common import streams
 from common.batches import BatchContext, run_parallel
 from silver.customers import CUSTOMERS_SCHEMA
 from common.settings import Settings
@@ -157,17 +157,16 @@ def _kpis_writer(ctx: BatchContext, columns: dict[str, list[str]], clock: Silver
     def settle(kpi, batch, batch_id: int, closed_by_ms: int | None) -> None:
         final, open_ = f"gold.{kpi.name}", f"gold.{kpi.name}{OPEN_SUFFIX}"
         spark = batch.sparkSession
-        if ctx.holds(spark, open_, batch_id):  # replayed: written in full (closed rows first)
-            settled_by[kpi.name] = closed_by_ms
-            still_open.pop(kpi.name, None)
-            return
         partials = kpi.aggregate(batch.filter(batch.source == kpi.source).select(*columns[kpi.source]), settings)
         # the open windows: as this run last wrote them, kept; at a run's start, as the table holds
-        # them (a few rows, read by delta-rs like they were written: Spark's scan of the table
-        # would cost a state reconstruction job per KPI, ~1.7 s of a batch's ~2 s on a run's start)
+        # them (a few rows, read by delta-rs as they were written: Delta-Spark's snapshot and scan of
+        # such a table cost Spark jobs, ~1.7 s of a batch's ~2 s on a run's start; ``read_replaced``)
         before = still_open.pop(kpi.name, None)
         if before is None:
-            before = spark.createDataFrame(deltars.read(ctx.path(open_), settings), schema=partials.schema)
+            before = spark.createDataFrame(ctx.read_replaced(open_), schema=partials.schema)
+        if ctx.holds(spark, open_, batch_id):  # replayed: written in full (closed rows first)
+            settled_by[kpi.name] = closed_by_ms
+            return
         current = kpi.combine(before.unionByName(partials))
         # computed once, to the driver (a few rows per open window and group): one job, then both
         # writes and the next batch's open windows from these rows
