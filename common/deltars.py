@@ -1,7 +1,7 @@
 """delta-rs (the ``deltalake`` package) on the lake's object store: its storage options and
 addresses, and the writes the pipeline makes through it: ``replace`` for the small tables a query
-replaces at every micro-batch (gold's open KPI windows), ``read`` of them at a run's start, and
-``vacuum`` of their replaced files.
+replaces at every micro-batch (gold's open KPI windows), ``read`` and ``columns`` of them at a
+run's start, and ``vacuum`` of their replaced files.
 Every table keeps a single writer: the query that writes it, through Delta-Spark or, for a
 replaced table, through ``replace``. The Spark-free reader of the lake is ``serving.native``."""
 
@@ -62,6 +62,26 @@ def read(path: str, settings: Settings):
 
     table = DeltaTable(uri(path), storage_options=storage_options(settings, path))
     return table.version(), table.to_pyarrow_table()
+
+
+def columns(paths: list[str], settings: Settings) -> dict[str, set[str] | None]:
+    """Path -> the column names of the Delta table there as delta-rs reads its log (None: no
+    table), the tables read side by side: for ``replace``'s tables, which Delta-Spark would check
+    with a Spark job each (no ``.crc``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    def one(path: str) -> set[str] | None:
+        try:
+            table = DeltaTable(uri(path), storage_options=storage_options(settings, path))
+        except TableNotFoundError:
+            return None
+        return {f.name for f in table.schema().fields}
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(paths)))) as pool:
+        return dict(zip(paths, pool.map(one, paths)))
 
 
 def vacuum(path: str, settings: Settings, retention_hours: int = 1) -> int:
