@@ -3,6 +3,9 @@ nothing of it reaches the real lake or Kafka."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
 from pyspark.sql import functions as F
 
 from tests.helpers import read_topic
@@ -146,3 +149,27 @@ def test_a_standby_builds_its_queries_before_the_takeover_and_writes_nothing_unt
     assert {t: snapshot(spark, lake.table_path("gold", t)).version() for t in gold_before} == gold_before
     run(("gold",), lake, "availableNow", spark=spark)
     check_pipeline(spark, lake, read_ledger(ledger_path))
+
+
+def test_the_takeover_gives_the_priority_back_to_the_driver_jvm_s_child_processes_too(spark):
+    """PySpark's worker daemon and its workers are children of the JVM, forked while a standby
+    warms up at +10; ``restore_priority`` (the takeover) gives them the driver's priority back with
+    the process and its JVM, or the active driver's Python work runs at the standby's priority."""
+    from app.standby import WARM_NICE, _descendants, restore_priority
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    child = spark._jvm.java.lang.Runtime.getRuntime().exec("sleep 120")  # a child of the JVM, as the daemon is
+    try:
+        pid = int(child.pid())
+        assert pid in _descendants(int(spark._jvm.ProcessHandle.current().pid()))
+        os.setpriority(os.PRIO_PROCESS, pid, before + WARM_NICE)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == before + WARM_NICE
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, before)  # can this user raise a priority back at all?
+        except PermissionError:
+            pytest.skip("raising a priority back needs CAP_SYS_NICE or RLIMIT_NICE here")
+        os.setpriority(os.PRIO_PROCESS, pid, before + WARM_NICE)
+        restore_priority(spark, (before, None))
+        assert os.getpriority(os.PRIO_PROCESS, pid) == before
+    finally:
+        child.destroy()
