@@ -96,7 +96,7 @@ class BatchContext:
         from common import deltars
 
         version, rows = deltars.read(self.path(table), self.settings)
-        if table not in self._last:
+        if table not in self._last and not self._new:
             self._versions[table] = version
         return rows
 

@@ -38,6 +38,7 @@ import logging
 import time
 
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructField, StructType
 
 from common import deltars, streams
 from common.batches import BatchContext, run_parallel
@@ -75,8 +76,9 @@ def ensure_tables(spark, settings: Settings, orders, kpis, write: bool = True) -
     paths = {**orders.sink_paths(settings), **kpis.sink_paths(settings)}
     if set(paths) != set(made):
         raise ValueError(f"gold writes {sorted(made)}, its flows declare {sorted(paths)}")
-    # the open-window tables (written by delta-rs) that have every column already: nothing to do,
-    # known from delta-rs (Delta-Spark's snapshot of such a table is a Spark job: no .crc)
+    # the open-window tables (written by delta-rs) that have every column already: nothing to do
+    # (their only option, not_null, applies at creation), known from delta-rs (Delta-Spark's
+    # snapshot of such a table is a Spark job: no .crc)
     replaced = {f"gold.{kpi.name}{OPEN_SUFFIX}" for kpi in KPIS}
     found = deltars.columns([paths[t] for t in replaced], settings)
     ensure_all(spark, [(paths[table], empty, {"not_null": keys}) for table, (empty, keys) in made.items()
@@ -168,7 +170,11 @@ def _kpis_writer(ctx: BatchContext, columns: dict[str, list[str]], clock: Silver
         # such a table cost Spark jobs, ~1.7 s of a batch's ~2 s on a run's start; ``read_replaced``)
         before = still_open.pop(kpi.name, None)
         if before is None:
-            before = spark.createDataFrame(ctx.read_replaced(open_), schema=partials.schema)
+            # its columns in the partials' order, every one nullable: a column added to an older table
+            # (``ensure_table``) reads null in its old rows, as Delta-Spark's scan gave it
+            before = spark.createDataFrame(ctx.read_replaced(open_).select(partials.columns),
+                                           schema=StructType([StructField(f.name, f.dataType, True)
+                                                              for f in partials.schema.fields]))
         if ctx.holds(spark, open_, batch_id):  # replayed: written in full (closed rows first)
             settled_by[kpi.name] = closed_by_ms
             return
