@@ -271,15 +271,20 @@ def _alone_in_autogroup() -> bool:
             return None
 
     mine, ours, pid = group("self"), {os.getpid()}, os.getppid()
-    while pid > 1 and pid not in ours:
+    while pid is not None and pid > 1 and pid not in ours:
         ours.add(pid)
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                pid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
+        pid = _parent(pid)
     return mine is not None and not any(group(p) == mine for p in os.listdir("/proc")
                                         if p.isdigit() and int(p) not in ours)
+
+
+def _parent(pid: int) -> int | None:
+    """The parent of process ``pid`` (None: gone or unreadable), from ``/proc/<pid>/stat``."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _descendants(pid: int | None) -> list[int]:
@@ -289,12 +294,7 @@ def _descendants(pid: int | None) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(parent, []).append(int(entry))
+            children.setdefault(_parent(int(entry)), []).append(int(entry))
     found, todo = [], list(children.get(pid, []))
     while todo:
         child = todo.pop()

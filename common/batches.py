@@ -79,7 +79,7 @@ class BatchContext:
 
         path = self.path(table)
         app_id = self.app_id(spark, table)
-        first = table not in self._last and not self._new
+        first = self._looks_up(table)
         if first:
             self._last[table] = last_committed_batch(spark, path, app_id, latest=self._versions.pop(table, None))
         self._last.setdefault(table, -1)
@@ -89,6 +89,11 @@ class BatchContext:
             return None
         return path, app_id, first and self._last[table] < 0
 
+    def _looks_up(self, table: str) -> bool:
+        """The next write to ``table`` is this run's first to it on an old checkpoint: it looks up
+        the last batch the table holds."""
+        return table not in self._last and not self._new
+
     def read_replaced(self, table: str):
         """Every row of ``table``, which this query writes with ``replace`` (a ``pyarrow.Table``, read
         by delta-rs as it was written: ``deltars.read``). Its version is kept for the run's first
@@ -96,7 +101,7 @@ class BatchContext:
         from common import deltars
 
         version, rows = deltars.read(self.path(table), self.settings)
-        if table not in self._last and not self._new:
+        if self._looks_up(table):
             self._versions[table] = version
         return rows
 
