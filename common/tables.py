@@ -28,8 +28,8 @@ class NotReady(Exception):
 def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
                  not_null: Iterable[str] = (), checks: dict[str, str] | None = None,
                  properties: dict[str, str] | None = None, write: bool = True) -> None:
-    """Create the Delta table at ``path`` with ``empty_df``'s schema (``not_null`` columns declared
-    NOT NULL) if it does not exist yet; add the columns a table written by an earlier version
+    """Create the Delta table at ``path`` with ``empty_df``'s schema (``empty_df``: an empty DataFrame
+    or the schema itself; ``not_null`` columns declared NOT NULL) if it does not exist yet; add the columns a table written by an earlier version
     lacks (nullable: its old rows read them as null); then make sure its CHECK constraints and its
     table ``properties`` are in place. A new table gets its constraints and properties in its
     creating commit (Delta keeps a CHECK constraint as the table property
@@ -38,13 +38,14 @@ def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
     from delta.tables import DeltaTable
     from pyspark.sql.types import StructField, StructType
 
+    fields = (empty_df if isinstance(empty_df, StructType) else empty_df.schema).fields
     current = snapshot(spark, path)  # one listing of its log: does it exist, its columns, its constraints
     if current.version() < 0:
         if not write:
             raise NotReady(f"{path} does not exist yet")
         required = set(not_null)
         schema = StructType([StructField(f.name, f.dataType, f.nullable and f.name not in required)
-                             for f in empty_df.schema.fields])
+                             for f in fields])
         builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema).partitionedBy(*partition_by)
         for name, predicate in (checks or {}).items():
             builder = builder.property(f"delta.constraints.{name.lower()}", predicate)
@@ -60,7 +61,7 @@ def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
 
                 raise SetupError(f"cannot create Delta table {path}: {short_error(e)}") from None
     have = set(current.schema().fieldNames())
-    new = [f for f in empty_df.schema.fields if f.name not in have]
+    new = [f for f in fields if f.name not in have]
     config = _configuration(spark, current) if checks or properties else {}
     missing = [name for name in (checks or {}) if f"delta.constraints.{name.lower()}" not in config]
     changed = {k: v for k, v in (properties or {}).items() if config.get(k) != v}

@@ -102,19 +102,36 @@ TABLES = ("orders", "order_items", "logs", "metrics", "quarantine", "late_record
 def ensure_tables(spark, settings: Settings, flow, write: bool = True) -> None:
     """Create every silver table (``flow``'s sinks) with its NOT NULL keys and CHECK constraints
     (from silver.rules); ``write=False``: only check them (``tables.ensure_table``)."""
-    empty_bronze = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
-    tables: dict = {}
-    for kind in pipeline.SILVER_KINDS:  # quarantine and late_records: one schema for every source
-        classified = T.classify(empty_bronze, kind, 0)
-        for table, df in dict(_outputs(kind, classified), late_records=T.to_late(classified, 0, 0, "")).items():
-            tables.setdefault(table, df)
-    tables["rule_outcomes"] = spark.createDataFrame([], RULE_OUTCOMES_SCHEMA)
+    schemas = table_schemas(spark)
     paths = flow.sink_paths(settings)
-    if set(paths) != {f"silver.{t}" for t in tables}:
-        raise ValueError(f"silver writes {sorted(tables)}, its flow declares {sorted(paths)}")
-    ensure_all(spark, [(paths[f"silver.{table}"], df, {"not_null": NOT_NULL.get(table, ()), "checks": _checks(table),
-                                                         "properties": _properties(table)})
-                       for table, df in tables.items()], write=write)
+    if set(paths) != {f"silver.{t}" for t in schemas}:
+        raise ValueError(f"silver writes {sorted(schemas)}, its flow declares {sorted(paths)}")
+    ensure_all(spark, [(paths[f"silver.{table}"], schema, {"not_null": NOT_NULL.get(table, ()),
+                                                            "checks": _checks(table), "properties": _properties(table)})
+                       for table, schema in schemas.items()], write=write)
+
+
+_SCHEMAS: dict[tuple, dict[str, StructType]] = {}  # silver.rules.RULES -> table_schemas' answer
+
+
+def table_schemas(spark) -> dict[str, StructType]:
+    """Each silver table's schema, as the batch writer's transforms produce it from bronze's: a
+    function of the code and the rules alone (a column added by ``addNewColumns`` comes with
+    ``ensure_table``'s ALTER at the batch), so built once a process (its plans, ~0.8 s of py4j calls,
+    were built again at every silver start)."""
+    from silver import rules
+
+    key = tuple(rules.RULES)
+    if key not in _SCHEMAS:
+        empty_bronze = to_bronze(spark.createDataFrame([], KAFKA_SCHEMA))
+        tables: dict = {}
+        for kind in pipeline.SILVER_KINDS:  # quarantine and late_records: one schema for every source
+            classified = T.classify(empty_bronze, kind, 0)
+            for table, df in dict(_outputs(kind, classified), late_records=T.to_late(classified, 0, 0, "")).items():
+                tables.setdefault(table, df.schema)
+        tables["rule_outcomes"] = RULE_OUTCOMES_SCHEMA
+        _SCHEMAS[key] = tables
+    return _SCHEMAS[key]
 
 
 def _properties(table: str) -> dict[str, str]:

@@ -32,6 +32,13 @@ def test_silver_matches_ledger(spark, lake, tmp_path):
     # a second run with nothing new changes nothing
     run(("bronze", "silver"), lake, "availableNow", spark=spark)
     check_silver_against_ledger(spark, lake, ledger)
+    # the tables were made from the schemas silver's start keeps (silver.job.table_schemas, built once
+    # a process): each has what the batch's transforms wrote into it, column for column
+    from silver.job import table_schemas
+
+    for table, schema in table_schemas(spark).items():
+        written = spark.read.format("delta").load(lake.table_path("silver", table)).schema
+        assert [(f.name, f.dataType) for f in written] == [(f.name, f.dataType) for f in schema], table
     # constraints from the rule declaration are on the tables
     props = {r.key: r.value for r in
              spark.sql(f"SHOW TBLPROPERTIES delta.`{lake.table_path('silver', 'order_items')}`").collect()}
