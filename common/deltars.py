@@ -1,7 +1,7 @@
 """delta-rs (the ``deltalake`` package) on the lake's object store: its storage options and
 addresses, and the writes the pipeline makes through it: ``replace`` for the small tables a query
 replaces at every micro-batch (gold's open KPI windows), ``read`` and ``columns`` of them at a
-run's start, and ``vacuum`` of their replaced files.
+run's start, and ``vacuum`` of their replaced files; ``append`` for the event log's rows.
 Every table keeps a single writer: the query that writes it, through Delta-Spark or, for a
 replaced table, through ``replace``. The Spark-free reader of the lake is ``serving.native``."""
 
@@ -51,6 +51,15 @@ def replace(rows, path: str, settings: Settings, tag: str, txn: tuple[str, int] 
     write_deltalake(table, rows, mode="overwrite", commit_properties=CommitProperties(
         custom_metadata={"userMetadata": tag},
         app_transactions=[Transaction(app_id=txn[0], version=txn[1])] if txn else None))
+
+
+def append(rows, path: str, settings: Settings) -> None:
+    """Append ``rows`` (a ``pyarrow.Table``) to the Delta table at ``path`` in one commit, the table
+    made with their schema if it does not exist, a column it lacks added (schema merge): for the
+    few rows of a log (``common.eventlog``), which Delta-Spark appended with a Spark job each."""
+    from deltalake import write_deltalake
+
+    write_deltalake(uri(path), rows, mode="append", schema_mode="merge", storage_options=_writer_options(settings, path))
 
 
 def read(path: str, settings: Settings):

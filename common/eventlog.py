@@ -5,9 +5,9 @@ reader) and read by ``lakehouse status``.
 Each stage logs to its own table, ``<lake>/ops/pipeline_events_<stage>``: a stage runs in one
 application at a time (its ownership, ``common.ownership``), so every table keeps a single writing application,
 as Delta's S3 log store requires; ``ops.pipeline_events`` is the view over them. An application
-buffers its rows and appends them in one commit per table every LAKEHOUSE_EVENT_LOG_INTERVAL
-(30 seconds) and when its run ends, so the log costs one small commit per stage and interval, not
-one per batch. A SIGKILL loses at most the rows of the last interval (the batches themselves are
+buffers its rows and appends them (delta-rs, ``deltars.append``: no Spark job) in one commit per
+table every LAKEHOUSE_EVENT_LOG_INTERVAL (30 seconds) and when its run ends, so the log costs one
+small commit per stage and interval, not one per batch. A SIGKILL loses at most the rows of the last interval (the batches themselves are
 safe in their checkpoints and tables).
 
 A row: the query, its stage, ids, batch id, start and end time, duration and the addBatch part
@@ -28,6 +28,7 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
+from common import deltars
 from common.batches import run_parallel
 from common.settings import OPS, Settings, interval_seconds
 
@@ -45,7 +46,16 @@ COLUMNS = (
     ("event_to_gold_max_ms", "bigint"),
     ("app_id", "string"), ("logged_at", "timestamp"), ("owner_epoch", "bigint"),
 )
-SCHEMA_DDL = ", ".join(f"{name} {kind}" for name, kind in COLUMNS)
+NAMES = tuple(name for name, _ in COLUMNS)
+
+
+def arrow_schema():
+    """``COLUMNS`` as the Arrow schema of the rows an application appends (through delta-rs)."""
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "bigint": pa.int64(), "double": pa.float64(),
+             "timestamp": pa.timestamp("us", tz="UTC")}
+    return pa.schema([(name, types[kind]) for name, kind in COLUMNS])
 # the view's select list: by name, so a stage table whose columns grew in another order still lines up
 SELECT_LIST = ", ".join(name for name, _ in COLUMNS)
 
@@ -160,9 +170,13 @@ class EventLog:
                 if self._fence is not None:
                     self._fence(stage)
                 path = table_path(self._settings, stage)
-                (self._spark.createDataFrame(rows, SCHEMA_DDL).coalesce(1).write.format("delta").mode("append")
-                 .option("mergeSchema", "true")  # a log written by an older version gains the new columns
-                 .save(path))
+                import pyarrow as pa
+
+                # by delta-rs: a few rows, no Spark job (a Delta-Spark append of them took 0.5-1 s
+                # of a run's end, and a job every interval); a log written by an older version gains
+                # the new columns
+                deltars.append(pa.Table.from_pylist([dict(zip(NAMES, r)) for r in rows], schema=arrow_schema()),
+                               path, self._settings)
                 self._compactor.committed(self._spark, path, self._settings.compact_every)
             except Exception as e:  # noqa: BLE001 - best effort, retried at the next interval
                 log.warning("event log: could not append %d rows for %s (%s); retrying in %.0f s",

@@ -40,10 +40,13 @@ def _drifted(ledger: list[dict], topic: str, key: str) -> set[tuple]:
     return out
 
 
-def _drift_events(spark, lake) -> list[dict]:
-    rows = spark.read.format("delta").load(lake.table_path("ops", "pipeline_events_silver")) \
-        .filter("schema_drift IS NOT NULL").select("batch_id", "rescued", "schema_drift").collect()
-    return [{"batch": r.batch_id, "rescued": r.rescued, **json.loads(r.schema_drift)} for r in rows]
+def _drift_events(lake) -> list[dict]:
+    """silver's event-log rows that report drift (read as any Delta reader reads them: delta-rs)."""
+    from serving.native import NativeLake
+
+    rows = NativeLake(lake).rows("ops.pipeline_events_silver", where="schema_drift IS NOT NULL",
+                                 columns="batch_id, rescued, schema_drift")
+    return [{"batch": r["batch_id"], "rescued": r["rescued"], **json.loads(r["schema_drift"])} for r in rows]
 
 
 def test_a_new_field_mid_stream_is_rescued_reported_and_changes_nothing_else(spark, lake, tmp_path):
@@ -70,7 +73,7 @@ def test_a_new_field_mid_stream_is_rescued_reported_and_changes_nothing_else(spa
         got = {(r.topic, r.partition, r.offset) for r in rows if r[RESCUED] is not None}
         assert got and got == {(r.topic, r.partition, r.offset) for r in rows} & _drifted(ledger, topic, "region")
 
-    events = _drift_events(spark, lake)
+    events = _drift_events(lake)
     assert events, "the event log names no drift"
     named = {f for e in events for src in ("orders", "logs", "metrics") for f in e.get(src, {}).get("unknown_fields", [])}
     assert named == {"channel", "region", "items.color", "metrics.gpu_percent"}
@@ -102,7 +105,7 @@ def test_add_new_columns_makes_a_column_and_gold_keeps_running_across_it_and_a_r
         wait_until(lambda: proc.poll() is not None or committed_rows(lake, enriched) >= expected, 300,
                    "gold to enrich the orders sent after the new field")
         wait_until(lambda: proc.poll() is not None or any(
-            "channel" in e.get("orders", {}).get("new_columns", []) for e in _drift_events(spark, lake)), 60,
+            "channel" in e.get("orders", {}).get("new_columns", []) for e in _drift_events(lake)), 60,
             "the event log to name the column silver added")
         log = (tmp_path / "run.log").read_text()
         assert proc.poll() is None, log[-3000:]
@@ -163,4 +166,4 @@ def test_a_field_every_record_lacks_is_reported_and_stops_a_source_set_to_fail(s
     run(("bronze", "silver"), lake, "availableNow", spark=spark)  # rescue: quarantined, reported
     reasons = [r.reason for r in _table(spark, lake, "quarantine").collect()]
     assert reasons == ["missing_field:host"] * 3
-    assert any(e.get("metrics", {}).get("gone_fields") == ["host"] for e in _drift_events(spark, lake))
+    assert any(e.get("metrics", {}).get("gone_fields") == ["host"] for e in _drift_events(lake))
