@@ -59,7 +59,8 @@ def append(rows, path: str, settings: Settings) -> None:
     few rows of a log (``common.eventlog``), which Delta-Spark appended with a Spark job each."""
     from deltalake import write_deltalake
 
-    write_deltalake(uri(path), rows, mode="append", schema_mode="merge", storage_options=_writer_options(settings, path))
+    write_deltalake(uri(path), rows, mode="append", schema_mode="merge",
+                    storage_options=_writer_options(settings, path))
 
 
 def read(path: str, settings: Settings):

@@ -7,8 +7,8 @@ application at a time (its ownership, ``common.ownership``), so every table keep
 as Delta's S3 log store requires; ``ops.pipeline_events`` is the view over them. An application
 buffers its rows and appends them (delta-rs, ``deltars.append``: no Spark job) in one commit per
 table every LAKEHOUSE_EVENT_LOG_INTERVAL (30 seconds) and when its run ends, so the log costs one
-small commit per stage and interval, not one per batch. A SIGKILL loses at most the rows of the last interval (the batches themselves are
-safe in their checkpoints and tables).
+small commit per stage and interval, not one per batch. A SIGKILL loses at most the rows of the
+last interval (the batches themselves are safe in their checkpoints and tables).
 
 A row: the query, its stage, ids, batch id, start and end time, duration and the addBatch part
 (every phase in ``durations``, JSON), input rows and rates, records (Kafka) or files (Delta) still
@@ -56,6 +56,8 @@ def arrow_schema():
     types = {"string": pa.string(), "bigint": pa.int64(), "double": pa.float64(),
              "timestamp": pa.timestamp("us", tz="UTC")}
     return pa.schema([(name, types[kind]) for name, kind in COLUMNS])
+
+
 # the view's select list: by name, so a stage table whose columns grew in another order still lines up
 SELECT_LIST = ", ".join(name for name, _ in COLUMNS)
 

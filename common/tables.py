@@ -29,11 +29,12 @@ def ensure_table(spark, path: str, empty_df, partition_by: Iterable[str] = (),
                  not_null: Iterable[str] = (), checks: dict[str, str] | None = None,
                  properties: dict[str, str] | None = None, write: bool = True) -> None:
     """Create the Delta table at ``path`` with ``empty_df``'s schema (``empty_df``: an empty DataFrame
-    or the schema itself; ``not_null`` columns declared NOT NULL) if it does not exist yet; add the columns a table written by an earlier version
-    lacks (nullable: its old rows read them as null); then make sure its CHECK constraints and its
-    table ``properties`` are in place. A new table gets its constraints and properties in its
-    creating commit (Delta keeps a CHECK constraint as the table property
-    ``delta.constraints.<name>``, as ``ADD CONSTRAINT`` does): one commit, not one per constraint.
+    or the schema itself; ``not_null`` columns declared NOT NULL) if it does not exist yet; add the
+    columns a table written by an earlier version lacks (nullable: its old rows read them as null);
+    then make sure its CHECK constraints and its table ``properties`` are in place. A new table gets
+    its constraints and properties in its creating commit (Delta keeps a CHECK constraint as the
+    table property ``delta.constraints.<name>``, as ``ADD CONSTRAINT`` does): one commit, not one
+    per constraint.
     ``write=False``: change nothing, raise ``NotReady`` where a change would be needed."""
     from delta.tables import DeltaTable
     from pyspark.sql.types import StructField, StructType
