@@ -1,7 +1,7 @@
 """delta-rs (the ``deltalake`` package) on the lake's object store: its storage options and
 addresses, and the writes the pipeline makes through it: ``replace`` for the small tables a query
 replaces at every micro-batch (gold's open KPI windows), ``read`` and ``columns`` of them at a
-run's start, and ``vacuum`` of their replaced files; ``append`` for the event log's rows.
+run's start, and ``vacuum`` of their replaced files; ``append`` and ``compact`` for the event log.
 Every table keeps a single writer: the query that writes it, through Delta-Spark or, for a
 replaced table, through ``replace``. The Spark-free reader of the lake is ``serving.native``."""
 
@@ -61,6 +61,14 @@ def append(rows, path: str, settings: Settings) -> None:
 
     write_deltalake(uri(path), rows, mode="append", schema_mode="merge",
                     storage_options=_writer_options(settings, path))
+
+
+def compact(path: str, settings: Settings) -> None:
+    """Rewrite the small files of the table at ``path`` into larger ones (delta-rs's OPTIMIZE, its
+    commit ``dataChange=false``): for the tables ``append`` writes, by their one writer."""
+    from deltalake import DeltaTable
+
+    DeltaTable(uri(path), storage_options=_writer_options(settings, path)).optimize.compact()
 
 
 def read(path: str, settings: Settings):

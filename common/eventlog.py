@@ -142,8 +142,9 @@ def event_row(progress: dict, stage: str, counts: dict, event_watermark: str | N
 class EventLog:
     """The buffer of one application's event rows, appended every interval and when closed."""
 
-    def __init__(self, spark, settings: Settings, compactor, fence=None, epoch=None):
-        self._spark, self._settings, self._compactor = spark, settings, compactor
+    def __init__(self, settings: Settings, fence=None, epoch=None):
+        self._settings = settings
+        self._appends: dict[str, int] = {}  # stage -> appends since this log started (its compactions)
         self._fence = fence  # before each append: raises once another process owns the stage
         self.epoch = epoch or (lambda stage: None)  # stage -> the epoch of its ownership (the rows' owner_epoch)
         self._rows: dict[str, list[tuple]] = {}  # stage -> rows not written yet
@@ -179,7 +180,12 @@ class EventLog:
                 # the new columns
                 deltars.append(pa.Table.from_pylist([dict(zip(NAMES, r)) for r in rows], schema=arrow_schema()),
                                path, self._settings)
-                self._compactor.committed(self._spark, path, self._settings.compact_every)
+                # compacted here, by delta-rs too, after the append and before the next: the table keeps
+                # one writer (an OPTIMIZE by Delta-Spark's compactor thread could commit beside a delta-rs
+                # append, outside the JVM's per-table lock, and S3 would keep only one of the two)
+                self._appends[stage] = n = self._appends.get(stage, 0) + 1
+                if self._settings.compact_every > 0 and n % self._settings.compact_every == 0:
+                    deltars.compact(path, self._settings)
             except Exception as e:  # noqa: BLE001 - best effort, retried at the next interval
                 log.warning("event log: could not append %d rows for %s (%s); retrying in %.0f s",
                             len(rows), stage, str(e).splitlines()[0][:200], self._interval)

@@ -47,7 +47,7 @@ class RunContext:
         """A run of the pipeline: its listener registered, its event log open (Delta sinks)."""
         run = cls(spark, settings, options, ownership=ownership, listener=ProgressLogger(spark, settings))
         if options.sink == "delta":
-            run.events = EventLog(spark, settings, run.compactor, fence=run.fence,
+            run.events = EventLog(settings, fence=run.fence,
                                   epoch=ownership.epoch if ownership is not None else None)
         spark.streams.addListener(run.listener)
         return run

@@ -285,8 +285,9 @@ def check_silver_against_ledger(spark, settings, ledger, late: set[tuple] | None
         assert _bronze_count(spark, settings, topic) == silver_n + q_n + oracle.duplicates(kind) + late_n
     # rule outcomes were recorded per batch, and they add up to what was quarantined
     outcomes = _rows(settings, "silver.rule_outcomes", ("rule", "failed"))
-    recorded = sum(r.failed for r in outcomes if r.rule == "route:quarantine")
-    assert recorded == len(q)
+    recorded = [r.failed for r in outcomes if r.rule == "route:quarantine"]
+    assert recorded, "silver.rule_outcomes has no route:quarantine row"
+    assert sum(recorded) == len(q)
     got = sum(r.failed for r in outcomes if r.rule == "route:late")
     assert got == len(late), f"rule_outcomes route:late {got} != {len(late)}"
 

@@ -102,3 +102,26 @@ def test_the_log_view_reads_a_stage_table_from_before_an_upgrade(tmp_path):
     assert (rows["bronze"]["rescued"], rows["silver"]["rescued"]) == (None, 4)
     relation = native.relation("ops.pipeline_events")
     assert native.sql(f"SELECT sum(rescued) AS n FROM {relation}") == [{"n": 4}]
+
+
+def test_the_log_compacts_its_own_tables_every_compact_every_appends_and_keeps_every_row(lake):
+    """The event log's one writer (delta-rs) compacts its tables itself, between two of its appends,
+    so no second writer (a Delta-Spark OPTIMIZE) ever commits beside it."""
+    from deltalake import DeltaTable
+
+    from common import deltars, eventlog
+
+    settings = lake.with_overrides(compact_every=3, event_log_interval="1 hour")
+    log = eventlog.EventLog(settings)
+    progress = {"name": "bronze", "id": "q", "runId": "r", "timestamp": "2026-12-07T10:00:00.000Z",
+                "durationMs": {"triggerExecution": 5, "addBatch": 3}}
+    for batch in range(7):  # seven appends: compacted after the third and the sixth
+        log.add("bronze", eventlog.event_row(dict(progress, batchId=batch), "bronze", {}, None, "app", 1))
+        log.flush()
+    log.close()
+    path = eventlog.table_path(settings, "bronze")
+    table = DeltaTable(deltars.uri(path), storage_options=deltars.storage_options(settings, path))
+    operations = [h["operation"] for h in reversed(table.history())]
+    assert operations.count("OPTIMIZE") == 2 and operations[-1] != "OPTIMIZE", operations
+    assert sorted(r["batch_id"] for r in NativeLake(settings).rows("ops.pipeline_events")) == list(range(7))
+    assert len(table.file_uris()) == 2  # the six compacted into one, the seventh
