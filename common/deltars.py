@@ -3,7 +3,8 @@ addresses, and the writes the pipeline makes through it: ``replace`` for the sma
 replaces at every micro-batch (gold's open KPI windows), ``read`` and ``columns`` of them at a
 run's start, and ``vacuum`` of their replaced files; ``append`` and ``compact`` for the event log.
 Every table keeps a single writer: the query that writes it, through Delta-Spark or, for a
-replaced table, through ``replace``. The Spark-free reader of the lake is ``serving.native``."""
+replaced table, through ``replace``; an event-log table, its application's log (``append``,
+``compact``). The Spark-free reader of the lake is ``serving.native``."""
 
 from __future__ import annotations
 
