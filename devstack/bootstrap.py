@@ -5,7 +5,7 @@
 Runs with the standard library alone (the Makefile calls it with the machine's python3, found
 before the virtualenv is put on PATH). Three things
 take the time on a fresh machine and need nothing of each other: the virtualenv's pip install,
-the jars from Maven Central and MinIO's ``go install`` (the longest, ~3 minutes with empty Go
+the jars from Maven Central and MinIO's ``go install`` (the longest, ~2 minutes with empty Go
 caches). They run at once: the MinIO build and the Kafka jars from the start, the Spark jars
 as soon as pyspark is installed (the set leaves out the jars pyspark ships). Every 15 s one line
 says what is still running; each step says when it is done and how long it took. Each step is a
