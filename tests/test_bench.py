@@ -24,3 +24,19 @@ def test_p7_judges_only_after_twice_the_longest_watermark_delay():
     s = Settings.from_env({"LAKEHOUSE_LAKE_ROOT": "/tmp/p7"})
     assert warmup_minutes(s) == 10.0  # orders' 5 minutes
     assert warmup_minutes(s.with_overrides(watermark_logs="7 minutes")) == 14.0
+
+
+def test_a_process_tree_s_cpu_keeps_what_its_ended_children_used():
+    """``bench.measure.cpu_seconds`` counts a child that ended and was waited for (its parent's
+    cutime): the total never drops when a child of the tree exits."""
+    import os
+    import subprocess
+    import sys
+
+    from bench.measure import cpu_seconds
+
+    before = cpu_seconds(os.getpid())
+    child = subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                            "while time.process_time() - t < 0.5: pass"], check=True)
+    assert child.returncode == 0
+    assert cpu_seconds(os.getpid()) - before >= 0.4  # the child's 0.5 s, gone from /proc, still counted
