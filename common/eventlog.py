@@ -59,7 +59,7 @@ def arrow_schema():
 
 
 # the view's select list: by name, so a stage table whose columns grew in another order still lines up
-SELECT_LIST = ", ".join(name for name, _ in COLUMNS)
+SELECT_LIST = ", ".join(NAMES)
 
 
 def select_list(present) -> str:
@@ -70,6 +70,8 @@ def select_list(present) -> str:
     sql_type = {"string": "VARCHAR"}  # the Spark-free reader's (DataFusion) names of the types
     return ", ".join(name if name in have else f"CAST(NULL AS {sql_type.get(kind, kind.upper())}) AS {name}"
                      for name, kind in COLUMNS)
+
+
 COUNTS = ("quarantined", "dropped", "late", "rescued")  # what a batch reports itself (``BatchContext.count``)
 LATENCY = ("event_to_gold_p50_ms", "event_to_gold_max_ms")  # gold_orders: Kafka timestamp -> its commit
 
