@@ -475,19 +475,47 @@ def first_batches_s(s: Settings, killed_at: float) -> dict:
     """After a SIGKILL at ``killed_at`` (epoch s): per query, seconds until its first micro-batch
     committed after the kill (the event log's ``ended_at``, read from its Delta folders), and
     ``all``: until every query that ran before the kill had (issue 38's takeover: every query
-    running with its first batch committed); None where a query has none. The log's last rows are
-    flushed when the app stops."""
+    running with its first batch committed); None where a query has none. ``detail``: that batch
+    of each query (``first_batches``). The log's last rows are flushed when the app stops."""
     from common.eventlog import VIEW
     from serving.native import NativeLake
 
-    ends: dict[str, list[float]] = {}
-    for r in NativeLake(s).rows(f"{OPS}.{VIEW}", columns="query, started_at, ended_at"):
-        ends.setdefault(r["query"], [])
-        if r["started_at"] is not None and r["ended_at"] is not None and epoch_s(r["started_at"]) >= killed_at:
-            ends[r["query"]].append(epoch_s(r["ended_at"]))
-    firsts: dict = {q: round(min(e) - killed_at, 1) if e else None for q, e in ends.items()}
-    firsts["all"] = None if not firsts or None in firsts.values() else max(firsts.values())
-    return firsts
+    rows = NativeLake(s).rows(f"{OPS}.{VIEW}",
+                              columns="query, batch_id, started_at, ended_at, input_rows, durations")
+    firsts = first_batches(rows, killed_at)
+    out: dict = {q: (b["ended_s"] if b else None) for q, b in firsts.items()}
+    out["all"] = None if not out or None in out.values() else max(out.values())
+    out["detail"] = firsts
+    return out
+
+
+def first_batches(rows: list[dict], killed_at: float) -> dict[str, dict | None]:
+    """Per query of the event log's ``rows``: its first micro-batch that began after ``killed_at``
+    (epoch s; after a takeover, the batch the dead driver had planned, replayed), as when it began
+    and ended (seconds after the kill), its id, its input rows and Spark's ``durationMs`` of it
+    (where its time went: ``addBatch``, ``queryPlanning``, ``getBatch``, ...); None for a query
+    with no batch since."""
+    out: dict[str, dict | None] = {}
+    for r in sorted(rows, key=lambda r: epoch_s(r["started_at"]) if r["started_at"] is not None else 0):
+        out.setdefault(r["query"], None)
+        if out[r["query"]] is not None or r["started_at"] is None or r["ended_at"] is None:
+            continue
+        if epoch_s(r["started_at"]) >= killed_at:
+            out[r["query"]] = {"batch": r["batch_id"], "rows": r["input_rows"],
+                               "began_s": round(epoch_s(r["started_at"]) - killed_at, 1),
+                               "ended_s": round(epoch_s(r["ended_at"]) - killed_at, 1),
+                               "durations_ms": {k: v for k, v in json.loads(r["durations"] or "{}").items() if v}}
+    return out
+
+
+def describe_first(query: str, batch: dict | None) -> str:
+    """One query's ``first_batches`` entry in a line: its span after the kill and its three
+    largest ``durationMs`` parts."""
+    if batch is None:
+        return f"{query} none"
+    parts = sorted(((v, k) for k, v in batch["durations_ms"].items() if k != "triggerExecution"), reverse=True)[:3]
+    return (f"{query} batch {batch['batch']} ({batch['rows']} rows) {batch['began_s']} -> {batch['ended_s']}"
+            + (f" ({', '.join(f'{k} {v / 1000:.1f}' for v, k in parts)})" if parts else ""))
 
 
 def _median(kills: list[dict]) -> float | None:
@@ -521,6 +549,9 @@ def recovery(spark, base: Settings, args, logdir: Path) -> dict:
                               first_batches_s=firsts,
                               first_batches_median_s=statistics.median(every) if None not in every else None)
         log(f"  standby: every query's first batch committed {every} s after each SIGKILL")
+        for k, f in enumerate(firsts):
+            log(f"  kill {k + 1}, each query's first batch (s after the kill): "
+                + "; ".join(describe_first(q, b) for q, b in f["detail"].items()))
     if "project" not in args.p4_systems:
         return out
     app = started(spark, base, "project", logdir, "p4")

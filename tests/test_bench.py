@@ -40,3 +40,33 @@ def test_a_process_tree_s_cpu_keeps_what_its_ended_children_used():
                             "while time.process_time() - t < 0.5: pass"], check=True)
     assert child.returncode == 0
     assert cpu_seconds(os.getpid()) - before >= 0.4  # the child's 0.5 s, gone from /proc, still counted
+
+
+def test_the_first_batch_after_a_kill_is_each_query_s_earliest_that_began_after_it():
+    from datetime import datetime, timezone
+
+    from bench.run import describe_first, first_batches
+
+    def at(s):  # a naive UTC timestamp, as the lake returns it
+        return datetime.fromtimestamp(1000 + s, timezone.utc).replace(tzinfo=None)
+
+    rows = [
+        {"query": "silver", "batch_id": 4, "started_at": at(-5), "ended_at": at(-1), "input_rows": 10,
+         "durations": '{"addBatch": 3000}'},  # before the kill
+        {"query": "silver", "batch_id": 6, "started_at": at(20), "ended_at": at(25), "input_rows": 30,
+         "durations": None},
+        {"query": "silver", "batch_id": 5, "started_at": at(4.4), "ended_at": at(20.7), "input_rows": 2918,
+         "durations": '{"addBatch": 12285, "queryPlanning": 1658, "getBatch": 1382, "walCommit": 0, '
+                      '"triggerExecution": 16229}'},
+        {"query": "gold_kpis", "batch_id": 2, "started_at": at(-30), "ended_at": at(-20), "input_rows": 5,
+         "durations": "{}"},
+        {"query": "bronze", "batch_id": 9, "started_at": at(2), "ended_at": None, "input_rows": 1, "durations": "{}"},
+    ]
+    firsts = first_batches(rows, 1000.0)
+    assert firsts["gold_kpis"] is None and firsts["bronze"] is None  # none since; one not ended
+    assert firsts["silver"] == {"batch": 5, "rows": 2918, "began_s": 4.4, "ended_s": 20.7,
+                                "durations_ms": {"addBatch": 12285, "queryPlanning": 1658, "getBatch": 1382,
+                                                 "triggerExecution": 16229}}
+    assert describe_first("silver", firsts["silver"]) == ("silver batch 5 (2918 rows) 4.4 -> 20.7 "
+                                                          "(addBatch 12.3, queryPlanning 1.7, getBatch 1.4)")
+    assert describe_first("gold_kpis", None) == "gold_kpis none"
