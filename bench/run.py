@@ -182,6 +182,11 @@ class App:
         self.peak_mib = 0.0
         self.logs: dict[int, str] = {}  # pid -> its log file
 
+    @property
+    def label(self) -> str:
+        """What the bench's log calls it."""
+        return self.system
+
     def start(self) -> None:
         self.proc = self._spawn(self.system)
 
@@ -225,6 +230,10 @@ class StandbyApp(App):
         self.procs: list[subprocess.Popen] = []
         self.takeover_s: list[float] = []
         self.waiting_cost: list[dict] = []  # per kill: the waiting standby's CPU (% of a core) and RSS
+
+    @property
+    def label(self) -> str:
+        return "project with a standby"
 
     def start(self) -> None:
         if not self.procs:
@@ -454,20 +463,20 @@ def _kills(spark, app: App, args) -> list[dict]:
     """``args.kills`` SIGKILLs of ``app`` under load, each restarted at once; the seconds from each
     kill until every order sent before it is in gold."""
     warm = run_step(spark, app, 0, args.recovery_rate, 30)
-    log(f"P4 {app.system}: warm-up drained in {warm['drain_s']} s; {args.kills} kills at {args.recovery_rate:g} "
+    log(f"P4 {app.label}: warm-up drained in {warm['drain_s']} s; {args.kills} kills at {args.recovery_rate:g} "
         "orders/s")
     kills = []
     for k in range(args.kills):
         t0 = time.monotonic()  # a pair's fault hits it with its standby warm (it warms at low priority)
         wait_until(app.ready, 900, "the standby to be warm", interval=2.0)
         if time.monotonic() - t0 > 1:
-            log(f"  {app.system}: waited {time.monotonic() - t0:.0f} s for a warm standby")
+            log(f"  {app.label}: waited {time.monotonic() - t0:.0f} s for a warm standby")
         st = run_step(spark, app, k + 1, args.recovery_rate, args.kill_after + 60, kill_at=args.kill_after)
         before = [c for kms, c in gold_pairs(spark, app.s, app.system, st["first_id"])
                   if kms <= st["killed_at"] * 1000]
         st["recovery_s"] = round(max(before) / 1000 - st["killed_at"], 1) if before and st["caught_up"] else None
         kills.append(st)
-        log(f"  {app.system} kill {k + 1}: every order sent before it in gold {st['recovery_s']} s after the SIGKILL")
+        log(f"  {app.label} kill {k + 1}: every order sent before it in gold {st['recovery_s']} s after the SIGKILL")
     return kills
 
 
