@@ -504,12 +504,11 @@ def first_batches(rows: list[dict], killed_at: float) -> dict[str, dict | None]:
     and ended (seconds after the kill), its id, its input rows and Spark's ``durationMs`` of it
     (where its time went: ``addBatch``, ``queryPlanning``, ``getBatch``, ...); None for a query
     with no batch since."""
-    out: dict[str, dict | None] = {}
-    for r in sorted(rows, key=lambda r: epoch_s(r["started_at"]) if r["started_at"] is not None else 0):
-        out.setdefault(r["query"], None)
-        if out[r["query"]] is not None or r["started_at"] is None or r["ended_at"] is None:
-            continue
-        if epoch_s(r["started_at"]) >= killed_at:
+    out: dict[str, dict | None] = {r["query"]: None for r in rows}
+    since = [r for r in rows if r["started_at"] is not None and r["ended_at"] is not None
+             and epoch_s(r["started_at"]) >= killed_at]
+    for r in sorted(since, key=lambda r: epoch_s(r["started_at"])):
+        if out[r["query"]] is None:
             out[r["query"]] = {"batch": r["batch_id"], "rows": r["input_rows"],
                                "began_s": round(epoch_s(r["started_at"]) - killed_at, 1),
                                "ended_s": round(epoch_s(r["ended_at"]) - killed_at, 1),
