@@ -86,7 +86,8 @@ def test_the_writing_app_compacts_its_tables_and_readers_still_get_every_row_onc
     settings = lake.with_overrides(max_offsets_per_trigger=60, max_bytes_per_trigger="1k", compact_every=3)
     # no late records: in batches this small, the partitions' interleaving, not the compaction,
     # would decide which of them are late (check_late judges them in the order they were sent)
-    ledger = produce_to(settings, tmp_path / "ledger.jsonl", 200, seed=31, duplicate_pct=10, malformed_pct=5)
+    # 150 records a topic: bronze's 450 in eight batches of ~60 (each table >= 6 writes, two compactions)
+    ledger = produce_to(settings, tmp_path / "ledger.jsonl", 150, seed=31, duplicate_pct=10, malformed_pct=5)
     run(("bronze", "silver", "gold"), settings, "availableNow", spark=spark)
     for layer, table in (("bronze", settings.source("orders").bronze_table), ("silver", "orders")):
         path = settings.table_path(layer, table)
