@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -65,16 +68,20 @@ def demo(settings: Settings, count: int = 2000) -> int:
     from devstack.stack import Stack
 
     t0 = time.monotonic()
-    _step("local stack: real Kafka (KRaft) + real MinIO")
-    for s in Stack(settings).up():
-        print(s.line())
-    now = datetime.now(timezone.utc).replace(microsecond=0)
-    ledger = Path(settings.stack_dir) / "ledger.jsonl"
-    _step(f"produce {count} records per topic over 8 minutes of event time (5% duplicates, 3% malformed)")
-    produce(settings, GenOptions(topics=settings.source_topics, count=count, seed=int(time.time()),
-                                 start_time=now - timedelta(minutes=10), event_spacing=480 / count,
-                                 duplicate_pct=5, malformed_pct=3, ledger=ledger))
-    spark = get_spark(settings, app_name="lakehouse-demo")
+    with ThreadPoolExecutor(1) as pool:
+        # the Spark JVM starts beside the stack and the producer (it needs neither until its first job):
+        # ~6 s of a JVM start overlap the stack's ~6 s of waiting for Kafka and MinIO
+        session = pool.submit(get_spark, settings, "lakehouse-demo")
+        _step("local stack: real Kafka (KRaft) + real MinIO")
+        for s in Stack(settings).up():
+            print(s.line())
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+        ledger = Path(settings.stack_dir) / "ledger.jsonl"
+        _step(f"produce {count} records per topic over 8 minutes of event time (5% duplicates, 3% malformed)")
+        produce(settings, GenOptions(topics=settings.source_topics, count=count, seed=int(time.time()),
+                                     start_time=now - timedelta(minutes=10), event_spacing=480 / count,
+                                     duplicate_pct=5, malformed_pct=3, ledger=ledger))
+        spark = session.result()
     _step("load the customer dimension (lakehouse customers load)")
     print(f"{customers.load(spark, settings)} customers in silver.customers")
     _step("run bronze -> silver -> gold with trigger availableNow (one app, each query its own checkpoint)")
@@ -88,6 +95,9 @@ def demo(settings: Settings, count: int = 2000) -> int:
                                  late_by=600, ledger=ledger))
     run(STAGES, settings, "availableNow", spark=spark)
     register_tables(spark, settings)  # the queries below name them, as `lakehouse sql` does
+    # Great Expectations' import (~7 s of one core) beside the queries, which mostly wait on the JVM;
+    # ``from data_quality.runner import`` below waits for it (or imports it anew had it failed)
+    threading.Thread(target=importlib.import_module, args=("data_quality.runner",), daemon=True).start()
     for title, query in queries(settings):
         _step(title)
         print(f'lakehouse sql "{query}"')
