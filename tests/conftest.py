@@ -22,6 +22,16 @@ from common.settings import Settings  # noqa: E402
 RUN_ID = uuid.uuid4().hex[:8]
 
 
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items):
+    """A test that needs the stack (its fixtures start it: ``stack``, ``lake``, ...) is marked
+    ``stack`` whether or not its module says so: ``make test-unit`` (``-m "not stack"``) then runs
+    none of them and never starts the stack."""
+    for item in items:
+        if "stack" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("stack"):
+            item.add_marker(pytest.mark.stack)
+
+
 @pytest.fixture(scope="session")
 def base_settings() -> Settings:
     # KPIs every 5 s rather than the default 30 s: live tests wait for them
