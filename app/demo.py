@@ -59,6 +59,15 @@ def queries(settings: Settings) -> list[tuple[str, str]]:
     return [(title, query.replace("{bronze}", bronze)) for title, query in QUERIES]
 
 
+def _import_quietly(module: str) -> None:
+    """Import ``module`` ahead of its use; a failure is left to that use, which raises it again
+    where the CLI reports it (no thread's traceback on the way)."""
+    try:
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 - raised again by the import that needs it
+        pass
+
+
 def _step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
@@ -97,7 +106,7 @@ def demo(settings: Settings, count: int = 2000) -> int:
     register_tables(spark, settings)  # the queries below name them, as `lakehouse sql` does
     # Great Expectations' import (~7 s of one core) beside the queries, which mostly wait on the JVM;
     # ``from data_quality.runner import`` below waits for it (or imports it anew had it failed)
-    threading.Thread(target=importlib.import_module, args=("data_quality.runner",), daemon=True).start()
+    threading.Thread(target=_import_quietly, args=("data_quality.runner",), daemon=True).start()
     for title, query in queries(settings):
         _step(title)
         print(f'lakehouse sql "{query}"')
