@@ -100,9 +100,10 @@ def install_venv() -> str:
     _run([sys.executable, "-m", "venv", str(VENV)], "creating the virtualenv")
     # --no-compile: no bytecode for the ~8,000 modules installed, most never imported; Python writes
     # it for those it imports, on first import (pip's compile was 14 s of a 40-s install, 2026-12-07)
-    # --compression=stored: pyspark is an sdist, built into a wheel on a machine whose pip cache is empty;
+    # --compression=stored: pyspark is an sdist, built into a wheel by a pip >= 23.1 whose cache holds none;
     # its ~450 MB are jars, zips already, so deflating them again is CPU for nothing (building the wheel
-    # 24.4 -> 13.2 s, installing it 2.8 -> 1.5 s; the wheel 456 -> 498 MB; 2026-12-08)
+    # 24.4 -> 13.2 s, installing it 2.8 -> 1.5 s; the wheel 456 -> 498 MB; 2026-12-08). An older pip
+    # without `wheel` runs pyspark's setup.py install instead, which the setting leaves alone.
     _run([str(VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--no-compile",
           "--config-settings=--build-option=--compression=stored", "-e", ".[test]"],
          "pip install of the pinned packages", cwd=ROOT)
