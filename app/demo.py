@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -59,15 +58,6 @@ def queries(settings: Settings) -> list[tuple[str, str]]:
     return [(title, query.replace("{bronze}", bronze)) for title, query in QUERIES]
 
 
-def _import_quietly(module: str) -> None:
-    """Import ``module`` ahead of its use; a failure is left to that use, which raises it again
-    where the CLI reports it (no thread's traceback on the way)."""
-    try:
-        importlib.import_module(module)
-    except Exception:  # noqa: BLE001 - raised again by the import that needs it
-        pass
-
-
 def _step(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
@@ -77,20 +67,22 @@ def demo(settings: Settings, count: int = 2000) -> int:
     from devstack.stack import Stack
 
     t0 = time.monotonic()
-    with ThreadPoolExecutor(1) as pool:
-        # the Spark JVM starts beside the stack and the producer (it needs neither until its first job):
-        # ~6 s of a JVM start overlap the stack's ~6 s of waiting for Kafka and MinIO
-        session = pool.submit(get_spark, settings, "lakehouse-demo")
-        _step("local stack: real Kafka (KRaft) + real MinIO")
-        for s in Stack(settings).up():
-            print(s.line())
-        now = datetime.now(timezone.utc).replace(microsecond=0)
-        ledger = Path(settings.stack_dir) / "ledger.jsonl"
-        _step(f"produce {count} records per topic over 8 minutes of event time (5% duplicates, 3% malformed)")
-        produce(settings, GenOptions(topics=settings.source_topics, count=count, seed=int(time.time()),
-                                     start_time=now - timedelta(minutes=10), event_spacing=480 / count,
-                                     duplicate_pct=5, malformed_pct=3, ledger=ledger))
-        spark = session.result()
+    # one background thread for work the next steps do not wait on (a failure stays in its future and is
+    # raised where its result is used): the Spark JVM's start, then Great Expectations' import
+    ahead = ThreadPoolExecutor(1)
+    # the JVM needs neither the stack nor the records until its first job: ~6 s of its start overlap the
+    # stack's ~6 s of waiting for Kafka and MinIO
+    session = ahead.submit(get_spark, settings, "lakehouse-demo")
+    _step("local stack: real Kafka (KRaft) + real MinIO")
+    for s in Stack(settings).up():
+        print(s.line())
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    ledger = Path(settings.stack_dir) / "ledger.jsonl"
+    _step(f"produce {count} records per topic over 8 minutes of event time (5% duplicates, 3% malformed)")
+    produce(settings, GenOptions(topics=settings.source_topics, count=count, seed=int(time.time()),
+                                 start_time=now - timedelta(minutes=10), event_spacing=480 / count,
+                                 duplicate_pct=5, malformed_pct=3, ledger=ledger))
+    spark = session.result()
     _step("load the customer dimension (lakehouse customers load)")
     print(f"{customers.load(spark, settings)} customers in silver.customers")
     _step("run bronze -> silver -> gold with trigger availableNow (one app, each query its own checkpoint)")
@@ -106,7 +98,8 @@ def demo(settings: Settings, count: int = 2000) -> int:
     register_tables(spark, settings)  # the queries below name them, as `lakehouse sql` does
     # Great Expectations' import (~7 s of one core) beside the queries, which mostly wait on the JVM;
     # ``from data_quality.runner import`` below waits for it (or imports it anew had it failed)
-    threading.Thread(target=_import_quietly, args=("data_quality.runner",), daemon=True).start()
+    ahead.submit(importlib.import_module, "data_quality.runner")
+    ahead.shutdown(wait=False)
     for title, query in queries(settings):
         _step(title)
         print(f'lakehouse sql "{query}"')
